@@ -1,0 +1,14 @@
+"""binarydm: binarize diffusion models (BinaryDM, W1A4) and train them with Lightning.
+
+The public API::
+
+    import binarydm
+    binarydm.binarize_(unet, "w1a4")          # swap layers in place, initialise weight scales
+    binarydm.calibrate_(unet, x_t, t)         # initialise activation steps from one batch
+    print(binarydm.summary(unet, x_t, t))     # bits, storage and OPs per layer
+"""
+
+from .quant import QuantConfig, binarize_, calibrate_, set_quant_state_, summary
+
+__version__ = "0.1.0"
+__all__ = ["QuantConfig", "binarize_", "calibrate_", "set_quant_state_", "summary", "__version__"]

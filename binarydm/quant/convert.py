@@ -1,0 +1,196 @@
+"""Model surgery: ``binarize_`` (swap layers in place), ``calibrate_`` (explicit activation-step init),
+switches, and the UNet structure that BinaryDM's choices are made on (resolution levels, groups).
+
+UNet structure is read from diffusers' stable submodule names (``down_blocks.i``, ``mid_block``,
+``up_blocks.j``, ``conv_in``...), never from list positions of modules, so UNet2DModel and
+UNet2DConditionModel are handled alike and any other model is simply treated as one flat group.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Optional, Union
+
+import torch
+from torch import nn
+
+from .attention import QuantAttnProcessor
+from .base import Quantizer, observing
+from .config import QuantConfig, resolve
+from .layers import QUANT_LAYERS, QuantConv2d, QuantLinear
+from .lsq import LSQ
+from .registry import LayerSpec, act_factory, weight_factory
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+def _is_kept(name: str, keep: Iterable[str]) -> bool:
+    return any(name == k or name.startswith(k + ".") for k in keep)
+
+
+def _num_levels(model: nn.Module) -> int:
+    down = getattr(model, "down_blocks", None)
+    return len(down) if isinstance(down, nn.ModuleList) else 0
+
+
+def outer_distance(name: str, num_levels: int) -> Optional[int]:
+    """How many resolution levels ``name`` lies inside the UNet's outer edge (0 = outermost level).
+
+    down_blocks.i is at distance i, up_blocks.j at num_levels - 1 - j, the mid block at num_levels;
+    None for a module outside the blocks (or a model without down_blocks).
+    """
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[0] in ("down_blocks", "up_blocks") and parts[1].isdigit():
+        i = int(parts[1])
+        return i if parts[0] == "down_blocks" else num_levels - 1 - i
+    if parts[0] == "mid_block":
+        return num_levels
+    return None
+
+
+def progressive_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """BinaryDM's progressive-initialisation order: groups of block-name prefixes, middle outwards.
+
+    ``[("mid_block", ["mid_block"]), ("level_{L-1}", ["down_blocks.{L-1}", "up_blocks.0"]), ...,
+    ("level_0", ["down_blocks.0", "up_blocks.{L-1}"])]``; a quantized layer outside every block
+    joins the last (outermost) group. A model without UNet blocks is one group, ``("all", [""])``.
+    """
+    levels = _num_levels(model)
+    if levels == 0:
+        return [("all", [""])]
+    groups: list[tuple[str, list[str]]] = []
+    if getattr(model, "mid_block", None) is not None:
+        groups.append(("mid_block", ["mid_block"]))
+    for d in range(levels - 1, -1, -1):
+        groups.append((f"level_{d}", [f"down_blocks.{d}", f"up_blocks.{levels - 1 - d}"]))
+    block_prefixes = [p for _, ps in groups for p in ps]
+    stray = [n for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS) and not _is_kept(n, block_prefixes)]
+    groups[-1][1].extend(stray)
+    return groups
+
+
+def binarize_(
+    model: nn.Module,
+    config: Union[None, str, dict, QuantConfig] = None,
+    filter_fn: Optional[FilterFn] = None,
+) -> nn.Module:
+    """Convert ``model`` in place to the quantized network described by ``config``; returns it.
+
+    Every ``nn.Conv2d`` / ``nn.Linear`` becomes a QuantConv2d / QuantLinear (weights binarized by
+    ``config.weight``, inputs quantized by ``config.act``) unless its name starts with one of
+    ``config.keep`` (kept full precision, or 8-bit with ``keep_bits=8``) or ``filter_fn(module, name)``
+    returns False. Weight scales are initialised here, from the pretrained weights; activation
+    steps are initialised by :func:`calibrate_`. Attention processors of diffusers ``Attention``
+    modules are replaced by :class:`QuantAttnProcessor` when ``config.attention`` and ``a_bits < 32``.
+    """
+    cfg = resolve(config)
+    wfactory, afactory = weight_factory(cfg.weight), act_factory(cfg.act)
+    levels = _num_levels(model)
+    if any(isinstance(m, QUANT_LAYERS) for m in model.modules()):
+        raise ValueError("binarize_: the model is already quantized (it holds QuantConv2d/QuantLinear layers)")
+
+    swaps = []
+    for name, module in model.named_modules():
+        if type(module) not in (nn.Conv2d, nn.Linear):
+            continue
+        if filter_fn is not None and not filter_fn(module, name):
+            continue
+        kept = _is_kept(name, cfg.keep)
+        if kept and cfg.keep_bits == 32:
+            continue
+        distance = outer_distance(name, levels)
+        dual = distance is not None and distance < cfg.dual_levels
+        spec = LayerSpec(name=name, config=cfg, n_bases=2 if dual else 1, kept=kept)
+        if kept:
+            wq = LSQ(cfg.keep_bits, signed=True, channels=module.weight.shape[0], dim=module.weight.dim())
+            aq = LSQ(cfg.keep_bits, signed=True)
+        else:
+            wq = wfactory(module, spec)
+            aq = afactory(spec) if cfg.quantize_activations else None
+        cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+        swaps.append((name, cls.from_float(module, wq, aq)))
+
+    for name, new in swaps:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+        if new.weight_quantizer is not None:
+            new.weight_quantizer.initialize_(new.weight)
+
+    if cfg.attention and cfg.quantize_activations:
+        for name, module in model.named_modules():
+            if _is_attention(module) and not _is_kept(name, cfg.keep):
+                if filter_fn is None or filter_fn(module, name):
+                    module.set_processor(QuantAttnProcessor(cfg.a_bits).to(_device_of(module)))
+    return model
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return hasattr(module, "set_processor") and hasattr(module, "to_q") and hasattr(module, "heads")
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def quant_layers(model: nn.Module, prefixes: Optional[Iterable[str]] = None) -> Iterator[tuple[str, nn.Module]]:
+    """QuantConv2d / QuantLinear layers, optionally only those under the given name prefixes."""
+    prefixes = None if prefixes is None else list(prefixes)
+    for name, m in model.named_modules():
+        if isinstance(m, QUANT_LAYERS) and (prefixes is None or _is_kept(name, prefixes) or "" in prefixes):
+            yield name, m
+
+
+def activation_quantizers(model: nn.Module) -> list[Quantizer]:
+    """Every activation quantizer: layer inputs and attention operands."""
+    out: list[Quantizer] = []
+    for m in model.modules():
+        if isinstance(m, QUANT_LAYERS) and m.act_quantizer is not None:
+            out.append(m.act_quantizer)
+        elif isinstance(m, QuantAttnProcessor):
+            out.extend(m.quantizers())
+    return out
+
+
+def weight_quantizers(model: nn.Module) -> list[Quantizer]:
+    return [m.weight_quantizer for m in model.modules() if isinstance(m, QUANT_LAYERS) and m.weight_quantizer is not None]
+
+
+@torch.no_grad()
+def calibrate_(model: nn.Module, *args, **kwargs) -> nn.Module:
+    """Initialise every activation step from one forward pass ``model(*args, **kwargs)``.
+
+    LSQ: a = 2 * mean|x| / sqrt(Qp) per quantizer, from the values that reach it. During the pass
+    the activation quantizers return their inputs unchanged (full-precision statistics); weight
+    quantizers stay as they are. Call it once after ``binarize_``; a loaded state dict already
+    holds trained steps and must not be calibrated again.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with observing(activation_quantizers(model)):
+            model(*args, **kwargs)
+    finally:
+        model.train(was_training)
+    return model
+
+
+def set_quant_state_(model: nn.Module, weights: Optional[bool] = None, activations: Optional[bool] = None,
+                     prefixes: Optional[Iterable[str]] = None) -> nn.Module:
+    """Switch weight and/or activation quantizers on or off (optionally under name prefixes only).
+
+    Attention-operand quantizers count as activations. ``None`` leaves a kind unchanged.
+    """
+    prefixes = None if prefixes is None else list(prefixes)
+    for name, m in model.named_modules():
+        if prefixes is not None and not (_is_kept(name, prefixes) or "" in prefixes):
+            continue
+        if isinstance(m, QUANT_LAYERS):
+            if weights is not None and m.weight_quantizer is not None:
+                m.weight_quantizer.enabled = weights
+            if activations is not None and m.act_quantizer is not None:
+                m.act_quantizer.enabled = activations
+        elif isinstance(m, QuantAttnProcessor) and activations is not None:
+            for q in m.quantizers():
+                q.enabled = activations
+    return model

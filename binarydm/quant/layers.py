@@ -1,0 +1,94 @@
+"""Quantized layers: the stock ``nn.Conv2d`` / ``nn.Linear`` with two quantizer slots.
+
+``weight_quantizer`` maps the latent full-precision weight to its binarized value; ``act_quantizer``
+quantizes the layer's input. Either may be ``None`` (never quantized) or a disabled quantizer
+(switched off for now, e.g. before progressive initialisation reaches the layer). Every argument of
+the parent class (stride, padding, dilation, groups, bias, padding_mode) is honoured because the
+parent's own forward path is used with the quantized tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import Quantizer
+
+
+class _QuantSlots:
+    weight_quantizer: Optional[Quantizer]
+    act_quantizer: Optional[Quantizer]
+
+    def _set_quantizers(self, weight_quantizer, act_quantizer) -> None:
+        self.weight_quantizer = weight_quantizer
+        self.act_quantizer = act_quantizer
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight the forward pass uses (binarized when the weight quantizer is on)."""
+        if self.weight_quantizer is None:
+            return self.weight
+        return self.weight_quantizer(self.weight)
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.act_quantizer is None else self.act_quantizer(x)
+
+
+class QuantConv2d(_QuantSlots, nn.Conv2d):
+    """``nn.Conv2d`` computing conv(Q_a(x), Q_w(W)) + b."""
+
+    def __init__(self, *args, weight_quantizer=None, act_quantizer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_quantizers(weight_quantizer, act_quantizer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_quantizer=None, act_quantizer=None) -> "QuantConv2d":
+        """A QuantConv2d with ``conv``'s hyper-parameters and an exact copy of its weight and bias."""
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+            padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+            bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            device=conv.weight.device, dtype=conv.weight.dtype,
+            weight_quantizer=weight_quantizer, act_quantizer=act_quantizer,
+        )
+        _copy_params(conv, new)
+        return new
+
+
+class QuantLinear(_QuantSlots, nn.Linear):
+    """``nn.Linear`` computing Q_a(x) Q_w(W)^T + b."""
+
+    def __init__(self, *args, weight_quantizer=None, act_quantizer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_quantizers(weight_quantizer, act_quantizer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_quantizer=None, act_quantizer=None) -> "QuantLinear":
+        """A QuantLinear with ``linear``'s shape and an exact copy of its weight and bias."""
+        new = cls(
+            linear.in_features, linear.out_features, bias=linear.bias is not None,
+            device=linear.weight.device, dtype=linear.weight.dtype,
+            weight_quantizer=weight_quantizer, act_quantizer=act_quantizer,
+        )
+        _copy_params(linear, new)
+        return new
+
+
+@torch.no_grad()
+def _copy_params(src: nn.Module, dst: nn.Module) -> None:
+    dst.weight.copy_(src.weight)
+    dst.weight.requires_grad_(src.weight.requires_grad)
+    if src.bias is not None:
+        dst.bias.copy_(src.bias)
+        dst.bias.requires_grad_(src.bias.requires_grad)
+
+
+QUANT_LAYERS = (QuantConv2d, QuantLinear)

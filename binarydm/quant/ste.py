@@ -1,0 +1,87 @@
+"""The project's one sign function and its straight-through estimators.
+
+Every binarizer in binarydm (BinaryDM's LMB, and every algorithm of the comparison suite) calls
+:func:`binary_sign` for the forward value and :func:`sign_ste` when it needs a gradient. Only the
+surrogate derivative used in the backward pass differs between algorithms, so it is a parameter.
+
+Conventions
+-----------
+* ``binary_sign(0) = +1`` (``torch.sign`` gives 0, which is not a binary value).
+* A surrogate is a function ``d(x) -> tensor`` giving the derivative used in place of sign's
+  (zero almost everywhere) true derivative: backward returns ``grad_output * d(x)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+
+Surrogate = Callable[[torch.Tensor], torch.Tensor]
+
+
+def binary_sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) with sign(0) = +1: the values are exactly {-1, +1}, in x's dtype."""
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(x >= 0, one, -one)
+
+
+def clipped(x: torch.Tensor) -> torch.Tensor:
+    """Clipped STE (Courbariaux et al. 2016, BNN): d/dx = 1{|x| <= 1}."""
+    return (x.abs() <= 1).to(x.dtype)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """Identity STE (Bengio et al. 2013): d/dx = 1."""
+    return torch.ones_like(x)
+
+
+def approx_sign(x: torch.Tensor) -> torch.Tensor:
+    """Bi-Real Net's ApproxSign (Liu et al. 2018): d/dx = 2 - 2|x| on [-1, 1], 0 elsewhere."""
+    return (2 - 2 * x.abs()).clamp_min(0)
+
+
+SURROGATES: dict[str, Surrogate] = {"clipped": clipped, "identity": identity, "approx_sign": approx_sign}
+
+
+def get_surrogate(name_or_fn: Union[str, Surrogate]) -> Surrogate:
+    """A surrogate by name (``clipped``, ``identity``, ``approx_sign``) or the callable itself."""
+    if callable(name_or_fn):
+        return name_or_fn
+    try:
+        return SURROGATES[name_or_fn]
+    except KeyError:
+        raise ValueError(
+            f"unknown surrogate gradient {name_or_fn!r}; valid names: {sorted(SURROGATES)}"
+        ) from None
+
+
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return binary_sign(x)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        # A new tensor, never an in-place edit of grad_output (BiBench's STE edits it in place,
+        # which corrupts the gradient of any other consumer of the same tensor).
+        return grad_output * ctx.surrogate(x), None
+
+
+def sign_ste(x: torch.Tensor, surrogate: Union[str, Surrogate] = "clipped") -> torch.Tensor:
+    """Forward ``binary_sign(x)``; backward ``grad * surrogate(x)`` (default: clipped STE)."""
+    return _SignSTE.apply(x, get_surrogate(surrogate))
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Forward ``round(x)`` (half to even, as torch.round); backward identity."""
+    return x + (torch.round(x) - x).detach()
+
+
+def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Forward ``x``; backward ``grad * scale`` (LSQ's step-size gradient scaling)."""
+    y = x * scale
+    return (x - y).detach() + y

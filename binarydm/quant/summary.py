@@ -1,0 +1,189 @@
+"""``summary(model, *example_inputs)``: bits, storage and OPs per layer, as the BinaryDM paper counts.
+
+OPs (Zheng et al. 2024, Sec. 4; the BNN convention of Liu et al. 2018):
+    OPs = BOPs / 64 + FLOPs,   BOPs = MACs * b_w * b_a for a layer whose weights are quantized,
+    FLOPs = MACs for a full-precision layer (one multiply-accumulate counted as one operation).
+The attention matmuls Q K^T and P V count with b_w = b_a = the attention bit width when their
+operands are quantized. Normalisations, activations and additions are not counted (as in the paper).
+
+Storage: a quantized weight takes numel * bits (bits = the number of binary bases for LMB), its
+scales and steps take their dtype's width; every other tensor (biases, norms, kept layers) takes
+the width of its dtype. The reference is the same model with every parameter in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .attention import QuantAttnProcessor
+from .base import Quantizer
+from .layers import QUANT_LAYERS
+
+
+def _enabled_bits(q: Optional[Quantizer]) -> int:
+    return q.bits if q is not None and q.enabled else 32
+
+
+def _bits_of(t: torch.Tensor) -> int:
+    return torch.finfo(t.dtype).bits if t.dtype.is_floating_point else torch.iinfo(t.dtype).bits
+
+
+@dataclass
+class LayerRow:
+    name: str
+    kind: str
+    w_bits: int
+    a_bits: int
+    params: int
+    storage_bits: int
+    macs: int
+    ops: float
+
+
+@dataclass
+class Summary:
+    rows: list[LayerRow]
+    other_params: int  # parameters outside conv/linear layers (norms, embeddings...)
+    other_storage_bits: int
+    fp_storage_bits: int  # the whole model in float32
+    fp_ops: float  # every MAC of every counted layer at full precision
+    params: int = field(init=False)
+    storage_bits: int = field(init=False)
+    ops: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.params = sum(r.params for r in self.rows) + self.other_params
+        self.storage_bits = sum(r.storage_bits for r in self.rows) + self.other_storage_bits
+        self.ops = sum(r.ops for r in self.rows)
+
+    @property
+    def storage_bytes(self) -> float:
+        return self.storage_bits / 8
+
+    @property
+    def fp_storage_bytes(self) -> float:
+        return self.fp_storage_bits / 8
+
+    @property
+    def storage_ratio(self) -> float:
+        return self.fp_storage_bits / self.storage_bits
+
+    @property
+    def ops_ratio(self) -> float:
+        return self.fp_ops / self.ops if self.ops else float("inf")
+
+    def __str__(self) -> str:
+        head = f"{'layer':<48} {'kind':<10} {'W':>3} {'A':>3} {'params':>10} {'bytes':>11} {'MACs':>13} {'OPs':>13}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(
+                f"{r.name[-48:]:<48} {r.kind:<10} {r.w_bits:>3} {r.a_bits:>3} {r.params:>10,} "
+                f"{r.storage_bits / 8:>11,.0f} {r.macs:>13,} {r.ops:>13,.0f}"
+            )
+        lines.append(f"{'other (norms, embeddings)':<48} {'':<10} {'':>3} {'':>3} {self.other_params:>10,} "
+                     f"{self.other_storage_bits / 8:>11,.0f}")
+        lines.append("-" * len(head))
+        lines.append(
+            f"total: {self.params:,} params, {self.storage_bytes / 2**20:.3f} MiB "
+            f"(FP32 {self.fp_storage_bytes / 2**20:.3f} MiB, {self.storage_ratio:.2f}x smaller), "
+            f"{self.ops / 1e9:.4f} GOPs (FP {self.fp_ops / 1e9:.4f}, {self.ops_ratio:.2f}x fewer)"
+        )
+        return "\n".join(lines)
+
+
+def _is_attention(m: nn.Module) -> bool:
+    return hasattr(m, "set_processor") and hasattr(m, "to_q") and hasattr(m, "heads")
+
+
+@torch.no_grad()
+def summary(model: nn.Module, *example_inputs, **example_kwargs) -> Summary:
+    """Per-layer bits, parameters, storage and OPs of ``model`` for one forward of the example inputs.
+
+    OPs are per sample: MACs are measured on the example batch and divided by its batch size (the
+    first dimension of the first tensor input).
+    """
+    first = next((t for t in list(example_inputs) + list(example_kwargs.values()) if torch.is_tensor(t)), None)
+    batch = first.shape[0] if first is not None and first.dim() > 0 else 1
+    macs: dict[str, int] = {}
+    handles = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def layer_hook(mod, inputs, output):
+        if isinstance(mod, nn.Conv2d):
+            per_out = (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        else:
+            per_out = mod.in_features
+        macs[names[mod]] = macs.get(names[mod], 0) + output.numel() * per_out
+
+    def attn_hook(mod, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        enc = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        lq = hidden.shape[2] * hidden.shape[3] if hidden.dim() == 4 else hidden.shape[1]
+        lk = lq if enc is None else enc.shape[1]
+        inner = mod.to_q.out_features
+        # Q K^T and P V: each Lq * Lk * inner multiply-accumulates per sample.
+        macs[names[mod] + ".matmul"] = macs.get(names[mod] + ".matmul", 0) + 2 * hidden.shape[0] * lq * lk * inner
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            handles.append(m.register_forward_hook(layer_hook))
+        elif _is_attention(m):
+            handles.append(m.register_forward_pre_hook(attn_hook, with_kwargs=True))
+    was_training = model.training
+    model.eval()
+    try:
+        model(*example_inputs, **example_kwargs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+    rows: list[LayerRow] = []
+    counted: set[int] = set()
+    fp_ops = 0.0
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            wq = m.weight_quantizer if isinstance(m, QUANT_LAYERS) else None
+            aq = m.act_quantizer if isinstance(m, QUANT_LAYERS) else None
+            w_bits, a_bits = _enabled_bits(wq), _enabled_bits(aq)
+            storage = 0
+            for pname, p in m.named_parameters():
+                counted.add(id(p))
+                if pname == "weight":
+                    storage += p.numel() * (w_bits if wq is not None and wq.enabled else _bits_of(p))
+                elif pname == "bias":
+                    storage += p.numel() * _bits_of(p)
+            for q in (wq, aq):
+                if q is not None and q.enabled:
+                    storage += q.inference_numel() * 32
+            layer_macs = macs.get(name, 0) // batch
+            quantized = wq is not None and wq.enabled
+            ops = layer_macs * w_bits * a_bits / 64 if quantized else float(layer_macs)
+            fp_ops += layer_macs
+            kind = type(m).__name__.replace("Quant", "Q")
+            params = m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+            rows.append(LayerRow(name, kind, w_bits, a_bits, params, storage, layer_macs, ops))
+        elif _is_attention(m):
+            proc = m.processor if isinstance(m.processor, QuantAttnProcessor) else None
+            bits = max(_enabled_bits(q) for q in proc.quantizers()) if proc is not None else 32
+            storage = sum(q.inference_numel() * 32 for q in proc.quantizers() if q.enabled) if proc else 0
+            layer_macs = macs.get(name + ".matmul", 0) // batch
+            ops = layer_macs * bits * bits / 64 if bits < 32 else float(layer_macs)
+            fp_ops += layer_macs
+            rows.append(LayerRow(name + ".matmul", "matmul", bits, bits, 0, storage, layer_macs, ops))
+        if isinstance(m, Quantizer):
+            counted.update(id(p) for p in m.parameters(recurse=False))
+
+    other = [p for p in model.parameters() if id(p) not in counted]
+    fp_storage = 32 * sum(r.params for r in rows) + 32 * sum(p.numel() for p in other)
+    return Summary(
+        rows=rows,
+        other_params=sum(p.numel() for p in other),
+        other_storage_bits=sum(p.numel() * _bits_of(p) for p in other),
+        fp_storage_bits=fp_storage,
+        fp_ops=fp_ops,
+    )
