@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
+
+from .ste import SURROGATES
 
 # Stable diffusers names of the layers that stay full precision (or 8-bit): the image stem and head
 # and the embedding MLPs, whose errors reach every block. Matched as name prefixes, never by position.
@@ -28,7 +30,7 @@ class QuantConfig:
         keep_bits: 32 leaves kept layers untouched; 8 quantizes their weights (per channel) and
             inputs to 8 bits with LSQ, as the final BinaryDM paper does.
         attention: quantize q, k, softmax output and v of diffusers attention at ``a_bits``.
-        surrogate: backward of sign for binarizers (``clipped`` or ``identity``).
+        surrogate: backward of sign for binarizers (a name in ``binarydm.quant.ste.SURROGATES``).
     """
 
     weight: str = "lmb"
@@ -43,7 +45,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", tuple(self.keep))
-        for name, lo, hi in (("w_bits", 1, 32), ("a_bits", 2, 32)):
+        for name, lo, hi in (("w_bits", 1, 32), ("a_bits", 1, 32)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise ValueError(f"QuantConfig.{name} must be an integer in [{lo}, {hi}], got {value!r}")
@@ -51,8 +53,8 @@ class QuantConfig:
             raise ValueError(f"QuantConfig.keep_bits must be 8 or 32, got {self.keep_bits!r}")
         if not isinstance(self.dual_levels, int) or self.dual_levels < 0:
             raise ValueError(f"QuantConfig.dual_levels must be a non-negative integer, got {self.dual_levels!r}")
-        if self.surrogate not in ("clipped", "identity"):
-            raise ValueError(f"QuantConfig.surrogate must be 'clipped' or 'identity', got {self.surrogate!r}")
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"QuantConfig.surrogate must be one of {sorted(SURROGATES)}, got {self.surrogate!r}")
 
     @property
     def quantize_activations(self) -> bool:
