@@ -1,0 +1,57 @@
+import torch
+
+from binarydm.quant.ste import binary_sign, get_surrogate, grad_scale, round_ste, sign_ste
+import pytest
+
+
+def test_binary_sign_of_zero_is_plus_one_and_values_are_binary():
+    x = torch.tensor([-2.0, -1e-30, 0.0, -0.0, 1e-30, 3.0])
+    assert binary_sign(x).tolist() == [-1.0, -1.0, 1.0, 1.0, 1.0, 1.0]
+    y = binary_sign(torch.randn(1000, dtype=torch.float64))
+    assert y.dtype == torch.float64 and set(y.unique().tolist()) <= {-1.0, 1.0}
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("clipped", lambda x: (x.abs() <= 1).double()),
+        ("identity", lambda x: torch.ones_like(x)),
+        ("approx_sign", lambda x: torch.where(x.abs() <= 1, 2 - 2 * x.abs(), torch.zeros_like(x))),
+    ],
+)
+def test_ste_gradient_equals_the_analytic_surrogate(name, expected):
+    x = torch.linspace(-2, 2, 41, dtype=torch.float64).requires_grad_()
+    g = torch.randn(41, dtype=torch.float64)
+    y = sign_ste(x, name)
+    assert torch.equal(y, binary_sign(x.detach()))
+    (y * g).sum().backward()
+    torch.testing.assert_close(x.grad, g * expected(x.detach()), rtol=0, atol=0)
+
+
+def test_ste_does_not_modify_the_incoming_gradient():
+    x = torch.tensor([0.5, 2.0], requires_grad=True)
+    g = torch.tensor([1.0, 1.0])
+    y = sign_ste(x)
+    y.backward(g)
+    assert g.tolist() == [1.0, 1.0] and x.grad.tolist() == [1.0, 0.0]
+
+
+def test_custom_surrogate_callable_and_unknown_name():
+    x = torch.tensor([0.3], requires_grad=True)
+    sign_ste(x, lambda v: 7 * torch.ones_like(v)).sum().backward()
+    assert x.grad.item() == 7.0
+    with pytest.raises(ValueError, match="valid names"):
+        get_surrogate("nope")
+
+
+def test_round_ste_and_grad_scale():
+    x = torch.tensor([0.4, 1.5, 2.5, -1.6], requires_grad=True)
+    y = round_ste(x)
+    assert y.tolist() == [0.0, 2.0, 2.0, -2.0]  # half to even, as torch.round
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0] * 4
+    z = torch.tensor([3.0], requires_grad=True)
+    out = grad_scale(z, 0.25)
+    assert out.item() == 3.0
+    out.backward()
+    assert z.grad.item() == 0.25
