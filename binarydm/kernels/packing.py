@@ -1,0 +1,296 @@
+"""Packed operands of the W1A4 convolution: 1-bit weights and 4-bit activation codes.
+
+Arithmetic (docs/kernels.md, spec w1a4-kernel.md). A weight is one or two binary bases with a
+per-output-channel scale, as BinaryDM's LMB produces them (Zheng, Qin et al., arXiv 2404.05662,
+Sec. 3.2):
+
+    W[o, c, ky, kx] = sum_b alpha[b, o] * (2 * S_b[o, c, ky, kx] - 1),     S_b in {0, 1}
+
+An activation is an unsigned 4-bit code q in 0..15 with a per-tensor step d and an integer zero
+point z (LSQ, Esser et al., ICLR 2020: a signed code q_s in [-8, 7] is stored as q = q_s + 8, z = 8):
+
+    x[n, c, h, w] = d * (q[n, c, h, w] - z)
+
+Layouts (both zero-padded along C_in to C_pad, a multiple of 32, so that one 32-bit weight word and
+four 32-bit activation words cover the same 32 channels):
+
+* weight bits   int32 [n_bases, C_out, KH*KW, C_pad / 32]; bit j of word k is channel 32k + j of
+  tap t = ky * KW + kx; padded channels hold bit 0 (they multiply codes 0, so any value would do).
+* row sums      int32 [n_bases, C_out, KH*KW]; R[b, o, t] = sum over the real channels of
+  (2 S_b - 1) = 2 popc(S_b[o, :, t]) - C_in: the border correction of zero padding.
+* activation    int32 [N, H, W, C_pad / 8] (NHWC); nibble j (bits 4j..4j+3) of word k is the code
+  of channel 8k + j; padded channels hold code 0.
+
+The 32-bit words are stored in int32 tensors (PyTorch has no uint32 arithmetic on every device);
+bit 31 is the sign bit, which is only a matter of reading them as unsigned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..quant.layers import QuantConv2d
+from ..quant.lmb import LMB
+from ..quant.lsq import LSQ
+from ..quant.ste import binary_sign
+
+CHANNEL_ALIGN = 32
+CODE_BITS = 4
+CODES_PER_WORD = 32 // CODE_BITS
+
+
+def padded_channels(channels: int) -> int:
+    """C_in rounded up to a multiple of 32 (the kernel's K granule)."""
+    return -(-channels // CHANNEL_ALIGN) * CHANNEL_ALIGN
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+def _to_int32_words(values: torch.Tensor) -> torch.Tensor:
+    """int64 values in [0, 2^32) -> int32 with the same 32 bits (two's complement)."""
+    return torch.where(values >= 2**31, values - 2**32, values).to(torch.int32)
+
+
+def _from_int32_words(words: torch.Tensor) -> torch.Tensor:
+    """int32 words -> int64 in [0, 2^32): the unsigned reading of the same bits."""
+    return words.to(torch.int64) & 0xFFFFFFFF
+
+
+# ---- weights ------------------------------------------------------------------------------------
+@dataclass
+class PackedConvWeight:
+    """A binarized convolution in the kernel's layout (see the module docstring).
+
+    ``bits``: int32 [n_bases, C_out, KH*KW, C_pad/32]; ``alpha``: float32 [n_bases, C_out];
+    ``row_sums``: int32 [n_bases, C_out, KH*KW]; ``bias``: float32 [C_out] or None.
+    """
+
+    bits: torch.Tensor
+    alpha: torch.Tensor
+    row_sums: torch.Tensor
+    bias: Optional[torch.Tensor]
+    in_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    @property
+    def n_bases(self) -> int:
+        return self.bits.shape[0]
+
+    @property
+    def out_channels(self) -> int:
+        return self.bits.shape[1]
+
+    @property
+    def taps(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def to(self, device) -> "PackedConvWeight":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return PackedConvWeight(move(self.bits), move(self.alpha), move(self.row_sums), move(self.bias),
+                                self.in_channels, self.kernel_size, self.stride, self.padding)
+
+    def signs(self) -> torch.Tensor:
+        """The bases as +-1 float64 [n_bases, C_out, C_in, KH, KW] (unpacked, padding dropped)."""
+        return unpack_weight_bits(self.bits, self.in_channels, self.kernel_size).to(torch.float64) * 2 - 1
+
+    def dequantize(self) -> torch.Tensor:
+        """W = sum_b alpha_b (2 S_b - 1) as float64 [C_out, C_in, KH, KW]."""
+        alpha = self.alpha.to(torch.float64)[:, :, None, None, None]
+        return (alpha * self.signs()).sum(0)
+
+
+def pack_weight_bits(bits: torch.Tensor) -> torch.Tensor:
+    """{0,1} (or bool) [n_bases, C_out, C_in, KH, KW] -> int32 [n_bases, C_out, KH*KW, C_pad/32]."""
+    if bits.dim() != 5:
+        raise ValueError(f"weight bits must be [n_bases, C_out, C_in, KH, KW], got shape {tuple(bits.shape)}")
+    nb, c_out, c_in, kh, kw = bits.shape
+    c_pad = padded_channels(c_in)
+    b = bits.to(torch.int64).permute(0, 1, 3, 4, 2).reshape(nb, c_out, kh * kw, c_in)
+    b = torch.nn.functional.pad(b, (0, c_pad - c_in))
+    b = b.reshape(nb, c_out, kh * kw, c_pad // 32, 32)
+    shifts = torch.arange(32, device=b.device, dtype=torch.int64)
+    return _to_int32_words((b << shifts).sum(-1))
+
+
+def unpack_weight_bits(words: torch.Tensor, in_channels: int, kernel_size) -> torch.Tensor:
+    """Inverse of :func:`pack_weight_bits`: uint8 {0,1} [n_bases, C_out, C_in, KH, KW]."""
+    kh, kw = _pair(kernel_size)
+    nb, c_out, taps, n_words = words.shape
+    if taps != kh * kw or n_words * 32 < in_channels:
+        raise ValueError(
+            f"packed weight of shape {tuple(words.shape)} does not hold a {kh}x{kw} kernel with "
+            f"{in_channels} input channels"
+        )
+    shifts = torch.arange(32, device=words.device, dtype=torch.int64)
+    b = (_from_int32_words(words)[..., None] >> shifts) & 1
+    b = b.reshape(nb, c_out, kh, kw, n_words * 32)[..., :in_channels]
+    return b.permute(0, 1, 4, 2, 3).to(torch.uint8).contiguous()
+
+
+def row_sums(bits: torch.Tensor) -> torch.Tensor:
+    """R[b, o, t] = sum_c (2 S_b[o, c, t] - 1) over the real channels, int32 [n_bases, C_out, KH*KW]."""
+    nb, c_out, c_in, kh, kw = bits.shape
+    s = bits.to(torch.int64).reshape(nb, c_out, c_in, kh * kw)
+    return (2 * s.sum(2) - c_in).to(torch.int32)
+
+
+def pack_weight(bits: torch.Tensor, alpha: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                stride=1, padding=0) -> PackedConvWeight:
+    """Pack binary bases ``bits`` [n_bases, C_out, C_in, KH, KW] with scales ``alpha`` [n_bases, C_out]."""
+    nb, c_out, c_in, kh, kw = bits.shape
+    if nb not in (1, 2):
+        raise ValueError(f"the W1A4 kernel takes one or two binary bases, got {nb}")
+    if bits.min() < 0 or bits.max() > 1:
+        raise ValueError("weight bits must be 0 (for -1) or 1 (for +1); convert signs with (sign > 0)")
+    alpha = alpha.detach().to(torch.float32).reshape(nb, c_out).contiguous()
+    if bias is not None:
+        bias = bias.detach().to(torch.float32).reshape(c_out).contiguous()
+    return PackedConvWeight(pack_weight_bits(bits).contiguous(), alpha, row_sums(bits).contiguous(), bias,
+                            c_in, (kh, kw), _pair(stride), _pair(padding))
+
+
+@torch.no_grad()
+def lmb_bits(quantizer: LMB, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bases and scales of LMB's forward, w = s1 sign(w) + s2 sign(w - s1 sign(w)).
+
+    Returns (bits {0,1} uint8 [n_bases, C_out, C_in, KH, KW], alpha float32 [n_bases, C_out]); the
+    second sign is computed exactly as :meth:`LMB.quantize` does (same dtype, same operations), so the
+    packed weight reproduces the layer's binarized weight bit for bit. sign(0) = +1 gives bit 1.
+    """
+    w = weight.detach()
+    first_sign = binary_sign(w)
+    bases = [first_sign]
+    alphas = [quantizer.s1.detach().reshape(-1)]
+    if quantizer.n_bases == 2:
+        first = quantizer.s1.detach() * first_sign
+        bases.append(binary_sign(w - first))
+        alphas.append(quantizer.s2.detach().reshape(-1))
+    bits = torch.stack([(s > 0).to(torch.uint8) for s in bases])
+    return bits, torch.stack(alphas).to(torch.float32)
+
+
+def pack_quant_conv(layer: QuantConv2d) -> PackedConvWeight:
+    """The kernel's weight operand of a QuantConv2d whose weight quantizer is an initialised LMB."""
+    _check_conv(layer)
+    wq = layer.weight_quantizer
+    if not isinstance(wq, LMB):
+        raise TypeError(
+            f"the W1A4 kernel needs an LMB weight quantizer, got {type(wq).__name__}; binarize the "
+            "layer with a BinaryDM preset (e.g. binarydm.binarize_(model, 'w1a4'))"
+        )
+    if not (wq.enabled and wq.initialized):
+        raise ValueError("the LMB weight quantizer is disabled or not initialised: nothing binary to pack")
+    bits, alpha = lmb_bits(wq, layer.weight)
+    return pack_weight(bits, alpha, layer.bias, layer.stride, layer.padding)
+
+
+def _check_conv(layer: nn.Module) -> None:
+    if not isinstance(layer, QuantConv2d):
+        raise TypeError(f"expected a binarydm QuantConv2d, got {type(layer).__name__}")
+    problems = []
+    if layer.groups != 1:
+        problems.append(f"groups={layer.groups}")
+    if tuple(layer.dilation) != (1, 1):
+        problems.append(f"dilation={tuple(layer.dilation)}")
+    if layer.padding_mode != "zeros":
+        problems.append(f"padding_mode={layer.padding_mode!r}")
+    if isinstance(layer.padding, str):
+        problems.append(f"padding={layer.padding!r}")
+    if problems:
+        raise ValueError(
+            "the W1A4 kernel supports groups=1, dilation=1 and numeric zero padding only; this layer has "
+            + ", ".join(problems) + ": keep it on the fake-quantized path"
+        )
+
+
+# ---- activations --------------------------------------------------------------------------------
+@dataclass
+class PackedActivation:
+    """4-bit codes in the kernel's layout: ``codes`` int32 [N, H, W, C_pad/8], x = step * (q - zero_point)."""
+
+    codes: torch.Tensor
+    step: torch.Tensor
+    zero_point: int
+    channels: int
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(N, C, H, W) of the tensor the codes stand for."""
+        n, h, w, _ = self.codes.shape
+        return (n, self.channels, h, w)
+
+    def unpack(self) -> torch.Tensor:
+        """The codes as int32 [N, C, H, W]."""
+        return unpack_codes(self.codes, self.channels)
+
+    def dequantize(self) -> torch.Tensor:
+        """x = d * (q - z) as float64 [N, C, H, W]."""
+        return self.step.to(torch.float64) * (self.unpack().to(torch.float64) - self.zero_point)
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Integer codes in 0..15, [N, C, H, W] -> int32 [N, H, W, C_pad/8] (NHWC, 8 codes per word)."""
+    if codes.dim() != 4:
+        raise ValueError(f"activation codes must be [N, C, H, W], got shape {tuple(codes.shape)}")
+    if codes.numel() and (codes.min() < 0 or codes.max() > 15):
+        raise ValueError("4-bit activation codes must lie in 0..15 (shift signed codes by the zero point)")
+    n, c, h, w = codes.shape
+    c_pad = padded_channels(c)
+    q = codes.to(torch.int64).permute(0, 2, 3, 1)
+    q = torch.nn.functional.pad(q, (0, c_pad - c)).reshape(n, h, w, c_pad // 8, 8)
+    shifts = torch.arange(0, 32, 4, device=q.device, dtype=torch.int64)
+    return _to_int32_words((q << shifts).sum(-1)).contiguous()
+
+
+def unpack_codes(words: torch.Tensor, channels: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: int32 [N, C, H, W]."""
+    n, h, w, n_words = words.shape
+    if n_words * 8 < channels:
+        raise ValueError(f"{n_words} words per pixel hold {n_words * 8} codes, fewer than {channels} channels")
+    shifts = torch.arange(0, 32, 4, device=words.device, dtype=torch.int64)
+    q = (_from_int32_words(words)[..., None] >> shifts) & 0xF
+    q = q.reshape(n, h, w, n_words * 8)[..., :channels]
+    return q.permute(0, 3, 1, 2).to(torch.int32)
+
+
+def quantize_codes(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+    """LSQ's integer code round(clamp(x / step, qn, qp)) - qn in 0..qp-qn, computed in float32."""
+    step = torch.as_tensor(step, dtype=torch.float32, device=x.device)
+    q = torch.round(torch.clamp(x.to(torch.float32) / step, qn, qp))
+    return (q - qn).to(torch.int32)
+
+
+def pack_activation(x: torch.Tensor, step, qn: int = -8, qp: int = 7) -> PackedActivation:
+    """Quantize float ``x`` [N, C, H, W] with LSQ step ``step`` and range [qn, qp], and pack the codes.
+
+    The stored code is q - qn (unsigned), so the zero point is z = -qn (8 for a signed 4-bit LSQ).
+    """
+    if qp - qn > 15:
+        raise ValueError(f"the code range [{qn}, {qp}] needs more than 4 bits")
+    step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
+    return PackedActivation(pack_codes(quantize_codes(x, step_t, qn, qp)), step_t, -qn, x.shape[1])
+
+
+def pack_quant_conv_input(layer: QuantConv2d, x: torch.Tensor) -> PackedActivation:
+    """The kernel's activation operand for ``layer``'s input ``x``, from its LSQ act quantizer."""
+    aq = layer.act_quantizer
+    if not isinstance(aq, LSQ):
+        raise TypeError(f"the W1A4 kernel needs an LSQ activation quantizer, got {type(aq).__name__}")
+    if not (aq.enabled and aq.initialized):
+        raise ValueError("the LSQ activation quantizer is disabled or not initialised: calibrate first")
+    if aq.step.numel() != 1:
+        raise ValueError("the W1A4 kernel needs a per-tensor activation step (one zero point, one scale)")
+    if aq.bits > CODE_BITS:
+        raise ValueError(f"the W1A4 kernel takes codes of at most 4 bits, the quantizer has {aq.bits}")
+    return pack_activation(x, aq.step.detach().reshape(()), aq.qn, aq.qp)

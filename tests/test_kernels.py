@@ -1,0 +1,334 @@
+"""W1A4 convolution: packing, the exact reference, the CUDA source, the loader, and (on a GPU) the kernels.
+
+The reference is checked against float64 F.conv2d of the dequantized operands and against a direct
+int64 sum written here; the kernels are checked against the reference bit for bit.
+"""
+
+import shutil
+import subprocess
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from binarydm.kernels import cuda as kcuda
+from binarydm.kernels import reference
+from binarydm.kernels.packing import (
+    PackedActivation,
+    pack_activation,
+    pack_codes,
+    pack_quant_conv,
+    pack_quant_conv_input,
+    pack_weight,
+    pack_weight_bits,
+    padded_channels,
+    unpack_codes,
+    unpack_weight_bits,
+)
+from binarydm.quant.layers import QuantConv2d
+from binarydm.quant.lmb import LMB
+from binarydm.quant.lsq import LSQ
+
+# (C_in, C_out, kernel, stride, padding, n_bases, zero point): C_in below, at and above multiples of 32,
+# stride 2, 1x1, padding with a non-zero zero point (the border correction), one and two bases.
+SHAPES = [
+    (40, 24, 3, 1, 1, 2, 8),
+    (70, 33, 3, 2, 1, 1, 8),
+    (32, 16, 1, 1, 0, 2, 8),
+    (5, 7, 3, 2, 0, 2, 3),
+    (64, 8, 3, 1, 1, 1, 0),
+    (33, 65, 1, 2, 0, 2, 15),
+]
+
+
+def _random_operands(cin, cout, k, s, p, nb, z, gen, n=2, h=9, w=11, bias=True, device="cpu"):
+    bits = torch.randint(0, 2, (nb, cout, cin, k, k), generator=gen, dtype=torch.uint8)
+    alpha = torch.rand(nb, cout, generator=gen) + 0.05
+    b = torch.randn(cout, generator=gen) if bias else None
+    wp = pack_weight(bits, alpha, b, s, p).to(device)
+    q = torch.randint(0, 16, (n, cin, h, w), generator=gen)
+    step = torch.rand((), generator=gen) + 0.01
+    return PackedActivation(pack_codes(q).to(device), step.to(device), z, cin), wp, bits, q
+
+
+# ---- packing ------------------------------------------------------------------------------------
+def test_padded_channels():
+    assert [padded_channels(c) for c in (1, 31, 32, 33, 64, 70)] == [32, 32, 32, 64, 64, 96]
+
+
+@pytest.mark.parametrize("cin", [5, 32, 70])
+def test_weight_bits_round_trip(cin):
+    gen = torch.Generator().manual_seed(cin)
+    bits = torch.randint(0, 2, (2, 6, cin, 3, 3), generator=gen, dtype=torch.uint8)
+    words = pack_weight_bits(bits)
+    assert words.dtype == torch.int32 and words.shape == (2, 6, 9, padded_channels(cin) // 32)
+    assert torch.equal(unpack_weight_bits(words, cin, 3), bits)
+
+
+def test_weight_bit_positions():
+    # Channel 32k + j of tap t = ky*KW + kx is bit j of word k; bit 31 reads as the int32 sign bit.
+    bits = torch.zeros(1, 1, 64, 3, 3, dtype=torch.uint8)
+    bits[0, 0, 37, 1, 2] = 1
+    bits[0, 0, 31, 0, 0] = 1
+    words = pack_weight_bits(bits)
+    assert words[0, 0, 5, 1].item() == 1 << 5
+    assert words[0, 0, 0, 0].item() == -(2**31)
+    assert words.ne(0).sum().item() == 2
+
+
+@pytest.mark.parametrize("cin", [3, 8, 40])
+def test_codes_round_trip_and_positions(cin):
+    gen = torch.Generator().manual_seed(cin)
+    q = torch.randint(0, 16, (2, cin, 5, 4), generator=gen)
+    words = pack_codes(q)
+    assert words.shape == (2, 5, 4, padded_channels(cin) // 8)
+    assert torch.equal(unpack_codes(words, cin), q.to(torch.int32))
+    one = torch.zeros(1, cin, 1, 1, dtype=torch.int64)
+    one[0, cin - 1] = 15
+    # Channel 8k + j is nibble j of word k; padded channels hold code 0.
+    k, j = divmod(cin - 1, 8)
+    expected = torch.zeros(padded_channels(cin) // 8, dtype=torch.int64)
+    expected[k] = 15 << (4 * j)
+    assert torch.equal(pack_codes(one)[0, 0, 0].to(torch.int64) & 0xFFFFFFFF, expected)
+
+
+def test_pack_rejects_out_of_range():
+    with pytest.raises(ValueError, match="0..15"):
+        pack_codes(torch.full((1, 2, 2, 2), 16))
+    with pytest.raises(ValueError, match="0 \\(for -1\\) or 1"):
+        pack_weight(torch.full((1, 2, 3, 1, 1), 2, dtype=torch.int64), torch.ones(1, 2))
+
+
+def test_row_sums_are_signed_channel_sums():
+    gen = torch.Generator().manual_seed(3)
+    bits = torch.randint(0, 2, (2, 4, 45, 3, 3), generator=gen, dtype=torch.uint8)
+    wp = pack_weight(bits, torch.ones(2, 4))
+    signs = bits.to(torch.int64) * 2 - 1
+    assert torch.equal(wp.row_sums.to(torch.int64), signs.sum(2).reshape(2, 4, 9))
+
+
+def test_pack_activation_is_lsq_code_plus_zero_point():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 10, 4, 4, generator=gen) * 2
+    lsq = LSQ(4)
+    lsq.initialize_(x)
+    packed = pack_activation(x, lsq.step.detach(), lsq.qn, lsq.qp)
+    assert packed.zero_point == 8
+    assert torch.equal(packed.unpack() - 8, lsq.codes(x))
+    assert torch.allclose(packed.dequantize().float(), lsq(x).detach(), rtol=0, atol=1e-6)
+
+
+# ---- the reference ------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_equals_float64_conv(shape):
+    cin, cout, k, s, p, nb, z = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    x, w, _, _ = _random_operands(cin, cout, k, s, p, nb, z, gen)
+    expected = F.conv2d(x.dequantize(), w.dequantize(), w.bias.double(), s, p)
+    y32 = reference.w1a4_conv2d(x, w, torch.float32)
+    assert y32.shape == expected.shape and y32.is_contiguous(memory_format=torch.channels_last)
+    # Integer sums are exact; only the float32 epilogue rounds (a few ulp of the largest term).
+    bound = 4 * torch.finfo(torch.float32).eps * (expected.abs() + w.alpha.sum(0).double().max() * x.step * 15
+                                                  * cin * k * k)
+    assert ((y32.double() - expected).abs() <= bound).all()
+    y16 = reference.w1a4_conv2d(x, w, torch.float16)
+    assert torch.equal(y16, y32.to(torch.float16))
+
+
+def test_border_correction_is_what_makes_padding_exact():
+    # With z != 0, code 0 outside the image means x = -z d there; only the correction over the valid
+    # taps turns it into the 0 of zero padding. Removing the correction changes exactly the border.
+    gen = torch.Generator().manual_seed(5)
+    x, w, _, _ = _random_operands(8, 4, 3, 1, 1, 1, 8, gen, bias=False)
+    v = reference.integer_accumulators(x, w)
+    x0 = PackedActivation(x.codes, x.step, 0, x.channels)
+    uncorrected = reference.integer_accumulators(x0, w)
+    diff = (v - uncorrected).reshape(1, 2, 4, 9, 11)[0]
+    total = w.row_sums.sum(-1).to(torch.int64)[0]  # interior pixels: every tap valid
+    assert torch.equal(diff[:, :, 1:-1, 1:-1], (-8 * total)[None, :, None, None].expand(2, 4, 7, 9))
+    assert not torch.equal(diff[:, :, 0, 0], (-8 * total)[None].expand(2, 4))
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_integer_accumulators_equal_direct_int64_sum(shape):
+    # The bit-plane popcount form against sum_{t,c} w q - z sum_{valid t} R, computed directly in int64.
+    cin, cout, k, s, p, nb, z = shape
+    gen = torch.Generator().manual_seed(7 + sum(shape))
+    x, w, bits, q = _random_operands(cin, cout, k, s, p, nb, z, gen)
+    signs = bits.to(torch.int64) * 2 - 1  # [nb, C_out, C_in, k, k]
+    n, _, h, wd = q.shape
+    # Shifting the codes by z makes padding real zero: sum w (q - z) over valid taps, directly.
+    xs = F.pad(q.to(torch.int64) - z, (p, p, p, p))
+    oh, ow = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
+    expected = torch.zeros(nb, n, cout, oh, ow, dtype=torch.int64)
+    for ky in range(k):
+        for kx in range(k):
+            patch = xs[:, :, ky: ky + s * (oh - 1) + 1: s, kx: kx + s * (ow - 1) + 1: s]
+            expected += torch.einsum("boc,xchw->bxohw", signs[..., ky, kx], patch)
+    assert torch.equal(reference.integer_accumulators(x, w), expected.reshape(nb, n, cout, oh * ow))
+
+
+@pytest.mark.parametrize("n_bases, stride", [(2, 1), (1, 2)])
+def test_reference_reproduces_quant_conv(n_bases, stride):
+    torch.manual_seed(11)
+    conv = nn.Conv2d(40, 12, 3, stride=stride, padding=1)
+    wq = LMB(12, 4, n_bases=n_bases).initialize_(conv.weight.detach())
+    aq = LSQ(4)
+    x = torch.randn(2, 40, 8, 8)
+    aq.initialize_(x)
+    layer = QuantConv2d.from_float(conv, wq, aq)
+    expected = layer(x).detach().double()
+    y = reference.w1a4_conv2d(pack_quant_conv_input(layer, x), pack_quant_conv(layer), torch.float32)
+    err = (y.double() - expected).norm() / expected.norm()
+    assert err < 1e-6, err
+    # Each packed weight equals the binarized weight the layer uses.
+    assert torch.allclose(pack_quant_conv(layer).dequantize().float(), layer.quantized_weight().detach(),
+                          rtol=0, atol=1e-6)
+
+
+def test_pack_quant_conv_rejects_what_the_kernel_cannot_run():
+    conv = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+    layer = QuantConv2d.from_float(conv, LMB(4, 4).initialize_(conv.weight.detach()), None)
+    with pytest.raises(ValueError, match="groups=2"):
+        pack_quant_conv(layer)
+    plain = QuantConv2d.from_float(nn.Conv2d(4, 4, 3), LSQ(4), None)
+    with pytest.raises(TypeError, match="LMB"):
+        pack_quant_conv(plain)
+
+
+# ---- the CUDA source ----------------------------------------------------------------------------
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_90a"])
+def test_cuda_source_compiles_with_nvcc(arch, tmp_path):
+    cubin = kcuda.build_cubin(arch, tmp_path)
+    assert cubin.stat().st_size > 0
+    names = cubin.read_bytes()
+    for kernel in kcuda.MMA_KERNELS + kcuda.SIMT_KERNELS + (kcuda.PACK_KERNEL,):
+        assert kernel.encode() in names
+
+
+@needs_nvcc
+def test_ptx_uses_integer_tensor_cores(tmp_path):
+    ptx = kcuda.build_cubin("sm_80", tmp_path, kind="ptx").read_text()
+    assert ptx.count("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32") >= 4
+
+
+def test_cuda_source_compiles_with_nvrtc():
+    # CuPy's path: NVRTC with no include directories (CuPy adds -arch itself).
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
+    for arch in (b"compute_80", b"compute_90"):
+        _, prog = nvrtc.nvrtcCreateProgram(kcuda.cuda_source().encode(), b"w1a4_conv.cu", 0, [], [])
+        opts = [b"--gpu-architecture=" + arch, b"--std=c++17"]
+        (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        assert result == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode()
+
+
+HOST_CHECK = r"""
+#include <cstdio>
+#include "w1a4_conv.cu"
+int main() {
+    for (u32 x = 0; x < 65536; ++x) printf("%u\n", nibbles_to_bytes(x));
+    for (u32 b = 0; b < 16; ++b) printf("%u\n", bits_to_pm1_bytes(b));
+    for (u32 b = 0; b < 256; ++b) printf("%u\n", bits_to_nibble_mask(b));
+    for (u32 x = 0; x < 65536; ++x) printf("%d\n", nibble_sum(x * 40503u + (x << 16)));
+    return 0;
+}
+"""
+
+
+@needs_nvcc
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
+def test_kernel_bit_helpers_on_the_host(tmp_path):
+    # The helpers that expand nibbles and weight bits are host functions too: check them exhaustively.
+    src = tmp_path / "check.cu"
+    src.write_text(HOST_CHECK)
+    exe = tmp_path / "check"
+    subprocess.run(["nvcc", "-O1", "-I", str(kcuda.SOURCE.parent), "-o", str(exe), str(src)], check=True,
+                   capture_output=True)
+    out = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
+    bytes_of = lambda v: [(v >> (8 * i)) & 0xFF for i in range(4)]  # noqa: E731
+    it = iter(out)
+    for x in range(65536):
+        assert bytes_of(next(it)) == [(x >> (4 * i)) & 0xF for i in range(4)]
+    for b in range(16):
+        assert bytes_of(next(it)) == [1 if (b >> i) & 1 else 0xFF for i in range(4)]
+    for b in range(256):
+        assert next(it) == sum(0xF << (4 * j) for j in range(8) if (b >> j) & 1)
+    for x in range(65536):
+        v = (x * 40503 + (x << 16)) & 0xFFFFFFFF
+        assert next(it) == sum((v >> (4 * j)) & 0xF for j in range(8))
+
+
+# ---- the loader ---------------------------------------------------------------------------------
+def test_loader_falls_back_with_exactly_one_warning():
+    kcuda._reset_state()
+    gen = torch.Generator().manual_seed(13)
+    x, w, _, _ = _random_operands(36, 8, 3, 1, 1, 2, 8, gen)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first = kcuda.w1a4_conv2d(x, w)
+            second = kcuda.w1a4_conv2d(x, w, torch.float32)
+        fallback = [c for c in caught if issubclass(c.category, RuntimeWarning) and "W1A4" in str(c.message)]
+        assert len(fallback) == 1
+        assert torch.equal(first, reference.w1a4_conv2d(x, w))
+        assert torch.equal(second, reference.w1a4_conv2d(x, w, torch.float32))
+    finally:
+        kcuda._reset_state()
+
+
+def test_load_module_names_the_missing_piece():
+    kcuda._reset_state()
+    try:
+        if kcuda.is_available():
+            pytest.skip("CuPy and CUDA are present: the kernel loads")
+        with pytest.raises(kcuda.KernelUnavailable, match="CuPy|CUDA"):
+            kcuda.load_module()
+    finally:
+        kcuda._reset_state()
+
+
+# ---- on a GPU -----------------------------------------------------------------------------------
+GPU_SHAPES = SHAPES + [(128, 128, 3, 1, 1, 2, 8), (256, 256, 3, 2, 1, 1, 8), (96, 200, 3, 1, 1, 2, 8)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["mma", "simt"])
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+def test_kernel_equals_reference_bit_for_bit(shape, out_dtype, variant):
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    cin, cout, k, s, p, nb, z = shape
+    gen = torch.Generator().manual_seed(101 + sum(shape))
+    x, w, _, _ = _random_operands(cin, cout, k, s, p, nb, z, gen, n=3, h=13, w=10, device="cuda")
+    expected = reference.w1a4_conv2d(x, w, out_dtype)
+    oh, ow = expected.shape[-2:]
+    out = torch.full((3, oh, ow, cout), float("nan"), dtype=out_dtype, device="cuda")  # poison
+    y = kcuda.launch(x, w, out_dtype, variant, out=out)
+    torch.cuda.synchronize()
+    assert not torch.isnan(out).any(), "some outputs were never written"
+    int_view = torch.int16 if out_dtype == torch.float16 else torch.int32
+    assert torch.equal(y.contiguous().view(int_view), expected.contiguous().view(int_view))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_quantize_pack_kernel_equals_packer(channels_last):
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    gen = torch.Generator().manual_seed(17)
+    x = (torch.randn(4, 45, 7, 9, generator=gen) * 3).cuda()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    packed = kcuda.quantize_pack(x, 0.3)
+    torch.cuda.synchronize()
+    assert torch.equal(packed.codes, pack_activation(x, 0.3).codes)
