@@ -21,13 +21,16 @@ from .lsq import LSQ
 class QuantAttnProcessor(nn.Module):
     """Attention with LSQ-quantized q, k, softmax probabilities (unsigned) and v."""
 
-    def __init__(self, bits: int = 4):
+    def __init__(self, bits: int = 4, operand_quantizer=None):
         super().__init__()
-        self.q_quantizer = LSQ(bits, signed=True)
-        self.k_quantizer = LSQ(bits, signed=True)
+        # q, k, v: signed LSQ; at 1 bit (no signed 1-bit LSQ code) a factory gives the algorithm's
+        # own activation binarizer (e.g. XNOR's b * sign(x)).
+        make = operand_quantizer or (lambda: LSQ(bits, signed=True))
+        self.q_quantizer = make()
+        self.k_quantizer = make()
         # The probabilities lie in [0, 1]: an unsigned code spends no level on negative values.
         self.p_quantizer = LSQ(bits, signed=False)
-        self.v_quantizer = LSQ(bits, signed=True)
+        self.v_quantizer = make()
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         self._fallback = AttnProcessor2_0()

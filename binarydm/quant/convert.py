@@ -120,7 +120,10 @@ def binarize_(
         for name, module in model.named_modules():
             if _is_attention(module) and not _is_kept(name, cfg.keep):
                 if filter_fn is None or filter_fn(module, name):
-                    module.set_processor(QuantAttnProcessor(cfg.a_bits).to(_device_of(module)))
+                    operand = None
+                    if cfg.a_bits == 1:  # signed LSQ has no 1-bit code: binarize q, k, v like layer inputs
+                        operand = lambda name=name: afactory(LayerSpec(name=name, config=cfg))  # noqa: E731
+                    module.set_processor(QuantAttnProcessor(cfg.a_bits, operand).to(_device_of(module)))
     return model
 
 
@@ -145,8 +148,13 @@ def activation_quantizers(model: nn.Module) -> list[Quantizer]:
     """Every activation quantizer: layer inputs and attention operands."""
     out: list[Quantizer] = []
     for m in model.modules():
-        if isinstance(m, QUANT_LAYERS) and m.act_quantizer is not None:
-            out.append(m.act_quantizer)
+        if isinstance(m, QUANT_LAYERS):
+            if m.act_quantizer is not None:
+                out.append(m.act_quantizer)
+            # An algorithm acting on the layer output (XNOR++'s Gamma) is calibrated like an activation.
+            output_q = getattr(m.weight_quantizer, "output_quantizer", None)
+            if output_q is not None:
+                out.append(output_q)
         elif isinstance(m, QuantAttnProcessor):
             out.extend(m.quantizers())
     return out

@@ -35,6 +35,17 @@ class _QuantSlots:
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.act_quantizer is None else self.act_quantizer(x)
 
+    def _output_scale(self):
+        """The weight quantizer's ``scale_output`` (an algorithm acting on the layer output, e.g.
+        XNOR++'s Gamma), or None: applied to the output before the bias, only while the weight
+        quantizer is enabled."""
+        q = self.weight_quantizer
+        return getattr(q, "scale_output", None) if q is not None and q.enabled else None
+
+    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
+        scale = self._output_scale()
+        return y if scale is None else scale(y)
+
 
 class QuantConv2d(_QuantSlots, nn.Conv2d):
     """``nn.Conv2d`` computing conv(Q_a(x), Q_w(W)) + b."""
@@ -44,7 +55,10 @@ class QuantConv2d(_QuantSlots, nn.Conv2d):
         self._set_quantizers(weight_quantizer, act_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+        if self._output_scale() is None:
+            return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+        y = self.scale_output(self._conv_forward(self.quantized_input(x), self.quantized_weight(), None))
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, weight_quantizer=None, act_quantizer=None) -> "QuantConv2d":
@@ -68,7 +82,10 @@ class QuantLinear(_QuantSlots, nn.Linear):
         self._set_quantizers(weight_quantizer, act_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+        if self._output_scale() is None:
+            return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+        y = self.scale_output(F.linear(self.quantized_input(x), self.quantized_weight()))
+        return y if self.bias is None else y + self.bias
 
     @classmethod
     def from_float(cls, linear: nn.Linear, weight_quantizer=None, act_quantizer=None) -> "QuantLinear":

@@ -1,0 +1,166 @@
+"""BiPFT (Xing et al., "BiPFT: Binary Pre-trained Foundation Transformer with Low-rank Estimation of
+Binarization Residual Polynomials", AAAI 2024).
+
+Weights (BWN):   W_b = mean|W| * sign(W - mean(W)), both statistics per output channel and detached;
+                 backward: identity STE, dW = g * mean|W|.
+Activations:     x_b = a * sign(x - beta),  beta a learnable shift per input channel (init 0, sized
+                 from the calibration batch), a a learnable scalar (init mean|x|, the L2-optimal scale
+                 of a sign code), LSQ-style: its gradient is scaled by 1 / sqrt(numel(x)).
+                 backward: identity STE, dx = g * a, dbeta = -sum g * a, da = sum g * sign(x - beta) / sqrt(N).
+
+Attention (:class:`BiPFTSelfAttention`, for transformers built from it). Binarizing Q, K, V leaves
+residuals R = X - B(X); BiPFT estimates the residual polynomial of the attention with rank-1 terms:
+
+    scores  = (B(Q) B(K)^T + q_m k_p^T + q_p k_m^T + q_p k_p^T) / sqrt(d)
+    context = B(P) B(V) + B(P) v_p,      P = softmax(scores)
+
+each of q_m, q_p, k_m, k_p, v_p a Linear(hidden, 1) per head of the attention INPUT (rank 1 in the
+sequence), v_p broadcast over the head dimension. B(P) is BiBERT's Boolean attention: H(P - 1/L)
+(1 for a key weighted above the uniform 1/L, else 0), with a straight-through gradient.
+
+What is not applied to diffusers: diffusers ``Attention`` modules keep their own processor
+(``QuantAttnProcessor``, LSQ on q, k, P, v); the rank-1 estimators need extra parameters inside the
+attention computation, which only :class:`BiPFTSelfAttention` has. ``weight='bipft'`` /
+``act='bipft'`` binarize the Linear and Conv2d layers of any model, diffusers UNets included.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from binarydm.quant.base import Quantizer, observing
+from binarydm.quant.convert import calibrate_ as _calibrate_layers
+from binarydm.quant.registry import LayerSpec, register_act, register_weight
+from binarydm.quant.ste import grad_scale, sign_ste
+
+from ._common import (
+    Affine, ChannelSized, ParameterFree, channel_axis, check_one_bit, empty_param, out_channel_dims, view_along,
+)
+
+
+class BWNWeight(ParameterFree):
+    """mean|W| * sign(W - mean(W)) per output channel (statistics detached); identity STE."""
+
+    @property
+    def bits(self) -> int:
+        return 1
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        dims = out_channel_dims(w)
+        center = w.mean(dim=dims, keepdim=True).detach()
+        scale = w.abs().mean(dim=dims, keepdim=True).detach()
+        return scale * sign_ste(w - center, "identity")
+
+
+class BiPFTAct(ChannelSized):
+    """a * sign(x - beta_c): learnable per-channel shift and scalar scale; identity STE."""
+
+    channel_params = ("beta",)
+
+    def __init__(self, channels: Optional[int] = None) -> None:
+        super().__init__()
+        self.beta = nn.Parameter(torch.zeros(channels)) if channels is not None else empty_param()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    @property
+    def bits(self) -> int:
+        return 1
+
+    def _initialize(self, x: torch.Tensor) -> None:
+        channels = x.shape[channel_axis(x)]
+        if self.beta.numel() != channels:
+            self._size_channels(channels, 0.0)
+        else:
+            self.beta.zero_()
+        self.scale.fill_(float(x.abs().mean().clamp_min(1e-8)))
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        beta = view_along(self.beta.to(x.dtype), x, channel_axis(x))
+        a = grad_scale(self.scale.to(x.dtype), 1.0 / math.sqrt(x.numel()))
+        return a * sign_ste(x - beta, "identity")
+
+
+def _two(u: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(u, 2.0)
+
+
+def heaviside_ste(u: torch.Tensor) -> torch.Tensor:
+    """Forward H(u) = (sign(u) + 1) / 2, exactly 0 or 1 (H(0) = 1); backward identity (sign's surrogate 2, halved)."""
+    return (sign_ste(u, _two) + 1) / 2
+
+
+class BiPFTSelfAttention(nn.Module):
+    """Multi-head self-attention on [B, L, hidden] with BiPFT's binarized operands and rank-1 estimators.
+
+    to_q, to_k, to_v, to_out are ordinary nn.Linear layers: ``binarize_`` binarizes them like any other.
+    The Q, K, V binarizers are initialised by :func:`calibrate_`; ``binarize_operands=False`` gives the
+    full-precision attention (the teacher's, with the estimators unused).
+    """
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden={hidden} is not divisible by heads={heads}")
+        self.heads, self.head_dim = heads, hidden // heads
+        self.to_q, self.to_k, self.to_v = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.to_out = nn.Linear(hidden, hidden)
+        self.q_quantizer, self.k_quantizer, self.v_quantizer = (BiPFTAct(hidden) for _ in range(3))
+        # Rank-1 estimators of the binarization residuals, one output per head: full precision (not
+        # nn.Linear, so binarize_ leaves them alone). Zero-initialised: the binarized attention
+        # starts from B(Q)B(K)^T and the terms grow only as training needs them.
+        self.q_m, self.q_p, self.k_m, self.k_p, self.v_p = (Affine(hidden, heads) for _ in range(5))
+        for lin in (self.q_m, self.q_p, self.k_m, self.k_p, self.v_p):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.binarize_operands = True
+
+    def quantizers(self) -> tuple[Quantizer, Quantizer, Quantizer]:
+        return self.q_quantizer, self.k_quantizer, self.v_quantizer
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, _ = x.shape
+        return x.view(b, length, self.heads, -1).transpose(1, 2)  # [B, heads, L, d or 1]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        b, length, _ = hidden_states.shape
+        q, k, v = self.to_q(hidden_states), self.to_k(hidden_states), self.to_v(hidden_states)
+        on = self.binarize_operands
+        if on:
+            q, k, v = self.q_quantizer(q), self.k_quantizer(k), self.v_quantizer(v)
+        q, k, v = self._split(q), self._split(k), self._split(v)
+        scores = q @ k.transpose(-1, -2)
+        if on:
+            estimators = (self.q_m, self.q_p, self.k_m, self.k_p, self.v_p)
+            qm, qp, km, kp, vp = (self._split(e(hidden_states)) for e in estimators)
+            scores = scores + qm @ kp.transpose(-1, -2) + qp @ km.transpose(-1, -2) + qp @ kp.transpose(-1, -2)
+        probs = (scores / math.sqrt(self.head_dim)).softmax(dim=-1)
+        if on and not any(qz.observing for qz in self.quantizers()):
+            probs = heaviside_ste(probs - 1.0 / length)
+            context = probs @ v + probs @ vp
+        else:
+            context = probs @ v
+        return self.to_out(context.transpose(1, 2).reshape(b, length, -1))
+
+
+@torch.no_grad()
+def calibrate_(model: nn.Module, *args, **kwargs) -> nn.Module:
+    """``binarydm.calibrate_`` plus the Q, K, V binarizers of every BiPFTSelfAttention."""
+    extra = [q for m in model.modules() if isinstance(m, BiPFTSelfAttention) for q in m.quantizers()]
+    with observing(extra):
+        _calibrate_layers(model, *args, **kwargs)
+    return model
+
+
+@register_weight("bipft")
+def _weight(layer, spec: LayerSpec) -> BWNWeight:
+    return BWNWeight()
+
+
+@register_act("bipft")
+def _act(spec: LayerSpec) -> BiPFTAct:
+    check_one_bit(spec, "bipft")
+    return BiPFTAct()

@@ -1,0 +1,126 @@
+import math
+
+import torch
+from torch import nn
+
+from binarydm.algorithms import preset
+from binarydm.algorithms.bipft import BiPFTAct, BiPFTSelfAttention, BWNWeight, calibrate_, heaviside_ste
+from binarydm.quant.layers import QuantLinear
+
+from .helpers import TinyResNet, check_conv_arguments, check_round_trip, leaf, resnet_input, upstream, vjp
+
+CONFIG = preset("bipft")
+
+
+class TinyBiPFT(nn.Module):
+    """A one-block pre-norm transformer built on BiPFTSelfAttention."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.embed = nn.Linear(6, dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = BiPFTSelfAttention(dim, heads)
+        self.ff = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, dim))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.attn(self.norm1(h))
+        h = h + self.ff(self.norm2(h))
+        return self.head(h)
+
+
+def tokens(seed=0):
+    return torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(seed))
+
+
+def test_bwn_weight_forward_and_identity_ste():
+    w = leaf(5, 3, 3, 3)
+    y = BWNWeight()(w)
+    wd = w.detach()
+    mean = wd.mean(dim=(1, 2, 3), keepdim=True)
+    scale = wd.abs().mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(y.detach(), scale * torch.where(wd - mean >= 0, 1.0, -1.0), rtol=0, atol=0)
+    g = upstream(w.shape)
+    (dw,) = vjp(y, w, g)
+    torch.testing.assert_close(dw, g * scale, rtol=1e-6, atol=0)
+
+
+def test_activation_forward_and_gradients():
+    x = leaf(3, 4, 5, 5, scale=2.0)
+    q = BiPFTAct().initialize_(x)
+    torch.testing.assert_close(q.scale.detach(), x.detach().abs().mean(), rtol=1e-6, atol=0)
+    with torch.no_grad():
+        q.beta.copy_(torch.tensor([0.3, -0.2, 0.0, 0.5]))
+    y = q(x)
+    beta = q.beta.detach().view(1, -1, 1, 1)
+    s = torch.where(x.detach() - beta >= 0, 1.0, -1.0)
+    torch.testing.assert_close(y.detach(), q.scale.detach() * s, rtol=0, atol=0)
+    g = upstream(x.shape)
+    dx, dbeta, dscale = vjp(y, (x, q.beta, q.scale), g)
+    a = q.scale.detach()
+    torch.testing.assert_close(dx, g * a, rtol=1e-6, atol=0)  # identity STE, no clipping
+    torch.testing.assert_close(dbeta, -(g * a).sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dscale, (g * s).sum() / math.sqrt(x.numel()), rtol=1e-5, atol=1e-6)
+
+
+def test_heaviside_ste():
+    u = leaf(10)
+    y = heaviside_ste(u)
+    assert torch.equal(y.detach(), (u.detach() >= 0).float())
+    assert heaviside_ste(torch.zeros(1)).item() == 1.0
+    g = upstream(u.shape)
+    (du,) = vjp(y, u, g)
+    torch.testing.assert_close(du, g)
+
+
+def _attention_reference(attn, h):
+    """The spec's formula written out, head by head (operands already binarized by the module's quantizers)."""
+    b, length, _ = h.shape
+    q, k, v = attn.q_quantizer(attn.to_q(h)), attn.k_quantizer(attn.to_k(h)), attn.v_quantizer(attn.to_v(h))
+    out = torch.zeros(b, length, attn.heads * attn.head_dim)
+    d = attn.head_dim
+    for i in range(attn.heads):
+        qi, ki, vi = (t[..., i * d:(i + 1) * d] for t in (q, k, v))
+        qm, qp, km, kp, vp = (e(h)[..., i:i + 1] for e in (attn.q_m, attn.q_p, attn.k_m, attn.k_p, attn.v_p))
+        scores = qi @ ki.transpose(1, 2) + qm @ kp.transpose(1, 2) + qp @ km.transpose(1, 2) + qp @ kp.transpose(1, 2)
+        p = torch.softmax(scores / math.sqrt(d), dim=-1)
+        bp = (p >= 1.0 / length).float()
+        out[..., i * d:(i + 1) * d] = bp @ vi + bp @ vp
+    return attn.to_out(out)
+
+
+def test_attention_matches_the_formula_and_estimators_are_rank_one():
+    model = TinyBiPFT()
+    x = tokens()
+    calibrate_(model, x)
+    attn = model.attn
+    with torch.no_grad():
+        for e in (attn.q_m, attn.q_p, attn.k_m, attn.k_p, attn.v_p):
+            e.weight.normal_(0, 0.3)
+        h = model.norm1(model.embed(x))
+        torch.testing.assert_close(attn(h), _attention_reference(attn, h), rtol=1e-5, atol=1e-5)
+        for t in (attn.q_quantizer(attn.to_q(h)), attn.v_quantizer(attn.to_v(h))):
+            assert (t.abs() - t.abs()[0, 0, 0]).abs().max() < 1e-6  # a * sign: one magnitude
+        assert attn.q_m(h).shape == (2, 5, 2)  # one rank-1 estimator output per head and token
+    y = attn(h.requires_grad_(True))
+    y.sum().backward()
+    assert all(e.weight.grad is not None and e.weight.grad.abs().sum() > 0 for e in (attn.q_m, attn.k_p, attn.v_p))
+
+
+def test_binarize_and_round_trip_on_a_bipft_transformer():
+    def make():
+        return TinyBiPFT()
+
+    fresh = check_round_trip(CONFIG, make, (tokens(),), calibrate=calibrate_)
+    assert isinstance(fresh.attn.to_q, QuantLinear) and isinstance(fresh.ff[0].act_quantizer, BiPFTAct)
+    # the rank-1 estimators stay full precision (binarize_ swaps only nn.Linear / nn.Conv2d)
+    assert not any(isinstance(e, QuantLinear) for e in (fresh.attn.q_m, fresh.attn.k_p, fresh.attn.v_p))
+
+
+def test_conv_arguments_honoured():
+    check_conv_arguments(CONFIG)
+
+
+def test_state_dict_round_trip_resnet():
+    check_round_trip(CONFIG, TinyResNet, (resnet_input(),))
