@@ -10,6 +10,7 @@ The public API::
 
 from .quant import QuantConfig, binarize_, calibrate_, set_quant_state_, summary
 from . import algorithms  # noqa: E402,F401  (registers the comparison-suite quantizers and surrogates)
+from .packing import load_packed  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["QuantConfig", "binarize_", "calibrate_", "set_quant_state_", "summary", "__version__"]
+__all__ = ["QuantConfig", "binarize_", "calibrate_", "load_packed", "set_quant_state_", "summary", "__version__"]

@@ -1,0 +1,300 @@
+"""Training schedules as Lightning callbacks: progressive initialisation, EBB's transition, sample grids, EMA.
+
+Every schedule is driven by ``trainer.global_step`` only (no rank-0-only branches, no module-name
+parsing at run time), so it does the same thing on every DDP rank, and its small state is saved in
+the checkpoint through ``state_dict`` so a resumed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import lightning as L
+import torch
+from torch import nn
+
+from ..quant.attention import QuantAttnProcessor
+from ..quant.convert import activation_quantizers, calibrate_, progressive_groups, quant_layers
+from ..quant.layers import QUANT_LAYERS
+from .module import two_basis_lmbs
+
+
+def _broadcast_from_rank0(tensors) -> None:
+    """Make every rank hold rank 0's values (a no-op outside torch.distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for t in tensors:
+            torch.distributed.broadcast(t.data, src=0)
+
+
+def all_quantizers_off_(model: nn.Module) -> None:
+    """Full precision everywhere: the state progressive initialisation starts from."""
+    for m in model.modules():
+        if isinstance(m, QUANT_LAYERS):
+            for q in (m.weight_quantizer, m.act_quantizer):
+                if q is not None:
+                    q.enabled = False
+        elif isinstance(m, QuantAttnProcessor):
+            for q in m.quantizers():
+                q.enabled = False
+
+
+@torch.no_grad()
+def calibrate_once(pl_module, batch) -> None:
+    """Initialise the activation steps still uninitialised from this batch (x_t, t of the current step).
+
+    Each rank sees its own shard of the batch, so rank 0's steps are broadcast to every rank. After a
+    load the steps are initialised already and nothing happens.
+    """
+    student = pl_module.student
+    if all(q.initialized for q in activation_quantizers(student)):
+        return
+    x_t, t, _ = pl_module.batch_inputs(batch, pl_module.global_step)
+    calibrate_(student, x_t, t)
+    _broadcast_from_rank0([p for q in activation_quantizers(student) for p in q.parameters()])
+
+
+# ---- progressive initialisation -------------------------------------------------------------
+@dataclass
+class ProgressiveSchedule:
+    """BinaryDM's warm-up: event k (k = 0 .. G-1) switches group k of ``progressive_groups`` to
+    binary at step ``start_step + k * every``; event G switches on the attention operands."""
+
+    enabled: bool = True
+    start_step: int = 0
+    every: int = 1
+    attention: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.start_step < 0:
+            raise ValueError(f"progressive: every >= 1 and start_step >= 0 required, got {self}")
+
+    def event_step(self, k: int) -> int:
+        return self.start_step + k * self.every
+
+
+class ProgressiveInit(L.Callback):
+    """Switch quantizer groups on from the middle of the UNet outwards (BinaryDM Sec. 4.1).
+
+    Before the first switch, all activation steps are calibrated once (``binarydm.calibrate_``) on
+    the first training batch with every quantizer off, i.e. from full-precision statistics, and
+    rank 0's steps are broadcast. At each switch, every layer of the group gets its weight scales
+    initialised from its current weight, and its weight and input quantizers are enabled. The
+    counter of events done is the callback's state; the on/off flags and initialised scales are
+    in the model's state dict (the quantizers' extra state).
+    """
+
+    def __init__(self, schedule: ProgressiveSchedule = ProgressiveSchedule()):
+        self.schedule = schedule
+        self.events_done = 0
+        self.history: list[tuple[int, str]] = []  # (step, group name) of each switch done
+
+    def groups(self, student: nn.Module) -> list[tuple[str, list[str]]]:
+        return progressive_groups(student)
+
+    def num_events(self, student: nn.Module) -> int:
+        has_attn = any(isinstance(m, QuantAttnProcessor) for m in student.modules())
+        return len(self.groups(student)) + int(self.schedule.attention and has_attn)
+
+    def last_event_step(self, student: nn.Module) -> int:
+        return self.schedule.event_step(self.num_events(student) - 1)
+
+    @torch.no_grad()
+    def switch_group(self, student: nn.Module, name: str, prefixes: list[str]) -> None:
+        for _, layer in quant_layers(student, prefixes):
+            wq, aq = layer.weight_quantizer, layer.act_quantizer
+            if wq is not None:
+                wq.initialize_(layer.weight)  # scales from the current weight, at switch time
+                wq.enabled = True
+            if aq is not None:
+                aq.enabled = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.schedule.enabled:
+            return
+        student = pl_module.student
+        step = trainer.global_step
+        groups = self.groups(student)
+        n_events = self.num_events(student)
+        if self.events_done < n_events and self.schedule.event_step(self.events_done) <= step:
+            calibrate_once(pl_module, batch)
+        while self.events_done < n_events and self.schedule.event_step(self.events_done) <= step:
+            k = self.events_done
+            if k < len(groups):
+                name, prefixes = groups[k]
+                self.switch_group(student, name, prefixes)
+            else:
+                name = "attention"
+                for m in student.modules():
+                    if isinstance(m, QuantAttnProcessor):
+                        for q in m.quantizers():
+                            q.enabled = True
+            self.history.append((step, name))
+            self.events_done += 1
+            pl_module.log("progressive/events_done", float(self.events_done), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict:
+        return {"events_done": self.events_done, "history": [list(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.events_done = int(state_dict["events_done"])
+        self.history = [(int(s), str(n)) for s, n in state_dict.get("history", [])]
+
+
+class Calibrate(L.Callback):
+    """Without progressive initialisation: calibrate the activation steps once, on the first batch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        calibrate_once(pl_module, batch)
+
+
+# ---- EBB ------------------------------------------------------------------------------------
+class EBBTransition(L.Callback):
+    """EBB stage 2: at ``transition_step`` every 2-basis LMB drops s2 and becomes s1 * sign(w).
+
+    The number of bases is saved in each LMB's extra state, so a run resumed after the transition
+    stays single-basis; the callback only records that it has fired.
+    """
+
+    def __init__(self, transition_step: int):
+        self.transition_step = transition_step
+        self.done = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.done and trainer.global_step >= self.transition_step:
+            for lmb in two_basis_lmbs(pl_module.student):
+                lmb.drop_second_basis_()
+            self.done = True
+
+    def state_dict(self) -> dict:
+        return {"done": self.done}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.done = bool(state_dict["done"])
+
+
+# ---- EMA ------------------------------------------------------------------------------------
+class EMA(L.Callback):
+    """Exponential moving average of the student's floating-point parameters and buffers.
+
+    shadow <- decay * shadow + (1 - decay) * param after each optimiser step. Until
+    ``start_step`` (and until progressive initialisation is over, when its scales are still being
+    set) the shadow simply copies the parameters. Saved in the checkpoint; used for sample grids
+    and the exported student.
+    """
+
+    def __init__(self, decay: float = 0.999, start_step: int = 0):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema.decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.start_step = start_step
+        self.shadow: dict[str, torch.Tensor] = {}
+
+    def _tracked(self, student: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in student.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        current = self._tracked(pl_module.student)
+        if not self.shadow or trainer.global_step <= self.start_step:
+            self.shadow = {k: v.detach().clone() for k, v in current.items()}
+            return
+        for k, v in current.items():
+            s = self.shadow[k]
+            if s.device != v.device:
+                s = self.shadow[k] = s.to(v.device)
+            s.lerp_(v, 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self, student: nn.Module) -> Iterator[None]:
+        """Inside the block ``student`` holds the averaged weights."""
+        if not self.shadow:
+            yield
+            return
+        backup = {k: v.detach().clone() for k, v in self._tracked(student).items()}
+        student.load_state_dict(self.shadow, strict=False)
+        try:
+            yield
+        finally:
+            student.load_state_dict(backup, strict=False)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": {k: v.cpu() for k, v in self.shadow.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.shadow = dict(state_dict["shadow"])
+
+
+# ---- samples --------------------------------------------------------------------------------
+@torch.no_grad()
+def ddim_sample(unet: nn.Module, train_scheduler, shape, num_inference_steps: int = 50,
+                generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
+    """Deterministic DDIM sampling (Song et al. 2021, eta = 0) with diffusers' DDIMScheduler; returns x_0 in [-1, 1]."""
+    from diffusers import DDIMScheduler
+
+    device = device or next(unet.parameters()).device
+    sched = DDIMScheduler.from_config(train_scheduler.config)
+    sched.set_timesteps(num_inference_steps, device=device)
+    x = torch.randn(shape, generator=generator, device="cpu").to(device)
+    for t in sched.timesteps:
+        eps = unet(x, t.expand(shape[0]).to(device)).sample
+        x = sched.step(eps, t, x, eta=0.0).prev_sample
+    return x.clamp(-1, 1)
+
+
+def save_grid(images: torch.Tensor, path, nrow: Optional[int] = None) -> Path:
+    """Write images in [-1, 1] (N, C, H, W) as one PNG grid."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
+    save_image((images.float().cpu() + 1) / 2, path, nrow=nrow, padding=1)
+    return path
+
+
+class SampleGrid(L.Callback):
+    """A PNG grid of DDIM samples of the student after each validation (rank 0 only: it changes no state)."""
+
+    def __init__(self, out_dir, num_images: int = 16, num_inference_steps: int = 50, seed: int = 0):
+        self.out_dir = Path(out_dir)
+        self.num_images = num_images
+        self.num_inference_steps = num_inference_steps
+        self.seed = seed
+        self.written: list[Path] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self.num_images <= 0:
+            return
+        student = pl_module.student
+        cfg = student.config
+        shape = (self.num_images, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+        was_training = student.training
+        student.eval()
+        try:
+            with ema.applied(student) if ema is not None else contextlib.nullcontext():
+                images = ddim_sample(student, pl_module.noise_scheduler, shape, self.num_inference_steps,
+                                     generator=torch.Generator().manual_seed(self.seed), device=pl_module.device)
+        finally:
+            student.train(was_training)
+        path = save_grid(images, self.out_dir / f"step_{trainer.global_step:07d}.png")
+        self.written.append(path)
+
+
+class StopAtStep(L.Callback):
+    """Stop training after ``step`` optimiser steps (tests: simulate a run killed at a checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+__all__ = ["ProgressiveSchedule", "ProgressiveInit", "Calibrate", "EBBTransition", "EMA", "SampleGrid",
+           "StopAtStep", "ddim_sample", "save_grid", "all_quantizers_off_"]

@@ -1,0 +1,252 @@
+"""Image data for diffusion training: CIFAR-10, Fashion-MNIST, an image folder, and a synthetic source.
+
+Every dataset yields float tensors (C, H, W) scaled to [-1, 1]. The training loader draws batch k
+from a permutation seeded by (seed, epoch of k) and starts at the trainer's global step, so a
+resumed run sees exactly the batches the uninterrupted run would have seen, and each DDP rank takes
+its own slice of every global batch (no DistributedSampler needed).
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset that is not on disk, with how to get it."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"
+    root: str = "data"
+    download: bool = False
+    image_size: int = 32
+    channels: int = 3
+    random_flip: bool = True
+    batch_size: int = 64
+    num_workers: int = 2
+    val_size: int = 256
+    synthetic_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise ValueError(f"data.name must be one of {sorted(DATASETS)}, got {self.name!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
+
+
+# ---- datasets -------------------------------------------------------------------------------
+class TensorImages(Dataset):
+    """Images held in memory as uint8 (N, C, H, W); served as floats in [-1, 1]."""
+
+    def __init__(self, images: torch.Tensor):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError("TensorImages expects uint8 images of shape (N, C, H, W)")
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i].float() / 127.5 - 1.0
+
+
+def _read_idx_images(path: Path) -> torch.Tensor:
+    """An IDX image file (optionally gzipped) as uint8 (N, H, W), read by torchvision's IDX parser."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    if path.suffix == ".gz":
+        import tempfile
+
+        with gzip.open(path, "rb") as src, tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
+            tmp.write(src.read())
+            tmp.flush()
+            return read_sn3_pascalvincent_tensor(tmp.name, strict=False).clone()
+    return read_sn3_pascalvincent_tensor(str(path), strict=False)
+
+
+def fashion_mnist(root: str, train: bool, image_size: int = 32, channels: int = 1) -> TensorImages:
+    """Fashion-MNIST (Xiao et al. 2017) from its IDX files, zero-padded from 28x28 to ``image_size``."""
+    directory = Path(root)
+    stem = "train-images-idx3-ubyte" if train else "t10k-images-idx3-ubyte"
+    candidates = [directory / stem, directory / f"{stem}.gz", directory / "FashionMNIST" / "raw" / stem,
+                  directory / "FashionMNIST" / "raw" / f"{stem}.gz"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise DatasetNotFoundError(
+            f"Fashion-MNIST not found: no {stem}[.gz] in data.root={root!r}. Install it with "
+            "`apt-get install dataset-fashion-mnist` (it puts them in "
+            f"{FASHION_MNIST_DIR}; then set data.root={FASHION_MNIST_DIR}), "
+            "or point data.root at a directory holding the IDX files"
+        )
+    images = _read_idx_images(path).unsqueeze(1)  # (N, 1, 28, 28), black background = 0
+    pad = image_size - images.shape[-1]
+    if pad < 0:
+        raise ValueError(f"data.image_size={image_size} is smaller than Fashion-MNIST's 28 pixels")
+    images = F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+    if channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    return TensorImages(images)
+
+
+def cifar10(root: str, train: bool, download: bool) -> Dataset:
+    """CIFAR-10 (Krizhevsky 2009) through torchvision."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(root, train=train, download=download)
+    except RuntimeError as err:
+        raise DatasetNotFoundError(
+            f"CIFAR-10 not found in data.root={root!r} (torchvision looks for cifar-10-batches-py there). "
+            "Set data.download=true to fetch it (needs a network), or copy an extracted cifar-10-batches-py "
+            f"into that directory. ({err})"
+        ) from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
+    return TensorImages(images)
+
+
+class ImageFolder(Dataset):
+    """Every image file under ``root`` (recursively), RGB or grey, resized and centre-cropped."""
+
+    def __init__(self, root: str, image_size: int, channels: int = 3):
+        self.paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under data.root={root!r}")
+        from torchvision import transforms
+
+        self.mode = "RGB" if channels == 3 else "L"
+        self.transform = transforms.Compose([
+            transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.PILToTensor(),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            return self.transform(im.convert(self.mode)).float() / 127.5 - 1.0
+
+
+def synthetic(n: int, image_size: int, channels: int, seed: int = 0) -> TensorImages:
+    """Smooth random images (4x4 noise upsampled bilinearly): structured enough to be learnable."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, channels, 4, 4, generator=g)
+    images = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return TensorImages((images * 255).round().to(torch.uint8))
+
+
+DATASETS = ("cifar10", "fashion_mnist", "folder", "synthetic")
+
+
+def build_dataset(cfg: DataConfig, train: bool) -> Dataset:
+    if cfg.name == "cifar10":
+        ds = cifar10(cfg.root, train, cfg.download)
+    elif cfg.name == "fashion_mnist":
+        ds = fashion_mnist(cfg.root, train, cfg.image_size, cfg.channels)
+    elif cfg.name == "folder":
+        ds = ImageFolder(cfg.root, cfg.image_size, cfg.channels)
+    else:
+        ds = synthetic(cfg.synthetic_size, cfg.image_size, cfg.channels, seed=cfg.seed + (0 if train else 1))
+    return ds
+
+
+# ---- sampling -------------------------------------------------------------------------------
+class StepBatchSampler(Sampler):
+    """Endless batches; global batch k is a slice of permutation(seed, epoch = k // batches_per_epoch).
+
+    Rank r of W processes takes every W-th index of each global batch. ``start`` is the first batch
+    index (the trainer's global step on resume).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1,
+                 random_flip: bool = False):
+        if batch_size % world_size:
+            raise ValueError(f"data.batch_size={batch_size} is not divisible by the {world_size} processes")
+        if n < batch_size:
+            raise ValueError(f"the dataset has {n} images, fewer than one batch of {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.rank, self.world_size = start, rank, world_size
+        self.per_epoch = n // batch_size
+        self.random_flip = random_flip
+
+    def batch(self, k: int) -> list[tuple[int, bool]]:
+        """(index, flip) pairs of this rank's share of global batch k."""
+        epoch, i = divmod(k, self.per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        flips = torch.rand(self.n, generator=g) < 0.5 if self.random_flip else torch.zeros(self.n, dtype=torch.bool)
+        sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        idx, flip = perm[sl][self.rank::self.world_size], flips[sl][self.rank::self.world_size]
+        return list(zip(idx.tolist(), flip.tolist()))
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        k = self.start
+        while True:
+            yield self.batch(k)
+            k += 1
+
+
+class _Indexed(Dataset):
+    """``ds[(i, flip)]``: image i, mirrored horizontally when ``flip`` (the sampler decides, deterministically)."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        i, flip = key
+        x = self.ds[i]
+        return x.flip(-1) if flip else x
+
+
+class DiffusionDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        self.train_set = build_dataset(self.cfg, train=True)
+        if self.cfg.name in ("cifar10", "fashion_mnist", "synthetic"):
+            val = build_dataset(self.cfg, train=False)
+        else:  # a folder has no split: validate on its first images
+            val = self.train_set
+        self.val_set = Subset(val, range(min(self.cfg.val_size, len(val))))
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        start = trainer.global_step if trainer is not None else 0
+        rank = trainer.global_rank if trainer is not None else 0
+        world = trainer.world_size if trainer is not None else 1
+        sampler = StepBatchSampler(len(self.train_set), self.cfg.batch_size, self.cfg.seed, start, rank, world,
+                                   random_flip=self.cfg.random_flip)
+        return DataLoader(_Indexed(self.train_set), batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                          collate_fn=torch.stack)
+
+    def val_dataloader(self) -> DataLoader:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return DataLoader(self.val_set, batch_size=max(1, self.cfg.batch_size // world), shuffle=False,
+                          num_workers=self.cfg.num_workers, collate_fn=torch.stack)
+
+
+__all__ = ["DataConfig", "DiffusionDataModule", "DatasetNotFoundError", "StepBatchSampler", "TensorImages",
+           "ImageFolder", "build_dataset", "cifar10", "fashion_mnist", "synthetic", "FASHION_MNIST_DIR"]

@@ -1,0 +1,198 @@
+"""Low-rank Representation Mimicking (LRM), BinaryDM Sec. 3.3 (Zheng, Qin et al., arXiv 2404.05662).
+
+For every timestep-embedded block i of the UNet (each down block, the mid block, each up block) the
+student's output feature F_s^i is pulled towards the frozen full-precision teacher's F_t^i, in a
+low-rank subspace of the channel dimension:
+
+    L_LRM = mean_i  MSE(F_t^i E_i, F_s^i E_i)
+
+E_i (C x ceil(C / K), K = 4) holds the top principal directions of the teacher's features of the
+FIRST training batch, over the CHANNEL dimension: the features are flattened to (N*H*W, C) rows,
+centred, and E_i are the eigenvectors of their covariance with the largest eigenvalues. E_i is then
+fixed (the paper found recomputing it worse) and stored as a buffer, so it travels with the
+checkpoint and is never recomputed after a load. The authors' code runs the PCA over the image
+width axis; that is a defect, not the method.
+
+The centring only matters for choosing E_i: in the loss the mean cancels,
+(F_t - mu) E - (F_s - mu) E = (F_t - F_s) E, so the loss projects the difference directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def lrm_block_names(unet: nn.Module) -> list[str]:
+    """The timestep-embedded blocks of a diffusers UNet, in forward order: down, mid, up."""
+    names = [f"down_blocks.{i}" for i in range(len(getattr(unet, "down_blocks", [])))]
+    if getattr(unet, "mid_block", None) is not None:
+        names.append("mid_block")
+    names += [f"up_blocks.{i}" for i in range(len(getattr(unet, "up_blocks", [])))]
+    if not names:
+        raise ValueError("LRM needs a diffusers UNet (down_blocks / mid_block / up_blocks); found none of them")
+    return names
+
+
+class FeatureTap:
+    """Forward hooks recording the output hidden state of named blocks.
+
+    diffusers down blocks return ``(hidden_states, res_samples)``: the hidden state is taken.
+    Use as a context manager: ``with tap: model(x, t)``, then read ``tap.features`` (block order).
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        self.model = model
+        self.names = list(names)
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def record(module, inputs, output):
+            self.features[name] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return record
+
+    def __enter__(self) -> "FeatureTap":
+        self.features = {}
+        for name in self.names:
+            self._handles.append(self.model.get_submodule(name).register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def ordered(self) -> list[torch.Tensor]:
+        missing = [n for n in self.names if n not in self.features]
+        if missing:
+            raise RuntimeError(f"FeatureTap: blocks {missing} produced no output during the forward pass")
+        return [self.features[n] for n in self.names]
+
+
+def channel_moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum of rows, sum of outer products, row count) of ``features`` (N, C, ...) as (N*HW, C) rows.
+
+    Sums, not means, so that several processes can add theirs before the PCA (DDP).
+    """
+    c = features.shape[1]
+    rows = features.detach().movedim(1, -1).reshape(-1, c).double()
+    return rows.sum(0), rows.T @ rows, torch.tensor(float(rows.shape[0]), dtype=torch.float64,
+                                                     device=rows.device)
+
+
+def principal_directions(total: torch.Tensor, outer: torch.Tensor, count: torch.Tensor, rank: int) -> torch.Tensor:
+    """Top-``rank`` eigenvectors (C, rank) of the covariance given by :func:`channel_moments` sums.
+
+    cov = (sum x x^T - n mu mu^T) / (n - 1), mu = sum x / n: the covariance of the centred rows.
+    Columns are ordered by decreasing eigenvalue; each column's sign is fixed so that its largest
+    component is positive (eigenvectors are defined up to sign; the loss does not depend on it, but a
+    fixed convention makes the buffers reproducible).
+    """
+    n = count.clamp_min(2.0)
+    mu = total / n
+    cov = (outer - n * torch.outer(mu, mu)) / (n - 1)
+    cov = 0.5 * (cov + cov.T)
+    _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
+    top = vectors[:, -rank:].flip(-1)
+    idx = top.abs().argmax(dim=0)
+    signs = torch.sign(top[idx, torch.arange(top.shape[1], device=top.device)])
+    return top * torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
+def _buffer_name(block: str) -> str:
+    return "proj_" + re.sub(r"[^0-9a-zA-Z]", "_", block)
+
+
+class LRM(nn.Module):
+    """The LRM loss with its fixed projections E_i as buffers (fitted once, saved, never recomputed).
+
+    Before :meth:`fit_` the buffers are empty (C x 0); :meth:`_load_from_state_dict` resizes them to
+    the saved shapes, so a checkpoint written after fitting restores the projections exactly.
+    """
+
+    def __init__(self, blocks: Sequence[str], rank_divisor: int = 4):
+        super().__init__()
+        if rank_divisor < 1:
+            raise ValueError(f"LRM rank divisor K must be >= 1, got {rank_divisor}")
+        self.blocks = list(blocks)
+        self.rank_divisor = rank_divisor
+        for block in self.blocks:
+            self.register_buffer(_buffer_name(block), torch.zeros(0, 0))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def projection(self, block: str) -> torch.Tensor:
+        return getattr(self, _buffer_name(block))
+
+    def projections(self) -> dict[str, torch.Tensor]:
+        return {b: self.projection(b) for b in self.blocks}
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    @torch.no_grad()
+    def fit_(self, teacher_features: Sequence[torch.Tensor], all_reduce_sum: Optional[Reduce] = None) -> "LRM":
+        """Fix E_i from the teacher's features of one batch (once: fitting twice is an error).
+
+        ``all_reduce_sum`` sums a tensor over processes (DDP): every rank then runs the PCA on the
+        moments of the whole global batch and gets the same projections.
+        """
+        if self.is_fitted:
+            raise RuntimeError("LRM projections are already fitted; they are fixed for the whole run")
+        if len(teacher_features) != len(self.blocks):
+            raise ValueError(f"LRM.fit_: got {len(teacher_features)} feature maps for {len(self.blocks)} blocks")
+        for block, feat in zip(self.blocks, teacher_features):
+            total, outer, count = channel_moments(feat)
+            if all_reduce_sum is not None:
+                total, outer, count = all_reduce_sum(total), all_reduce_sum(outer), all_reduce_sum(count)
+            rank = math.ceil(feat.shape[1] / self.rank_divisor)
+            proj = principal_directions(total, outer, count, rank)
+            # Contiguous like a buffer loaded from a checkpoint (eigh returns column-major vectors): the
+            # same memory layout makes the einsum of a resumed run bit-identical to an uninterrupted one.
+            setattr(self, _buffer_name(block), proj.to(device=feat.device, dtype=torch.float32).contiguous())
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, teacher_features: Sequence[torch.Tensor],
+                student_features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """mean over blocks of mean((F_t - F_s) E)^2, the projection taken over the channel axis."""
+        if not self.is_fitted:
+            raise RuntimeError("LRM projections are not fitted: call fit_(teacher_features) on the first batch")
+        losses = []
+        for block, ft, fs in zip(self.blocks, teacher_features, student_features):
+            e = self.projection(block).to(fs.dtype)
+            diff = torch.einsum("nc...,cr->nr...", ft.detach().to(fs.dtype) - fs, e)
+            losses.append(diff.pow(2).mean())
+        return torch.stack(losses).mean()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # The buffers' shapes are only known once fitted: take them from the checkpoint.
+        for block in self.blocks:
+            key = prefix + _buffer_name(block)
+            if key in state_dict:
+                current = getattr(self, _buffer_name(block))
+                setattr(self, _buffer_name(block), current.new_empty(state_dict[key].shape))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        return f"blocks={len(self.blocks)}, K={self.rank_divisor}, fitted={self.is_fitted}"
+
+
+@contextlib.contextmanager
+def tapped(model: nn.Module, names: Sequence[str]) -> Iterator[FeatureTap]:
+    with FeatureTap(model, names) as tap:
+        yield tap
+
+
+__all__ = ["LRM", "FeatureTap", "lrm_block_names", "channel_moments", "principal_directions", "tapped"]

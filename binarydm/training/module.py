@@ -1,0 +1,216 @@
+"""The LightningModule of BinaryDM's quantization-aware training (and of plain FP training).
+
+Objective (BinaryDM, Zheng, Qin et al., arXiv 2404.05662, Sec. 3.3 and 4.1):
+
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,   t ~ U{0..T-1}, eps ~ N(0, I)
+    L   = MSE(eps_student(x_t, t), eps) + lambda * L_LRM  [+ tau * mean_l mean(s2_l)  (EBB stage 1)]
+
+The module receives its networks: the student (already converted by ``binarydm.binarize_``), the
+frozen full-precision teacher (None for FP training) and a diffusers noise scheduler that defines
+abar_t. The noise and timesteps of step k are drawn from a generator seeded by (seed, k, rank), so a
+resumed run draws exactly what the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..quant.attention import QuantAttnProcessor
+from ..quant.base import Quantizer
+from ..quant.lmb import LMB
+from .lrm import LRM, FeatureTap, lrm_block_names
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule (linear warm-up, then cosine or constant)."""
+
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    total_steps: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        self.betas = tuple(float(b) for b in self.betas)
+
+
+@dataclass
+class LossConfig:
+    lrm_weight: float = 1e-4
+    lrm_rank_divisor: int = 4
+    ebb_tau: float = 0.0  # 0 = no EBB penalty
+
+
+def lr_factor(step: int, cfg: OptimConfig) -> float:
+    """Multiplier of the base learning rate at ``step``.
+
+    warm-up: (step + 1) / warmup_steps; then constant 1, or cosine
+    m + (1 - m) * (1 + cos(pi * p)) / 2 with p the fraction of the post-warm-up steps done.
+    """
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(cfg.total_steps - cfg.warmup_steps, 1)
+    p = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: latent conv/linear weights decay; quantizer scales and steps, biases, norms and
+    embeddings do not (decaying a scale would shrink the binarized weight itself)."""
+    quant_param_ids = {
+        id(p) for m in model.modules() if isinstance(m, (Quantizer, QuantAttnProcessor)) for p in m.parameters()
+    }
+    decay, scales, other = [], [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad and not isinstance(module, LMB):
+                continue
+            if id(p) in quant_param_ids:
+                scales.append(p)
+            elif isinstance(module, (nn.Conv2d, nn.Linear)) and name == "weight":
+                decay.append(p)
+            else:
+                other.append(p)
+    groups = [
+        {"name": "latent_weights", "params": decay, "weight_decay": weight_decay},
+        {"name": "quantizer_scales", "params": scales, "weight_decay": 0.0},
+        {"name": "biases_norms", "params": other, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def two_basis_lmbs(model: nn.Module) -> list[LMB]:
+    return [m for m in model.modules() if isinstance(m, LMB) and m.n_bases == 2]
+
+
+class DiffusionQAT(L.LightningModule):
+    """Noise-prediction training of ``student``; with a ``teacher``, plus LRM (BinaryDM QAT)."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        scheduler,
+        teacher: Optional[nn.Module] = None,
+        loss: LossConfig = LossConfig(),
+        optim: OptimConfig = OptimConfig(),
+        seed: int = 0,
+    ):
+        super().__init__()
+        if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon":
+            raise ValueError(
+                f"DiffusionQAT trains noise prediction; the scheduler predicts {scheduler.config.prediction_type!r}"
+            )
+        self.student = student
+        self.noise_scheduler = scheduler
+        self.loss_cfg = loss
+        self.optim_cfg = optim
+        self.seed = seed
+        # The teacher is frozen and rebuilt from model.pretrained: kept out of the module tree so that it
+        # is neither saved in checkpoints nor wrapped by DDP (moved to the device in on_fit_start).
+        object.__setattr__(self, "teacher", teacher)
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
+        self.use_lrm = teacher is not None and loss.lrm_weight > 0
+        self.blocks = lrm_block_names(student) if self.use_lrm else []
+        self.lrm = LRM(self.blocks, loss.lrm_rank_divisor) if self.use_lrm else None
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
+
+    # ---- noise -----------------------------------------------------------------------------
+    def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
+        """A generator determined by (seed, step, rank, salt): a resumed run redraws the same noise."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.seed * 1_000_003 + step * 1009 + self.global_rank * 17 + salt) % (2**63 - 1))
+        return g
+
+    def noisy_inputs(self, x0: torch.Tensor, generator: torch.Generator):
+        """(x_t, t, eps) with t uniform on {0..T-1} and x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+        n = x0.shape[0]
+        t = torch.randint(0, self.alphas_cumprod.numel(), (n,), generator=generator, device=self.device)
+        eps = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+        abar = self.alphas_cumprod.to(self.device)[t].view(n, *([1] * (x0.dim() - 1))).to(x0.dtype)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * eps, t, eps
+
+    def batch_inputs(self, batch, step: int):
+        x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.noisy_inputs(x0, self.step_generator(step))
+
+    # ---- losses ----------------------------------------------------------------------------
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        trainer = self._trainer  # None outside Trainer.fit (the property raises there)
+        if trainer is not None and trainer.world_size > 1:
+            return trainer.strategy.reduce(tensor, reduce_op="sum")
+        return tensor
+
+    def compute_losses(self, x_t, t, eps) -> dict[str, torch.Tensor]:
+        losses: dict[str, torch.Tensor] = {}
+        if self.use_lrm:
+            with torch.no_grad(), FeatureTap(self.teacher, self.blocks) as ttap:
+                self.teacher(x_t, t)
+            teacher_feats = ttap.ordered()
+            if not self.lrm.is_fitted:
+                # Once, on the first training batch; then fixed (and saved with the checkpoint).
+                self.lrm.fit_(teacher_feats, all_reduce_sum=self._all_reduce_sum)
+            with FeatureTap(self.student, self.blocks) as stap:
+                pred = self.student(x_t, t).sample
+            losses["lrm"] = self.lrm(teacher_feats, stap.ordered())
+        else:
+            pred = self.student(x_t, t).sample
+        losses["simple"] = F.mse_loss(pred.float(), eps.float())
+        total = losses["simple"]
+        if "lrm" in losses:
+            total = total + self.loss_cfg.lrm_weight * losses["lrm"]
+        if self.loss_cfg.ebb_tau > 0:
+            lmbs = two_basis_lmbs(self.student)
+            if lmbs:
+                losses["ebb"] = torch.stack([m.ebb_penalty() for m in lmbs]).mean()
+                total = total + self.loss_cfg.ebb_tau * losses["ebb"]
+        losses["loss"] = total
+        return losses
+
+    def training_step(self, batch, batch_idx):
+        x_t, t, eps = self.batch_inputs(batch, self.global_step)
+        losses = self.compute_losses(x_t, t, eps)
+        for k, v in losses.items():
+            self.log(f"train/{k}", v.detach(), prog_bar=k in ("loss", "lrm"), on_step=True, on_epoch=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
+        # Fixed noise per validation batch: the curve compares like with like across validations.
+        x_t, t, eps = self.noisy_inputs(x0, self.step_generator(batch_idx, salt=7919))
+        with torch.no_grad():
+            pred = self.student(x_t, t).sample
+        loss = F.mse_loss(pred.float(), eps.float())
+        self.log("val/simple", loss, prog_bar=True, sync_dist=True)
+        return loss
+
+    # ---- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        opt = torch.optim.AdamW(parameter_groups(self.student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                eps=cfg.eps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+
+__all__ = ["DiffusionQAT", "OptimConfig", "LossConfig", "lr_factor", "parameter_groups", "two_basis_lmbs"]

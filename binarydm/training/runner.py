@@ -1,0 +1,273 @@
+"""One training run from a resolved config: build, fit, export, report.
+
+    teacher (model.pretrained or model.config) -> student = copy -> binarize_ -> all quantizers off
+    -> DiffusionQAT + callbacks -> Trainer.fit -> <run>/student/ + <run>/report.md
+
+Run directory ``<out_dir>/<name>/``: config.yaml (resolved), checkpoints/ (step=N.ckpt and last.ckpt),
+csv/ and tensorboard/ logs, samples/step_NNNNNNN.png, student/ (exported), report.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from ..quant.config import QuantConfig
+from ..quant.convert import binarize_
+from .callbacks import (
+    EMA,
+    Calibrate,
+    EBBTransition,
+    ProgressiveInit,
+    ProgressiveSchedule,
+    SampleGrid,
+    all_quantizers_off_,
+)
+from .config import save_config, to_container
+from .data import DataConfig, DiffusionDataModule
+from .module import DiffusionQAT, LossConfig, OptimConfig
+from .teacher import load_scheduler, load_unet, resolve_local
+
+
+def quant_config_of(cfg: DictConfig) -> Optional[QuantConfig]:
+    """None for full-precision training (``quant: none``), else the preset with ``quant_options``."""
+    name = str(cfg.quant)
+    if name.lower() in ("none", "fp", "fp32"):
+        return None
+    options = to_container(cfg.quant_options) or {}
+    return QuantConfig.from_dict({"preset": name, **options})
+
+
+def _scheduler(cfg: DictConfig):
+    pretrained = cfg.model.pretrained if cfg.model.config is None else None
+    fallback = to_container(cfg.scheduler)
+    if pretrained and resolve_local(pretrained) is None:
+        from diffusers import DDPMScheduler
+
+        try:
+            return DDPMScheduler.from_pretrained(pretrained)
+        except Exception:  # no scheduler on the hub copy / offline: the config's schedule
+            return DDPMScheduler(**fallback)
+    return load_scheduler(pretrained, fallback)
+
+
+@dataclass
+class Built:
+    module: DiffusionQAT
+    data: DiffusionDataModule
+    callbacks: list
+    quant: Optional[QuantConfig]
+    run_dir: Path
+    progressive: Optional[ProgressiveInit] = None
+    samples: Optional[SampleGrid] = None
+    ema: Optional[EMA] = None
+
+
+def build(cfg: DictConfig) -> Built:
+    """The LightningModule, data module and callbacks of a run (nothing is trained yet)."""
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    run_dir = Path(cfg.out_dir) / str(cfg.name)
+    quant = quant_config_of(cfg)
+    model_config = to_container(cfg.model.config)
+    fp = load_unet(cfg.model.pretrained, cfg.model.subfolder, model_config)
+    scheduler = _scheduler(cfg)
+
+    teacher = None
+    student = fp
+    if quant is not None:
+        teacher = fp
+        student = copy.deepcopy(fp)
+        binarize_(student, quant)
+    student.train()
+
+    loss = LossConfig(lrm_weight=float(cfg.loss.lrm_weight), lrm_rank_divisor=int(cfg.loss.lrm_rank_divisor),
+                      ebb_tau=float(cfg.ebb.tau) if (cfg.ebb.enabled and quant is not None) else 0.0)
+    optim = OptimConfig(lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
+                        betas=tuple(cfg.optim.betas), eps=float(cfg.optim.eps), schedule=str(cfg.optim.schedule),
+                        warmup_steps=int(cfg.optim.warmup_steps), min_lr_ratio=float(cfg.optim.min_lr_ratio),
+                        total_steps=int(cfg.trainer.max_steps))
+    module = DiffusionQAT(student, scheduler, teacher, loss=loss, optim=optim, seed=int(cfg.seed))
+    data = DiffusionDataModule(DataConfig(**{**to_container(cfg.data), "seed": int(cfg.seed)}))
+
+    callbacks: list = []
+    progressive = None
+    if quant is not None:
+        schedule = ProgressiveSchedule(**to_container(cfg.progressive))
+        if schedule.enabled:
+            all_quantizers_off_(student)
+            progressive = ProgressiveInit(schedule)
+            callbacks.append(progressive)
+        else:
+            callbacks.append(Calibrate())
+        if cfg.ebb.enabled:
+            callbacks.append(EBBTransition(int(cfg.ebb.transition_step)))
+    ema = None
+    if cfg.ema.enabled:
+        start = int(cfg.ema.start_step)
+        if progressive is not None:
+            start = max(start, progressive.last_event_step(student) + 1)
+        ema = EMA(float(cfg.ema.decay), start)
+        callbacks.append(ema)
+    samples = SampleGrid(run_dir / "samples", int(cfg.sample.num_images), int(cfg.sample.num_inference_steps),
+                         int(cfg.sample.seed))
+    callbacks.append(samples)
+    return Built(module, data, callbacks, quant, run_dir, progressive, samples, ema)
+
+
+def _strategy(cfg: DictConfig, quantized: bool):
+    name = cfg.trainer.strategy
+    if quantized and name in ("ddp", "ddp_spawn", "ddp_fork"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # Quantizer scales of groups not yet switched on (and attention steps until the end of the
+        # warm-up) get no gradient: DDP must be told to expect unused parameters.
+        start = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork"}[name]
+        return DDPStrategy(find_unused_parameters=True, start_method=start)
+    return name
+
+
+def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    t = cfg.trainer
+    ckpt = ModelCheckpoint(dirpath=built.run_dir / "checkpoints", filename="step={step}",
+                           auto_insert_metric_name=False, every_n_train_steps=int(t.checkpoint_every_n_steps),
+                           save_top_k=-1, save_last=True, enable_version_counter=False)
+    loggers = [CSVLogger(built.run_dir, name="csv"), TensorBoardLogger(built.run_dir, name="tensorboard")]
+    val_interval = t.val_check_interval
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=int(t.num_nodes),
+        strategy=_strategy(cfg, built.quant is not None), precision=t.precision, max_steps=int(t.max_steps),
+        val_check_interval=val_interval, check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
+        gradient_clip_val=t.gradient_clip_val, log_every_n_steps=int(t.log_every_n_steps),
+        enable_progress_bar=bool(t.enable_progress_bar), deterministic=bool(t.deterministic),
+        callbacks=[*built.callbacks, *extra_callbacks, ckpt], logger=loggers, default_root_dir=built.run_dir,
+        use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
+    )
+
+
+# ---- export ---------------------------------------------------------------------------------
+def export_student(student: nn.Module, quant: Optional[QuantConfig], scheduler, out_dir) -> Path:
+    """A rebuildable student directory: student.safetensors (the state dict: latent weights, scales,
+    LSQ steps, quantizer flags), quant_config.json, unet_config.json (UNet2DModel) and
+    scheduler_config.json: the layout ``binarydm.packing.load_student_dir``, ``binarydm.sample`` and
+    ``binarydm.export`` read.
+
+    A full-precision model is saved with ``save_pretrained`` (a plain diffusers model directory).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scheduler.save_pretrained(out)
+    if quant is None:
+        student.save_pretrained(out, safe_serialization=True)
+        return out
+    (out / "unet_config.json").write_text(json.dumps(dict(student.config), indent=2, default=list))
+    (out / "quant_config.json").write_text(json.dumps(quant.to_dict(), indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    save_file(state, str(out / "student.safetensors"), metadata={"format": "binarydm-student"})
+    return out
+
+
+def load_student(path) -> nn.Module:
+    """Rebuild an exported student: UNet2DModel(config) -> binarize_(quant config) -> load the state."""
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "quant_config.json").is_file():
+        return UNet2DModel.from_pretrained(str(path))
+    config = json.loads((path / "unet_config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    model = UNet2DModel.from_config(config)
+    binarize_(model, QuantConfig.from_dict(json.loads((path / "quant_config.json").read_text())))
+    model.load_state_dict(load_file(str(path / "student.safetensors")))
+    return model.eval()
+
+
+# ---- the whole run ----------------------------------------------------------------------------
+def _last_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+
+
+def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, wall: float,
+                 student_dir: Optional[Path]) -> Path:
+    m = _last_metrics(trainer)
+    ckpts = sorted((built.run_dir / "checkpoints").glob("*.ckpt"))
+    lines = [
+        f"# Run `{cfg.name}`",
+        "",
+        f"- quantization: {built.quant.to_dict() if built.quant else 'none (full precision)'}",
+        f"- model: {cfg.model.pretrained if cfg.model.config is None else 'fresh UNet2DModel from model.config'}",
+        f"- data: {cfg.data.name} ({cfg.data.root}), batch {cfg.data.batch_size}",
+        f"- steps: {trainer.global_step} (max_steps {cfg.trainer.max_steps})",
+        f"- wall time of this invocation: {wall:.1f} s ({wall / max(trainer.global_step, 1):.3f} s/step overall)",
+        "",
+        "## Final losses",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {v:.6g} |" for k, v in sorted(m.items())],
+        "",
+        "## Outputs",
+        "",
+        f"- resolved config: {built.run_dir / 'config.yaml'}",
+        f"- checkpoints: {', '.join(str(c) for c in ckpts) or 'none'}",
+        f"- sample grids: {', '.join(str(p) for p in built.samples.written) or 'none'}",
+        f"- logs: {built.run_dir / 'csv'}, {built.run_dir / 'tensorboard'}",
+        f"- exported student: {student_dir or 'not exported'}",
+    ]
+    if built.progressive is not None:
+        lines += ["", "## Progressive initialisation", "",
+                  *[f"- step {s}: {name}" for s, name in built.progressive.history]]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(cfg: DictConfig, extra_callbacks: Sequence = ()) -> dict[str, Any]:
+    """Train as ``cfg`` says; returns the trainer, module and output paths."""
+    start = time.time()
+    built = build(cfg)
+    trainer = make_trainer(cfg, built, extra_callbacks)
+    if trainer.is_global_zero:
+        save_config(cfg, built.run_dir / "config.yaml")
+    trainer.fit(built.module, datamodule=built.data, ckpt_path=cfg.resume)
+    student_dir = report = None
+    if trainer.is_global_zero:
+        # The final sample grid, when the last step did not fall on a validation.
+        if not built.samples.written or not built.samples.written[-1].name.endswith(f"{trainer.global_step:07d}.png"):
+            built.samples.on_validation_epoch_end(trainer, built.module)
+        if cfg.export:
+            student = built.module.student
+            ctx = built.ema.applied(student) if built.ema is not None else _null()
+            with ctx:
+                student_dir = export_student(student, built.quant, built.module.noise_scheduler,
+                                             built.run_dir / "student")
+        if cfg.report:
+            report = write_report(built.run_dir / "report.md", cfg, built, trainer, time.time() - start, student_dir)
+    return {"trainer": trainer, "module": built.module, "built": built, "run_dir": built.run_dir,
+            "student_dir": student_dir, "report": report}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+__all__ = ["build", "make_trainer", "run", "export_student", "load_student", "quant_config_of", "write_report"]

@@ -1,0 +1,96 @@
+"""LRM: PCA over the channel dimension, the loss formula, buffers that survive a checkpoint."""
+
+import math
+
+import pytest
+import torch
+
+from binarydm.training.lrm import LRM, FeatureTap, channel_moments, lrm_block_names, principal_directions
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core machine they only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _reference_top_directions(feat: torch.Tensor, r: int) -> torch.Tensor:
+    """Top-r right singular vectors of the centred (N*H*W, C) matrix (textbook PCA via SVD)."""
+    x = feat.permute(0, 2, 3, 1).reshape(-1, feat.shape[1]).double()
+    x = x - x.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    return vh[:r].T
+
+
+def test_pca_runs_over_channels_and_keeps_ceil_c_over_k():
+    g = torch.Generator().manual_seed(0)
+    # Channels with very different variances, a non-zero mean (centring matters), W != C.
+    scale = torch.linspace(3.0, 0.1, 10).view(1, 10, 1, 1)
+    feat = torch.randn(6, 10, 5, 7, generator=g) * scale + 4.0
+    lrm = LRM(["a"], rank_divisor=4).fit_([feat])
+    e = lrm.projection("a")
+    assert e.shape == (10, math.ceil(10 / 4))
+    ref = _reference_top_directions(feat, 3)
+    # Same subspace (eigenvectors are defined up to sign): equal orthogonal projectors.
+    torch.testing.assert_close((e.double() @ e.double().T), ref @ ref.T, atol=1e-5, rtol=0)
+    torch.testing.assert_close(e.T @ e, torch.eye(3), atol=1e-5, rtol=0)
+
+
+def test_moments_add_over_shards_like_one_batch():
+    feat = torch.randn(8, 4, 3, 3)
+    whole = channel_moments(feat)
+    parts = [channel_moments(feat[:3]), channel_moments(feat[3:])]
+    summed = [a + b for a, b in zip(*parts)]
+    for w, s in zip(whole, summed):
+        torch.testing.assert_close(w, s)
+    e1 = principal_directions(*whole, 2)
+    e2 = principal_directions(*summed, 2)
+    torch.testing.assert_close(e1, e2)
+
+
+def test_loss_is_mean_over_blocks_of_projected_mse():
+    g = torch.Generator().manual_seed(1)
+    ft = [torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g)]
+    fs = [torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g)]
+    lrm = LRM(["x", "y"]).fit_(ft)
+    expected = []
+    for name, a, b in zip(["x", "y"], ft, fs):
+        e = lrm.projection(name)
+        pa = torch.einsum("nchw,cr->nrhw", a, e)
+        pb = torch.einsum("nchw,cr->nrhw", b, e)
+        expected.append(((pa - pb) ** 2).mean())
+    torch.testing.assert_close(lrm(ft, fs), torch.stack(expected).mean())
+    assert lrm(ft, ft).item() == 0.0
+
+
+def test_projections_fixed_once_and_restored_from_state_dict():
+    feat = [torch.randn(3, 8, 4, 4)]
+    lrm = LRM(["b"]).fit_(feat)
+    with pytest.raises(RuntimeError, match="already fitted"):
+        lrm.fit_(feat)
+    fresh = LRM(["b"])
+    assert not fresh.is_fitted
+    fresh.load_state_dict(lrm.state_dict())
+    assert fresh.is_fitted
+    assert torch.equal(fresh.projection("b"), lrm.projection("b"))
+
+
+def test_unfitted_loss_raises():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        LRM(["b"])([torch.zeros(1, 4, 2, 2)], [torch.zeros(1, 4, 2, 2)])
+
+
+def test_feature_tap_takes_hidden_state_of_every_block(tiny_unet, unet_batch):
+    names = lrm_block_names(tiny_unet)
+    assert names == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
+    with FeatureTap(tiny_unet, names) as tap:
+        tiny_unet(*unet_batch)
+    feats = tap.ordered()
+    # Down blocks return (hidden, res_samples): the hidden state (a tensor) is what is kept.
+    assert [f.shape[1] for f in feats] == [8, 16, 16, 16, 8]
+    assert all(isinstance(f, torch.Tensor) and f.dim() == 4 for f in feats)
+    # Hooks are removed on exit.
+    assert all(not tiny_unet.get_submodule(n)._forward_hooks for n in names)
