@@ -1,0 +1,308 @@
+"""FID and KID between generated images and a reference, through clean-fid and through torchmetrics.
+
+FID (Heusel et al. 2017): with (mu_1, S_1), (mu_2, S_2) the mean and covariance of the Inception
+pool3 features of the two sets,
+
+    FID = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)).
+
+KID (Binkowski et al. 2018): the unbiased MMD^2 with the polynomial kernel k(x, y) = (x.y / d + 1)^3,
+averaged over random subsets (clean-fid's ``kernel_distance``).
+
+Two independent FID computations share one feature extractor (:mod:`binarydm.evaluation.inception`):
+
+* clean-fid (Parmar et al. 2022): ``cleanfid.fid.compute_fid(..., custom_feat_extractor=...)`` for two
+  folders; its folder reader (PIL, "clean" bicubic float resize) and ``frechet_distance`` (scipy sqrtm)
+  for a folder against a cached reference.
+* torchmetrics: ``FrechetInceptionDistance(feature=<extractor>)`` fed the raw uint8 batches (the
+  extractor applies the same clean resize), or, for a cached reference, its real-feature sums set
+  from the cached features (the metric's state is exactly these sufficient statistics).
+
+Inception Score is not offered: the offline Inception weights stop at pool3 and have no classifier
+head, which IS needs. Neither library offers precision/recall for images.
+
+Reference features are computed once and cached on disk (``.npy``), keyed by dataset, split, image
+count, image size and the feature extractor's identity (the SHA-1 of the Inception weights).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .inception import FeatureExtractor
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+PathLike = Union[str, os.PathLike]
+
+
+class DatasetNotFound(FileNotFoundError):
+    pass
+
+
+def default_cache_dir() -> Path:
+    """``$BINARYDM_CACHE/fid`` or ``~/.cache/binarydm/fid``."""
+    root = os.environ.get("BINARYDM_CACHE") or Path.home() / ".cache" / "binarydm"
+    return Path(root) / "fid"
+
+
+# ---- images ----------------------------------------------------------------------------------------
+def resolve_folder(folder: PathLike) -> Path:
+    """``folder``, or ``folder/images`` when it is a ``binarydm.sample`` output directory."""
+    folder = Path(folder)
+    return folder / "images" if (folder / "images").is_dir() else folder
+
+
+def image_files(folder: PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetNotFound(f"{folder}: no such image folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetNotFound(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return files
+
+
+def load_folder(folder: PathLike, num: Optional[int] = None) -> torch.Tensor:
+    """The images of a folder (recursively, sorted by path) as uint8 [N, 3, H, W] (grey -> RGB)."""
+    from PIL import Image
+
+    files = image_files(folder)
+    if num is not None:
+        if len(files) < num:
+            raise ValueError(f"{folder}: {len(files)} images, {num} requested")
+        files = files[:num]
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: images of different sizes {sorted(shapes)[:3]}")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX (LeCun's MNIST format) uint8 image file, optionally gzipped: [N, rows, cols]."""
+    data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    magic, n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in range(0, 16, 4))
+    if magic != 2051 or len(data) != 16 + n * rows * cols:
+        raise ValueError(f"{path}: not an IDX uint8 image file (magic {magic}, {len(data)} bytes)")
+    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
+
+
+def fashion_mnist(split: str = "test", root: PathLike = FASHION_MNIST_DIR, size: int = 32,
+                  num: Optional[int] = None) -> torch.Tensor:
+    """Fashion-MNIST (Xiao et al. 2017) as uint8 [N, 3, size, size]: the 28x28 grey images zero-padded
+    (centred, black background) to ``size`` as the training data module does, grey repeated to RGB."""
+    stem = {"test": "t10k-images-idx3-ubyte", "train": "train-images-idx3-ubyte"}.get(split)
+    if stem is None:
+        raise ValueError(f"Fashion-MNIST split must be 'test' or 'train', got {split!r}")
+    root = Path(root)
+    path = next((p for p in (root / stem, root / f"{stem}.gz") if p.is_file()), None)
+    if path is None:
+        raise DatasetNotFound(
+            f"Fashion-MNIST not found: no {stem}[.gz] in root={root}. Install it with "
+            f"`apt-get install dataset-fashion-mnist` (files in {FASHION_MNIST_DIR}) or pass root=DIR"
+        )
+    images = torch.from_numpy(_read_idx(path).copy())
+    if num is not None:
+        images = images[:num]
+    pad = size - images.shape[-1]
+    if pad < 0:
+        raise ValueError(f"size={size} is smaller than Fashion-MNIST's 28 pixels")
+    images = F.pad(images.unsqueeze(1), (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+    return images.expand(-1, 3, -1, -1).contiguous()
+
+
+def cifar10(split: str = "train", root: PathLike = "data", num: Optional[int] = None,
+            download: bool = False) -> torch.Tensor:
+    """CIFAR-10 (Krizhevsky 2009) through torchvision, as uint8 [N, 3, 32, 32]."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=split == "train", download=download)
+    except RuntimeError as e:
+        raise DatasetNotFound(
+            f"CIFAR-10 not found in root={root} (torchvision looks for cifar-10-batches-py there). Pass "
+            f"download=true to fetch it (needs a network) or copy an extracted cifar-10-batches-py there ({e})"
+        ) from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return images if num is None else images[:num]
+
+
+def reference_images(ref: str, split: str = "test", num: Optional[int] = None, root: Optional[PathLike] = None,
+                     size: int = 32, download: bool = False) -> torch.Tensor:
+    """Reference images by name (``fashion-mnist``, ``cifar10``) or from a folder, uint8 [N, 3, H, W]."""
+    name = ref.lower().replace("_", "-")
+    if name == "fashion-mnist":
+        return fashion_mnist(split, root or FASHION_MNIST_DIR, size, num)
+    if name == "cifar10":
+        return cifar10(split, root or "data", num, download)
+    if Path(ref).is_dir():
+        return load_folder(resolve_folder(ref), num)
+    raise DatasetNotFound(f"reference {ref!r} is neither 'fashion-mnist', 'cifar10' nor an image folder")
+
+
+# ---- features and distances ------------------------------------------------------------------------
+@torch.no_grad()
+def extract_features(images: torch.Tensor, extractor: FeatureExtractor, batch_size: int = 64,
+                     progress: bool = False) -> np.ndarray:
+    """Features [N, d] (float64) of uint8 images [N, 3, H, W]."""
+    from tqdm.auto import tqdm
+
+    chunks = images.split(batch_size)
+    outs = [extractor(c).double().numpy() for c in tqdm(chunks, desc="features", disable=not progress)]
+    return np.concatenate(outs)
+
+
+def stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance of features [N, d]."""
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FID between two feature sets (clean-fid's ``frechet_distance``: scipy's matrix square root)."""
+    from cleanfid.fid import frechet_distance
+
+    (m1, s1), (m2, s2) = stats(f1), stats(f2)
+    return float(frechet_distance(m1, s1, m2, s2))
+
+
+def kid_from_features(f1: np.ndarray, f2: np.ndarray, seed: int = 0, num_subsets: int = 100,
+                      max_subset_size: int = 1000) -> float:
+    """KID (clean-fid's ``kernel_distance``; its subsets are drawn from numpy's global RNG, seeded here)."""
+    from cleanfid.fid import kernel_distance
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return float(kernel_distance(f1, f2, num_subsets=num_subsets, max_subset_size=max_subset_size))
+    finally:
+        np.random.set_state(state)
+
+
+def cleanfid_folder_features(folder: PathLike, extractor: FeatureExtractor, batch_size: int = 64,
+                             num: Optional[int] = None) -> np.ndarray:
+    """Features of a folder read by clean-fid (its loader and its "clean" bicubic resize to the
+    extractor's input size)."""
+    from cleanfid.fid import get_folder_features
+    from cleanfid.resize import make_resizer
+
+    resize = make_resizer("PIL", False, "bicubic", (extractor.input_size, extractor.input_size))
+    return get_folder_features(str(folder), extractor, num_workers=0, num=num, batch_size=batch_size,
+                               device=torch.device("cpu"), mode="clean", custom_fn_resize=resize,
+                               verbose=False).astype(np.float64)
+
+
+def cleanfid_compare_folders(folder1: PathLike, folder2: PathLike, extractor: FeatureExtractor,
+                             batch_size: int = 64) -> float:
+    """FID between two folders, entirely through ``cleanfid.fid.compute_fid`` with our extractor."""
+    from cleanfid.fid import compute_fid
+    from cleanfid.resize import make_resizer
+
+    resize = make_resizer("PIL", False, "bicubic", (extractor.input_size, extractor.input_size))
+    return float(compute_fid(str(folder1), str(folder2), mode="clean", custom_feat_extractor=extractor,
+                             custom_fn_resize=resize, num_workers=0, batch_size=batch_size,
+                             device=torch.device("cpu"), verbose=False))
+
+
+def torchmetrics_fid(fake: torch.Tensor, extractor: FeatureExtractor, real: Optional[torch.Tensor] = None,
+                     real_features: Optional[np.ndarray] = None, batch_size: int = 64) -> float:
+    """FID through ``torchmetrics.image.FrechetInceptionDistance(feature=extractor)``.
+
+    ``fake`` (and ``real``) are uint8 [N, 3, H, W], handed to the metric unchanged. With
+    ``real_features`` (a cached reference) the metric's real-feature state (sum, sum of outer
+    products, count) is set from them instead of re-extracting the reference images.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=extractor, normalize=False, reset_real_features=False)
+    if real_features is not None:
+        f = torch.from_numpy(np.asarray(real_features, dtype=np.float64))
+        metric.real_features_sum = f.sum(dim=0)
+        metric.real_features_cov_sum = f.t().mm(f)
+        metric.real_features_num_samples = torch.tensor(f.shape[0], dtype=torch.long)
+    elif real is not None:
+        for chunk in real.split(batch_size):
+            metric.update(chunk, real=True)
+    else:
+        raise ValueError("torchmetrics_fid needs real images or real_features")
+    for chunk in fake.split(batch_size):
+        metric.update(chunk, real=False)
+    return float(metric.compute())
+
+
+# ---- the reference cache ---------------------------------------------------------------------------
+def _folder_fingerprint(folder: PathLike) -> str:
+    h = hashlib.sha1()
+    for f in image_files(folder):
+        st = f.stat()
+        h.update(f"{f.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def reference_key(ref: str, split: str, num: Optional[int], size: int, extractor: FeatureExtractor) -> str:
+    """File name of the cached reference features: dataset, split, count, size, extractor identity."""
+    name = ref.lower().replace("_", "-")
+    if name not in ("fashion-mnist", "cifar10"):
+        folder = resolve_folder(ref)
+        name = f"folder-{folder.parent.name if folder.name == 'images' else folder.name}-{_folder_fingerprint(folder)}"
+        split = "all"
+    count = "all" if num is None else str(num)
+    return f"{name}_{split}_n{count}_s{size}_{extractor.identity}.npy"
+
+
+def reference_features(ref: str, extractor: FeatureExtractor, split: str = "test", num: Optional[int] = None,
+                       root: Optional[PathLike] = None, size: int = 32, cache_dir: Optional[PathLike] = None,
+                       batch_size: int = 64, download: bool = False, progress: bool = False) -> np.ndarray:
+    """Features of a reference set, computed once and then read from ``cache_dir``."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache_dir / reference_key(ref, split, num, size, extractor)
+    if path.is_file():
+        return np.load(path)
+    images = reference_images(ref, split, num, root, size, download)
+    feats = extract_features(images, extractor, batch_size, progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, feats)
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache entry
+    return feats
+
+
+def evaluate(fake_folder: PathLike, ref: str, extractor: FeatureExtractor, split: str = "test",
+             num: Optional[int] = None, ref_num: Optional[int] = None, root: Optional[PathLike] = None,
+             size: int = 32, cache_dir: Optional[PathLike] = None,
+             backends: Sequence[str] = ("cleanfid", "torchmetrics"),
+             kid: bool = True, batch_size: int = 64, progress: bool = False) -> dict[str, float]:
+    """FID (each backend) and KID of the images of ``fake_folder`` against a reference."""
+    fake_folder = resolve_folder(fake_folder)
+    results: dict[str, float] = {}
+    real = reference_features(ref, extractor, split, ref_num, root, size, cache_dir, batch_size, progress=progress)
+    results["num_real"] = int(real.shape[0])
+    fake_feats = None
+    if "cleanfid" in backends:
+        fake_feats = cleanfid_folder_features(fake_folder, extractor, batch_size, num)
+        results["fid_cleanfid"] = fid_from_features(fake_feats, real)
+    if "torchmetrics" in backends:
+        fake = load_folder(fake_folder, num)
+        results["fid_torchmetrics"] = torchmetrics_fid(fake, extractor, real_features=real, batch_size=batch_size)
+    if kid:
+        if fake_feats is None:
+            fake_feats = extract_features(load_folder(fake_folder, num), extractor, batch_size)
+        results["kid"] = kid_from_features(fake_feats, real)
+    results["num_fake"] = (int(fake_feats.shape[0]) if fake_feats is not None
+                           else int(num or len(image_files(fake_folder))))
+    return results
+
+
+__all__ = [
+    "DatasetNotFound", "cifar10", "cleanfid_compare_folders", "cleanfid_folder_features", "default_cache_dir",
+    "evaluate", "extract_features", "fashion_mnist", "fid_from_features", "image_files", "kid_from_features",
+    "load_folder", "reference_features", "reference_images", "reference_key", "resolve_folder", "stats",
+    "torchmetrics_fid",
+]

@@ -1,0 +1,93 @@
+"""``python -m binarydm.export ckpt=PATH out=FILE``: write the packed 1-bit checkpoint of a trained student.
+
+``ckpt`` is a student directory (``student.safetensors`` + ``quant_config.json`` + ``unet_config.json``
+[+ ``scheduler_config.json``], as a training run writes it; a run directory holding ``student/`` works
+too) or an existing packed file (re-export). Prints the file size, the size of the same UNet as an
+FP32 diffusers checkpoint and their ratio, and the theoretical storage of ``binarydm.summary``.
+Add ``verify=true`` to reload the file and check that its output equals the student's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .sample import parse_args
+
+DEFAULTS = {"ckpt": None, "out": None, "verify": False}
+USAGE = __doc__.split("\n\n")[0] + "\n  options: " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items())
+
+
+def fp32_checkpoint_bytes(unet_config: Mapping[str, Any]) -> int:
+    """Tensor bytes of the float32 diffusers checkpoint of this architecture (what ``save_pretrained``
+    writes into diffusion_pytorch_model.safetensors, less its few-kB header)."""
+    import diffusers
+
+    config = dict(unet_config)
+    cls = getattr(diffusers, config.get("_class_name", "UNet2DModel"))
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = cls.from_config(config)
+    return sum(t.numel() * 4 for t in model.state_dict().values())
+
+
+def example_inputs(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg = model.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    device = next(model.parameters()).device
+    return torch.zeros(1, cfg.in_channels, size, size, device=device), torch.tensor([500], device=device)
+
+
+def export(ckpt: Path, out: Path, verify: bool = False) -> dict[str, Any]:
+    from . import summary
+    from .packing import export_packed, file_sizes, load_checkpoint, load_packed
+
+    if ckpt.is_dir() and (ckpt / "student").is_dir():
+        ckpt = ckpt / "student"
+    model, configs = load_checkpoint(ckpt)
+    if configs.get("quant_config") is None:
+        raise SystemExit(f"{ckpt}: a full-precision diffusers model (no quant_config.json): nothing to pack")
+    export_packed(model, configs["unet_config"], configs["quant_config"], out, configs.get("scheduler_config"))
+    sizes = file_sizes(out)
+    fp32 = fp32_checkpoint_bytes(configs["unet_config"])
+    theory = summary(model, *example_inputs(model))
+    report = {
+        "file": str(out),
+        "bytes": sizes["total"],
+        "header_bytes": sizes["header"],
+        "fp32_bytes": fp32,
+        "ratio": fp32 / sizes["total"],
+        "summary_bytes": theory.storage_bytes,
+        "summary_ratio": theory.storage_ratio,
+        "params": theory.params,
+    }
+    if verify:
+        x, t = example_inputs(model)
+        x = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device)
+        with torch.no_grad():
+            report["verified_equal"] = bool(torch.equal(model(x, t).sample, load_packed(out)(x, t).sample))
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
+    if args["ckpt"] is None or args["out"] is None:
+        raise SystemExit(f"ckpt=PATH and out=FILE are required\n{USAGE}")
+    r = export(Path(args["ckpt"]), Path(args["out"]), bool(args["verify"]))
+    mib = 2**20
+    print(f"wrote {r['file']}: {r['bytes'] / mib:.3f} MiB ({r['bytes']:,} bytes, header {r['header_bytes']:,})")
+    print(f"FP32 diffusers checkpoint of the same UNet: {r['fp32_bytes'] / mib:.3f} MiB -> {r['ratio']:.2f}x smaller")
+    print(f"binarydm.summary theoretical storage: {r['summary_bytes'] / mib:.3f} MiB ({r['summary_ratio']:.2f}x)")
+    if "verified_equal" in r:
+        print(f"reloaded output equals the student's: {r['verified_equal']}")
+    print(json.dumps(r))
+    if r.get("verified_equal") is False:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

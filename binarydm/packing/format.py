@@ -1,0 +1,457 @@
+"""The packed 1-bit checkpoint: one safetensors file that rebuilds the fake-quantized model exactly.
+
+What is stored, per tensor of the binarized model's state dict:
+
+* An enabled LMB weight (BinaryDM's binarizer, ``w_bi = s1 sign(w) + s2 sign(w - s1 sign(w))``):
+  one bit-plane per basis, ``b_k = 1`` for ``+1`` and ``0`` for ``-1``, 8 bits per byte, in the
+  row-major order of the weight, least significant bit first (``<name>.weight.__bits{k}``, uint8).
+  The scales ``s1``, ``s2`` stay in the state dict as float32 (one per output channel).
+* An enabled LSQ weight with at most 8 bits (the kept layers at ``keep_bits=8``, or ``weight=lsq``):
+  the integer codes ``round(clamp(w / a, Qn, Qp))`` as int8 (``<name>.weight.__codes``); the
+  per-channel step ``a`` stays in the state dict.
+* Everything else (biases, norms, embeddings, activation steps, quantizer flags, layers kept at full
+  precision, weights of quantizers this file does not know): unchanged, at its own dtype (float32 for
+  a float32 model). float16 would halve these bytes but changes the model's output; the file must
+  reproduce the fake-quantized model bit for bit, so it keeps them as they are.
+
+The file never stores the latent full-precision weight of a packed layer: :func:`load_packed`
+rebuilds the model with :func:`binarydm.binarize_`, then writes into each packed layer a latent
+weight ``w'`` chosen so that the layer's own quantizer maps it to exactly the stored value
+(:func:`lmb_latent`, :func:`lsq_latent`), and loads every other tensor as saved. Nothing is
+re-initialised or calibrated after the load; the output is ``torch.equal`` to the exported model's.
+(Training can resume from a packed file, but from ``w'`` rather than the original latent weights.)
+
+Metadata (safetensors header, strings): ``format`` (``binarydm-packed``), ``format_version``,
+``quant_config`` and ``unet_config`` (JSON), ``layers`` (JSON: how each packed weight is stored,
+``lmb1`` / ``lmb2`` bit-planes, ``lmb1z`` one plane and an all-zero s2 left out, ``lsq<b>`` int8 codes;
+the shapes come from the model that :func:`load_packed` rebuilds),
+``digest`` (SHA-256 over every tensor's name, dtype, shape and bytes: a flipped byte anywhere in the
+payload is caught on load), and optionally ``scheduler_config`` (JSON) for sampling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from ..quant.config import QuantConfig, resolve
+from ..quant.layers import QUANT_LAYERS
+from ..quant.lmb import LMB
+from ..quant.lsq import LSQ
+
+FORMAT = "binarydm-packed"
+FORMAT_VERSION = 1
+PathLike = Union[str, os.PathLike]
+
+
+class PackedFormatError(ValueError):
+    """A packed file that cannot be read: truncated, corrupted, another format or another architecture."""
+
+
+# ---- bit planes ----------------------------------------------------------------------------------
+def pack_bits(positive: torch.Tensor) -> torch.Tensor:
+    """Pack a boolean tensor (True = +1) into uint8, 8 per byte, row-major, least significant bit first."""
+    flat = positive.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = (1 << torch.arange(8, dtype=torch.uint8)).to(flat.device)
+    return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``numel`` bits as a flat bool tensor."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed.reshape(-1, 1) >> shifts) & 1
+    return bits.reshape(-1)[:numel].bool()
+
+
+# ---- latent weights that reproduce a quantized weight exactly -------------------------------------
+def lmb_latent(b1: torch.Tensor, b2: Optional[torch.Tensor], s1: torch.Tensor) -> torch.Tensor:
+    """A latent weight ``w'`` with ``sign(w') = b1`` and, for two bases, ``sign(w' - s1 sign(w')) = b2``.
+
+    ``b1``, ``b2`` are boolean (True = +1) and shaped like the weight; ``s1`` broadcasts against them.
+    With sign(0) = +1 the feasible values of ``w'`` are (the signs of float sums and differences are
+    exact, so these intervals hold in floating point):
+
+        b1=+1, b2=+1:  w' >= max(0, s1)        ->  w' = max(0, s1)
+        b1=+1, b2=-1:  0 <= w' < s1             ->  w' = 0            (needs s1 > 0)
+        b1=-1, b2=+1:  -s1 <= w' < 0            ->  w' = -s1          (needs s1 > 0)
+        b1=-1, b2=-1:  w' < min(0, -s1)         ->  w' = the float just below min(0, -s1)
+
+    The cases marked "needs s1 > 0" are exactly those the original weight could only produce with
+    s1 > 0, so a pair of planes written by :func:`export_packed` always has a solution.
+    """
+    zero = torch.zeros_like(s1)
+    if b2 is None:
+        return torch.where(b1, 0.0, -1.0).to(s1.dtype)
+    below = torch.nextafter(torch.minimum(zero, -s1), torch.full_like(s1, -float("inf")))
+    pos = torch.where(b2, torch.maximum(zero, s1), zero)
+    neg = torch.where(b2, -s1, below)
+    return torch.where(b1, pos, neg)
+
+
+def lsq_latent(codes: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """``w' = q * a``: LSQ maps it back to ``round(clamp(w'/a)) = q`` (the rounding error of
+    ``(q a) / a`` is a few ulps of ``q``, far from the 0.5 that would change the rounding)."""
+    return codes.to(step.dtype) * step
+
+
+# ---- export ----------------------------------------------------------------------------------------
+def _pack_layer(name: str, layer: nn.Module) -> Optional[tuple[dict[str, torch.Tensor], str]]:
+    """The packed tensors and the layout record (``lmb1``, ``lmb2``, ``lsq<bits>``) of one quantized
+    layer's weight, or None to store the weight as it is."""
+    q = layer.weight_quantizer
+    if q is None or not q.enabled or not q.initialized:
+        return None  # the forward uses the latent weight itself: store it as it is
+    w = layer.weight.detach()
+    if type(q) is LMB:
+        first = q.s1.detach() * torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+        tensors = {f"{name}.weight.__bits0": pack_bits(w >= 0)}
+        if q.n_bases == 2:
+            tensors[f"{name}.weight.__bits1"] = pack_bits((w - first) >= 0)
+        return tensors, f"lmb{q.n_bases}"
+    if type(q) is LSQ and q.bits <= 8 and q.signed:
+        return {f"{name}.weight.__codes": q.codes(w).to(torch.int8)}, f"lsq{q.bits}"
+    return None
+
+
+def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(list(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in dict(config).items():
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def export_packed(
+    model: nn.Module,
+    unet_config: Mapping[str, Any],
+    quant_config: Union[str, Mapping[str, Any], QuantConfig],
+    path: PathLike,
+    scheduler_config: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write ``model`` (binarized by :func:`binarydm.binarize_`) as a packed safetensors file at ``path``.
+
+    ``unet_config`` is the diffusers config of the float model (``dict(unet.config)``, with its
+    ``_class_name``), ``quant_config`` the QuantConfig that binarized it. Returns the path.
+    """
+    from safetensors.torch import save_file
+
+    cfg = resolve(quant_config)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    layers: dict[str, str] = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, QUANT_LAYERS):
+            continue
+        packed = _pack_layer(name, layer)
+        if packed is None:
+            continue
+        tensors, record = packed
+        del state[f"{name}.weight"]
+        state.update({k: v.cpu() for k, v in tensors.items()})
+        # A single-basis LMB never reads s2 (it is kept only so that every LMB has the same keys):
+        # an all-zero s2 is rebuilt on load instead of stored.
+        s2 = f"{name}.weight_quantizer.s2"
+        if record == "lmb1" and not state[s2].any():
+            del state[s2]
+            record = "lmb1z"
+        layers[name] = record
+    state = {k: v.contiguous() for k, v in state.items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "quant_config": json.dumps(cfg.to_dict()),
+        "unet_config": json.dumps(_plain_config(unet_config)),
+        "layers": json.dumps(layers),
+        "digest": _digest(state),
+    }
+    if scheduler_config is not None:
+        metadata["scheduler_config"] = json.dumps(_plain_config(scheduler_config))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+# ---- load ------------------------------------------------------------------------------------------
+def read_packed(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a packed file, checked (format, version, digest); raises PackedFormatError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PackedFormatError(f"{path}: no such packed checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except PackedFormatError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for a bad header or short payload
+        raise PackedFormatError(
+            f"{path}: cannot read as a safetensors file (truncated or corrupted?): {e}"
+        ) from e
+    if metadata.get("format") != FORMAT:
+        raise PackedFormatError(
+            f"{path}: not a binarydm packed checkpoint (metadata format={metadata.get('format')!r}, "
+            f"expected {FORMAT!r}); write one with `python -m binarydm.export`"
+        )
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise PackedFormatError(
+            f"{path}: packed format version {version!r}, this binarydm reads version {FORMAT_VERSION}"
+        )
+    if _digest(tensors) != metadata.get("digest"):
+        raise PackedFormatError(
+            f"{path}: the tensor data does not match the checksum stored in the file (corrupted or edited "
+            "after export); export it again"
+        )
+    return tensors, metadata
+
+
+def packed_metadata(path: PathLike) -> dict[str, Any]:
+    """The decoded metadata of a packed file (quant_config, unet_config, scheduler_config, layers)."""
+    _, meta = read_packed(path)
+    out: dict[str, Any] = dict(meta)
+    for key in ("quant_config", "unet_config", "layers", "scheduler_config"):
+        if key in meta:
+            out[key] = json.loads(meta[key])
+    return out
+
+
+def build_model(unet_config: Mapping[str, Any], quant_config) -> nn.Module:
+    """A binarized diffusers model of the given architecture, its float weights random.
+
+    The global RNG is left untouched (the random initialisation is overwritten by the load anyway,
+    and sampling with a seed must not depend on whether a model was loaded first).
+    """
+    import diffusers
+
+    from ..quant.convert import binarize_
+
+    if importlib.util.find_spec("binarydm.algorithms") is not None:
+        # Registers the comparison suite's quantizers, which a stored QuantConfig may name.
+        importlib.import_module("binarydm.algorithms")
+    config = dict(unet_config)
+    cls_name = config.get("_class_name", "UNet2DModel")
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None:
+        raise ValueError(f"unet_config names class {cls_name!r}, which diffusers does not have")
+    with torch.random.fork_rng(devices=[]):
+        model = cls.from_config(config)
+        binarize_(model, resolve(quant_config))
+    return model
+
+
+def _check_architecture(path: Path, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing (first: {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) (first: {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatch(es) (first: {k}: file {tuple(state[k].shape)}, "
+                         f"model {expected[k]})")
+        raise PackedFormatError(
+            f"{path}: checkpoint does not match the model architecture: " + "; ".join(parts)
+            + ". The file was written for a different UNet or QuantConfig"
+        )
+
+
+def load_packed(path: PathLike, model: Optional[nn.Module] = None) -> nn.Module:
+    """Rebuild the binarized model stored in a packed file; its output equals the exported model's.
+
+    Without ``model`` the architecture comes from the file's ``unet_config`` and ``quant_config``;
+    with ``model`` (already binarized) the file is loaded into it, and a file of another
+    architecture raises :class:`PackedFormatError`. The model is returned in eval mode.
+    """
+    path = Path(path)
+    tensors, meta = read_packed(path)
+    try:
+        layers = json.loads(meta["layers"])
+        quant_config = QuantConfig.from_dict(json.loads(meta["quant_config"]))
+        unet_config = json.loads(meta["unet_config"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise PackedFormatError(f"{path}: unreadable metadata ({e})") from e
+    if model is None:
+        model = build_model(unet_config, quant_config)
+
+    try:
+        state = _unpack_layers(path, model, tensors, layers)
+    except (KeyError, RuntimeError) as e:  # a missing scale, or one of another shape
+        raise PackedFormatError(
+            f"{path}: checkpoint does not match the model architecture ({type(e).__name__}: {e}). The file was "
+            "written for a different UNet or QuantConfig"
+        ) from e
+    state.update(tensors)
+    _check_architecture(path, model, state)
+    device = next(model.parameters()).device
+    model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
+def _unpack_layers(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
+                   layers: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Latent weights of the packed layers (popping their packed tensors from ``tensors``)."""
+    state: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    for name, record in layers.items():
+        layer = modules.get(name)
+        if not isinstance(layer, QUANT_LAYERS) or layer.weight_quantizer is None:
+            raise PackedFormatError(
+                f"{path}: checkpoint does not match the model architecture: packed layer {name!r} is not a "
+                "quantized layer of the model. The file was written for a different UNet or QuantConfig"
+            )
+        shape = tuple(layer.weight.shape)
+        numel = layer.weight.numel()
+        if record.startswith("lmb"):
+            s1 = tensors[f"{name}.weight_quantizer.s1"]
+            planes = []
+            for k in range(2 if record == "lmb2" else 1):
+                packed = tensors.pop(f"{name}.weight.__bits{k}")
+                if packed.numel() != (numel + 7) // 8:
+                    raise PackedFormatError(
+                        f"{path}: checkpoint does not match the model architecture: {name}.weight has "
+                        f"{packed.numel()} packed bytes in the file, the model's weight {shape} needs "
+                        f"{(numel + 7) // 8}"
+                    )
+                planes.append(unpack_bits(packed, numel).view(shape))
+            state[f"{name}.weight"] = lmb_latent(planes[0], planes[1] if len(planes) == 2 else None, s1)
+            if record == "lmb1z":
+                state[f"{name}.weight_quantizer.s2"] = torch.zeros_like(s1)
+        elif record.startswith("lsq"):
+            codes = tensors.pop(f"{name}.weight.__codes")
+            if tuple(codes.shape) != shape:
+                raise PackedFormatError(
+                    f"{path}: checkpoint does not match the model architecture: {name}.weight has shape "
+                    f"{tuple(codes.shape)} in the file, {shape} in the model"
+                )
+            state[f"{name}.weight"] = lsq_latent(codes, tensors[f"{name}.weight_quantizer.step"])
+        else:
+            raise PackedFormatError(f"{path}: unknown packed layer kind {record!r} for {name}")
+    return state
+
+
+def file_sizes(path: PathLike) -> dict[str, int]:
+    """Bytes of the packed file, split into header (metadata) and tensor payload."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        (header,) = struct.unpack("<Q", f.read(8))
+    total = path.stat().st_size
+    return {"total": total, "header": 8 + header, "payload": total - 8 - header}
+
+
+
+
+# ---- the training run's directory layout -----------------------------------------------------------
+# A student directory: the binarized model's full state dict, its QuantConfig and its UNet config (and
+# optionally the noise schedule). Two spellings are read: this module's own (save_student_dir) and the
+# training runner's (<run>/student/: model.safetensors + config.json, next to scheduler_config.json).
+STUDENT_FILES = ("student.safetensors", "quant_config.json", "unet_config.json")
+_WEIGHT_NAMES = ("student.safetensors", "model.safetensors")
+_CONFIG_NAMES = ("unet_config.json", "config.json")
+_DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: invalid JSON ({e})") from e
+
+
+def load_student_dir(directory: PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a student directory (``student.safetensors`` or ``model.safetensors``, ``quant_config.json``,
+    ``unet_config.json`` or ``config.json``, optionally ``scheduler_config.json``), or a plain
+    full-precision diffusers model directory (``config.json`` + ``diffusion_pytorch_model.safetensors``,
+    e.g. the FP teacher; its ``quant_config`` is None). Returns the model (eval mode) and the configs."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    weights = next((directory / f for f in _WEIGHT_NAMES if (directory / f).is_file()), None)
+    config_file = next((directory / f for f in _CONFIG_NAMES if (directory / f).is_file()), None)
+    configs: dict[str, Any] = {}
+    if (directory / "scheduler_config.json").is_file():
+        configs["scheduler_config"] = _read_json(directory / "scheduler_config.json")
+    if not (directory / "quant_config.json").is_file() and (directory / _DIFFUSERS_WEIGHTS).is_file():
+        import diffusers
+
+        configs["unet_config"] = _read_json(directory / "config.json")
+        configs["quant_config"] = None
+        cls = getattr(diffusers, configs["unet_config"].get("_class_name", "UNet2DModel"))
+        return cls.from_pretrained(str(directory)).eval(), configs
+    if weights is None or config_file is None or not (directory / "quant_config.json").is_file():
+        raise FileNotFoundError(
+            f"{directory}: not a binarydm student directory: expected {' or '.join(_WEIGHT_NAMES)}, quant_config.json "
+            f"and {' or '.join(_CONFIG_NAMES)} (or a diffusers model directory with {_DIFFUSERS_WEIGHTS})"
+        )
+    configs["quant_config"] = _read_json(directory / "quant_config.json")
+    configs["unet_config"] = _read_json(config_file)
+    try:
+        state = load_file(str(weights))
+    except Exception as e:
+        raise PackedFormatError(f"{weights}: cannot read as a safetensors file (truncated or corrupted?): {e}") from e
+    model = build_model(configs["unet_config"], QuantConfig.from_dict(configs["quant_config"]))
+    _check_architecture(weights, model, state)
+    model.load_state_dict(state, strict=True)
+    return model.eval(), configs
+
+
+def load_checkpoint(path: PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """A model and its configs from a packed file, a student directory or a diffusers model directory."""
+    path = Path(path)
+    if path.is_dir():
+        return load_student_dir(path)
+    model = load_packed(path)
+    meta = packed_metadata(path)
+    configs = {k: meta[k] for k in ("quant_config", "unet_config", "scheduler_config") if k in meta}
+    return model, configs
+
+
+def save_student_dir(model: nn.Module, unet_config: Mapping[str, Any], quant_config, directory: PathLike,
+                     scheduler_config: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write the student directory layout (the inverse of :func:`load_student_dir`; tests and tools use it)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(directory / "student.safetensors"))
+    (directory / "quant_config.json").write_text(json.dumps(resolve(quant_config).to_dict(), indent=1))
+    (directory / "unet_config.json").write_text(json.dumps(_plain_config(unet_config), indent=1))
+    if scheduler_config is not None:
+        (directory / "scheduler_config.json").write_text(json.dumps(_plain_config(scheduler_config), indent=1))
+    return directory
+
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "STUDENT_FILES", "PackedFormatError", "build_model", "export_packed",
+    "file_sizes", "load_checkpoint", "load_packed", "load_student_dir", "lmb_latent", "lsq_latent", "pack_bits",
+    "packed_metadata", "read_packed", "save_student_dir", "unpack_bits",
+]
