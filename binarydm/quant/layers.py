@@ -40,7 +40,13 @@ class _QuantSlots:
         XNOR++'s Gamma), or None: applied to the output before the bias, only while the weight
         quantizer is enabled."""
         q = self.weight_quantizer
-        return getattr(q, "scale_output", None) if q is not None and q.enabled else None
+        scale = getattr(q, "scale_output", None)
+        if scale is None:
+            return None
+        # Also while calibrate_ observes the output quantizer: it must see the outputs even when the
+        # weight quantizer is still off (progressive initialisation calibrates everything in FP).
+        out_q = getattr(q, "output_quantizer", None)
+        return scale if q.enabled or (out_q is not None and out_q.observing) else None
 
     def scale_output(self, y: torch.Tensor) -> torch.Tensor:
         scale = self._output_scale()

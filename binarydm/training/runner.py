@@ -21,7 +21,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ..quant.config import QuantConfig
+from .. import algorithms
+from ..quant.config import PRESETS, QuantConfig
 from ..quant.convert import binarize_
 from .callbacks import (
     EMA,
@@ -35,16 +36,23 @@ from .callbacks import (
 from .config import save_config, to_container
 from .data import DataConfig, DiffusionDataModule
 from .module import DiffusionQAT, LossConfig, OptimConfig
+from .schedules import QuantScheduleCallback
 from .teacher import load_scheduler, load_unet, resolve_local
 
 
 def quant_config_of(cfg: DictConfig) -> Optional[QuantConfig]:
-    """None for full-precision training (``quant: none``), else the preset with ``quant_options``."""
+    """None for full-precision training (``quant: none``); else a QuantConfig preset (w1a4, ...) or an
+    algorithm of the comparison suite (xnor, reactnet, ...), with ``quant_options`` overriding its fields."""
     name = str(cfg.quant)
     if name.lower() in ("none", "fp", "fp32"):
         return None
     options = to_container(cfg.quant_options) or {}
-    return QuantConfig.from_dict({"preset": name, **options})
+    if name in PRESETS:
+        return QuantConfig.from_dict({"preset": name, **options})
+    if name.replace("_", "-") in algorithms.available():
+        return algorithms.preset(name).replace(**options)
+    raise ValueError(f"unknown quant {name!r}; valid: none, the presets {sorted(PRESETS)} or the algorithms "
+                     f"{algorithms.available()}")
 
 
 def _scheduler(cfg: DictConfig):
@@ -112,6 +120,7 @@ def build(cfg: DictConfig) -> Built:
             callbacks.append(Calibrate())
         if cfg.ebb.enabled:
             callbacks.append(EBBTransition(int(cfg.ebb.transition_step)))
+        callbacks.append(QuantScheduleCallback())  # ReCU's tau, FDA's alpha_t and n, BiPer's stages
     ema = None
     if cfg.ema.enabled:
         start = int(cfg.ema.start_step)
