@@ -30,6 +30,16 @@ def make_tiny_unet(seed: int = 0, **overrides):
     return UNet2DModel(**{**TINY_UNET, **overrides})
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests use tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a shared 2-core CPU
+    (the training tests ran 10x slower with torch's default threads while other jobs ran)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_unet():
     return make_tiny_unet()

@@ -10,14 +10,6 @@ from binarydm.training import load_config, run
 from binarydm.training.runner import quant_config_of
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name", algorithms.available())
 def test_each_algorithm_trains_a_few_steps(tmp_path, name):
     cfg = load_config("tiny", [f"out_dir={tmp_path}", f"quant={name}", "trainer.max_steps=3",

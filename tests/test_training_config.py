@@ -1,21 +1,11 @@
 """Configuration loading and the clear errors of the training entry point."""
 
 import pytest
-import torch
 
 from binarydm.train import main
 from binarydm.training.config import ConfigError, available_configs, load_config
 from binarydm.training.data import DataConfig, DatasetNotFoundError, build_dataset
 from binarydm.training.teacher import TeacherNotFoundError, load_unet
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_experiment_files_only_hold_keys_of_the_base():

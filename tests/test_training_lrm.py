@@ -8,15 +8,6 @@ import torch
 from binarydm.training.lrm import LRM, FeatureTap, channel_moments, lrm_block_names, principal_directions
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _reference_top_directions(feat: torch.Tensor, r: int) -> torch.Tensor:
     """Top-r right singular vectors of the centred (N*H*W, C) matrix (textbook PCA via SVD)."""
     x = feat.permute(0, 2, 3, 1).reshape(-1, feat.shape[1]).double()

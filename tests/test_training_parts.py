@@ -20,15 +20,6 @@ from binarydm.training.data import (
 from binarydm.training.module import DiffusionQAT, LossConfig, OptimConfig, lr_factor, parameter_groups
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_step_sampler_is_a_function_of_the_step_and_shards_global_batches():
     full = StepBatchSampler(20, 4, seed=3, random_flip=True)
     # Epoch e is a permutation: every index exactly once in each run of 20 // 4 batches.

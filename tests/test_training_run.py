@@ -16,15 +16,6 @@ from binarydm.training.callbacks import StopAtStep
 from binarydm.training.runner import build, load_student
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
