@@ -38,17 +38,21 @@ class _LSQFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, step = ctx.saved_tensors
         v = x / step
-        inside = (v >= ctx.qn) & (v <= ctx.qp)
-        q = torch.round(torch.clamp(v, ctx.qn, ctx.qp))
-        grad_x = grad_out * inside.to(grad_out.dtype) if ctx.needs_input_grad[0] else None
+        clamped = torch.clamp(v, ctx.qn, ctx.qp)
+        # dx_q/dx = 1{Qn <= v <= Qp}: exactly where clamping left v unchanged.
+        grad_x = torch.where(clamped == v, grad_out, 0.0)
         grad_step = None
         if ctx.needs_input_grad[1]:
-            local = torch.where(inside, q - v, q)
-            grad_step = grad_out * local
-            # Sum over every dimension the step was broadcast along.
-            dims = [d for d in range(grad_step.dim()) if step.dim() == 0 or step.shape[d] == 1]
-            grad_step = grad_step.sum(dim=dims, keepdim=step.dim() > 0).reshape(step.shape) * ctx.g
-        return grad_x, grad_step, None, None, None
+            q = torch.round(clamped)
+            # sum g * (q - v 1{inside}) = sum g q - sum grad_x v: two reductions, no (q - v) tensor.
+            if step.dim() == 0:
+                grad_step = (torch.dot(grad_out.reshape(-1), q.reshape(-1))
+                             - torch.dot(grad_x.reshape(-1), v.reshape(-1)))
+            else:  # sum over every dimension the step was broadcast along
+                dims = [d for d in range(v.dim()) if step.shape[d] == 1]
+                grad_step = (grad_out * q - grad_x * v).sum(dim=dims, keepdim=True)
+            grad_step = grad_step.reshape(step.shape) * ctx.g
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_step, None, None, None
 
 
 def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
