@@ -16,34 +16,19 @@ import torch
 from binarydm.quant.registry import LayerSpec, register_act, register_weight
 from binarydm.quant.ste import sign_ste
 
-from ._common import ParameterFree, check_one_bit, out_channel_mean_abs, per_sample_mean_abs
+from ._common import check_one_bit, out_channel_mean_abs, per_sample_mean_abs
+from .bnn import SignBinarizer
 
 
-class XnorWeight(ParameterFree):
+class XnorWeight(SignBinarizer):
     """a_w * sign(W) with a_w = mean|W| per output channel (detached); clipped STE."""
-
-    def __init__(self, surrogate="clipped") -> None:
-        super().__init__()
-        self.surrogate = surrogate
-
-    @property
-    def bits(self) -> int:
-        return 1
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         return out_channel_mean_abs(w).detach() * sign_ste(w, self.surrogate)
 
 
-class XnorAct(ParameterFree):
+class XnorAct(SignBinarizer):
     """b * sign(x) with b = mean|x| per sample over every non-batch dimension (detached)."""
-
-    def __init__(self, surrogate="clipped") -> None:
-        super().__init__()
-        self.surrogate = surrogate
-
-    @property
-    def bits(self) -> int:
-        return 1
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return per_sample_mean_abs(x).detach() * sign_ste(x, self.surrogate)
