@@ -123,14 +123,18 @@ def test_ema_follows_the_recurrence(tiny_unet):
     ema.on_train_batch_end(_FakeTrainer(1), mod, None, None, 0)  # before start: copy
     with torch.no_grad():
         p.fill_(3.0)
-    ema.on_train_batch_end(_FakeTrainer(2), mod, None, None, 0)  # 0.5 * 1 + 0.5 * 3
-    assert torch.all(ema.shadow["conv_in.weight"] == 2.0)
+    ema.on_train_batch_end(_FakeTrainer(2), mod, None, None, 0)  # warm-up d_0 = 1/10: 0.1 * 1 + 0.9 * 3
+    torch.testing.assert_close(ema.shadow["conv_in.weight"], torch.full_like(p, 2.8))
     with ema.applied(tiny_unet):
-        assert torch.all(tiny_unet.conv_in.weight == 2.0)
+        torch.testing.assert_close(tiny_unet.conv_in.weight, torch.full_like(p, 2.8))
     assert torch.all(tiny_unet.conv_in.weight == 3.0)
+    assert ema.current_decay() == 2.0 / 11.0  # d_1 = (1 + 1) / (10 + 1) < 0.5
+    ema.num_updates = 100
+    assert ema.current_decay() == 0.5  # warmed up: the configured decay
     restored = EMA(0.5)
     restored.load_state_dict(ema.state_dict())
     assert torch.equal(restored.shadow["conv_in.weight"], ema.shadow["conv_in.weight"])
+    assert restored.num_updates == 100
 
 
 def test_image_folder_reads_resizes_and_scales(tmp_path):
