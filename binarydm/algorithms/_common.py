@@ -25,8 +25,14 @@ def out_channel_mean_abs(w: torch.Tensor) -> torch.Tensor:
 
 
 def per_sample_mean_abs(x: torch.Tensor) -> torch.Tensor:
-    """mean|x| over every dimension but the batch (C, H, W for a feature map), shaped [B, 1, ...]."""
-    return x.abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
+    """XNOR-Net's activation scale: mean|x| per sample, shaped to broadcast against ``x``.
+
+    A feature map [B, C, H, W] averages over C, H, W. Token inputs [..., C] average over the
+    channels of each token only: a scale over the whole sequence would let position i see later
+    positions (a causal language model would read the future through it).
+    """
+    dims = tuple(range(1, 4)) if x.dim() == 4 else (x.dim() - 1,)
+    return x.abs().mean(dim=dims, keepdim=True)
 
 
 def channel_axis(x: torch.Tensor) -> int:

@@ -18,6 +18,10 @@ each of q_m, q_p, k_m, k_p, v_p a Linear(hidden, 1) per head of the attention IN
 sequence), v_p broadcast over the head dimension. B(P) is BiBERT's Boolean attention: H(P - 1/L)
 (1 for a key weighted above the uniform 1/L, else 0), with a straight-through gradient.
 
+Causal attention (``causal=True``, for language models): the scores of future keys (j > i) are -inf
+before the softmax, so row i spreads over n_i = i + 1 visible keys; the Boolean threshold becomes
+the uniform weight of that row, B(P)_ij = H(P_ij - 1/n_i) for j <= i, and masked entries stay 0.
+
 What is not applied to diffusers: diffusers ``Attention`` modules keep their own processor
 (``QuantAttnProcessor``, LSQ on q, k, P, v); the rank-1 estimators need extra parameters inside the
 attention computation, which only :class:`BiPFTSelfAttention` has. ``weight='bipft'`` /
@@ -98,14 +102,16 @@ class BiPFTSelfAttention(nn.Module):
 
     to_q, to_k, to_v, to_out are ordinary nn.Linear layers: ``binarize_`` binarizes them like any other.
     The Q, K, V binarizers are initialised by :func:`calibrate_`; ``binarize_operands=False`` gives the
-    full-precision attention (the teacher's, with the estimators unused).
+    full-precision attention (the teacher's, with the estimators unused). ``causal=True`` lets each
+    position attend only to itself and earlier positions (module docstring).
     """
 
-    def __init__(self, hidden: int, heads: int) -> None:
+    def __init__(self, hidden: int, heads: int, causal: bool = False) -> None:
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden={hidden} is not divisible by heads={heads}")
         self.heads, self.head_dim = heads, hidden // heads
+        self.causal = causal
         self.to_q, self.to_k, self.to_v = (nn.Linear(hidden, hidden) for _ in range(3))
         self.to_out = nn.Linear(hidden, hidden)
         self.q_quantizer, self.k_quantizer, self.v_quantizer = (BiPFTAct(hidden) for _ in range(3))
@@ -137,9 +143,18 @@ class BiPFTSelfAttention(nn.Module):
             estimators = (self.q_m, self.q_p, self.k_m, self.k_p, self.v_p)
             qm, qp, km, kp, vp = (self._split(e(hidden_states)) for e in estimators)
             scores = scores + qm @ kp.transpose(-1, -2) + qp @ km.transpose(-1, -2) + qp @ kp.transpose(-1, -2)
-        probs = (scores / math.sqrt(self.head_dim)).softmax(dim=-1)
+        scores = scores / math.sqrt(self.head_dim)
+        if self.causal:  # key j > query i: -inf, so softmax gives it exactly 0
+            future = torch.ones(length, length, dtype=torch.bool, device=scores.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        probs = scores.softmax(dim=-1)
         if on and not any(qz.observing for qz in self.quantizers()):
-            probs = heaviside_ste(probs - 1.0 / length)
+            # Threshold: the uniform weight over each row's visible keys, 1/L, or 1/(i + 1) for causal
+            # row i. Masked keys have P = 0 < 1/(i + 1), so they stay 0 (and softmax's backward gives
+            # them no gradient, since dP_ij/dscores = 0 where P_ij = 0).
+            visible = (torch.arange(1, length + 1, device=probs.device, dtype=probs.dtype).unsqueeze(-1)
+                       if self.causal else length)
+            probs = heaviside_ste(probs - 1.0 / visible)
             context = probs @ v + probs @ vp
         else:
             context = probs @ v

@@ -1,7 +1,8 @@
 """XNOR-Net (Rastegari et al., ECCV 2016).
 
     weights:      W_b = a_w * sign(W),  a_w = mean|W| over each output channel's filter (detached)
-    activations:  x_b = b * sign(x),    b = mean|x| over C, H, W of each sample (detached)
+    activations:  x_b = b * sign(x),    b = mean|x| over C, H, W of each sample (detached; per token over C
+                  for sequence inputs, so a causal model stays causal)
     backward:     clipped STE, dW = g * a_w * 1{|W| <= 1},  dx = g * b * 1{|x| <= 1}
 
 The paper's activation scale K is a spatial map (an average of |x| over channels, convolved with
@@ -28,7 +29,7 @@ class XnorWeight(SignBinarizer):
 
 
 class XnorAct(SignBinarizer):
-    """b * sign(x) with b = mean|x| per sample over every non-batch dimension (detached)."""
+    """b * sign(x) with b = mean|x| per sample (C, H, W) or per token (C) (detached)."""
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return per_sample_mean_abs(x).detach() * sign_ste(x, self.surrogate)

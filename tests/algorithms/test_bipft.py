@@ -15,11 +15,11 @@ CONFIG = preset("bipft")
 class TinyBiPFT(nn.Module):
     """A one-block pre-norm transformer built on BiPFTSelfAttention."""
 
-    def __init__(self, dim=16, heads=2):
+    def __init__(self, dim=16, heads=2, causal=False):
         super().__init__()
         self.embed = nn.Linear(6, dim)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = BiPFTSelfAttention(dim, heads)
+        self.attn = BiPFTSelfAttention(dim, heads, causal=causal)
         self.ff = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, dim))
         self.head = nn.Linear(dim, 3)
 
@@ -74,9 +74,13 @@ def test_heaviside_ste():
     torch.testing.assert_close(du, g)
 
 
-def _attention_reference(attn, h):
-    """The spec's formula written out, head by head (operands already binarized by the module's quantizers)."""
+def _attention_reference(attn, h, causal=False):
+    """The spec's formula written out, head by head (operands already binarized by the module's quantizers).
+
+    causal: row i sees keys 0..i only; its Boolean threshold is the uniform weight 1/(i + 1) of those keys.
+    """
     b, length, _ = h.shape
+    visible = torch.ones(length, length).tril().bool() if causal else torch.ones(length, length).bool()
     q, k, v = attn.q_quantizer(attn.to_q(h)), attn.k_quantizer(attn.to_k(h)), attn.v_quantizer(attn.to_v(h))
     out = torch.zeros(b, length, attn.heads * attn.head_dim)
     d = attn.head_dim
@@ -84,8 +88,8 @@ def _attention_reference(attn, h):
         qi, ki, vi = (t[..., i * d:(i + 1) * d] for t in (q, k, v))
         qm, qp, km, kp, vp = (e(h)[..., i:i + 1] for e in (attn.q_m, attn.q_p, attn.k_m, attn.k_p, attn.v_p))
         scores = qi @ ki.transpose(1, 2) + qm @ kp.transpose(1, 2) + qp @ km.transpose(1, 2) + qp @ kp.transpose(1, 2)
-        p = torch.softmax(scores / math.sqrt(d), dim=-1)
-        bp = (p >= 1.0 / length).float()
+        p = torch.softmax((scores / math.sqrt(d)).masked_fill(~visible, float("-inf")), dim=-1)
+        bp = ((p >= 1.0 / visible.sum(-1, keepdim=True)) & visible).float()
         out[..., i * d:(i + 1) * d] = bp @ vi + bp @ vp
     return attn.to_out(out)
 
@@ -106,6 +110,44 @@ def test_attention_matches_the_formula_and_estimators_are_rank_one():
     y = attn(h.requires_grad_(True))
     y.sum().backward()
     assert all(e.weight.grad is not None and e.weight.grad.abs().sum() > 0 for e in (attn.q_m, attn.k_p, attn.v_p))
+
+
+def test_causal_attention_matches_the_formula():
+    model = TinyBiPFT(causal=True)
+    x = tokens()
+    calibrate_(model, x)
+    attn = model.attn
+    with torch.no_grad():
+        for e in (attn.q_m, attn.q_p, attn.k_m, attn.k_p, attn.v_p):
+            e.weight.normal_(0, 0.3)
+        h = model.norm1(model.embed(x))
+        torch.testing.assert_close(attn(h), _attention_reference(attn, h, causal=True), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(attn(h), _attention_reference(attn, h, causal=False), rtol=1e-3, atol=1e-3)
+
+
+def test_causal_attention_ignores_later_tokens():
+    """Output i of a causal block must not depend on tokens after i, in the binarized and the FP attention."""
+    x = tokens()
+    later = x.clone()
+    later[:, 3:] = torch.randn(2, 2, 6, generator=torch.Generator().manual_seed(5))
+    for binarized in (True, False):
+        model = TinyBiPFT(causal=True)
+        calibrate_(model, x)
+        model.attn.binarize_operands = binarized
+        with torch.no_grad():
+            for e in (model.attn.q_m, model.attn.q_p, model.attn.k_m, model.attn.k_p, model.attn.v_p):
+                e.weight.normal_(0, 0.3)
+            y, y_later = model(x), model(later)
+        torch.testing.assert_close(y[:, :3], y_later[:, :3], rtol=0, atol=0)
+        assert (y[:, 3:] - y_later[:, 3:]).abs().max() > 1e-3  # the later positions do see the change
+        xg = x.clone().requires_grad_(True)  # nor does any gradient flow from output i to later tokens
+        model(xg)[:, :3].sum().backward()
+        assert xg.grad[:, 3:].abs().max() == 0 and xg.grad[:, :3].abs().max() > 0
+    # without the mask the earlier positions change too (the test can fail)
+    model = TinyBiPFT(causal=False)
+    calibrate_(model, x)
+    with torch.no_grad():
+        assert (model(x)[:, :3] - model(later)[:, :3]).abs().max() > 1e-4
 
 
 def test_binarize_and_round_trip_on_a_bipft_transformer():
