@@ -1,5 +1,6 @@
 """End-to-end training on the tiny UNet and synthetic data (CPU, offline)."""
 
+import math
 import os
 import subprocess
 import sys
@@ -188,3 +189,33 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     qa = [q.enabled for q in full["module"].student.modules() if hasattr(q, "initialized")]
     qb = [q.enabled for q in resumed["module"].student.modules() if hasattr(q, "initialized")]
     assert qa == qb and all(qa)
+
+
+def test_report_gains_teacher_and_student_fid_packed_size_and_side_by_side(tmp_path):
+    from binarydm.sample import save_images
+    from binarydm.training.data import synthetic
+
+    ref = tmp_path / "ref"
+    save_images(synthetic(8, 8, 3, seed=5).images, ref)
+    out = run(tiny_cfg(tmp_path, "trainer.max_steps=2", "sample.num_images=0", "eval.fid_samples=6",
+                       "eval.sample_steps=2", "eval.features=tiny", f"eval.reference={ref / 'images'}"))
+    ev = out["evaluation"]
+    assert set(ev["fid"]) == {"teacher", "student"}
+    for s in ev["fid"].values():
+        assert math.isfinite(s["fid"]) and s["fid"] > 0 and s["num_fake"] == 6 and s["num_real"] == 6  # same count each side
+    packed = out["run_dir"] / "student.packed.safetensors"
+    assert ev["packed"]["bytes"] == packed.stat().st_size and ev["packed"]["ratio"] > 1
+    from PIL import Image
+
+    with Image.open(ev["side_by_side"]) as im:
+        assert im.width > 2 * im.height - 40  # two grids next to each other
+    report = (out["run_dir"] / "report.md").read_text()
+    assert "| teacher |" in report and "| student |" in report and "Packed 1-bit checkpoint" in report
+    assert "teacher_vs_student.png" in report
+
+
+def test_report_says_why_fid_is_skipped_without_a_reference(tmp_path):
+    out = run(tiny_cfg(tmp_path, "trainer.max_steps=1", "sample.num_images=0", "eval.fid_samples=2",
+                       "eval.sample_steps=1", "eval.features=tiny", "eval.packed=false"))
+    assert "eval.reference" in out["evaluation"]["fid_skipped"]
+    assert "FID skipped" in (out["run_dir"] / "report.md").read_text()

@@ -213,7 +213,7 @@ def _last_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 
 def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, wall: float,
-                 student_dir: Optional[Path]) -> Path:
+                 student_dir: Optional[Path], evaluation: Optional[dict] = None) -> Path:
     m = _last_metrics(trainer)
     ckpts = sorted((built.run_dir / "checkpoints").glob("*.ckpt"))
     lines = [
@@ -242,6 +242,10 @@ def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, 
     if built.progressive is not None:
         lines += ["", "## Progressive initialisation", "",
                   *[f"- step {s}: {name}" for s, name in built.progressive.history]]
+    if evaluation:
+        from .final_eval import report_lines
+
+        lines += report_lines(evaluation, cfg)
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -265,10 +269,17 @@ def run(cfg: DictConfig, extra_callbacks: Sequence = ()) -> dict[str, Any]:
             with ctx:
                 student_dir = export_student(student, built.quant, built.module.noise_scheduler,
                                              built.run_dir / "student")
+        evaluation = None
+        if student_dir is not None and (cfg.eval.packed or cfg.eval.fid_samples > 0):
+            from .final_eval import evaluate_run
+
+            evaluation = evaluate_run(cfg, built.module.teacher, student_dir, built.run_dir,
+                                      dict(built.module.noise_scheduler.config))
         if cfg.report:
-            report = write_report(built.run_dir / "report.md", cfg, built, trainer, time.time() - start, student_dir)
+            report = write_report(built.run_dir / "report.md", cfg, built, trainer, time.time() - start, student_dir,
+                                  evaluation)
     return {"trainer": trainer, "module": built.module, "built": built, "run_dir": built.run_dir,
-            "student_dir": student_dir, "report": report}
+            "student_dir": student_dir, "report": report, "evaluation": evaluation if trainer.is_global_zero else None}
 
 
 class _null:
