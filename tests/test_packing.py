@@ -14,6 +14,7 @@ from binarydm.packing import (
     load_student_dir,
     pack_bits,
     packed_metadata,
+    read_packed,
     save_student_dir,
     unpack_bits,
 )
@@ -112,18 +113,41 @@ def test_export_layout_and_scales_moved_from_init(tmp_path):
     assert meta["unet_config"]["block_out_channels"] == [8, 16]
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        keys = set(f.keys())
-        for name, kind in meta["layers"].items():
-            numel = model.get_submodule(name).weight.numel()
-            assert f"{name}.weight" not in keys  # no latent float weight for a packed layer
-            if kind.startswith("lmb"):
-                planes = [k for k in keys if k.startswith(f"{name}.weight.__bits")]
-                assert len(planes) == (2 if kind == "lmb2" else 1)
-                assert all(f.get_tensor(k).numel() == (numel + 7) // 8 for k in planes)
-            else:
-                codes = f.get_tensor(f"{name}.weight.__codes")
-                assert codes.dtype == torch.int8 and codes.numel() == numel
+    with safe_open(str(path), "pt") as f:  # the container: one payload tensor, the index in the header
+        assert set(f.keys()) == {"payload"} and f.get_tensor("payload").dtype == torch.uint8
+    tensors, _ = read_packed(path)
+    keys = set(tensors)
+    for name, kind in meta["layers"].items():
+        numel = model.get_submodule(name).weight.numel()
+        assert f"{name}.weight" not in keys  # no latent float weight for a packed layer
+        if kind.startswith("lmb"):
+            planes = [k for k in keys if k.startswith(f"{name}.weight.__bits")]
+            assert len(planes) == (2 if kind == "lmb2" else 1)
+            assert all(tensors[k].numel() == (numel + 7) // 8 and tensors[k].dtype == torch.uint8 for k in planes)
+        else:
+            codes = tensors[f"{name}.weight.__codes"]
+            assert codes.dtype == torch.int8 and codes.numel() == numel
+
+
+def test_version_1_files_are_still_read(tmp_path):
+    """Version 1 stored one safetensors tensor per name; such a file loads to the same model."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from binarydm.packing import format as fmt
+
+    model, unet_config, batch = trained_student("w1a4")
+    v2 = export_packed(model, unet_config, "w1a4", tmp_path / "v2.safetensors")
+    tensors, meta = read_packed(v2)
+    meta = {**meta, "format_version": "1"}
+    meta.pop("index")
+    save_file(tensors, str(tmp_path / "v1.safetensors"), metadata=meta)
+    assert json.loads(meta["layers"])  # read_packed hands back plain-JSON layers, as v1 stored them
+    x, t = batch
+    with torch.no_grad():
+        assert torch.equal(load_packed(tmp_path / "v1.safetensors")(x, t).sample, load_packed(v2)(x, t).sample)
+    assert fmt.FORMAT_VERSION == 2
 
 
 def test_packed_file_is_close_to_theoretical_storage(tmp_path):

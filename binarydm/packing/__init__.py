@@ -13,12 +13,14 @@ from .format import (
     load_student_dir,
     pack_bits,
     packed_metadata,
+    read_packed,
     save_student_dir,
     unpack_bits,
 )
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "PackedFormatError", "build_model", "export_packed", "file_sizes",
-    "load_checkpoint", "load_packed", "load_student_dir", "pack_bits", "packed_metadata", "save_student_dir",
+    "load_checkpoint", "load_packed", "load_student_dir", "pack_bits", "packed_metadata", "read_packed",
+    "save_student_dir",
     "unpack_bits",
 ]

@@ -21,22 +21,31 @@ weight ``w'`` chosen so that the layer's own quantizer maps it to exactly the st
 re-initialised or calibrated after the load; the output is ``torch.equal`` to the exported model's.
 (Training can resume from a packed file, but from ``w'`` rather than the original latent weights.)
 
+Container (format version 2): one safetensors tensor, ``payload`` (uint8), holds every tensor above
+back to back in sorted-name order; the header's ``index`` lists (name, dtype, shape) of each, as
+zlib-compressed JSON (base64). Version 1 stored one safetensors tensor per name: its header (one
+JSON entry per tensor, about 950 on the CIFAR-10 UNet) was 100 kB, 2 % of the file; the compressed
+index is a tenth of that. Version 1 files are still read.
+
 Metadata (safetensors header, strings): ``format`` (``binarydm-packed``), ``format_version``,
-``quant_config`` and ``unet_config`` (JSON), ``layers`` (JSON: how each packed weight is stored,
-``lmb1`` / ``lmb2`` bit-planes, ``lmb1z`` one plane and an all-zero s2 left out, ``lsq<b>`` int8 codes;
-the shapes come from the model that :func:`load_packed` rebuilds),
+``quant_config`` and ``unet_config`` (JSON), ``layers`` (compressed JSON like ``index``: how each
+packed weight is stored, ``lmb1`` / ``lmb2`` bit-planes, ``lmb1z`` one plane and an all-zero s2 left
+out, ``lsq<b>`` int8 codes; the shapes come from the model that :func:`load_packed` rebuilds),
+``index``,
 ``digest`` (SHA-256 over every tensor's name, dtype, shape and bytes: a flipped byte anywhere in the
 payload is caught on load), and optionally ``scheduler_config`` (JSON) for sampling.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib
 import importlib.util
 import json
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -49,7 +58,8 @@ from ..quant.lmb import LMB
 from ..quant.lsq import LSQ
 
 FORMAT = "binarydm-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = ("1", "2")
 PathLike = Union[str, os.PathLike]
 
 
@@ -136,6 +146,51 @@ def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _zjson(obj: Any) -> str:
+    """JSON, zlib-compressed, base64: tensor names repeat the same block names hundreds of times."""
+    return base64.b64encode(zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 9)).decode()
+
+
+def _unzjson(text: str) -> Any:
+    return json.loads(zlib.decompress(base64.b64decode(text)).decode())
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dtype
+
+
+def _to_payload(state: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list]:
+    """Every tensor's bytes back to back (sorted names) and the index [[name, dtype, shape], ...]."""
+    names = sorted(state)
+    index = [[k, str(state[k].dtype).removeprefix("torch."), list(state[k].shape)] for k in names]
+    parts = [state[k].contiguous().reshape(-1).view(torch.uint8) for k in names]
+    payload = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
+    return payload, index
+
+
+def _from_payload(path: Path, payload: torch.Tensor, index: list) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name, dtype_name, shape in index:
+        dtype = _dtype(dtype_name)
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        if offset + nbytes > payload.numel():
+            raise PackedFormatError(f"{path}: the payload ends before tensor {name!r} (truncated or corrupted)")
+        # clone: a slice at an odd byte offset cannot be viewed as a wider dtype in place
+        tensors[name] = payload[offset:offset + nbytes].clone().view(dtype).reshape(shape)
+        offset += nbytes
+    if offset != payload.numel():
+        raise PackedFormatError(f"{path}: {payload.numel() - offset} bytes of payload not described by the index "
+                                "(corrupted)")
+    return tensors
+
+
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in dict(config).items():
@@ -177,19 +232,23 @@ def export_packed(
             record = "lmb1z"
         layers[name] = record
     state = {k: v.contiguous() for k, v in state.items()}
+    payload, index = _to_payload(state)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "quant_config": json.dumps(cfg.to_dict()),
         "unet_config": json.dumps(_plain_config(unet_config)),
-        "layers": json.dumps(layers),
+        "layers": _zjson(layers),
+        "index": _zjson(index),
         "digest": _digest(state),
     }
     if scheduler_config is not None:
         metadata["scheduler_config"] = json.dumps(_plain_config(scheduler_config))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=metadata)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"payload": payload}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)  # atomic: an interrupted export never leaves half a file under the final name
     return path
 
 
@@ -217,10 +276,19 @@ def read_packed(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]
             f"expected {FORMAT!r}); write one with `python -m binarydm.export`"
         )
     version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
+    if version not in _READABLE_VERSIONS:
         raise PackedFormatError(
-            f"{path}: packed format version {version!r}, this binarydm reads version {FORMAT_VERSION}"
+            f"{path}: packed format version {version!r}, this binarydm reads versions {list(_READABLE_VERSIONS)}"
         )
+    if version != "1":
+        try:
+            index = _unzjson(metadata["index"])
+            metadata["layers"] = json.dumps(_unzjson(metadata["layers"]))
+        except (KeyError, ValueError, zlib.error) as e:
+            raise PackedFormatError(f"{path}: unreadable index or layers metadata ({e}); export it again") from e
+        if set(tensors) != {"payload"}:
+            raise PackedFormatError(f"{path}: a version-2 packed file holds one 'payload' tensor, found {sorted(tensors)}")
+        tensors = _from_payload(path, tensors["payload"], index)
     if _digest(tensors) != metadata.get("digest"):
         raise PackedFormatError(
             f"{path}: the tensor data does not match the checksum stored in the file (corrupted or edited "
