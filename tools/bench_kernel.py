@@ -5,9 +5,13 @@ For every distinct Conv2d shape of the google/ddpm-cifar10-32 UNet (block_out_ch
 kernel's time (packed 4-bit codes in, NHWC fp16 out, two weight bases) against F.conv2d in fp16 with
 channels_last and cudnn.benchmark on; CUDA events around each call, the median of many runs after a
 warm-up, operand sets rotated so that repeated runs do not measure a warm cache. Achieved TOPS counts
-2 * N * OH * OW * C_out * C_in * KH * KW operations. Writes a markdown table (and prints it).
+2 * N * OH * OW * C_out * C_in * KH * KW operations. Then the whole UNet forward at each batch size:
+the fp16 model (channels_last) against the same model binarized to W1A4, calibrated, converted to
+fp16 and switched to the kernel (``binarydm.kernels.inference.w1a4_inference_``). Writes a markdown
+table (and prints it), and with --json the figures ``tools/bench.py kernel_results=`` reads.
 
     python tools/bench_kernel.py [--batch 64 256] [--reps 100] [--variant mma] [--out docs/kernel_figures.md]
+                                 [--json bench_kernel.json]
 
 Needs a CUDA GPU and CuPy (pip install cupy-cuda13x); exits with a message otherwise.
 """
@@ -82,12 +86,42 @@ def bench_shape(shape, batch: int, reps: int, variant: str, sets: int = 4) -> di
     return dict(t_kernel=t_kernel, t_torch=t_torch, tops_kernel=ops / t_kernel / 1e9, tops_torch=ops / t_torch / 1e9)
 
 
+def bench_unet(batch: int, reps: int) -> dict:
+    """Whole-UNet forward (one timestep), fp16 model vs W1A4 kernel mode, milliseconds."""
+    import warnings
+
+    import binarydm
+    from binarydm.kernels.inference import w1a4_inference_
+    from binarydm.unets import build_unet
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    fp = build_unet("ddpm-cifar10-32").eval()
+    student = build_unet("ddpm-cifar10-32").eval()
+    student.load_state_dict(fp.state_dict())
+    binarydm.binarize_(student, "w1a4")
+    binarydm.calibrate_(student, torch.randn(4, 3, 32, 32), torch.tensor([10, 300, 600, 900]))
+    fp = fp.to(dev).half().to(memory_format=torch.channels_last)
+    student = student.to(dev).half()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to the reference would not be a kernel figure
+        report = w1a4_inference_(student)
+    x = torch.randn(batch, 3, 32, 32, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    t = torch.full((batch,), 500, device=dev)
+    with torch.no_grad():
+        t_fp = time_ms(lambda i: fp(x, t), reps, warmup=5)
+        t_q = time_ms(lambda i: student(x, t), reps, warmup=5)
+    return dict(t_fp16=t_fp, t_w1a4=t_q, swapped=sum(v == "w1a4" for v in report.values()), convs=len(report))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--reps", type=int, default=100)
     parser.add_argument("--variant", choices=["mma", "simt"], default="mma")
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write the table to")
+    parser.add_argument("--json", type=Path, default=None, help="JSON file for tools/bench.py kernel_results=")
+    parser.add_argument("--unet-reps", type=int, default=30)
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
@@ -114,8 +148,25 @@ def main() -> None:
                          f"{r['t_torch'] * 1e3:.1f} | {r['t_torch'] / r['t_kernel']:.2f}x | "
                          f"{r['tops_kernel']:.1f} | {r['tops_torch']:.1f} |")
             print(lines[-1], flush=True)
+    lines += ["", "Whole UNet forward (google/ddpm-cifar10-32 architecture, one timestep): fp16 model vs W1A4 "
+              "kernel mode (binarized convolutions on the kernel, the rest in fp16).", "",
+              "| batch | fp16 ms | W1A4 ms | speedup | convs on the kernel |", "|---|---|---|---|---|"]
+    unet = {}
+    for batch in args.batch:
+        r = bench_unet(batch, args.unet_reps)
+        unet[batch] = r
+        lines.append(f"| {batch} | {r['t_fp16']:.2f} | {r['t_w1a4']:.2f} | {r['t_fp16'] / r['t_w1a4']:.2f}x | "
+                     f"{r['swapped']} of {r['convs']} |")
+        print(lines[-1], flush=True)
     table = "\n".join(lines) + "\n"
     print(table)
+    if args.json is not None:
+        import json
+
+        largest = max(unet)
+        args.json.write_text(json.dumps({"device": device, "unet": {str(b): r for b, r in unet.items()},
+                                         "unet_speedup": unet[largest]["t_fp16"] / unet[largest]["t_w1a4"]},
+                                        indent=1))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table)

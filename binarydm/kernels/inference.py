@@ -1,0 +1,105 @@
+"""W1A4 inference mode: a binarized UNet whose quantized convolutions run through the W1A4 kernel.
+
+:func:`w1a4_inference_` swaps every eligible ``QuantConv2d`` (an enabled LMB weight quantizer, an
+enabled per-tensor LSQ input quantizer of at most 4 bits, groups = 1, dilation = 1, zero padding)
+for a :class:`W1A4Conv2d`, which holds the packed weight (bits, per-channel scales, row sums, bias)
+and, at each call, quantizes and packs its input (one fused kernel on the GPU:
+``cuda.quantize_pack``) and runs :func:`binarydm.kernels.w1a4_conv2d`. Everything else (kept 8-bit
+layers, linear layers, attention, norms) stays as it is: run the rest of the model in fp16 on the
+GPU (``model.half()`` before the swap) for the fp16-vs-W1A4 comparison of ``tools/bench_kernel.py``.
+
+The output of a swapped layer equals the fake-quantized layer's up to float summation order (the
+kernel sums integers exactly, then applies the scales; the fake-quantized conv sums float products),
+so the whole model agrees with its fake-quantized self to float rounding, not bit for bit.
+On a machine without CUDA or CuPy the reference runs instead (one warning): slow, but the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..quant.layers import QuantConv2d
+from . import cuda
+from .packing import pack_activation, pack_quant_conv
+
+
+class W1A4Conv2d(nn.Module):
+    """Inference-only replacement of a W1A4 ``QuantConv2d``: y = W1A4conv(pack(quantize(x)), packed W)."""
+
+    def __init__(self, layer: QuantConv2d, out_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        self.packed = pack_quant_conv(layer)
+        aq = layer.act_quantizer
+        self.step = aq.step.detach().reshape(()).to(torch.float32).clone()
+        self.qn, self.qp = aq.qn, aq.qp
+        self.out_dtype = out_dtype
+        self.out_channels = layer.out_channels
+
+    def _apply(self, fn, recurse=True):
+        # .to(device) / .cuda() / .half() of the model: move the packed operands but keep their dtypes
+        # (bits and codes are integers; the kernel's epilogue scales are float32 whatever the model's dtype).
+        device = fn(torch.zeros(())).device
+        self.step = self.step.to(device)
+        self.packed = self.packed.to(device)
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and cuda.is_available():
+            packed_x = cuda.quantize_pack(x, self.step, self.qn, self.qp)
+        else:
+            packed_x = pack_activation(x, self.step, self.qn, self.qp)
+        out_dtype = self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
+        return cuda.w1a4_conv2d(packed_x, self.packed, out_dtype).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        p = self.packed
+        return (f"{p.in_channels}, {self.out_channels}, kernel_size={p.kernel_size}, stride={p.stride}, "
+                f"padding={p.padding}, bases={p.n_bases}, codes=[{self.qn}, {self.qp}]")
+
+
+def eligible(layer: nn.Module) -> Optional[str]:
+    """None if ``layer`` can run on the W1A4 kernel, else why not."""
+    from ..quant.lmb import LMB
+    from ..quant.lsq import LSQ
+
+    if not isinstance(layer, QuantConv2d):
+        return "not a QuantConv2d"
+    wq, aq = layer.weight_quantizer, layer.act_quantizer
+    if not (isinstance(wq, LMB) and wq.enabled and wq.initialized):
+        return "weights not binarized by an enabled LMB (a kept layer, or another algorithm)"
+    if not (isinstance(aq, LSQ) and aq.enabled and aq.initialized):
+        return "input not quantized by an enabled LSQ"
+    if aq.bits > 4 or aq.step.numel() != 1:
+        return f"input quantizer has {aq.bits} bits or a per-channel step (the kernel takes 4-bit per-tensor codes)"
+    if layer.groups != 1 or tuple(layer.dilation) != (1, 1) or layer.padding_mode != "zeros" \
+            or isinstance(layer.padding, str):
+        return "groups, dilation or padding the kernel does not support"
+    return None
+
+
+@torch.no_grad()
+def w1a4_inference_(model: nn.Module, out_dtype: Optional[torch.dtype] = None) -> dict[str, str]:
+    """Swap every eligible QuantConv2d of ``model`` for a :class:`W1A4Conv2d`, in place.
+
+    Returns {layer name: "w1a4" or the reason it was left on the fake-quantized path}. The model is
+    for inference only afterwards (the packed layers have no trainable weights).
+    """
+    report: dict[str, str] = {}
+    swaps = []
+    for name, module in model.named_modules():
+        if isinstance(module, QuantConv2d):
+            why = eligible(module)
+            report[name] = why or "w1a4"
+            if why is None:
+                swaps.append((name, module))
+    for name, module in swaps:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, W1A4Conv2d(module, out_dtype).to(module.weight.device))
+    return report
+
+
+__all__ = ["W1A4Conv2d", "eligible", "w1a4_inference_"]

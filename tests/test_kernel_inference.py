@@ -1,0 +1,64 @@
+"""The W1A4 inference mode of a whole UNet (the kernel path; on the CPU, its exact reference)."""
+
+import warnings
+
+import pytest
+import torch
+
+import binarydm
+from binarydm.kernels.inference import W1A4Conv2d, eligible, w1a4_inference_
+from binarydm.quant import QuantConv2d
+from conftest import make_tiny_unet
+
+
+def _w1a4_unet():
+    model = make_tiny_unet(block_out_channels=(32, 32), norm_num_groups=8)
+    binarydm.binarize_(model, "w1a4")
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 700])
+    binarydm.calibrate_(model, x, t)
+    return model.eval(), x, t
+
+
+def test_every_binarized_conv_is_swapped_and_the_rest_is_left_alone():
+    model, x, t = _w1a4_unet()
+    report = w1a4_inference_(model)
+    swapped = {n for n, why in report.items() if why == "w1a4"}
+    assert swapped and all(isinstance(model.get_submodule(n), W1A4Conv2d) for n in swapped)
+    # conv_in / conv_out are kept 8-bit layers: not binary, so they stay fake-quantized, with the reason
+    for name in ("conv_in", "conv_out"):
+        assert isinstance(model.get_submodule(name), QuantConv2d) and "LMB" in report[name]
+    assert not any(isinstance(m, QuantConv2d) and eligible(m) is None for m in model.modules())
+
+
+def test_w1a4_mode_matches_the_fake_quantized_unet():
+    model, x, t = _w1a4_unet()
+    with torch.no_grad():
+        expected = model(x, t).sample
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the CPU fallback warns once
+            w1a4_inference_(model)
+            got = model(x, t).sample
+    # Same integer arithmetic, different float summation order: agreement to float rounding.
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(got, torch.zeros_like(got))
+
+
+def test_one_layer_equals_its_fake_quantized_conv_including_two_bases_and_stride():
+    model, x, t = _w1a4_unet()
+    layers = [m for m in model.modules() if isinstance(m, QuantConv2d) and eligible(m) is None]
+    assert any(m.weight_quantizer.n_bases == 2 for m in layers) and any(m.stride == (2, 2) for m in layers)
+    for layer in layers:
+        inp = torch.randn(2, layer.in_channels, 8, 8, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.testing.assert_close(W1A4Conv2d(layer, torch.float32)(inp), layer(inp), rtol=1e-5, atol=1e-5)
+
+
+def test_layers_the_kernel_cannot_run_say_why():
+    model, _, _ = _w1a4_unet()
+    layer = next(m for m in model.modules() if isinstance(m, QuantConv2d) and eligible(m) is None)
+    layer.act_quantizer.enabled = False
+    assert "LSQ" in eligible(layer)
+    with pytest.raises(TypeError, match="QuantConv2d"):
+        W1A4Conv2d(torch.nn.Conv2d(3, 3, 3))
