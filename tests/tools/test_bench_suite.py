@@ -94,6 +94,10 @@ def test_smoke_suite_end_to_end_then_cached(tmp_path, capsys):
     assert any(r["stability"] for r in quantized if r["task"] == "classification")
     text = report.read_text()
     assert "n/a" not in text.split("## Tracks")[0] and "Failed runs" not in text
+    # the diffusion sample grids are copied next to the report (it stands without runs/)
+    assert sorted(p.name for p in (out / "grids").glob("*.png")) == [f"diffusion_synthetic_{m}.png"
+                                                                      for m in ("binarydm", FP, "xnor")]
+    assert "](grids/diffusion_synthetic_binarydm.png)" in text
     for png in ("metric_by_method.png", "tradeoff.png", "tracks.png"):
         assert (out / png).stat().st_size > 1000
     # a second invocation finds every run in the cache and trains nothing

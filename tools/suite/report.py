@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -170,11 +171,18 @@ def write(out: Path, suite: str, runs: list[tuple[RunSpec, RunResult]], failed: 
             lines += _table(["method", "clean", *cs],
                             [[s.method, r.metric, *[r.robustness.get(c, float("nan")) for c in cs]]
                              for s, r in task_runs if s.grid == 0]) + [""]
-        grids = [(s.method, r.extra["grid"]) for s, r in task_runs if "grid" in r.extra and s.grid == 0]
+        grids = []
+        for s, r in task_runs:
+            if "grid" in r.extra and s.grid == 0 and Path(r.extra["grid"]).is_file():
+                # copied next to the report, so that the report directory stands on its own without runs/
+                dest = out / "grids" / f"{task}_{dataset}_{s.method}.png"
+                dest.parent.mkdir(exist_ok=True)
+                shutil.copyfile(r.extra["grid"], dest)
+                grids.append((s.method, dest))
         if grids:
-            lines += ["Samples (same seeds):", "",
-                      " ".join(f"![{m}]({os.path.relpath(g, out)})" for m, g in grids), "",
-                      " | ".join(m for m, _ in grids), ""]
+            lines += ["Samples (same seeds):", "", "| " + " | ".join(m for m, _ in grids) + " |",
+                      "|" + "---|" * len(grids),
+                      "| " + " | ".join(f"![{m}]({os.path.relpath(g, out)})" for m, g in grids) + " |", ""]
     lines += ["## Tracks (ratios to full precision, 1 = FP, larger is better)", "",
               "Definitions in `tools/suite/tracks.py` and docs/bench.md.", ""]
     lines += _table(["method", *score_keys], [[m, *[scores[m].get(k, float("nan")) for k in score_keys]]
