@@ -133,3 +133,21 @@ def test_failed_run_is_recorded_and_retried(tmp_path, monkeypatch):
     done, failed = runner.run_all([spec], tmp_path, progress=False, log=lambda s: None)
     assert failed == [] and done[0][1].metric == 50.0 and len(calls) == 1
     assert not (tmp_path / "runs" / spec.key() / "error.json").exists()
+
+
+def test_diffusion_run_config_carries_the_quantization_and_the_binarydm_switches(tmp_path):
+    from suite.tasks import diffusion
+    from suite.tasks.base import Context
+
+    from binarydm.training.runner import quant_config_of
+
+    specs = {s.method: s for s in suites.build("paper", steps=7)}
+    ctx = Context(tmp_path, tmp_path / "cache", progress=False)
+    xnor = diffusion.run_config(specs["xnor"], ctx)
+    q = quant_config_of(xnor)
+    assert (q.weight, q.act, q.w_bits, q.a_bits, q.attention) == ("xnor", "lsq", 1, 4, True)
+    assert xnor.loss.lrm_weight == 0.0 and not xnor.progressive.enabled and xnor.trainer.max_steps == 7
+    assert quant_config_of(diffusion.run_config(specs["lsq-w2a4"], ctx)).w_bits == 2
+    bdm = diffusion.run_config(specs["binarydm"], ctx)
+    assert bdm.loss.lrm_weight == 1e-4 and bdm.progressive.enabled and quant_config_of(bdm).weight == "lmb"
+    assert diffusion.run_config(specs[FP], ctx).quant == "none"

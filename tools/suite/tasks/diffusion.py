@@ -93,10 +93,7 @@ def run_config(spec: RunSpec, ctx: Context):
         over.append(f"quant={spec.algorithm}")
         # Only the BinaryDM rows use LRM and progressive initialisation; they say so in spec.train.
         over += ["loss.lrm_weight=0.0", "progressive.enabled=false"]
-        quant = spec.quant_dict
-        if quant:
-            inner = ",".join(f"{k}:{_yaml(v)}" for k, v in quant.items())
-            over.append(f"quant_options={{{inner}}}")
+        over += [f"quant_options.{k}={_yaml(v)}" for k, v in spec.quant_dict.items()]
     over += [f"{k}={_yaml(v)}" for k, v in spec.train_dict.items()]
     over += list(opts["overrides"])
     return load_config(opts["config"], over)
