@@ -94,8 +94,9 @@ def _attention_reference(attn, h, causal=False):
     return attn.to_out(out)
 
 
-def test_attention_matches_the_formula_and_estimators_are_rank_one():
-    model = TinyBiPFT()
+def _calibrated_attention(causal: bool = False):
+    """The attention of a calibrated TinyBiPFT with non-zero estimators, and its input."""
+    model = TinyBiPFT(causal=causal)
     x = tokens()
     calibrate_(model, x)
     attn = model.attn
@@ -103,6 +104,12 @@ def test_attention_matches_the_formula_and_estimators_are_rank_one():
         for e in (attn.q_m, attn.q_p, attn.k_m, attn.k_p, attn.v_p):
             e.weight.normal_(0, 0.3)
         h = model.norm1(model.embed(x))
+    return attn, h
+
+
+def test_attention_matches_the_formula_and_estimators_are_rank_one():
+    attn, h = _calibrated_attention()
+    with torch.no_grad():
         torch.testing.assert_close(attn(h), _attention_reference(attn, h), rtol=1e-5, atol=1e-5)
         for t in (attn.q_quantizer(attn.to_q(h)), attn.v_quantizer(attn.to_v(h))):
             assert (t.abs() - t.abs()[0, 0, 0]).abs().max() < 1e-6  # a * sign: one magnitude
@@ -113,14 +120,8 @@ def test_attention_matches_the_formula_and_estimators_are_rank_one():
 
 
 def test_causal_attention_matches_the_formula():
-    model = TinyBiPFT(causal=True)
-    x = tokens()
-    calibrate_(model, x)
-    attn = model.attn
+    attn, h = _calibrated_attention(causal=True)
     with torch.no_grad():
-        for e in (attn.q_m, attn.q_p, attn.k_m, attn.k_p, attn.v_p):
-            e.weight.normal_(0, 0.3)
-        h = model.norm1(model.embed(x))
         torch.testing.assert_close(attn(h), _attention_reference(attn, h, causal=True), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(attn(h), _attention_reference(attn, h, causal=False), rtol=1e-3, atol=1e-3)
 

@@ -99,6 +99,22 @@ def _thaw(v: Any) -> Any:
     return v
 
 
+def merged_options(spec: RunSpec, task: str, datasets, defaults: dict[str, Any],
+                   train_keys: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """``defaults`` updated by ``spec.options``, after checking the dataset, the option keys and (where the
+    task has a fixed set) the train keys; each error names the valid values."""
+    if spec.dataset not in datasets:
+        raise ValueError(f"unknown {task} dataset {spec.dataset!r}; valid: {list(datasets)}")
+    unknown = set(spec.options_dict) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {task} option(s) {sorted(unknown)}; valid: {sorted(defaults)}")
+    if train_keys is not None:
+        unknown = set(spec.train_dict) - set(train_keys)
+        if unknown:
+            raise ValueError(f"unknown {task} train key(s) {sorted(unknown)}; valid: {sorted(train_keys)}")
+    return {**defaults, **spec.options_dict}
+
+
 @dataclass
 class Context:
     """What the runner gives a task besides the spec.

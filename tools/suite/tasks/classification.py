@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from binarydm.algorithms.dad import deviation_aware_distillation
 
 from . import common
-from .base import FP, Context, RunResult, RunSpec
+from .base import FP, Context, RunResult, RunSpec, merged_options
 
 DATASETS = ("fashion_mnist", "cifar10", "synthetic")
 METRIC = "top1"
@@ -244,15 +244,7 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) ->
 
 # ---- the run ------------------------------------------------------------------------------------
 def _options(spec: RunSpec) -> dict[str, Any]:
-    if spec.dataset not in DATASETS:
-        raise ValueError(f"unknown classification dataset {spec.dataset!r}; valid: {list(DATASETS)}")
-    unknown = set(spec.options_dict) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown classification option(s) {sorted(unknown)}; valid: {sorted(DEFAULT_OPTIONS)}")
-    unknown = set(spec.train_dict) - set(TRAIN_OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown classification train key(s) {sorted(unknown)}; valid: {sorted(TRAIN_OPTIONS)}")
-    options = {**DEFAULT_OPTIONS, **spec.options_dict}
+    options = merged_options(spec, "classification", DATASETS, DEFAULT_OPTIONS, TRAIN_OPTIONS)
     if spec.dataset != "synthetic" and options["num_classes"] != 10:
         raise ValueError(f"{spec.dataset} has 10 classes; option num_classes={options['num_classes']}")
     return options

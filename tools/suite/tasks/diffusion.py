@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from .base import FP, Context, RunResult, RunSpec
+from .base import FP, Context, RunResult, RunSpec, merged_options
+from .common import complexity
 
 DATASETS = ("fashion_mnist", "cifar10", "synthetic")
 METRIC = "fid"
@@ -54,15 +55,9 @@ _BY_DATASET = {
 
 
 def options_of(spec: RunSpec) -> dict[str, Any]:
-    opts = spec.options_dict
-    unknown = sorted(set(opts) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown diffusion option(s) {unknown}; valid: {sorted(DEFAULT_OPTIONS)}")
-    if spec.dataset not in DATASETS:
-        raise ValueError(f"unknown diffusion dataset {spec.dataset!r}; valid: {list(DATASETS)}")
+    merged = merged_options(spec, "diffusion", DATASETS, DEFAULT_OPTIONS)
     if spec.optimizer != "adamw":
         raise ValueError(f"the diffusion task trains with AdamW only (binarydm.train); got optimizer={spec.optimizer!r}")
-    merged = {**DEFAULT_OPTIONS, **opts}
     for key in ("config", "pretrained"):
         if merged[key] is None:
             merged[key] = _BY_DATASET[spec.dataset][key]
@@ -155,8 +150,6 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
     scores = evaluate(folder / "images", ref, extractor, split=split, num=int(opts["fid_samples"]),
                       ref_num=int(opts["fid_samples"]), cache_dir=ctx.cache_dir / "fid",
                       size=int(cfg.data.image_size), backends=("cleanfid",), kid=True, progress=ctx.progress)
-
-    from .common import complexity
 
     c = int(model.config.in_channels)
     s = int(model.config.sample_size)

@@ -68,7 +68,7 @@ from binarydm.algorithms.bipft import BiPFTSelfAttention
 from binarydm.algorithms.dad import deviation_aware_distillation
 
 from . import common
-from .base import FP, Context, RunResult, RunSpec
+from .base import FP, Context, RunResult, RunSpec, merged_options
 
 DATASETS = ("pydoc", "text", "synthetic")
 METRIC = "perplexity"
@@ -243,15 +243,7 @@ def mean_ce(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) 
 
 # ---- the run ------------------------------------------------------------------------------------
 def _options(spec: RunSpec) -> dict[str, Any]:
-    if spec.dataset not in DATASETS:
-        raise ValueError(f"unknown language dataset {spec.dataset!r}; valid: {list(DATASETS)}")
-    unknown = set(spec.options_dict) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown language option(s) {sorted(unknown)}; valid: {sorted(DEFAULT_OPTIONS)}")
-    unknown = set(spec.train_dict) - set(TRAIN_OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown language train key(s) {sorted(unknown)}; valid: {sorted(TRAIN_OPTIONS)}")
-    return {**DEFAULT_OPTIONS, **spec.options_dict}
+    return merged_options(spec, "language", DATASETS, DEFAULT_OPTIONS, TRAIN_OPTIONS)
 
 
 def distillation(spec: RunSpec) -> str:
