@@ -56,6 +56,7 @@ from ..quant.config import QuantConfig, resolve
 from ..quant.layers import QUANT_LAYERS
 from ..quant.lmb import LMB
 from ..quant.lsq import LSQ
+from ..quant.ste import binary_sign
 
 FORMAT = "binarydm-packed"
 FORMAT_VERSION = 2
@@ -125,7 +126,7 @@ def _pack_layer(name: str, layer: nn.Module) -> Optional[tuple[dict[str, torch.T
         return None  # the forward uses the latent weight itself: store it as it is
     w = layer.weight.detach()
     if type(q) is LMB:
-        first = q.s1.detach() * torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+        first = q.s1.detach() * binary_sign(w)
         tensors = {f"{name}.weight.__bits0": pack_bits(w >= 0)}
         if q.n_bases == 2:
             tensors[f"{name}.weight.__bits1"] = pack_bits((w - first) >= 0)

@@ -82,7 +82,9 @@ class QuantAttnProcessor(nn.Module):
             key = attn.norm_k(key)
 
         query, key, value = self.q_quantizer(query), self.k_quantizer(key), self.v_quantizer(value)
-        scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
+        # The softmax scale multiplies q (seq x d) rather than the scores (seq x seq): on the CPU every
+        # pass over the scores is memory-bound and costs about as much as the product itself.
+        scores = torch.matmul(query * attn.scale, key.transpose(-1, -2))
         if attention_mask is not None:
             scores = scores + attention_mask
         probs = self.p_quantizer(scores.softmax(dim=-1))

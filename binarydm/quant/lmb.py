@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .base import Quantizer
-from .ste import sign_ste
+from .ste import binary_sign, sign_ste
 
 
 def _reduce_dims(w: torch.Tensor) -> tuple[int, ...]:
@@ -57,7 +57,7 @@ class LMB(Quantizer):
         s1 = w.abs().mean(dim=dims, keepdim=True)
         self.s1.copy_(s1)
         if self.n_bases == 2:
-            self.s2.copy_((w - s1 * torch.where(w >= 0, 1.0, -1.0)).abs().mean(dim=dims, keepdim=True))
+            self.s2.copy_((w - s1 * binary_sign(w)).abs().mean(dim=dims, keepdim=True))
         else:
             self.s2.zero_()
 

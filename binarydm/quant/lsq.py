@@ -23,32 +23,34 @@ import torch
 from torch import nn
 
 from .base import Quantizer
+from .ste import window_grad
 
 
 class _LSQFunction(torch.autograd.Function):
-    """One autograd node instead of five, with a backward of three passes over the tensor.
+    """One autograd node instead of five, each pass over the tensor a vectorised kernel.
 
-    The forward keeps the in-range mask (1 byte per element) and its output y = q a, which the
-    next layer keeps anyway for its own weight gradient (the same tensor, no extra memory). Then
+    The forward keeps x and its output y = q a (which the next layer keeps anyway for its own
+    weight gradient: the same tensor, no extra memory). Backward recomputes v = x / a (the same
+    division, so the same bits) and masks the gradient in one vectorised pass (``window_grad``):
+    applying a saved bool mask with ``torch.where`` runs element by element on the CPU, 4-40x slower
+    (measured: 4.2 ms against 0.11 ms for 1M elements with an irregular mask, one thread). Then
     sum(g_out q) - sum(g_x v) = (sum(g_out y) - sum(g_x x)) / a: the step gradient is two dot
-    products, and nothing of the forward is recomputed (about a fifth less time than recomputing
-    v = x / a, the clamp and the rounding in backward, measured on the CPU).
+    products.
     """
 
     @staticmethod
     def forward(ctx, x, step, qn: int, qp: int, g: float):
-        v = x / step
-        clamped = v.clamp(qn, qp)
-        inside = clamped == v  # dx_q/dx = 1{Qn <= v <= Qp}: exactly where clamping left v unchanged
-        y = clamped.round_().mul_(step)
-        ctx.save_for_backward(x, y, inside, step)
+        y = (x / step).clamp_(qn, qp).round_().mul_(step)  # one buffer, updated in place
+        ctx.save_for_backward(x, y, step)
+        ctx.bounds = (qn, qp)
         ctx.g = g
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, y, inside, step = ctx.saved_tensors
-        grad_x = torch.where(inside, grad_out, 0.0)  # not grad_out * inside: that converts the mask to float first
+        x, y, step = ctx.saved_tensors
+        v = x / step
+        grad_x = window_grad(grad_out, v, *ctx.bounds)  # dx_q/dx = 1{Qn <= v <= Qp}
         grad_step = None
         if ctx.needs_input_grad[1]:
             if step.dim() == 0:

@@ -8,11 +8,15 @@ Conventions
 -----------
 * ``binary_sign(0) = +1`` (``torch.sign`` gives 0, which is not a binary value).
 * A surrogate is a function ``d(x) -> tensor`` giving the derivative used in place of sign's
-  (zero almost everywhere) true derivative: backward returns ``grad_output * d(x)``.
+  (zero almost everywhere) true derivative: backward returns ``grad_output * d(x)``. A surrogate
+  that is the indicator of a closed interval says so with a ``window = (lo, hi)`` attribute and is
+  applied in one pass (:func:`window_grad`).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Callable, Union
 
 import torch
@@ -21,14 +25,38 @@ Surrogate = Callable[[torch.Tensor], torch.Tensor]
 
 
 def binary_sign(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) with sign(0) = +1: the values are exactly {-1, +1}, in x's dtype."""
+    """sign(x) with sign(0) = +1 (also for -0.0): the values are exactly {-1, +1}, in x's dtype."""
     one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.where(x >= 0, one, -one)
+    # copysign(1, x + 0) rather than where(x >= 0, 1, -1): the same values (x + 0.0 turns -0.0 into
+    # +0.0), but where() with a bool mask runs element by element on the CPU, 8x slower on weights.
+    return torch.copysign(one, x + 0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _open_bounds(lo: float, hi: float, dtype: torch.dtype) -> tuple[float, float]:
+    """The next values of ``dtype`` outside [lo, hi]: lo' < x < hi'  <=>  lo <= x <= hi."""
+    def step_out(bound: float, direction: float) -> float:
+        return torch.nextafter(torch.tensor(float(bound), dtype=dtype), torch.tensor(direction, dtype=dtype)).item()
+    return step_out(lo, -math.inf), step_out(hi, math.inf)
+
+
+def window_grad(grad: torch.Tensor, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """grad * 1{lo <= x <= hi} (closed interval), in one vectorised pass.
+
+    ``hardtanh_backward`` passes the gradient strictly inside its bounds, hence the bounds moved
+    out by one representable value. Multiplying by a bool mask, or ``torch.where`` on it, runs
+    element by element on the CPU: 4-40x slower (more where the mask is irregular).
+    """
+    lo_open, hi_open = _open_bounds(lo, hi, x.dtype)
+    return torch.ops.aten.hardtanh_backward(grad, x, lo_open, hi_open)
 
 
 def clipped(x: torch.Tensor) -> torch.Tensor:
     """Clipped STE (Courbariaux et al. 2016, BNN): d/dx = 1{|x| <= 1}."""
     return (x.abs() <= 1).to(x.dtype)
+
+
+clipped.window = (-1.0, 1.0)  # the STE backward applies it as window_grad(grad, x, -1, 1)
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -68,6 +96,9 @@ class _SignSTE(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         # A new tensor, never an in-place edit of grad_output (BiBench's STE edits it in place,
         # which corrupts the gradient of any other consumer of the same tensor).
+        window = getattr(ctx.surrogate, "window", None)
+        if window is not None:  # an indicator derivative: one pass instead of three
+            return window_grad(grad_output, x, *window), None
         return grad_output * ctx.surrogate(x), None
 
 

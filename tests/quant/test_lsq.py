@@ -60,6 +60,17 @@ def test_gradients_equal_the_lsq_formula(per_channel):
     torch.testing.assert_close(q.step.grad, expect_a * scale)
 
 
+def test_input_gradient_includes_both_ends_of_the_range():
+    # v = x / a exactly Qn or Qp is inside [Qn, Qp] (gradient 1); the next float beyond is not.
+    q = LSQ(4, signed=True)
+    with torch.no_grad():
+        q.step.fill_(0.5)
+    q.initialized = True
+    x = torch.tensor([-4.0000005, -4.0, 3.5, 3.5000002], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
 def test_disabled_is_identity_and_codes():
     q = LSQ(4)
     q.enabled = False

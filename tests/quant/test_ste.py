@@ -1,6 +1,6 @@
 import torch
 
-from binarydm.quant.ste import binary_sign, get_surrogate, grad_scale, round_ste, sign_ste
+from binarydm.quant.ste import binary_sign, get_surrogate, grad_scale, round_ste, sign_ste, window_grad
 import pytest
 
 
@@ -55,3 +55,20 @@ def test_round_ste_and_grad_scale():
     assert out.item() == 3.0
     out.backward()
     assert z.grad.item() == 0.25
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_window_grad_is_the_closed_interval_in_every_dtype(dtype):
+    lo, hi = torch.tensor(-8.0, dtype=dtype), torch.tensor(7.0, dtype=dtype)
+    below = torch.nextafter(lo, torch.tensor(-float("inf"), dtype=dtype))
+    above = torch.nextafter(hi, torch.tensor(float("inf"), dtype=dtype))
+    inner = torch.nextafter(lo, hi)
+    x = torch.stack([below, lo, inner, torch.tensor(0.0, dtype=dtype), hi, above])
+    g = torch.arange(1, 7, dtype=dtype)
+    assert window_grad(g, x, -8, 7).tolist() == [0.0, 2.0, 3.0, 4.0, 5.0, 0.0]
+
+
+def test_clipped_ste_passes_the_gradient_at_exactly_plus_and_minus_one():
+    x = torch.tensor([-1.0000001, -1.0, 1.0, 1.0000001], requires_grad=True)
+    sign_ste(x, "clipped").sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
