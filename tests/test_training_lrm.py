@@ -44,14 +44,15 @@ def test_moments_add_over_shards_like_one_batch():
 
 def test_loss_is_mean_over_blocks_of_projected_mse():
     g = torch.Generator().manual_seed(1)
-    ft = [torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g)]
-    fs = [torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g)]
-    lrm = LRM(["x", "y"]).fit_(ft)
+    # Two feature maps (the 1x1-convolution path) and one sequence (N, C, L) (the einsum path).
+    ft = [torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g), torch.randn(2, 6, 5, generator=g)]
+    fs = [torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g), torch.randn(2, 6, 5, generator=g)]
+    lrm = LRM(["x", "y", "z"]).fit_(ft)
     expected = []
-    for name, a, b in zip(["x", "y"], ft, fs):
+    for name, a, b in zip(["x", "y", "z"], ft, fs):
         e = lrm.projection(name)
-        pa = torch.einsum("nchw,cr->nrhw", a, e)
-        pb = torch.einsum("nchw,cr->nrhw", b, e)
+        pa = torch.einsum("nc...,cr->nr...", a, e)
+        pb = torch.einsum("nc...,cr->nr...", b, e)
         expected.append(((pa - pb) ** 2).mean())
     torch.testing.assert_close(lrm(ft, fs), torch.stack(expected).mean())
     assert lrm(ft, ft).item() == 0.0

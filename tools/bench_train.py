@@ -1,7 +1,10 @@
 """Step time of BinaryDM QAT (student + frozen teacher + LRM) against plain FP fine-tuning, same UNet.
 
-    .venv/bin/python tools/bench_train.py [--batch 8] [--steps 20] [--threads 2]
+    .venv/bin/python tools/bench_train.py [--batch 8] [--steps 20] [--threads 2] [--unet attn16 demo]
 
+Two UNets by default: ``attn16``, 0.7M parameters with attention at 16x16 (256 tokens, the
+resolution of the CIFAR-10 DDPM's attention: the attention-heavy case), and ``demo``, the
+architecture of the shipped Fashion-MNIST teacher that ``config=demo`` binarizes (attention at 8x8).
 Both loops run in this one process on the same UNet, data and optimiser (AdamW), without Lightning
 (its overhead is the same for both and would only dilute the ratio). The QAT step is the one
 ``DiffusionQAT.training_step`` runs: teacher forward (no grad) with feature hooks, binarized student
@@ -14,12 +17,24 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 UNET = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
             down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
             norm_num_groups=8, attention_head_dim=32)
+DEMO_TEACHER = Path(__file__).resolve().parents[1] / "binarydm" / "assets" / "fmnist_teacher"
+
+
+def unet_config(name: str) -> dict:
+    if name == "attn16":
+        return dict(UNET)
+    if name == "demo":  # the shipped teacher's architecture, freshly initialised
+        from diffusers import UNet2DModel
+
+        return dict(UNet2DModel.load_config(DEMO_TEACHER))
+    raise ValueError(f"unknown --unet {name!r}; valid: attn16, demo")
 
 
 def time_interleaved(step_fns: dict, steps: int, warmup: int = 2) -> dict[str, list[float]]:
@@ -36,23 +51,17 @@ def time_interleaved(step_fns: dict, steps: int, warmup: int = 2) -> dict[str, l
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+def measure(config: dict, batch: int, steps: int) -> dict[str, float]:
+    """Median ms/step of FP fine-tuning, QAT (student + teacher + LRM) and the student alone."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     import binarydm
     from binarydm.training.module import DiffusionQAT, LossConfig
 
     torch.manual_seed(0)
-    fp = UNet2DModel(**UNET)
+    fp = UNet2DModel.from_config(config)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
-    x0 = torch.rand(args.batch, 3, 32, 32) * 2 - 1
+    x0 = torch.rand(batch, fp.config.in_channels, fp.config.sample_size, fp.config.sample_size) * 2 - 1
 
     student = binarydm.binarize_(copy.deepcopy(fp), "w1a4")
     qat = DiffusionQAT(student, scheduler, teacher=copy.deepcopy(fp), loss=LossConfig(lrm_weight=1e-4))
@@ -74,16 +83,31 @@ def main() -> None:
 
     # The student alone (quantizers on, no teacher, no LRM): how much of the gap is the quantizers.
     student_only = DiffusionQAT(student, scheduler, teacher=None)
-    times = time_interleaved({"fp": stepper(plain), "qat": stepper(qat), "student": stepper(student_only)},
-                             args.steps)
-    f, q, s = (statistics.median(times[k]) for k in ("fp", "qat", "student"))
-    params = sum(p.numel() for p in fp.parameters())
-    print(f"UNet2DModel {params / 1e6:.2f}M params, 32x32, batch {args.batch}, {args.threads} threads, "
-          f"median of {args.steps} steps")
-    print(f"{'FP fine-tuning':>32}: {f * 1000:8.1f} ms/step")
-    print(f"{'QAT (student+teacher+LRM)':>32}: {q * 1000:8.1f} ms/step")
-    print(f"{'  of which binarized student':>32}: {s * 1000:8.1f} ms/step (no teacher, no LRM)")
-    print(f"{'ratio QAT / FP':>32}: {q / f:8.2f}  (target <= 1.6)")
+    times = time_interleaved({"fp": stepper(plain), "qat": stepper(qat), "student": stepper(student_only)}, steps)
+    result = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    result["params"] = sum(p.numel() for p in fp.parameters())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--unet", nargs="+", default=["attn16", "demo"], choices=["attn16", "demo"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"batch {args.batch}, {args.threads} threads, median of {args.steps} steps, W1A4 (attention operands "
+          "quantized), LRM lambda 1e-4")
+    for name in args.unet:
+        config = unet_config(name)
+        r = measure(config, args.batch, args.steps)
+        size = config["sample_size"]
+        print(f"\nUNet {name}: {r['params'] / 1e6:.2f}M params, {config['in_channels']}x{size}x{size}")
+        print(f"{'FP fine-tuning':>32}: {r['fp']:8.1f} ms/step")
+        print(f"{'QAT (student+teacher+LRM)':>32}: {r['qat']:8.1f} ms/step")
+        print(f"{'  of which binarized student':>32}: {r['student']:8.1f} ms/step (no teacher, no LRM)")
+        print(f"{'ratio QAT / FP':>32}: {r['qat'] / r['fp']:8.2f}  (target <= 1.6)")
 
 
 if __name__ == "__main__":

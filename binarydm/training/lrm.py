@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -157,7 +158,7 @@ class LRM(nn.Module):
             rank = math.ceil(feat.shape[1] / self.rank_divisor)
             proj = principal_directions(total, outer, count, rank)
             # Contiguous like a buffer loaded from a checkpoint (eigh returns column-major vectors): the
-            # same memory layout makes the einsum of a resumed run bit-identical to an uninterrupted one.
+            # same memory layout makes the projection of a resumed run bit-identical to an uninterrupted one.
             setattr(self, _buffer_name(block), proj.to(device=feat.device, dtype=torch.float32).contiguous())
         self.fitted.fill_(True)
         return self
@@ -170,8 +171,12 @@ class LRM(nn.Module):
         losses = []
         for block, ft, fs in zip(self.blocks, teacher_features, student_features):
             e = self.projection(block).to(fs.dtype)
-            diff = torch.einsum("nc...,cr->nr...", ft.detach().to(fs.dtype) - fs, e)
-            losses.append(diff.pow(2).mean())
+            diff = ft.detach().to(fs.dtype) - fs
+            if diff.dim() == 4:  # a 1x1 convolution: no channels-last copy of the map (einsum makes one)
+                projected = F.conv2d(diff, e.T[:, :, None, None])
+            else:
+                projected = torch.einsum("nc...,cr->nr...", diff, e)
+            losses.append(projected.pow(2).mean())
         return torch.stack(losses).mean()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
