@@ -86,3 +86,24 @@ def test_feature_tap_takes_hidden_state_of_every_block(tiny_unet, unet_batch):
     assert all(isinstance(f, torch.Tensor) and f.dim() == 4 for f in feats)
     # Hooks are removed on exit.
     assert all(not tiny_unet.get_submodule(n)._forward_hooks for n in names)
+
+
+def test_feature_tap_stop_ends_the_forward_after_the_last_block(tiny_unet, unet_batch):
+    names = lrm_block_names(tiny_unet)
+    with FeatureTap(tiny_unet, names) as full:
+        tiny_unet(*unet_batch)
+    head_calls = []
+    handle = tiny_unet.conv_out.register_forward_hook(lambda *a: head_calls.append(1))
+    try:
+        with FeatureTap(tiny_unet, names, stop=True) as tap:
+            out = tiny_unet(*unet_batch)
+            pytest.fail(f"the forward pass went on after the last block (returned {type(out)})")
+    finally:
+        handle.remove()
+    assert head_calls == []  # the output head never ran
+    for a, b in zip(full.ordered(), tap.ordered()):
+        assert torch.equal(a, b)
+    # Any other error inside the block still propagates.
+    with pytest.raises(ZeroDivisionError):
+        with FeatureTap(tiny_unet, names, stop=True):
+            1 / 0

@@ -19,10 +19,9 @@ The centring only matters for choosing E_i: in the loss the mean cancels,
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -42,22 +41,32 @@ def lrm_block_names(unet: nn.Module) -> list[str]:
     return names
 
 
+class _FeaturesComplete(Exception):
+    """Raised by a hook of a ``FeatureTap(stop=True)`` once every block has produced its output."""
+
+
 class FeatureTap:
     """Forward hooks recording the output hidden state of named blocks.
 
     diffusers down blocks return ``(hidden_states, res_samples)``: the hidden state is taken.
     Use as a context manager: ``with tap: model(x, t)``, then read ``tap.features`` (block order).
+    ``stop=True`` ends the forward pass as soon as the last block has produced its output (the
+    frozen teacher's output head is never needed by LRM: at the demo's batch that skips about 5 %
+    of its forward); the forward call then returns nothing.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str]):
+    def __init__(self, model: nn.Module, names: Sequence[str], stop: bool = False):
         self.model = model
         self.names = list(names)
+        self.stop = stop
         self.features: dict[str, torch.Tensor] = {}
         self._handles: list = []
 
     def _hook(self, name: str):
         def record(module, inputs, output):
             self.features[name] = output[0] if isinstance(output, (tuple, list)) else output
+            if self.stop and len(self.features) == len(self.names):
+                raise _FeaturesComplete
 
         return record
 
@@ -67,10 +76,11 @@ class FeatureTap:
             self._handles.append(self.model.get_submodule(name).register_forward_hook(self._hook(name)))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> bool:
         for h in self._handles:
             h.remove()
         self._handles = []
+        return exc_type is _FeaturesComplete  # swallow only our own early stop
 
     def ordered(self) -> list[torch.Tensor]:
         missing = [n for n in self.names if n not in self.features]
@@ -194,10 +204,4 @@ class LRM(nn.Module):
         return f"blocks={len(self.blocks)}, K={self.rank_divisor}, fitted={self.is_fitted}"
 
 
-@contextlib.contextmanager
-def tapped(model: nn.Module, names: Sequence[str]) -> Iterator[FeatureTap]:
-    with FeatureTap(model, names) as tap:
-        yield tap
-
-
-__all__ = ["LRM", "FeatureTap", "lrm_block_names", "channel_moments", "principal_directions", "tapped"]
+__all__ = ["LRM", "FeatureTap", "lrm_block_names", "channel_moments", "principal_directions"]

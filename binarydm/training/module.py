@@ -159,7 +159,8 @@ class DiffusionQAT(L.LightningModule):
     def compute_losses(self, x_t, t, eps) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
         if self.use_lrm:
-            with torch.no_grad(), FeatureTap(self.teacher, self.blocks) as ttap:
+            # stop=True: the teacher's output head is never used, only its block features.
+            with torch.no_grad(), FeatureTap(self.teacher, self.blocks, stop=True) as ttap:
                 self.teacher(x_t, t)
             teacher_feats = ttap.ordered()
             if not self.lrm.is_fitted:
