@@ -26,7 +26,6 @@ count, image size and the feature extractor's identity (the SHA-1 of the Incepti
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..datasets import DatasetNotFoundError, read_cifar10, read_idx
 from .inception import FeatureExtractor
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -43,8 +43,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 PathLike = Union[str, os.PathLike]
 
 
-class DatasetNotFound(FileNotFoundError):
-    pass
+DatasetNotFound = DatasetNotFoundError  # the name this module has always exported
 
 
 def default_cache_dir() -> Path:
@@ -86,15 +85,6 @@ def load_folder(folder: PathLike, num: Optional[int] = None) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """An IDX (LeCun's MNIST format) uint8 image file, optionally gzipped: [N, rows, cols]."""
-    data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    magic, n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in range(0, 16, 4))
-    if magic != 2051 or len(data) != 16 + n * rows * cols:
-        raise ValueError(f"{path}: not an IDX uint8 image file (magic {magic}, {len(data)} bytes)")
-    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
-
-
 def fashion_mnist(split: str = "test", root: PathLike = FASHION_MNIST_DIR, size: int = 32,
                   num: Optional[int] = None) -> torch.Tensor:
     """Fashion-MNIST (Xiao et al. 2017) as uint8 [N, 3, size, size]: the 28x28 grey images zero-padded
@@ -109,7 +99,7 @@ def fashion_mnist(split: str = "test", root: PathLike = FASHION_MNIST_DIR, size:
             f"Fashion-MNIST not found: no {stem}[.gz] in root={root}. Install it with "
             f"`apt-get install dataset-fashion-mnist` (files in {FASHION_MNIST_DIR}) or pass root=DIR"
         )
-    images = torch.from_numpy(_read_idx(path).copy())
+    images = read_idx(path)
     if num is not None:
         images = images[:num]
     pad = size - images.shape[-1]
@@ -122,16 +112,7 @@ def fashion_mnist(split: str = "test", root: PathLike = FASHION_MNIST_DIR, size:
 def cifar10(split: str = "train", root: PathLike = "data", num: Optional[int] = None,
             download: bool = False) -> torch.Tensor:
     """CIFAR-10 (Krizhevsky 2009) through torchvision, as uint8 [N, 3, 32, 32]."""
-    from torchvision.datasets import CIFAR10
-
-    try:
-        ds = CIFAR10(str(root), train=split == "train", download=download)
-    except RuntimeError as e:
-        raise DatasetNotFound(
-            f"CIFAR-10 not found in root={root} (torchvision looks for cifar-10-batches-py there). Pass "
-            f"download=true to fetch it (needs a network) or copy an extracted cifar-10-batches-py there ({e})"
-        ) from None
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    images, _ = read_cifar10(str(root), split == "train", download)
     return images if num is None else images[:num]
 
 

@@ -8,7 +8,6 @@ its own slice of every global batch (no DistributedSampler needed).
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -18,12 +17,10 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from ..datasets import DatasetNotFoundError, read_cifar10, read_idx
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset that is not on disk, with how to get it."""
 
 
 @dataclass
@@ -63,20 +60,6 @@ class TensorImages(Dataset):
         return self.images[i].float() / 127.5 - 1.0
 
 
-def _read_idx_images(path: Path) -> torch.Tensor:
-    """An IDX image file (optionally gzipped) as uint8 (N, H, W), read by torchvision's IDX parser."""
-    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
-
-    if path.suffix == ".gz":
-        import tempfile
-
-        with gzip.open(path, "rb") as src, tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
-            tmp.write(src.read())
-            tmp.flush()
-            return read_sn3_pascalvincent_tensor(tmp.name, strict=False).clone()
-    return read_sn3_pascalvincent_tensor(str(path), strict=False)
-
-
 def fashion_mnist(root: str, train: bool, image_size: int = 32, channels: int = 1) -> TensorImages:
     """Fashion-MNIST (Xiao et al. 2017) from its IDX files, zero-padded from 28x28 to ``image_size``."""
     directory = Path(root)
@@ -91,7 +74,7 @@ def fashion_mnist(root: str, train: bool, image_size: int = 32, channels: int = 
             f"{FASHION_MNIST_DIR}; then set data.root={FASHION_MNIST_DIR}), "
             "or point data.root at a directory holding the IDX files"
         )
-    images = _read_idx_images(path).unsqueeze(1)  # (N, 1, 28, 28), black background = 0
+    images = read_idx(path).unsqueeze(1)  # (N, 1, 28, 28), black background = 0
     pad = image_size - images.shape[-1]
     if pad < 0:
         raise ValueError(f"data.image_size={image_size} is smaller than Fashion-MNIST's 28 pixels")
@@ -103,18 +86,8 @@ def fashion_mnist(root: str, train: bool, image_size: int = 32, channels: int = 
 
 def cifar10(root: str, train: bool, download: bool) -> Dataset:
     """CIFAR-10 (Krizhevsky 2009) through torchvision."""
-    from torchvision.datasets import CIFAR10
-
-    try:
-        ds = CIFAR10(root, train=train, download=download)
-    except RuntimeError as err:
-        raise DatasetNotFoundError(
-            f"CIFAR-10 not found in data.root={root!r} (torchvision looks for cifar-10-batches-py there). "
-            "Set data.download=true to fetch it (needs a network), or copy an extracted cifar-10-batches-py "
-            f"into that directory. ({err})"
-        ) from None
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
-    return TensorImages(images)
+    images, _ = read_cifar10(root, train, download, root_option="data.root", download_option="data.download=true")
+    return TensorImages(images)  # (N, 3, 32, 32) uint8
 
 
 class ImageFolder(Dataset):

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from binarydm.algorithms.dad import deviation_aware_distillation
+from binarydm.datasets import read_cifar10, read_idx
 
 from . import common
 from .base import FP, Context, RunResult, RunSpec, merged_options
@@ -144,7 +145,7 @@ def fashion_mnist(root: str, train: bool) -> Split:
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise data.DatasetNotFoundError(f"Fashion-MNIST labels not found: no {stem}[.gz] in option root={root!r}")
-    labels = data._read_idx_images(path).long()  # torchvision's IDX parser reads 1-D label files too
+    labels = read_idx(path).long()  # torchvision's IDX parser reads 1-D label files too
     if labels.shape != (images.shape[0],):
         raise ValueError(f"{path}: {tuple(labels.shape)} labels for {images.shape[0]} images")
     return Split(images, labels)
@@ -152,16 +153,7 @@ def fashion_mnist(root: str, train: bool) -> Split:
 
 def cifar10(root: str, train: bool, download: bool) -> Split:
     """CIFAR-10 (Krizhevsky 2009) through torchvision."""
-    from torchvision.datasets import CIFAR10
-
-    try:
-        ds = CIFAR10(root, train=train, download=download)
-    except RuntimeError as err:
-        raise FileNotFoundError(
-            f"CIFAR-10 not found in option root={root!r} (torchvision looks for cifar-10-batches-py there); "
-            f"set option download=True to fetch it (needs a network) or point root at it. ({err})"
-        ) from None
-    return Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
+    return Split(*read_cifar10(root, train, download, root_option="option root", download_option="option download=True"))
 
 
 def synthetic(n: int, num_classes: int, train: bool) -> Split:
