@@ -32,22 +32,32 @@ Metadata (safetensors header, strings): ``format`` (``binarydm-packed``), ``form
 packed weight is stored, ``lmb1`` / ``lmb2`` bit-planes, ``lmb1z`` one plane and an all-zero s2 left
 out, ``lsq<b>`` int8 codes; the shapes come from the model that :func:`load_packed` rebuilds),
 ``index``,
-``digest`` (SHA-256 over every tensor's name, dtype, shape and bytes: a flipped byte anywhere in the
-payload is caught on load), and optionally ``scheduler_config`` (JSON) for sampling.
+``digest`` (SHA-256 over every tensor's name, dtype, shape and bytes), ``digest_all`` (the same and
+every other metadata entry: a flipped byte anywhere in the payload, the QuantConfig, the UNet config,
+the layer records or the noise schedule is caught on load; files written before it existed carry only
+``digest`` and are checked on their tensors only), and optionally ``scheduler_config`` (JSON) for
+sampling.
+
+Files are written through :func:`atomic_path`: a temporary file in the destination directory, flushed
+and fsynced, given the mode the umask asks for, then renamed over the destination, so a kill at any
+instant leaves either the old file or the new one. A student directory carries ``SHA256SUMS``
+(``sha256sum -c`` format) over its weights and configs, checked by :func:`load_student_dir`.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import json
 import os
 import struct
+import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -62,10 +72,136 @@ FORMAT = "binarydm-packed"
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = ("1", "2")
 PathLike = Union[str, os.PathLike]
+_DIGEST_KEYS = ("digest", "digest_all")
 
 
 class PackedFormatError(ValueError):
     """A packed file that cannot be read: truncated, corrupted, another format or another architecture."""
+
+
+# ---- writing files: atomic, durable, following the umask -----------------------------------------
+# Temporary files are named ".<final name>.<random>.binarydm-tmp" in the destination directory: the
+# rename is then atomic (same file system), and a kill leaves only files that clean_stale_temp finds.
+TMP_SUFFIX = ".binarydm-tmp"
+
+
+def file_mode() -> int:
+    """The mode a newly created file gets under the current umask (mkstemp's files are 0600)."""
+    try:  # Linux: read it without changing it (os.umask would, briefly, for every thread)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def fsync_dir(directory: PathLike) -> None:
+    """Make a rename in ``directory`` durable (the directory entry itself is flushed)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not fsync directories
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is fsynced, given the umask's mode and
+    renamed to ``path``; on any error (or a kill) ``path`` keeps its previous content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[Any]:
+    """``open(path, mode)`` that replaces ``path`` atomically when the block ends without an error."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+
+
+def clean_stale_temp(directory: PathLike, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files a killed writer left in ``directory``; returns what was removed.
+    Call it only where no other live process writes (a locked run directory, an output being replaced)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = directory.rglob(f".*{TMP_SUFFIX}") if recursive else directory.glob(f".*{TMP_SUFFIX}")
+    removed = []
+    for p in found:
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+# ---- a directory's checksum file ------------------------------------------------------------------
+CHECKSUM_FILE = "SHA256SUMS"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(directory: PathLike, names: Optional[list[str]] = None) -> Path:
+    """``directory/SHA256SUMS`` over ``names`` (default: every regular file in it but the sums file),
+    in the format ``sha256sum -c`` reads."""
+    directory = Path(directory)
+    if names is None:
+        names = sorted(p.name for p in directory.iterdir()
+                       if p.is_file() and p.name != CHECKSUM_FILE and not p.name.startswith("."))
+    lines = [f"{_sha256_file(directory / n)}  {n}\n" for n in sorted(names)]
+    with atomic_write(directory / CHECKSUM_FILE, "w") as f:
+        f.write("".join(lines))
+    return directory / CHECKSUM_FILE
+
+
+def verify_checksums(directory: PathLike) -> bool:
+    """Check ``directory/SHA256SUMS`` (when there is one: directories written before it existed load
+    unchecked; returns False then). Raises PackedFormatError naming the first file that differs."""
+    directory = Path(directory)
+    sums = directory / CHECKSUM_FILE
+    if not sums.is_file():
+        return False
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        name = name.strip()
+        file = directory / name
+        if not name or "/" in name or not file.is_file():
+            raise PackedFormatError(f"{sums}: lists {name!r}, which is not a file in {directory}; export the "
+                                    "student again")
+        if _sha256_file(file) != digest.strip():
+            raise PackedFormatError(f"{file}: does not match its checksum in {sums} (corrupted or edited after "
+                                    "export); export the student again")
+    return True
 
 
 # ---- bit planes ----------------------------------------------------------------------------------
@@ -136,8 +272,14 @@ def _pack_layer(name: str, layer: nn.Module) -> Optional[tuple[dict[str, torch.T
     return None
 
 
-def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
+def _digest(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, str]] = None) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and, when given, every metadata entry but
+    the digests themselves (``digest_all``: any byte that changes the loaded model is covered)."""
     h = hashlib.sha256()
+    for key in sorted(metadata or {}):
+        if key not in _DIGEST_KEYS:
+            h.update(f"meta:{len(key)}:{key}:{len(metadata[key])}:".encode())
+            h.update(metadata[key].encode())
     for key in sorted(tensors):
         t = tensors[key].contiguous()
         h.update(key.encode())
@@ -241,15 +383,15 @@ def export_packed(
         "unet_config": json.dumps(_plain_config(unet_config)),
         "layers": _zjson(layers),
         "index": _zjson(index),
-        "digest": _digest(state),
     }
     if scheduler_config is not None:
         metadata["scheduler_config"] = json.dumps(_plain_config(scheduler_config))
+    metadata["digest"] = _digest(state)
+    metadata["digest_all"] = _digest(state, metadata)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"payload": payload}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # atomic: an interrupted export never leaves half a file under the final name
+    # atomic: an interrupted export never leaves half a file under the final name
+    with atomic_path(path) as tmp:
+        save_file({"payload": payload}, str(tmp), metadata=metadata)
     return path
 
 
@@ -276,6 +418,7 @@ def read_packed(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]
             f"{path}: not a binarydm packed checkpoint (metadata format={metadata.get('format')!r}, "
             f"expected {FORMAT!r}); write one with `python -m binarydm.export`"
         )
+    raw = dict(metadata)  # as stored: the digest of version 3 covers these strings
     version = metadata.get("format_version")
     if version not in _READABLE_VERSIONS:
         raise PackedFormatError(
@@ -290,9 +433,16 @@ def read_packed(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]
         if set(tensors) != {"payload"}:
             raise PackedFormatError(f"{path}: a version-2 packed file holds one 'payload' tensor, found {sorted(tensors)}")
         tensors = _from_payload(path, tensors["payload"], index)
-    if _digest(tensors) != metadata.get("digest"):
+    # digest: the tensors (every version); digest_all: tensors and metadata (version 2 files written
+    # since it exists; a version-1 file converted from a newer one keeps a stale digest_all: ignored).
+    expected = {"digest": _digest(tensors)}
+    if "digest_all" in raw and version != "1":
+        expected["digest_all"] = _digest(tensors, raw)
+    bad = [k for k, v in expected.items() if metadata.get(k) != v]
+    if bad:
+        what = "the tensor data or metadata" if bad == ["digest_all"] else "the tensor data"
         raise PackedFormatError(
-            f"{path}: the tensor data does not match the checksum stored in the file (corrupted or edited "
+            f"{path}: {what} does not match the checksum stored in the file (corrupted or edited "
             "after export); export it again"
         )
     return tensors, metadata
@@ -369,7 +519,11 @@ def load_packed(path: PathLike, model: Optional[nn.Module] = None) -> nn.Module:
     except (KeyError, ValueError, TypeError) as e:
         raise PackedFormatError(f"{path}: unreadable metadata ({e})") from e
     if model is None:
-        model = build_model(unet_config, quant_config)
+        try:
+            model = build_model(unet_config, quant_config)
+        except (TypeError, ValueError, KeyError) as e:  # metadata that describes no buildable model
+            raise PackedFormatError(f"{path}: its unet_config / quant_config describe no model binarydm can build "
+                                    f"({type(e).__name__}: {e})") from e
 
     try:
         state = _unpack_layers(path, model, tensors, layers)
@@ -451,8 +605,8 @@ _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 def _read_json(file: Path) -> Any:
     try:
         return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: invalid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackedFormatError(f"{file}: invalid JSON ({e})") from e
 
 
 def load_student_dir(directory: PathLike) -> tuple[nn.Module, dict[str, Any]]:
@@ -463,6 +617,8 @@ def load_student_dir(directory: PathLike) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    if not directory.is_dir():
+        raise PackedFormatError(f"{directory}: no such student directory")
     weights = next((directory / f for f in _WEIGHT_NAMES if (directory / f).is_file()), None)
     config_file = next((directory / f for f in _CONFIG_NAMES if (directory / f).is_file()), None)
     configs: dict[str, Any] = {}
@@ -473,8 +629,16 @@ def load_student_dir(directory: PathLike) -> tuple[nn.Module, dict[str, Any]]:
 
         configs["unet_config"] = _read_json(directory / "config.json")
         configs["quant_config"] = None
-        cls = getattr(diffusers, configs["unet_config"].get("_class_name", "UNet2DModel"))
-        return cls.from_pretrained(str(directory)).eval(), configs
+        verify_checksums(directory)
+        cls = getattr(diffusers, configs["unet_config"].get("_class_name", "UNet2DModel"), None)
+        if cls is None:
+            raise PackedFormatError(f"{directory / 'config.json'}: names class "
+                                    f"{configs['unet_config'].get('_class_name')!r}, which diffusers does not have")
+        try:
+            return cls.from_pretrained(str(directory)).eval(), configs
+        except (OSError, ValueError, RuntimeError) as e:
+            raise PackedFormatError(f"{directory}: cannot load as a diffusers model ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''})") from e
     if weights is None or config_file is None or not (directory / "quant_config.json").is_file():
         raise FileNotFoundError(
             f"{directory}: not a binarydm student directory: expected {' or '.join(_WEIGHT_NAMES)}, quant_config.json "
@@ -486,8 +650,14 @@ def load_student_dir(directory: PathLike) -> tuple[nn.Module, dict[str, Any]]:
         state = load_file(str(weights))
     except Exception as e:
         raise PackedFormatError(f"{weights}: cannot read as a safetensors file (truncated or corrupted?): {e}") from e
-    model = build_model(configs["unet_config"], QuantConfig.from_dict(configs["quant_config"]))
-    _check_architecture(weights, model, state)
+    try:
+        model = build_model(configs["unet_config"], QuantConfig.from_dict(configs["quant_config"]))
+    except (TypeError, ValueError, KeyError) as e:
+        raise PackedFormatError(f"{directory}: quant_config.json / {config_file.name} describe no model binarydm "
+                                f"can build ({type(e).__name__}: {e})") from e
+    _check_architecture(weights, model, state)  # the more specific diagnosis first, then any changed byte
+    # Weights and configs together: a changed byte in any of them changes the loaded model.
+    verify_checksums(directory)
     model.load_state_dict(state, strict=True)
     return model.eval(), configs
 
@@ -510,16 +680,22 @@ def save_student_dir(model: nn.Module, unet_config: Mapping[str, Any], quant_con
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(directory / "student.safetensors"))
-    (directory / "quant_config.json").write_text(json.dumps(resolve(quant_config).to_dict(), indent=1))
-    (directory / "unet_config.json").write_text(json.dumps(_plain_config(unet_config), indent=1))
+    with atomic_path(directory / "student.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    texts = {"quant_config.json": json.dumps(resolve(quant_config).to_dict(), indent=1),
+             "unet_config.json": json.dumps(_plain_config(unet_config), indent=1)}
     if scheduler_config is not None:
-        (directory / "scheduler_config.json").write_text(json.dumps(_plain_config(scheduler_config), indent=1))
+        texts["scheduler_config.json"] = json.dumps(_plain_config(scheduler_config), indent=1)
+    for name, text in texts.items():
+        with atomic_write(directory / name, "w") as f:
+            f.write(text)
+    write_checksums(directory, ["student.safetensors", *texts])
     return directory
 
 
 __all__ = [
+    "CHECKSUM_FILE", "TMP_SUFFIX", "atomic_path", "atomic_write", "clean_stale_temp", "file_mode", "verify_checksums",
+    "write_checksums",
     "FORMAT", "FORMAT_VERSION", "STUDENT_FILES", "PackedFormatError", "build_model", "export_packed",
     "file_sizes", "load_checkpoint", "load_packed", "load_student_dir", "lmb_latent", "lsq_latent", "pack_bits",
     "packed_metadata", "read_packed", "save_student_dir", "unpack_bits",
