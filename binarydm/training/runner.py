@@ -5,6 +5,11 @@
 
 Run directory ``<out_dir>/<name>/``: config.yaml (resolved), checkpoints/ (step=N.ckpt and last.ckpt),
 csv/ and tensorboard/ logs, samples/step_NNNNNNN.png, student/ (exported), report.md.
+
+Nothing is written before every check of ``training.validate`` has passed (config values, the UNet
+against the data, the data itself, the resume checkpoint); the run directory is then held by this run
+alone (``guards.claim_run_dir``), checkpoints are written atomically (``guards.AtomicCheckpointIO``) and
+a diverged run stops without exporting anything (``guards.DivergenceGuard``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .. import algorithms
+from ..errors import UsageError, one_line
+from ..packing.format import atomic_path, atomic_write, verify_checksums, write_checksums
 from ..quant.config import PRESETS, QuantConfig
 from ..quant.convert import binarize_
 from .callbacks import (
@@ -33,11 +40,13 @@ from .callbacks import (
     SampleGrid,
     all_quantizers_off_,
 )
-from .config import save_config, to_container
+from .config import to_container
 from .data import DataConfig, DiffusionDataModule
+from .guards import AtomicCheckpointIO, DivergenceError, DivergenceGuard, _non_finite_parameter, claim_run_dir
 from .module import DiffusionQAT, LossConfig, OptimConfig
 from .schedules import QuantScheduleCallback
 from .teacher import load_scheduler, load_unet, resolve_local
+from .validate import check_config, check_data, check_model, check_resume
 
 
 def quant_config_of(cfg: DictConfig) -> Optional[QuantConfig]:
@@ -88,7 +97,15 @@ def build(cfg: DictConfig) -> Built:
     run_dir = Path(cfg.out_dir) / str(cfg.name)
     quant = quant_config_of(cfg)
     model_config = to_container(cfg.model.config)
-    fp = load_unet(cfg.model.pretrained, cfg.model.subfolder, model_config)
+    try:
+        fp = load_unet(cfg.model.pretrained, cfg.model.subfolder, model_config)
+    except (ValueError, TypeError) as err:  # a model.config diffusers rejects (TeacherNotFoundError passes)
+        raise UsageError(one_line(err)) from None
+    except OSError as err:
+        if type(err).__name__ == "TeacherNotFoundError":
+            raise
+        raise UsageError(f"model.pretrained={cfg.model.pretrained}: cannot load it as a diffusers UNet "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     scheduler = _scheduler(cfg)
 
     teacher = None
@@ -108,7 +125,8 @@ def build(cfg: DictConfig) -> Built:
     module = DiffusionQAT(student, scheduler, teacher, loss=loss, optim=optim, seed=int(cfg.seed))
     data = DiffusionDataModule(DataConfig(**{**to_container(cfg.data), "seed": int(cfg.seed)}))
 
-    callbacks: list = []
+    # First, so that a diverged step stops before any other callback (or the checkpoint) sees it.
+    callbacks: list = [DivergenceGuard(lr=float(cfg.optim.lr))]
     progressive = None
     if quant is not None:
         schedule = ProgressiveSchedule(**to_container(cfg.progressive))
@@ -156,15 +174,24 @@ def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) 
                            save_top_k=-1, save_last=True, enable_version_counter=False)
     loggers = [CSVLogger(built.run_dir, name="csv"), TensorBoardLogger(built.run_dir, name="tensorboard")]
     val_interval = t.val_check_interval
-    return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=int(t.num_nodes),
-        strategy=_strategy(cfg, built.quant is not None), precision=t.precision, max_steps=int(t.max_steps),
-        val_check_interval=val_interval, check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
-        gradient_clip_val=t.gradient_clip_val, log_every_n_steps=int(t.log_every_n_steps),
-        enable_progress_bar=bool(t.enable_progress_bar), deterministic=bool(t.deterministic),
-        callbacks=[*built.callbacks, *extra_callbacks, ckpt], logger=loggers, default_root_dir=built.run_dir,
-        use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
-    )
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(
+            accelerator=t.accelerator, devices=t.devices, num_nodes=int(t.num_nodes),
+            strategy=_strategy(cfg, built.quant is not None), precision=t.precision, max_steps=int(t.max_steps),
+            val_check_interval=val_interval, check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
+            gradient_clip_val=t.gradient_clip_val, log_every_n_steps=int(t.log_every_n_steps),
+            enable_progress_bar=bool(t.enable_progress_bar), deterministic=bool(t.deterministic),
+            callbacks=[*built.callbacks, *extra_callbacks, ckpt], logger=loggers, default_root_dir=built.run_dir,
+            use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
+            # Lightning's own save goes through fsspec's temporary file in $TMPDIR (see guards.py).
+            plugins=[AtomicCheckpointIO()],
+        )
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
+        # accelerator=gpu without one, devices=3 on a 2-device machine, an unknown strategy, ...
+        raise UsageError(f"trainer settings (trainer.accelerator={t.accelerator}, trainer.devices={t.devices}, "
+                         f"trainer.strategy={t.strategy}, trainer.precision={t.precision}): {one_line(err)}") from None
 
 
 # ---- export ---------------------------------------------------------------------------------
@@ -180,14 +207,23 @@ def export_student(student: nn.Module, quant: Optional[QuantConfig], scheduler, 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scheduler.save_pretrained(out)
     if quant is None:
+        # diffusers writes its own files (not atomically); the checksums below then cover what it wrote.
+        scheduler.save_pretrained(out)
         student.save_pretrained(out, safe_serialization=True)
+        write_checksums(out, ["config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"])
         return out
-    (out / "unet_config.json").write_text(json.dumps(dict(student.config), indent=2, default=list))
-    (out / "quant_config.json").write_text(json.dumps(quant.to_dict(), indent=2))
+    texts = {"scheduler_config.json": json.dumps(dict(scheduler.config), indent=2, default=list),
+             "unet_config.json": json.dumps(dict(student.config), indent=2, default=list),
+             "quant_config.json": json.dumps(quant.to_dict(), indent=2)}
+    for name, text in texts.items():
+        with atomic_write(out / name, "w") as f:
+            f.write(text)
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    save_file(state, str(out / "student.safetensors"), metadata={"format": "binarydm-student"})
+    with atomic_path(out / "student.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "binarydm-student"})
+    # Weights and every config that shapes the loaded model: load_student verifies them all.
+    write_checksums(out, ["student.safetensors", *texts])
     return out
 
 
@@ -197,6 +233,7 @@ def load_student(path) -> nn.Module:
     from safetensors.torch import load_file
 
     path = Path(path)
+    verify_checksums(path)  # raises PackedFormatError naming a changed file
     if not (path / "quant_config.json").is_file():
         return UNet2DModel.from_pretrained(str(path))
     config = json.loads((path / "unet_config.json").read_text())
@@ -246,38 +283,67 @@ def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, 
         from .final_eval import report_lines
 
         lines += report_lines(evaluation, cfg)
-    path.write_text("\n".join(lines) + "\n")
+    with atomic_write(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
     return path
 
 
-def run(cfg: DictConfig, extra_callbacks: Sequence = ()) -> dict[str, Any]:
-    """Train as ``cfg`` says; returns the trainer, module and output paths."""
-    start = time.time()
-    built = build(cfg)
-    trainer = make_trainer(cfg, built, extra_callbacks)
-    if trainer.is_global_zero:
-        save_config(cfg, built.run_dir / "config.yaml")
-    trainer.fit(built.module, datamodule=built.data, ckpt_path=cfg.resume)
-    student_dir = report = None
-    if trainer.is_global_zero:
-        # The final sample grid, when the last step did not fall on a validation.
-        if not built.samples.written or not built.samples.written[-1].name.endswith(f"{trainer.global_step:07d}.png"):
-            built.samples.on_validation_epoch_end(trainer, built.module)
-        if cfg.export:
-            student = built.module.student
-            ctx = built.ema.applied(student) if built.ema is not None else _null()
-            with ctx:
-                student_dir = export_student(student, built.quant, built.module.noise_scheduler,
-                                             built.run_dir / "student")
-        evaluation = None
-        if student_dir is not None and (cfg.eval.packed or cfg.eval.fid_samples > 0):
-            from .final_eval import evaluate_run
+def _save_config(cfg: DictConfig, path: Path) -> Path:
+    from omegaconf import OmegaConf
 
-            evaluation = evaluate_run(cfg, built.module.teacher, student_dir, built.run_dir,
-                                      dict(built.module.noise_scheduler.config))
-        if cfg.report:
-            report = write_report(built.run_dir / "report.md", cfg, built, trainer, time.time() - start, student_dir,
-                                  evaluation)
+    with atomic_write(path, "w") as f:
+        f.write(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def prepare(cfg: DictConfig, extra_callbacks: Sequence = ()) -> tuple[Built, L.Trainer]:
+    """Every check, the model, the data and the trainer: all that can fail on a bad input, before the
+    run directory is touched."""
+    check_config(cfg)
+    built = build(cfg)
+    check_model(cfg, built.module.student)
+    check_data(cfg, built.data)
+    check_resume(cfg, built.module)
+    return built, make_trainer(cfg, built, extra_callbacks)
+
+
+def run(cfg: DictConfig, extra_callbacks: Sequence = (), overwrite: bool = False) -> dict[str, Any]:
+    """Train as ``cfg`` says; returns the trainer, module and output paths.
+
+    ``overwrite`` (or ``cfg.overwrite``): a run directory holding an earlier run's results is cleared
+    instead of refused. A diverged run raises :class:`guards.DivergenceError` and exports nothing.
+    """
+    start = time.time()
+    overwrite = bool(overwrite or cfg.get("overwrite", False))
+    built, trainer = prepare(cfg, extra_callbacks)
+    with claim_run_dir(built.run_dir, cfg.resume, overwrite):
+        if trainer.is_global_zero:
+            _save_config(cfg, built.run_dir / "config.yaml")
+        trainer.fit(built.module, datamodule=built.data, ckpt_path=cfg.resume)
+        student_dir = report = evaluation = None
+        if trainer.is_global_zero:
+            # The final sample grid, when the last step did not fall on a validation.
+            if not built.samples.written or not built.samples.written[-1].name.endswith(
+                    f"{trainer.global_step:07d}.png"):
+                built.samples.on_validation_epoch_end(trainer, built.module)
+            if cfg.export:
+                student = built.module.student
+                ctx = built.ema.applied(student) if built.ema is not None else _null()
+                with ctx:
+                    bad = _non_finite_parameter(student)
+                    if bad is not None:  # e.g. the EMA average of a run that diverged between checks
+                        raise DivergenceError(f"training diverged by step {trainer.global_step}: {bad} of the "
+                                              "model to export is not finite; lower optim.lr; nothing was exported")
+                    student_dir = export_student(student, built.quant, built.module.noise_scheduler,
+                                                 built.run_dir / "student")
+            if student_dir is not None and (cfg.eval.packed or cfg.eval.fid_samples > 0):
+                from .final_eval import evaluate_run
+
+                evaluation = evaluate_run(cfg, built.module.teacher, student_dir, built.run_dir,
+                                          dict(built.module.noise_scheduler.config))
+            if cfg.report:
+                report = write_report(built.run_dir / "report.md", cfg, built, trainer, time.time() - start,
+                                      student_dir, evaluation)
     return {"trainer": trainer, "module": built.module, "built": built, "run_dir": built.run_dir,
             "student_dir": student_dir, "report": report, "evaluation": evaluation if trainer.is_global_zero else None}
 
@@ -290,4 +356,4 @@ class _null:
         return False
 
 
-__all__ = ["build", "make_trainer", "run", "export_student", "load_student", "quant_config_of", "write_report"]
+__all__ = ["build", "make_trainer", "prepare", "run", "export_student", "load_student", "quant_config_of", "write_report"]

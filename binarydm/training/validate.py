@@ -1,0 +1,303 @@
+"""Every check a training run can make before it writes anything.
+
+``runner.run`` calls, in order and before the run directory is created:
+
+1. :func:`check_config`: ranges of every number (``optim.lr`` > 0 and finite, ``trainer.max_steps`` >= 1,
+   ``data.batch_size`` >= 1, ...), names (``quant``, ``quant_options``, ``optim.schedule``, ``data.name``),
+   conflicting keys (``model.pretrained`` with ``model.config``), the output location, the resume file's
+   existence, and the FID evaluation's inputs;
+2. :func:`check_model`: the data's image size and channels against the UNet actually loaded;
+3. :func:`check_data`: the data set can be read and holds at least one batch;
+4. :func:`check_resume`: the resume checkpoint can be read and was written for this architecture.
+
+Each failure is a :class:`binarydm.errors.UsageError` with one line naming the key to change. Types
+(a string where a number belongs, an unknown key) are checked earlier by ``training.config``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import UsageError, one_line
+
+# key -> smallest allowed value (integers)
+_INT_MIN = {
+    "seed": 0,
+    "trainer.max_steps": 1,
+    "trainer.num_nodes": 1,
+    "trainer.log_every_n_steps": 1,
+    "trainer.checkpoint_every_n_steps": 1,
+    "data.batch_size": 1,
+    "data.image_size": 1,
+    "data.num_workers": 0,
+    "data.val_size": 1,
+    "data.synthetic_size": 1,
+    "optim.warmup_steps": 0,
+    "loss.lrm_rank_divisor": 1,
+    "progressive.start_step": 0,
+    "progressive.every": 1,
+    "ebb.transition_step": 0,
+    "ema.start_step": 0,
+    "sample.num_images": 0,
+    "sample.num_inference_steps": 1,
+    "sample.seed": 0,
+    "eval.fid_samples": 0,
+    "eval.sample_steps": 1,
+    "eval.sample_batch": 1,
+    "eval.seed": 0,
+}
+# key -> (low, high, low inclusive, high inclusive) for floats
+_FLOAT_RANGE = {
+    "optim.lr": (0.0, math.inf, False, False),
+    "optim.eps": (0.0, math.inf, False, False),
+    "optim.weight_decay": (0.0, math.inf, True, False),
+    "optim.min_lr_ratio": (0.0, 1.0, True, True),
+    "loss.lrm_weight": (0.0, math.inf, True, False),
+    "ebb.tau": (0.0, math.inf, True, False),
+    "ema.decay": (0.0, 1.0, True, True),
+}
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key)
+
+
+def _interval(lo: float, hi: float, lo_in: bool, hi_in: bool) -> str:
+    if hi == math.inf:
+        return f"{'>=' if lo_in else '>'} {lo:g}"
+    return f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    for key, low in _INT_MIN.items():
+        value = _get(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise UsageError(f"{key}={value!r}: must be an integer >= {low}")
+    for key, (lo, hi, lo_in, hi_in) in _FLOAT_RANGE.items():
+        value = _get(cfg, key)
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{key}={value!r}: must be a number {_interval(lo, hi, lo_in, hi_in)}") from None
+        ok = math.isfinite(v) and (v > lo or (lo_in and v == lo)) and (v < hi or (hi_in and v == hi))
+        if not ok:
+            hint = " (a learning rate this large diverges)" if key == "optim.lr" and v > 1 else ""
+            raise UsageError(f"{key}={value!r}: must be a finite number {_interval(lo, hi, lo_in, hi_in)}{hint}")
+    betas = _get(cfg, "optim.betas")
+    if (not isinstance(betas, (list, tuple)) and not OmegaConf.is_list(betas)) or len(betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+        raise UsageError(f"optim.betas={OmegaConf.to_container(betas) if OmegaConf.is_list(betas) else betas!r}: must "
+                         "be two numbers in [0, 1), e.g. optim.betas=[0.9,0.999]")
+    if _get(cfg, "optim.warmup_steps") >= _get(cfg, "trainer.max_steps") and _get(cfg, "optim.warmup_steps") > 0:
+        raise UsageError(f"optim.warmup_steps={_get(cfg, 'optim.warmup_steps')}: must be smaller than "
+                         f"trainer.max_steps={_get(cfg, 'trainer.max_steps')}")
+    threads = _get(cfg, "num_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"num_threads={threads!r}: must be an integer >= 1 (or null for torch's default)")
+    clip = _get(cfg, "trainer.gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip)
+                             or clip <= 0):
+        raise UsageError(f"trainer.gradient_clip_val={clip!r}: must be a number > 0 (or null: no clipping)")
+    for key in ("trainer.val_check_interval", "trainer.limit_val_batches"):
+        value = _get(cfg, key)
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or (
+            isinstance(value, float) and 0 < value <= 1)
+        if not ok:
+            raise UsageError(f"{key}={value!r}: must be an integer >= 1 (batches) or a fraction in (0, 1]")
+    fid = _get(cfg, "eval.fid_samples")
+    if fid == 1:
+        raise UsageError("eval.fid_samples=1: FID needs a covariance, so at least 2 samples (0 turns FID off)")
+
+
+def _check_names(cfg: DictConfig) -> None:
+    from .data import DATASETS
+
+    name = str(_get(cfg, "name") or "")
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise UsageError(f"name={name!r}: must be a non-empty directory name without '/' (the run directory is "
+                         "<out_dir>/<name>)")
+    schedule = _get(cfg, "optim.schedule")
+    if schedule not in ("cosine", "constant"):
+        raise UsageError(f"optim.schedule={schedule!r}: must be 'cosine' or 'constant'")
+    data_name = _get(cfg, "data.name")
+    if data_name not in DATASETS:
+        raise UsageError(f"data.name={data_name!r}: must be one of {', '.join(DATASETS)}")
+    channels = _get(cfg, "data.channels")
+    if channels not in (1, 3):
+        raise UsageError(f"data.channels={channels!r}: must be 1 or 3")
+    features = _get(cfg, "eval.features")
+    if features not in ("inception", "tiny"):
+        raise UsageError(f"eval.features={features!r}: must be 'inception' or 'tiny'")
+    precision = str(_get(cfg, "trainer.precision"))
+    valid = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "16", "bf16",
+             "transformer-engine", "transformer-engine-float16")
+    if precision not in valid:
+        raise UsageError(f"trainer.precision={precision!r}: must be one of 32-true, 16-mixed, bf16-mixed, 16-true, "
+                         "bf16-true, 64-true")
+
+
+def _check_quant(cfg: DictConfig) -> None:
+    from .runner import quant_config_of
+
+    try:
+        quant_config_of(cfg)
+    except UsageError:
+        raise
+    except (ValueError, TypeError, KeyError) as err:
+        options = OmegaConf.to_container(cfg.quant_options) if cfg.quant_options is not None else {}
+        where = f"quant={cfg.quant}" + (f" with quant_options={options}" if options else "")
+        raise UsageError(f"{where}: {one_line(err)}") from None
+
+
+def _check_model_keys(cfg: DictConfig) -> None:
+    pretrained, config = _get(cfg, "model.pretrained"), _get(cfg, "model.config")
+    if pretrained and config is not None:
+        raise UsageError(
+            f"model.pretrained={pretrained!r} and model.config are both set, and model.config would win silently; "
+            "set model.config=null to start from model.pretrained, or model.pretrained=null for a fresh UNet"
+        )
+    if not pretrained and config is None:
+        raise UsageError("neither model.pretrained nor model.config is set: name a diffusers UNet directory or hub id "
+                         "(model.pretrained=...) or give a UNet2DModel config (model.config={...})")
+
+
+def _check_paths(cfg: DictConfig) -> None:
+    from ..packing.format import check_output_path
+
+    check_output_path(Path(str(cfg.out_dir)) / str(cfg.name), "out_dir", directory=True)
+    resume = _get(cfg, "resume")
+    if resume is not None:
+        path = Path(str(resume)).expanduser()
+        if path.is_dir():
+            last = path / "checkpoints" / "last.ckpt"
+            hint = f" such as {last}" if last.is_file() else " (e.g. <run>/checkpoints/last.ckpt)"
+            raise UsageError(f"resume={resume}: is a directory; point resume= at a checkpoint file{hint}")
+        if not path.is_file():
+            raise UsageError(f"resume={resume}: no such checkpoint file; point resume= at a .ckpt file "
+                             "(e.g. <run>/checkpoints/last.ckpt)")
+    if _get(cfg, "data.name") == "folder" and not Path(str(_get(cfg, "data.root"))).is_dir():
+        raise UsageError(f"data.root={_get(cfg, 'data.root')}: no such image folder (data.name=folder)")
+
+
+def _check_eval(cfg: DictConfig) -> None:
+    if not cfg.export or _get(cfg, "eval.fid_samples") <= 0:
+        return
+    from .final_eval import reference_of
+
+    ref = reference_of(cfg)
+    if ref is not None and ref[0] not in ("fashion-mnist", "fashion_mnist", "cifar10") and not Path(ref[0]).is_dir():
+        raise UsageError(f"eval.reference={ref[0]}: neither fashion-mnist, cifar10 nor an image folder")
+    if _get(cfg, "eval.features") == "inception" and ref is not None:
+        from ..evaluation.inception import InceptionWeightsNotFound, find_weights
+
+        try:
+            find_weights(_get(cfg, "eval.weights"))
+        except InceptionWeightsNotFound as err:
+            raise UsageError(f"eval.fid_samples={_get(cfg, 'eval.fid_samples')} needs the Inception weights: "
+                             f"{one_line(err).replace('fid.weights', 'eval.weights')} (or set eval.fid_samples=0)"
+                             ) from None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every check that needs no model or data (cheap: no network, no weights)."""
+    _check_numbers(cfg)
+    _check_names(cfg)
+    _check_model_keys(cfg)
+    _check_quant(cfg)
+    _check_paths(cfg)
+    _check_eval(cfg)
+
+
+def _size(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            return -1  # not square: never equal to data.image_size
+        value = value[0]
+    return int(value)
+
+
+def check_model(cfg: DictConfig, unet) -> None:
+    """The data must fit the UNet: its sample_size, in_channels and out_channels (noise prediction)."""
+    config = unet.config
+    source = f"model.pretrained={cfg.model.pretrained}" if cfg.model.config is None else "model.config"
+    size = _size(getattr(config, "sample_size", None))
+    image_size = int(cfg.data.image_size)
+    if size is not None and size != image_size:
+        raise UsageError(f"data.image_size={image_size} does not match the UNet's sample_size={size} ({source}); "
+                         f"set data.image_size={size} or use a UNet built for {image_size}-pixel images")
+    channels = int(cfg.data.channels)
+    for attr in ("in_channels", "out_channels"):
+        have = int(getattr(config, attr))
+        if have != channels:
+            raise UsageError(f"data.channels={channels} does not match the UNet's {attr}={have} ({source}); set "
+                             f"data.channels={have} or use a UNet with {attr}={channels}")
+
+
+def check_data(cfg: DictConfig, datamodule) -> None:
+    """Read the data set now (the data module keeps it for fit) so that a missing or too small one fails
+    before the run directory exists."""
+    from ..datasets import DatasetNotFoundError
+
+    try:
+        datamodule.setup("fit")
+    except DatasetNotFoundError:
+        raise
+    except (ValueError, OSError) as err:
+        raise UsageError(f"data ({cfg.data.name}, data.root={cfg.data.root}): {one_line(err)}") from None
+    n = len(datamodule.train_set)
+    if n < int(cfg.data.batch_size):
+        raise UsageError(f"data.batch_size={cfg.data.batch_size}: the training set ({cfg.data.name}) has only {n} "
+                         "images; lower data.batch_size or add data")
+
+
+def _summarize_mismatch(ckpt: dict, model: dict) -> Optional[str]:
+    missing = sorted(k for k in model if k not in ckpt)
+    unexpected = sorted(k for k in ckpt if k not in model)
+    wrong = sorted(k for k in model if k in ckpt and tuple(ckpt[k].shape) != tuple(model[k].shape))
+    if not (missing or unexpected or wrong):
+        return None
+    parts = []
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} tensors of another shape (first: {k}: checkpoint {tuple(ckpt[k].shape)}, "
+                     f"model {tuple(model[k].shape)})")
+    if missing:
+        parts.append(f"{len(missing)} missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    return "; ".join(parts)
+
+
+def check_resume(cfg: DictConfig, module) -> None:
+    """The resume checkpoint is a readable Lightning checkpoint of this architecture and quantization."""
+    if cfg.resume is None:
+        return
+    import torch
+
+    path = Path(str(cfg.resume)).expanduser()
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, pickle errors, ...
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"resume={cfg.resume}: cannot read it as a checkpoint (truncated or corrupted?): {first}; "
+                         "resume from an earlier checkpoint of the run") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        raise UsageError(f"resume={cfg.resume}: not a Lightning training checkpoint (no state_dict/global_step); a "
+                         "student directory or packed file cannot be resumed, use model.pretrained for a new run")
+    # Buffers that are empty until fitted (the LRM projections) take their shape from the checkpoint.
+    model = {k: v for k, v in module.state_dict().items() if v.numel() > 0 or k not in ckpt["state_dict"]}
+    state = {k: v for k, v in ckpt["state_dict"].items() if k in model or not k.startswith("lrm.")}
+    mismatch = _summarize_mismatch(state, model)
+    if mismatch:
+        raise UsageError(f"resume={cfg.resume}: written for another architecture or quantization than this run's "
+                         f"(model.*, quant, quant_options): {mismatch}; resume with the settings of the run that "
+                         "wrote it (its config.yaml)")
+
+
+__all__ = ["check_config", "check_data", "check_model", "check_resume"]
