@@ -4,7 +4,9 @@
 [+ ``scheduler_config.json``], as a training run writes it; a run directory holding ``student/`` works
 too) or an existing packed file (re-export). Prints the file size, the size of the same UNet as an
 FP32 diffusers checkpoint and their ratio, and the theoretical storage of ``binarydm.summary``.
-Add ``verify=true`` to reload the file and check that its output equals the student's.
+Add ``verify=true`` to reload the file and check that its output equals the student's. An existing
+``out`` that is not a packed file is refused (``overwrite=true`` replaces it); the file is written
+atomically and follows the umask.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .sample import parse_args
+from .errors import RunFailed, UsageError, run_main
+from .sample import load_for_cli, parse_args
 
-DEFAULTS = {"ckpt": None, "out": None, "verify": False}
+DEFAULTS = {"ckpt": None, "out": None, "verify": False, "overwrite": False}
 USAGE = __doc__.split("\n\n")[0] + "\n  options: " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items())
 
 
@@ -42,15 +45,43 @@ def example_inputs(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(1, cfg.in_channels, size, size, device=device), torch.tensor([500], device=device)
 
 
-def export(ckpt: Path, out: Path, verify: bool = False) -> dict[str, Any]:
-    from . import summary
-    from .packing import export_packed, file_sizes, load_checkpoint, load_packed
+def _is_packed(path: Path) -> bool:
+    """Whether ``path`` is a binarydm packed file (its header says so; the payload is not read)."""
+    from safetensors import safe_open
 
+    from .packing import FORMAT
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - any unreadable file is "not a packed file"
+        return False
+
+
+def check_out(out: Path, overwrite: bool = False) -> None:
+    """``out`` must be a new file, an earlier packed file (replaced) or, with ``overwrite``, any file."""
+    from .packing.format import check_output_path
+
+    check_output_path(out, "out", directory=False)
+    if out.exists() and not overwrite and not _is_packed(out):
+        raise UsageError(f"out={out}: exists and is not a binarydm packed file; choose another out=, or pass "
+                         "overwrite=true to replace it")
+
+
+def export(ckpt: Path, out: Path, verify: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    from . import summary
+    from .packing import export_packed, file_sizes, load_packed
+
+    ckpt, out = Path(ckpt), Path(out)
+    if not ckpt.exists():
+        raise UsageError(f"ckpt={ckpt}: no such file or directory")
+    check_out(out, overwrite)  # before any work
     if ckpt.is_dir() and (ckpt / "student").is_dir():
         ckpt = ckpt / "student"
-    model, configs = load_checkpoint(ckpt)
+    model, configs = load_for_cli(ckpt)
     if configs.get("quant_config") is None:
-        raise SystemExit(f"{ckpt}: a full-precision diffusers model (no quant_config.json): nothing to pack")
+        raise UsageError(f"ckpt={ckpt}: a full-precision diffusers model (no quant_config.json): nothing to pack; "
+                         "export a binarized student")
     export_packed(model, configs["unet_config"], configs["quant_config"], out, configs.get("scheduler_config"))
     sizes = file_sizes(out)
     fp32 = fp32_checkpoint_bytes(configs["unet_config"])
@@ -73,11 +104,11 @@ def export(ckpt: Path, out: Path, verify: bool = False) -> dict[str, Any]:
     return report
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
+def _main(argv: list[str]) -> None:
+    args = parse_args(argv, DEFAULTS, USAGE)
     if args["ckpt"] is None or args["out"] is None:
-        raise SystemExit(f"ckpt=PATH and out=FILE are required\n{USAGE}")
-    r = export(Path(args["ckpt"]), Path(args["out"]), bool(args["verify"]))
+        raise UsageError("ckpt=PATH and out=FILE are both required (see --help)")
+    r = export(Path(args["ckpt"]), Path(args["out"]), bool(args["verify"]), bool(args["overwrite"]))
     mib = 2**20
     print(f"wrote {r['file']}: {r['bytes'] / mib:.3f} MiB ({r['bytes']:,} bytes, header {r['header_bytes']:,})")
     print(f"FP32 diffusers checkpoint of the same UNet: {r['fp32_bytes'] / mib:.3f} MiB -> {r['ratio']:.2f}x smaller")
@@ -86,7 +117,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"reloaded output equals the student's: {r['verified_equal']}")
     print(json.dumps(r))
     if r.get("verified_equal") is False:
-        raise SystemExit(1)
+        raise RunFailed(f"{r['file']}: the reloaded packed model's output differs from the student's (verify=true)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """A user error prints ``error: ...`` and raises SystemExit(2) (BINARYDM_DEBUG=1: the traceback)."""
+    run_main(_main, argv, raise_exit=True)
 
 
 if __name__ == "__main__":

