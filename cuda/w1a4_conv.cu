@@ -12,7 +12,7 @@
 //                                      on Hopper the 8-bit path is the dense integer one, there is no
 //                                      4-bit mma throughput published for sm_90)
 //   w1a4_conv_simt_{f16,f32}           CUDA cores, one thread per output; the first correctness target
-//   w1a4_quantize_pack                 float32 x (any strides) -> packed 4-bit NHWC codes (LSQ rounding)
+//   w1a4_quantize_pack_{f32,f16,bf16}  x (any strides) -> packed 4-bit NHWC codes (LSQ rounding)
 //
 // GEMM view: M = N*OH*OW output pixels, Ncols = n_bases*C_out columns, K = KH*KW*C_pad. Column j holds
 // base j % NB of output channel j / NB, so with two bases a thread's accumulator pair (c0, c1) -- two
@@ -375,13 +375,29 @@ W1A4_MMA_ENTRY(w1a4_conv_mma_nb2_f32, 2, false)
 
 // ---- activation quantization and packing --------------------------------------------------------
 // One thread per packed word (8 channels of one pixel): code = rint(clamp(x / d, qn, qp)) - qn, the
-// rounding of torch.round (half to even) and the same float32 division as the PyTorch packer.
-extern "C" __global__ void w1a4_quantize_pack(const float* __restrict__ x, u32* __restrict__ out, int N, int C,
-                                              int H, int W, long long sN, long long sC, long long sH, long long sW,
-                                              int words_per_pixel, float step, int qn, int qp) {
+// rounding of torch.round (half to even) and the same float32 division as the PyTorch packer. The
+// input is read in its own dtype (converting fp16/bf16 to float32 is exact), so the launcher makes no
+// float32 copy of it; the step is read from device memory, so the launcher never syncs to fetch it.
+enum { IN_F32 = 0, IN_F16 = 1, IN_BF16 = 2 };
+
+template <int IN>
+__device__ __forceinline__ float load_as_f32(const void* __restrict__ x, long long i) {
+    if (IN == IN_F32) return reinterpret_cast<const float*>(x)[i];
+    const u16 h = reinterpret_cast<const u16*>(x)[i];
+    if (IN == IN_BF16) return __uint_as_float((u32)h << 16);
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+template <int IN>
+__device__ void quantize_pack(const void* __restrict__ x, u32* __restrict__ out, int N, int C, int H, int W,
+                              long long sN, long long sC, long long sH, long long sW, int words_per_pixel,
+                              const float* __restrict__ step_ptr, int qn, int qp) {
     const long long total = (long long)N * H * W * words_per_pixel;
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
+    const float step = *step_ptr;
     const int word = (int)(idx % words_per_pixel);
     const long long pix = idx / words_per_pixel;
     const int w = (int)(pix % W);
@@ -392,10 +408,20 @@ extern "C" __global__ void w1a4_quantize_pack(const float* __restrict__ x, u32* 
     for (int j = 0; j < 8; ++j) {
         const int c = word * 8 + j;
         if (c < C) {
-            const float v = __fdiv_rn(x[n * sN + c * sC + h * sH + w * sW], step);
+            const float v = __fdiv_rn(load_as_f32<IN>(x, n * sN + c * sC + h * sH + w * sW), step);
             const float q = rintf(fminf(fmaxf(v, (float)qn), (float)qp));
             packed |= (u32)((int)q - qn) << (4 * j);
         }
     }
     out[idx] = packed;
 }
+
+#define W1A4_PACK_ENTRY(NAME, IN)                                                                       \
+    extern "C" __global__ void NAME(const void* x, u32* out, int N, int C, int H, int W, long long sN,  \
+                                    long long sC, long long sH, long long sW, int words_per_pixel,       \
+                                    const float* step, int qn, int qp) {                                 \
+        quantize_pack<IN>(x, out, N, C, H, W, sN, sC, sH, sW, words_per_pixel, step, qn, qp);            \
+    }
+W1A4_PACK_ENTRY(w1a4_quantize_pack_f32, IN_F32)
+W1A4_PACK_ENTRY(w1a4_quantize_pack_f16, IN_F16)
+W1A4_PACK_ENTRY(w1a4_quantize_pack_bf16, IN_BF16)

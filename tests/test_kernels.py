@@ -208,7 +208,7 @@ def test_cuda_source_compiles_with_nvcc(arch, tmp_path):
     cubin = kcuda.build_cubin(arch, tmp_path)
     assert cubin.stat().st_size > 0
     names = cubin.read_bytes()
-    for kernel in kcuda.MMA_KERNELS + kcuda.SIMT_KERNELS + (kcuda.PACK_KERNEL,):
+    for kernel in kcuda.MMA_KERNELS + kcuda.SIMT_KERNELS + tuple(kcuda.PACK_KERNELS.values()):
         assert kernel.encode() in names
 
 
@@ -337,3 +337,52 @@ def test_quantize_pack_kernel_equals_packer(channels_last):
     packed = kcuda.quantize_pack(x, 0.3)
     torch.cuda.synchronize()
     assert torch.equal(packed.codes, pack_activation(x, 0.3).codes)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_quantize_pack_reads_half_inputs_in_place(dtype):
+    # fp16/bf16 are read as they are (no float32 copy); converting them to float32 is exact, so the
+    # codes equal the packer's on the same values.
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    gen = torch.Generator().manual_seed(19)
+    x = (torch.randn(3, 70, 5, 6, generator=gen) * 3).to(dtype).cuda().contiguous(memory_format=torch.channels_last)
+    step = torch.tensor(0.37, device="cuda")
+    codes = torch.full((3, 5, 6, 12), -1, dtype=torch.int32, device="cuda")  # poisoned
+    packed = kcuda.quantize_pack(x, step, out=codes)
+    torch.cuda.synchronize()
+    assert packed.codes.data_ptr() == codes.data_ptr()
+    assert torch.equal(codes, pack_activation(x, step).codes)
+
+
+@pytest.mark.gpu
+def test_quantize_pack_and_launch_replay_in_a_cuda_graph():
+    # No host sync in either launcher (a .item() would make the capture fail), so a graph can hold them.
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    gen = torch.Generator().manual_seed(23)
+    _, w, _, _ = _random_operands(64, 40, 3, 1, 1, 2, 8, gen, device="cuda")
+    x = torch.randn(2, 64, 9, 11, generator=gen).cuda().half()
+    step = torch.tensor(0.2, device="cuda")
+    codes = torch.empty(2, 9, 11, 8, dtype=torch.int32, device="cuda")
+    out = torch.empty(2, 9, 11, 40, dtype=torch.float16, device="cuda")
+    scale = reference.epilogue_scale(w, PackedActivation(codes, step, 8, 64))
+
+    def run():
+        kcuda.launch(kcuda.quantize_pack(x, step, out=codes), w, torch.float16, out=out, scale=scale)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    x.copy_(torch.randn(2, 64, 9, 11, generator=gen).half())  # new input, same buffer
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = reference.w1a4_conv2d(pack_activation(x, step), w)
+    assert torch.equal(out.permute(0, 3, 1, 2), expected)

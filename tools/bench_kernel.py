@@ -1,26 +1,39 @@
-"""Benchmark of the W1A4 convolution kernel against torch fp16 convolution, per conv shape of a UNet.
+"""Benchmark of the W1A4 convolution kernel against cuDNN fp16 convolution, per conv shape of a UNet.
 
-For every distinct Conv2d shape of the google/ddpm-cifar10-32 UNet (block_out_channels 128, 256, 256,
-256 at 32, 16, 8, 4 resolution; built from its config, random weights) at each batch size: the
-kernel's time (packed 4-bit codes in, NHWC fp16 out, two weight bases) against F.conv2d in fp16 with
-channels_last and cudnn.benchmark on; CUDA events around each call, the median of many runs after a
-warm-up, operand sets rotated so that repeated runs do not measure a warm cache. Achieved TOPS counts
-2 * N * OH * OW * C_out * C_in * KH * KW operations. Then the whole UNet forward at each batch size:
-the fp16 model (channels_last) against the same model binarized to W1A4, calibrated, converted to
-fp16 and switched to the kernel (``binarydm.kernels.inference.w1a4_inference_``). Writes a markdown
-table (and prints it), and with --json the figures ``tools/bench.py kernel_results=`` reads.
+For every distinct binarized Conv2d shape of the google/ddpm-cifar10-32 UNet (built from its config,
+random weights, no download) at each batch size and number of weight bases:
 
-    python tools/bench_kernel.py [--batch 64 256] [--reps 100] [--variant mma] [--out docs/kernel_figures.md]
-                                 [--json bench_kernel.json]
+* fp16: ``F.conv2d`` in fp16, channels_last, ``cudnn.benchmark`` on;
+* conv: the W1A4 kernel alone (packed codes in, NHWC fp16 out, output and epilogue scales allocated once);
+* w1a4: the activation quantization (``quantize_pack`` of the fp16 channels_last input) plus the kernel,
+  the figure to compare with fp16.
 
-Needs a CUDA GPU and CuPy (pip install cupy-cuda13x); exits with a message otherwise.
+Each is timed two ways: CUDA events around ``launches`` back-to-back calls (the per-call Python and
+launch cost included: a lower bound on what eager code pays), and replays of a CUDA graph holding the
+same calls (device time; None with the reason in ``errors`` if the capture fails). Operand sets are
+rotated so that repeated calls do not all hit a warm L2. The median of ``--repeats`` timings, per call,
+in microseconds. Then the whole UNet forward (one timestep) at each batch: the fp16 model against the
+same model binarized to W1A4, calibrated, converted to fp16 and switched to the kernel
+(``binarydm.kernels.inference.w1a4_inference_``), with the relative error of the W1A4 output against
+the fake-quantized float32 model.
+
+    python tools/bench_kernel.py [--batch 1 64 256] [--bases 1 2] [--json bench_kernel.json]
+                                 [--out kernel_figures.md] [--no-layers] [--no-unet] [--dry-run]
+
+``--json`` is rewritten after every row, so a run cut short keeps what it measured; ``tools/bench.py
+kernel_results=`` reads its ``unet_speedup``. ``--dry-run`` runs every step on the CPU (the PyTorch
+reference in place of the kernel, perf_counter in place of CUDA events, two shapes, batch 1) to check
+this script without a GPU: its figures mean nothing. Needs a CUDA GPU and CuPy otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -51,126 +64,315 @@ def conv_shapes(arch: str = "ddpm-cifar10-32") -> list[tuple]:
     return list(seen)
 
 
-def time_ms(fn, reps: int, warmup: int = 10) -> float:
-    for i in range(warmup):
+# ---- timing -------------------------------------------------------------------------------------
+def _run(fn, launches: int) -> None:
+    for i in range(launches):
         fn(i)
+
+
+def time_calls(fn, launches: int, repeats: int, device: torch.device) -> float:
+    """Median over ``repeats`` of the time of ``launches`` back-to-back calls ``fn(i)``, per call, in us."""
+    _run(fn, min(launches, 3))  # warm-up: module load, cudnn autotuning, allocator
     times = []
-    for i in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(i)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            _run(fn, launches)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e3 / launches)
+        else:
+            t0 = time.perf_counter()
+            _run(fn, launches)
+            times.append((time.perf_counter() - t0) * 1e6 / launches)
     return statistics.median(times)
 
 
-def bench_shape(shape, batch: int, reps: int, variant: str, sets: int = 4) -> dict:
+def time_graph(fn, launches: int, repeats: int) -> float:
+    """Median replay time of a CUDA graph holding ``launches`` calls ``fn(i)``, per call, in us."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs asks
+        _run(fn, 3)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _run(fn, launches)
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / launches)
+    return statistics.median(times)
+
+
+def launches_for(fn, device: torch.device, target_us: float, cap: int) -> int:
+    """Enough calls for one timing to last about ``target_us`` (at least 3, at most ``cap``)."""
+    once = time_calls(fn, 1, 1, device)
+    return int(max(3, min(cap, target_us // max(once, 1.0))))
+
+
+class Bench:
+    """Rows and errors, written to ``--json`` after every row."""
+
+    def __init__(self, path, meta: dict):
+        self.path, self.data = path, {**meta, "layers": [], "unet": [], "errors": [], "complete": False}
+
+    def add(self, kind: str, row: dict) -> None:
+        self.data[kind].append(row)
+        self.save()
+
+    def error(self, where: str, err: BaseException) -> None:
+        self.data["errors"].append({"where": where, "error": f"{type(err).__name__}: {err}"})
+        print(f"bench_kernel: {where}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        self.save()
+
+    def save(self) -> None:
+        unet = [r for r in self.data["unet"] if r.get("t_w1a4_ms")]
+        if unet:
+            largest = max(unet, key=lambda r: r["batch"])
+            self.data["unet_speedup"] = largest["t_fp16_ms"] / largest["t_w1a4_ms"]
+        if self.path is not None:
+            Path(self.path).write_text(json.dumps(self.data, indent=1))
+
+
+def timed(bench: Bench, where: str, fn, launches: int, repeats: int, device: torch.device, graph: bool):
+    """(events us, graph us), either None where it failed (the error recorded)."""
+    out = []
+    for use_graph in (False, True):
+        if use_graph and not graph:
+            out.append(None)
+            continue
+        try:
+            out.append(time_graph(fn, launches, repeats) if use_graph else time_calls(fn, launches, repeats, device))
+        except Exception as err:  # noqa: BLE001 -- one failed timing must not end the benchmark
+            bench.error(f"{where} ({'graph' if use_graph else 'events'})", err)
+            out.append(None)
+    return out
+
+
+# ---- per layer ----------------------------------------------------------------------------------
+def bench_shape(bench: Bench, shape: tuple, batch: int, bases_list, args, device: torch.device) -> list[dict]:
     from binarydm.kernels import cuda as kcuda
-    from binarydm.kernels.packing import PackedActivation, pack_codes, pack_weight
+    from binarydm.kernels import reference
+    from binarydm.kernels.packing import PackedActivation, pack_activation, pack_weight, padded_channels
 
     cin, cout, k, s, p, h, w = shape
-    dev = torch.device("cuda")
-    bits = torch.randint(0, 2, (2, cout, cin, k, k), dtype=torch.uint8)
-    wp = pack_weight(bits, torch.rand(2, cout) + 0.1, torch.randn(cout), s, p).to(dev)
-    xs = [PackedActivation(pack_codes(torch.randint(0, 16, (batch, cin, h, w))).to(dev),
-                           torch.tensor(0.1, device=dev), 8, cin) for _ in range(sets)]
-    wf = torch.randn(cout, cin, k, k, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-    bf = torch.randn(cout, device=dev, dtype=torch.float16)
-    xf = [torch.randn(batch, cin, h, w, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-          for _ in range(sets)]
-    t_kernel = time_ms(lambda i: kcuda.launch(xs[i % sets], wp, torch.float16, variant), reps)
-    t_torch = time_ms(lambda i: F.conv2d(xf[i % sets], wf, bf, s, p), reps)
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    on_gpu = device.type == "cuda"
+    dtype = torch.float16 if on_gpu else torch.float32  # the CPU (dry run) has no fast fp16 conv
+    # Enough operand sets that the rotation spans well over the L2 (60 MB on an H200), at most 8.
+    set_bytes = batch * cin * h * w * 2
+    sets = int(max(2, min(8, -(-160e6 // set_bytes))))
+    xf = [(torch.randn(batch, cin, h, w, device=device) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
+          for _ in range(sets)]
+    wf = torch.randn(cout, cin, k, k, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    bf = torch.randn(cout, device=device, dtype=dtype)
+    graph, where = on_gpu and not args.no_graph, f"{shape} batch {batch}"
+    fp16 = lambda i: F.conv2d(xf[i % sets], wf, bf, s, p)  # noqa: E731
+    n_fp16 = launches_for(fp16, device, args.target_us, args.max_launches)
+    t_fp16 = timed(bench, f"fp16 {where}", fp16, n_fp16, args.repeats, device, graph)
+
+    step = torch.tensor(0.5, device=device)
     ops = 2 * batch * oh * ow * cout * cin * k * k
-    return dict(t_kernel=t_kernel, t_torch=t_torch, tops_kernel=ops / t_kernel / 1e9, tops_torch=ops / t_torch / 1e9)
+    rows = []
+    for nb in bases_list:
+        bits = torch.randint(0, 2, (nb, cout, cin, k, k), dtype=torch.uint8)
+        wp = pack_weight(bits, torch.rand(nb, cout) + 0.1, torch.randn(cout), s, p).to(device)
+        codes = [torch.empty(batch, h, w, padded_channels(cin) // 8, dtype=torch.int32, device=device)
+                 for _ in range(sets)]
+        if on_gpu:
+            packed = [kcuda.quantize_pack(x, step, out=c) for x, c in zip(xf, codes)]
+            scale = reference.epilogue_scale(wp, packed[0])
+            out = torch.empty(batch, oh, ow, cout, dtype=torch.float16, device=device)
+
+            def conv(i):
+                kcuda.launch(packed[i % sets], wp, torch.float16, args.variant, out=out, scale=scale)
+
+            def w1a4(i):
+                pa = kcuda.quantize_pack(xf[i % sets], step, out=codes[i % sets])
+                kcuda.launch(pa, wp, torch.float16, args.variant, out=out, scale=scale)
+        else:
+            packed = [pack_activation(x, step) for x in xf]
+
+            def conv(i):
+                reference.w1a4_conv2d(packed[i % sets], wp, torch.float16)
+
+            def w1a4(i):
+                reference.w1a4_conv2d(pack_activation(xf[i % sets], step), wp, torch.float16)
+
+        n = launches_for(w1a4, device, args.target_us, args.max_launches)
+        t_conv = timed(bench, f"conv {where} bases {nb}", conv, n, args.repeats, device, graph)
+        t_w1a4 = timed(bench, f"w1a4 {where} bases {nb}", w1a4, n, args.repeats, device, graph)
+        best = lambda t: t[1] if t[1] is not None else t[0]  # noqa: E731  device time where the graph ran
+        row = dict(batch=batch, cin=cin, cout=cout, k=k, stride=s, pad=p, h=h, w=w, bases=nb, gops=ops / 1e9,
+                   launches_fp16=n_fp16, launches_w1a4=n,
+                   fp16_us=t_fp16[0], fp16_graph_us=t_fp16[1], conv_us=t_conv[0], conv_graph_us=t_conv[1],
+                   w1a4_us=t_w1a4[0], w1a4_graph_us=t_w1a4[1])
+        if best(t_fp16) and best(t_w1a4):
+            row["speedup"] = best(t_fp16) / best(t_w1a4)
+            row["tops_w1a4"] = ops / best(t_w1a4) / 1e6
+            row["tflops_fp16"] = ops / best(t_fp16) / 1e6
+        bench.add("layers", row)
+        rows.append(row)
+    return rows
 
 
-def bench_unet(batch: int, reps: int) -> dict:
-    """Whole-UNet forward (one timestep), fp16 model vs W1A4 kernel mode, milliseconds."""
+# ---- whole UNet ---------------------------------------------------------------------------------
+def build_models(device: torch.device):
+    """(fp16 model, W1A4 kernel-mode model, fake-quantized float32 student) of ddpm-cifar10-32."""
+    import copy
     import warnings
 
     import binarydm
     from binarydm.kernels.inference import w1a4_inference_
     from binarydm.unets import build_unet
 
-    dev = torch.device("cuda")
     torch.manual_seed(0)
     fp = build_unet("ddpm-cifar10-32").eval()
-    student = build_unet("ddpm-cifar10-32").eval()
-    student.load_state_dict(fp.state_dict())
+    student = copy.deepcopy(fp)
     binarydm.binarize_(student, "w1a4")
     binarydm.calibrate_(student, torch.randn(4, 3, 32, 32), torch.tensor([10, 300, 600, 900]))
-    fp = fp.to(dev).half().to(memory_format=torch.channels_last)
-    student = student.to(dev).half()
+    fake = copy.deepcopy(student).to(device)
+    half = torch.float16 if device.type == "cuda" else torch.float32
+    fp = fp.to(device, half).to(memory_format=torch.channels_last)
+    student = student.to(device).to(half)  # after the swap below, .half() must keep the packed operands here
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a fallback to the reference would not be a kernel figure
+        if device.type == "cuda":
+            warnings.simplefilter("error")  # a fallback to the reference would not be a kernel figure
         report = w1a4_inference_(student)
-    x = torch.randn(batch, 3, 32, 32, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-    t = torch.full((batch,), 500, device=dev)
+    student = student.to(half)
+    return fp, student, fake, report
+
+
+def bench_unet(bench: Bench, args, device: torch.device) -> None:
+    fp, student, fake, report = build_models(device)
+    swapped = sum(v == "w1a4" for v in report.values())
+    half = next(fp.parameters()).dtype
     with torch.no_grad():
-        t_fp = time_ms(lambda i: fp(x, t), reps, warmup=5)
-        t_q = time_ms(lambda i: student(x, t), reps, warmup=5)
-    return dict(t_fp16=t_fp, t_w1a4=t_q, swapped=sum(v == "w1a4" for v in report.values()), convs=len(report))
+        n = 8 if device.type == "cuda" else 1
+        x = torch.randn(n, 3, 32, 32, device=device)
+        t = torch.linspace(10, 999, n, device=device).long()
+        ref = fake(x, t).sample.double()
+        got = student(x.to(half), t).sample.double()
+        rel_err = ((got - ref).norm() / ref.norm()).item()
+        print(f"bench_kernel: W1A4 UNet vs fake-quantized float32: relative error {rel_err:.2e}", flush=True)
+        for batch in args.batch:
+            x = torch.randn(batch, 3, 32, 32, device=device, dtype=half).contiguous(memory_format=torch.channels_last)
+            t = torch.full((batch,), 500, device=device)
+            graph = device.type == "cuda" and not args.no_graph
+            where = f"unet batch {batch}"
+            t_fp = timed(bench, f"{where} fp16", lambda i: fp(x, t), args.unet_launches, args.repeats, device,
+                         graph)
+            t_q = timed(bench, f"{where} w1a4", lambda i: student(x, t), args.unet_launches, args.repeats,
+                        device, graph)
+            best = lambda v: v[1] if v[1] is not None else v[0]  # noqa: E731
+            row = dict(batch=batch, t_fp16_ms=best(t_fp) and best(t_fp) / 1e3, t_w1a4_ms=best(t_q) and best(t_q) / 1e3,
+                       fp16_events_ms=t_fp[0] and t_fp[0] / 1e3, w1a4_events_ms=t_q[0] and t_q[0] / 1e3,
+                       graph=t_fp[1] is not None and t_q[1] is not None, swapped=swapped, convs=len(report),
+                       rel_err_vs_fake_quant=rel_err)
+            if row["t_fp16_ms"] and row["t_w1a4_ms"]:
+                row["speedup"] = row["t_fp16_ms"] / row["t_w1a4_ms"]
+            bench.add("unet", row)
 
 
-def main() -> None:
+# ---- output -------------------------------------------------------------------------------------
+def fmt(v, spec=".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(data: dict) -> str:
+    lines = [f"W1A4 conv ({data['variant']}) vs cuDNN fp16 (channels_last, cudnn.benchmark) on {data['device']}; "
+             "us per call, median; graph = CUDA graph replay (device time), events = back-to-back eager calls; "
+             "w1a4 = quantize+pack + conv.", "",
+             "| batch | C_in | C_out | k | s | H x W | bases | fp16 graph | w1a4 graph | conv graph | fp16 events | "
+             "w1a4 events | speedup | W1A4 TOPS |", "|" + "---|" * 14]
+    for r in data["layers"]:
+        lines.append(f"| {r['batch']} | {r['cin']} | {r['cout']} | {r['k']} | {r['stride']} | {r['h']}x{r['w']} | "
+                     f"{r['bases']} | {fmt(r['fp16_graph_us'])} | {fmt(r['w1a4_graph_us'])} | "
+                     f"{fmt(r['conv_graph_us'])} | {fmt(r['fp16_us'])} | {fmt(r['w1a4_us'])} | "
+                     f"{fmt(r.get('speedup'), '.2f')}x | {fmt(r.get('tops_w1a4'))} |")
+    lines += ["", "Whole UNet forward (ddpm-cifar10-32, random weights, one timestep), ms:", "",
+              "| batch | fp16 | W1A4 | speedup | graph | convs on the kernel | rel. error vs fake-quant |",
+              "|---|---|---|---|---|---|---|"]
+    for r in data["unet"]:
+        lines.append(f"| {r['batch']} | {fmt(r['t_fp16_ms'], '.3f')} | {fmt(r['t_w1a4_ms'], '.3f')} | "
+                     f"{fmt(r.get('speedup'), '.2f')}x | {r['graph']} | {r['swapped']} of {r['convs']} | "
+                     f"{r['rel_err_vs_fake_quant']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--reps", type=int, default=100)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256])
+    parser.add_argument("--bases", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    parser.add_argument("--repeats", type=int, default=5, help="timings per figure (median)")
+    parser.add_argument("--target-us", type=float, default=20000, help="length of one timing of a layer")
+    parser.add_argument("--max-launches", type=int, default=200)
+    parser.add_argument("--unet-launches", type=int, default=10)
     parser.add_argument("--variant", choices=["mma", "simt"], default="mma")
+    parser.add_argument("--no-graph", action="store_true", help="time eager calls only")
+    parser.add_argument("--no-layers", action="store_true")
+    parser.add_argument("--no-unet", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, reference, two shapes: checks the script only")
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write the table to")
-    parser.add_argument("--json", type=Path, default=None, help="JSON file for tools/bench.py kernel_results=")
-    parser.add_argument("--unet-reps", type=int, default=30)
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help="JSON file (rewritten after every row)")
+    args = parser.parse_args(argv)
 
-    if not torch.cuda.is_available():
-        sys.exit("bench_kernel: no CUDA device visible to PyTorch; run this on a machine with an NVIDIA GPU")
-    from binarydm.kernels import cuda as kcuda
+    if args.dry_run:
+        device = torch.device("cpu")
+        args.batch, args.repeats, args.max_launches, args.unet_launches = [1], 2, 2, 1
+        name = "CPU (dry run: reference, figures meaningless)"
+    else:
+        if not torch.cuda.is_available():
+            sys.exit("bench_kernel: no CUDA device visible to PyTorch; run this on a machine with an NVIDIA GPU "
+                     "(or --dry-run)")
+        from binarydm.kernels import cuda as kcuda
 
-    try:
-        kcuda.load_module()
-    except kcuda.KernelUnavailable as err:
-        sys.exit(f"bench_kernel: the W1A4 kernel cannot load here: {err}")
-    torch.backends.cudnn.benchmark = True
+        try:
+            kcuda.load_module()
+        except kcuda.KernelUnavailable as err:
+            sys.exit(f"bench_kernel: the W1A4 kernel cannot load here: {err}")
+        device, name = torch.device("cuda"), torch.cuda.get_device_name()
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-
-    device = torch.cuda.get_device_name()
-    lines = [f"W1A4 conv ({args.variant}, 2 bases, fp16 out) vs torch fp16 conv (channels_last, cudnn.benchmark) "
-             f"on {device}; median of {args.reps} runs, CUDA events.", "",
-             "| batch | C_in | C_out | k | s | H x W | W1A4 us | fp16 us | speedup | W1A4 TOPS | fp16 TFLOPS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for batch in args.batch:
-        for shape in conv_shapes():
-            cin, cout, k, s, _, h, w = shape
-            r = bench_shape(shape, batch, args.reps, args.variant)
-            lines.append(f"| {batch} | {cin} | {cout} | {k} | {s} | {h}x{w} | {r['t_kernel'] * 1e3:.1f} | "
-                         f"{r['t_torch'] * 1e3:.1f} | {r['t_torch'] / r['t_kernel']:.2f}x | "
-                         f"{r['tops_kernel']:.1f} | {r['tops_torch']:.1f} |")
-            print(lines[-1], flush=True)
-    lines += ["", "Whole UNet forward (google/ddpm-cifar10-32 architecture, one timestep): fp16 model vs W1A4 "
-              "kernel mode (binarized convolutions on the kernel, the rest in fp16).", "",
-              "| batch | fp16 ms | W1A4 ms | speedup | convs on the kernel |", "|---|---|---|---|---|"]
-    unet = {}
-    for batch in args.batch:
-        r = bench_unet(batch, args.unet_reps)
-        unet[batch] = r
-        lines.append(f"| {batch} | {r['t_fp16']:.2f} | {r['t_w1a4']:.2f} | {r['t_fp16'] / r['t_w1a4']:.2f}x | "
-                     f"{r['swapped']} of {r['convs']} |")
-        print(lines[-1], flush=True)
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.json is not None:
-        import json
-
-        largest = max(unet)
-        args.json.write_text(json.dumps({"device": device, "unet": {str(b): r for b, r in unet.items()},
-                                         "unet_speedup": unet[largest]["t_fp16"] / unet[largest]["t_w1a4"]},
-                                        indent=1))
+    bench = Bench(args.json, dict(device=name, torch=torch.__version__, variant=args.variant,
+                                  batch=args.batch, bases=args.bases, dry_run=args.dry_run))
+    if not args.no_layers:
+        shapes = conv_shapes()
+        if args.dry_run:  # the two cheapest: the reference is slow
+            shapes = sorted(shapes, key=lambda c: c[0] * c[1] * c[2] ** 2 * c[5] * c[6])[:2]
+        for batch in args.batch:
+            for shape in shapes:
+                try:
+                    for r in bench_shape(bench, shape, batch, args.bases, args, device):
+                        print(f"bench_kernel: {r['batch']} x {shape} bases {r['bases']}: fp16 "
+                              f"{fmt(r['fp16_graph_us'])} us, w1a4 {fmt(r['w1a4_graph_us'])} us (graph), "
+                              f"speedup {fmt(r.get('speedup'), '.2f')}", flush=True)
+                except Exception as err:  # noqa: BLE001 -- record it, go on with the next shape
+                    traceback.print_exc()
+                    bench.error(f"layer {shape} batch {batch}", err)
+    if not args.no_unet:
+        try:
+            bench_unet(bench, args, device)
+        except Exception as err:  # noqa: BLE001
+            traceback.print_exc()
+            bench.error("unet", err)
+    bench.data["complete"] = True
+    bench.save()
+    text = table(bench.data)
+    print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
+        args.out.write_text(text)
+    return 1 if bench.data["errors"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -37,12 +37,16 @@ class W1A4Conv2d(nn.Module):
         self.qn, self.qp = aq.qn, aq.qp
         self.out_dtype = out_dtype
         self.out_channels = layer.out_channels
+        # The kernel's epilogue scales s_b = fl32(alpha_b * d), made once here rather than per call.
+        self.scale = (self.packed.alpha.to(torch.float32) * self.step).contiguous()
 
     def _apply(self, fn, recurse=True):
         # .to(device) / .cuda() / .half() of the model: move the packed operands but keep their dtypes
         # (bits and codes are integers; the kernel's epilogue scales are float32 whatever the model's dtype).
-        device = fn(torch.zeros(())).device
+        # Probe fn with a tensor on the operands' own device: a dtype-only fn (.half()) leaves it there.
+        device = fn(torch.empty(0, device=self.step.device)).device
         self.step = self.step.to(device)
+        self.scale = self.scale.to(device)
         self.packed = self.packed.to(device)
         return super()._apply(fn, recurse)
 
@@ -52,7 +56,7 @@ class W1A4Conv2d(nn.Module):
         else:
             packed_x = pack_activation(x, self.step, self.qn, self.qp)
         out_dtype = self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
-        return cuda.w1a4_conv2d(packed_x, self.packed, out_dtype).to(x.dtype)
+        return cuda.w1a4_conv2d(packed_x, self.packed, out_dtype, scale=self.scale).to(x.dtype)
 
     def extra_repr(self) -> str:
         p = self.packed

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The one GPU check of the W1A4 kernel: what a lent GPU machine runs, from the repository root.
+#
+#   OUT=/some/dir bash tools/device_check.sh             # on the GPU machine (about 4-6 minutes at most)
+#   OUT=/tmp/dc bash tools/device_check.sh --dry-run     # here, without a GPU: the reference, two shapes
+#
+# Stages, each under `timeout` and none stopping the next: install the carried wheels (.whl: diffusers
+# and what it needs that the GPU image lacks), nvidia-smi, versions, `pytest -m gpu` on the kernel
+# tests, tools/bench_kernel.py per layer (cuDNN fp16 vs W1A4, batch 1/64/256, one and two bases), the
+# whole UNet fp16 vs W1A4, and a summary. Writes $OUT/device_check.json (every stage's exit status and
+# seconds, the pytest summary, the benchmark figures), $OUT/device_check.log (everything printed),
+# $OUT/bench_kernel.json and $OUT/bench_kernel.md. The whole run stops inside $BUDGET seconds (330 by
+# default) even if a stage hangs: each stage gets the lesser of its own limit and what is left.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+OUT=${OUT:-/tmp/device_check}
+mkdir -p "$OUT"
+LOG=$OUT/device_check.log
+STAGES=$(mktemp)
+: >"$LOG"
+START=$(date +%s)
+BUDGET=${BUDGET:-330}
+SUMMARY_RESERVE=25
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+if [ $DRY = 1 ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
+
+# stage NAME LIMIT CMD...: run CMD under min(LIMIT, time left) seconds, output to the log, record the
+# exit status (124/137: timed out) and the seconds taken. Never exits the script.
+stage() {
+    local name=$1 limit=$2 left t0 rc
+    shift 2
+    left=$((START + BUDGET - SUMMARY_RESERVE - $(date +%s)))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 5 ]; then
+        echo "=== $name: skipped, no time left" | tee -a "$LOG"
+        printf '%s\t%s\t%s\n' "$name" "skipped" 0 >>"$STAGES"
+        return
+    fi
+    echo "=== $name (limit ${limit}s, at $(($(date +%s) - START))s)" | tee -a "$LOG"
+    t0=$(date +%s)
+    timeout -k 5 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc after $(($(date +%s) - t0))s" | tee -a "$LOG"
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - t0))" >>"$STAGES"
+}
+
+install_wheels() {
+    ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/*.whl carried"; return 1; }
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+}
+
+versions() {
+    "$PY" - <<'EOF'
+import json, platform
+info = {"python": platform.python_version()}
+for name in ("torch", "cupy", "diffusers", "lightning", "numpy"):
+    try:
+        info[name] = __import__(name).__version__
+    except Exception as err:  # noqa: BLE001
+        info[name] = f"missing: {type(err).__name__}: {err}"
+import torch
+info["cuda_available"] = torch.cuda.is_available()
+if torch.cuda.is_available():
+    info["device"] = torch.cuda.get_device_name()
+    info["capability"] = torch.cuda.get_device_capability()
+    info["cudnn"] = torch.backends.cudnn.version()
+try:
+    from binarydm.kernels import cuda as kcuda
+    info["kernel_loads"] = kcuda.is_available()
+    info["kernel_error"] = kcuda._state["error"]
+except Exception as err:  # noqa: BLE001
+    info["kernel_loads"] = f"{type(err).__name__}: {err}"
+print("VERSIONS " + json.dumps(info))
+EOF
+}
+
+export -f install_wheels versions
+export PY
+if [ $DRY = 0 ]; then
+    stage install 60 bash -c install_wheels
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+stage nvidia_smi 20 nvidia-smi
+stage versions 60 bash -c versions
+PYTEST_ARGS=(-q -rfEs -p no:cacheprovider -m gpu tests/test_kernels.py)
+for f in tests/test_kernel_*.py; do PYTEST_ARGS+=("$f"); done
+"$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout 60)
+stage pytest_gpu 120 "$PY" -m pytest "${PYTEST_ARGS[@]}"
+# Batch 256 first: the issue's targets are there, and a stage cut short keeps what it measured.
+BENCH=("$PY" tools/bench_kernel.py --json "$OUT/bench_kernel.json" --batch 256 64 1 --target-us 10000)
+BENCH_UNET=("$PY" tools/bench_kernel.py --json "$OUT/bench_unet.json" --out "$OUT/bench_unet.md" --no-layers
+            --batch 256 64 1)
+if [ $DRY = 1 ]; then
+    BENCH+=(--dry-run)
+    BENCH_UNET+=(--dry-run)
+fi
+stage bench_layers 150 "${BENCH[@]}" --no-unet --out "$OUT/bench_kernel.md"
+stage bench_unet 100 "${BENCH_UNET[@]}"
+
+# Summary: always gets its reserved seconds.
+timeout -k 5 $((SUMMARY_RESERVE - 5)) "$PY" - "$OUT" "$STAGES" "$START" "$DRY" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, re, sys, time
+from pathlib import Path
+
+out, stages_file, start, dry = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+log = (out / "device_check.log").read_text(errors="replace")
+result = {"dry_run": dry, "seconds": round(time.time() - start), "stages": []}
+for line in Path(stages_file).read_text().splitlines():
+    name, rc, secs = line.split("\t")
+    result["stages"].append({"name": name, "rc": rc, "seconds": int(secs),
+                             "timed_out": rc in ("124", "137")})
+m = re.search(r"^VERSIONS (.*)$", log, re.M)
+result["versions"] = json.loads(m.group(1)) if m else None
+smi = re.search(r"=== nvidia_smi \(.*?\n(.*?)=== nvidia_smi: exit", log, re.S)
+result["nvidia_smi"] = smi.group(1) if smi else None
+py = re.search(r"=== pytest_gpu \(.*?\n(.*?)=== pytest_gpu: exit", log, re.S)
+if py:
+    text = py.group(1)
+    summary = [l for l in text.splitlines() if re.search(r"\b(passed|failed|skipped|error|no tests ran)\b", l)]
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", summary[-1])} \
+        if summary else {}
+    result["pytest"] = {"summary": summary[-1] if summary else None, "counts": counts,
+                        "failed": re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M)}
+for key, name in (("bench", "bench_kernel.json"), ("bench_unet", "bench_unet.json")):
+    p = out / name
+    try:
+        result[key] = json.loads(p.read_text()) if p.exists() else None
+    except ValueError as err:
+        result[key] = {"error": f"unreadable: {err}"}
+(out / "device_check.json").write_text(json.dumps(result, indent=1))
+
+# The short table last: the reply carries the end of the output.
+print("\n==== device_check summary", "(DRY RUN: figures meaningless)" if dry else "")
+for s in result["stages"]:
+    print(f"{s['name']:14s} rc={s['rc']:>7s} {s['seconds']:4d}s{'  TIMED OUT' if s['timed_out'] else ''}")
+if result.get("pytest"):
+    print("pytest -m gpu:", result["pytest"]["summary"], *result["pytest"]["failed"][:10], sep="\n  ")
+for r in (result.get("bench") or {}).get("layers", []):
+    if r["batch"] in (1, 256) or dry:
+        sp = r.get("speedup")
+        print(f"b{r['batch']:<4d}{r['cin']:>4d}->{r['cout']:<4d}k{r['k']}s{r['stride']} {r['h']:>2d}x{r['w']:<2d} "
+              f"nb{r['bases']}: fp16 {r['fp16_graph_us'] or r['fp16_us'] or 0:9.1f} us  "
+              f"w1a4 {r['w1a4_graph_us'] or r['w1a4_us'] or 0:9.1f} us  x{sp or 0:.2f}")
+for r in (result.get("bench_unet") or {}).get("unet", []):
+    print(f"UNet b{r['batch']}: fp16 {r['t_fp16_ms'] or 0:.3f} ms, W1A4 {r['t_w1a4_ms'] or 0:.3f} ms, "
+          f"x{r.get('speedup') or 0:.2f}, graph={r['graph']}, rel.err {r['rel_err_vs_fake_quant']:.1e}")
+errors = [e for k in ("bench", "bench_unet") for e in ((result.get(k) or {}).get("errors") or [])]
+print(f"bench errors: {len(errors)}", *[f"{e['where']}: {e['error'][:160]}" for e in errors[:8]], sep="\n  ")
+print(f"wrote {out / 'device_check.json'} after {result['seconds']}s")
+EOF
+rm -f "$STAGES"
