@@ -65,10 +65,17 @@ W1A4_HD int nibble_sum(u32 x) {
     return (int)((bytes * 0x01010101u) >> 24);
 }
 
+// The three places that use PTX directly (this conversion, its inverse in load_as_f32, and the mma)
+// have a host branch: tools/kernel_emu/ compiles this file with g++ and -DW1A4_HOST_EMU, its shim
+// emulating them, to run the kernels bit for bit on the CPU (tests/test_kernel_emu.py).
 __device__ __forceinline__ u16 f32_to_f16_bits(float f) {
+#ifdef W1A4_HOST_EMU
+    return w1a4_emu_f32_to_f16_bits(f);
+#else
     u16 h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
+#endif
 }
 
 template <bool F16>
@@ -206,6 +213,8 @@ __device__ __forceinline__ void mma_u8s8(int (&c)[4], const u32 (&a)[4], const u
         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(W1A4_HOST_EMU)
+    w1a4_emu_mma_m16n8k32_u8s8(c, a, b);  // a warp-collective emulation from the PTX fragment layouts
 #else
     // Never launched below sm_80 (the loader picks the CUDA-core kernel there); keeps the file building.
     (void)a; (void)b; __trap();
@@ -385,9 +394,13 @@ __device__ __forceinline__ float load_as_f32(const void* __restrict__ x, long lo
     if (IN == IN_F32) return reinterpret_cast<const float*>(x)[i];
     const u16 h = reinterpret_cast<const u16*>(x)[i];
     if (IN == IN_BF16) return __uint_as_float((u32)h << 16);
+#ifdef W1A4_HOST_EMU
+    return w1a4_emu_f16_bits_to_f32(h);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 
 template <int IN>

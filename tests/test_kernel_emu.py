@@ -1,0 +1,95 @@
+"""The CUDA kernels run on the CPU: cuda/w1a4_conv.cu compiled by g++ with tools/kernel_emu/shim.h
+(threads as std::threads, __syncthreads as a barrier, mma.sync emulated from the PTX fragment layouts),
+under AddressSanitizer and UndefinedBehaviorSanitizer, bit for bit against the PyTorch reference."""
+
+import shutil
+
+import pytest
+import torch
+
+from binarydm.kernels import reference
+from binarydm.kernels.packing import PackedActivation, pack_activation, pack_codes, pack_weight
+from kernel_emu import emu
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
+
+# (C_in, C_out, kernel, stride, padding, n_bases, zero point, bias, N, H, W). The mma kernel's block is
+# 128 pixels x 64 columns (2 columns per channel with two bases), K steps of 32 channels: pixel tails
+# (M not a multiple of 128), channel tails (C_in, C_out not multiples of 32 / 64), several column
+# blocks, stride 2, 1x1, 5x5, C_in = 1, one and two bases, zero points 0..15, with and without bias.
+SHAPES = [
+    (40, 24, 3, 1, 1, 2, 8, True, 2, 9, 11),
+    (70, 33, 3, 2, 1, 1, 8, True, 2, 9, 11),
+    (32, 16, 1, 1, 0, 2, 8, True, 2, 9, 11),
+    (5, 7, 3, 2, 0, 2, 3, True, 2, 9, 11),
+    (64, 8, 3, 1, 1, 1, 0, True, 2, 9, 11),
+    (33, 65, 1, 2, 0, 2, 15, True, 2, 9, 11),
+    (1, 9, 3, 1, 1, 1, 8, True, 3, 6, 7),
+    (16, 12, 5, 1, 2, 2, 8, True, 1, 10, 9),
+    (48, 40, 5, 2, 2, 1, 8, False, 2, 11, 8),
+    (128, 72, 3, 1, 1, 2, 8, True, 1, 16, 16),
+    (96, 100, 3, 1, 1, 2, 8, False, 1, 12, 10),
+    (64, 130, 3, 1, 0, 1, 8, True, 2, 7, 9),
+    (256, 32, 3, 2, 1, 1, 8, True, 3, 7, 5),
+]
+
+
+@pytest.fixture(scope="module")
+def exe(tmp_path_factory):
+    return emu.build(tmp_path_factory.mktemp("emu"))
+
+
+@pytest.fixture(scope="module")
+def mutant(tmp_path_factory):
+    return emu.build(tmp_path_factory.mktemp("emu_mutant"), mutate=True)
+
+
+def _operands(shape, seed):
+    cin, cout, k, s, p, nb, z, bias, n, h, w = shape
+    gen = torch.Generator().manual_seed(seed)
+    bits = torch.randint(0, 2, (nb, cout, cin, k, k), generator=gen, dtype=torch.uint8)
+    alpha = torch.rand(nb, cout, generator=gen) + 0.05
+    b = torch.randn(cout, generator=gen) if bias else None
+    q = torch.randint(0, 16, (n, cin, h, w), generator=gen)
+    step = torch.rand((), generator=gen) + 0.01
+    return PackedActivation(pack_codes(q), step, z, cin), pack_weight(bits, alpha, b, s, p)
+
+
+def _bits(y: torch.Tensor) -> torch.Tensor:
+    return y.contiguous().view(torch.int16 if y.dtype == torch.float16 else torch.int32)
+
+
+@pytest.mark.parametrize("variant, out_dtype", [("mma", torch.float16), ("mma", torch.float32),
+                                                ("simt", torch.float16)])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}nb{s[5]}" for s in SHAPES])
+def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_dtype):
+    x, w = _operands(shape, seed=sum(shape[:7]))
+    y = emu.run_conv(exe, x, w, out_dtype, variant)
+    expected = reference.w1a4_conv2d(x, w, out_dtype)
+    assert not torch.isnan(y).any(), "outputs left unwritten (the emulator poisons them with NaN)"
+    assert torch.equal(_bits(y), _bits(expected))
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[9]])
+def test_a_wrong_fragment_mapping_is_caught(mutant, shape):
+    # The mutant emulator reads A register 1 as k + 16 and register 2 as row + 8 (swapped): the mma
+    # kernel must now disagree with the reference, while the CUDA-core kernel, which uses no mma, agrees.
+    x, w = _operands(shape, seed=7)
+    expected = reference.w1a4_conv2d(x, w, torch.float32)
+    assert not torch.equal(emu.run_conv(mutant, x, w, torch.float32, "mma"), expected)
+    assert torch.equal(emu.run_conv(mutant, x, w, torch.float32, "simt"), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_emulated_quantize_pack_equals_packer(exe, dtype, channels_last):
+    gen = torch.Generator().manual_seed(29)
+    step = 0.375
+    x = torch.randn(2, 45, 5, 7, generator=gen) * 4
+    x[0, :8, 0, 0] = step * torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 6.5, -7.5, 7.5])  # ties: half to even
+    x[1, :4, 0, 0] = torch.tensor([100.0, -100.0, 0.0, -0.0])  # clamped, zeros
+    x = x.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    codes = emu.run_pack(exe, x, step)
+    assert torch.equal(codes, pack_activation(x, step).codes)

@@ -1,0 +1,101 @@
+"""Build and run the host emulation of cuda/w1a4_conv.cu (shim.h, emu_main.cpp) from Python.
+
+    exe = build(tmp_dir)                                  # g++ -fsanitize=address,undefined
+    y = run_conv(exe, x, w, torch.float16, "mma")         # same result as binarydm.kernels.reference
+    codes = run_pack(exe, x_float, step, qn, qp)          # same codes as binarydm.kernels.pack_activation
+
+The operands are those of binarydm.kernels (PackedActivation, PackedConvWeight); the epilogue scales
+are computed by PyTorch, as the CUDA launcher does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+CUDA_DIR = HERE.parents[1] / "cuda"
+MMA_THREADS = 256
+
+
+def build(out_dir: Path, mutate: bool = False, sanitize: bool = True) -> Path:
+    """Compile the emulator; ``mutate`` builds it with a deliberately wrong mma fragment mapping."""
+    if shutil.which("g++") is None:
+        raise RuntimeError("g++ is not on PATH")
+    exe = Path(out_dir) / ("w1a4_emu_mutant" if mutate else "w1a4_emu")
+    cmd = ["g++", "-std=c++20", "-O1", "-g", "-ffp-contract=off", "-pthread", "-DW1A4_HOST_EMU",
+           f"-DW1A4_EMU_MUTATE={int(mutate)}", "-I", str(HERE), "-I", str(CUDA_DIR), "-x", "c++",
+           str(HERE / "emu_main.cpp"), "-o", str(exe)]
+    if sanitize:
+        cmd[1:1] = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"building the emulator failed:\n{result.stderr}")
+    return exe
+
+
+def _write(path: Path, arrays) -> None:
+    """Each array on a 16-byte boundary (emu_main.cpp's take())."""
+    blob = bytearray()
+    for a in arrays:
+        blob += bytes(-len(blob) % 16)
+        blob += np.ascontiguousarray(a).tobytes()
+    path.write_bytes(bytes(blob))
+
+
+def _run(exe: Path, arrays, out_bytes: int) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
+        _write(inp, arrays)
+        result = subprocess.run([str(exe), str(inp), str(out)], capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            raise RuntimeError(f"the emulator failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        data = out.read_bytes()
+    if len(data) != out_bytes:
+        raise RuntimeError(f"the emulator wrote {len(data)} bytes, expected {out_bytes}")
+    return data
+
+
+def run_conv(exe: Path, x, w, out_dtype: torch.dtype = torch.float16, variant: str = "mma") -> torch.Tensor:
+    """The kernel's output as [N, C_out, OH, OW] (channels_last), like reference.w1a4_conv2d."""
+    from binarydm.kernels import reference
+    from binarydm.kernels.packing import padded_channels
+
+    oh, ow = reference.check_operands(x, w, out_dtype)
+    n, _, h, wd = x.shape
+    f16 = out_dtype == torch.float16
+    header = [w.n_bases, int(f16), int(w.bias is not None), n, h, wd, padded_channels(w.in_channels) // 32,
+              w.out_channels, oh, ow, *w.kernel_size, *w.stride, *w.padding, int(x.zero_point)]
+    i32 = lambda t: t.detach().cpu().contiguous().numpy().astype(np.int32)  # noqa: E731
+    f32 = lambda t: t.detach().cpu().contiguous().numpy().astype(np.float32)  # noqa: E731
+    arrays = [np.array([0 if variant == "mma" else 1], np.int32), np.array(header, np.int32), i32(x.codes),
+              i32(w.bits), i32(w.row_sums), f32(reference.epilogue_scale(w, x))]
+    if w.bias is not None:
+        arrays.append(f32(w.bias))
+    count = n * oh * ow * w.out_channels
+    data = _run(exe, arrays, count * (2 if f16 else 4))
+    y = torch.from_numpy(np.frombuffer(data, np.float16 if f16 else np.float32).copy())
+    return y.reshape(n, oh, ow, w.out_channels).permute(0, 3, 1, 2)
+
+
+def run_pack(exe: Path, x: torch.Tensor, step: float, qn: int = -8, qp: int = 7) -> torch.Tensor:
+    """The quantize+pack kernel's codes, int32 [N, H, W, C_pad/8], for x of float32, float16 or bfloat16."""
+    from binarydm.kernels.packing import padded_channels
+
+    kinds = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+    n, c, h, wd = x.shape
+    words = padded_channels(c) // 8
+    # The strided tensor's storage from its first element, raw (bf16 as its 16 bits).
+    flat = x.detach().cpu()
+    extent = sum((s - 1) * st for s, st in zip(flat.shape, flat.stride())) + 1
+    raw = torch.as_strided(flat, (extent,), (1,), flat.storage_offset())
+    raw = raw.view(torch.int16).numpy() if x.dtype != torch.float32 else raw.numpy()
+    header = [kinds[x.dtype], n, c, h, wd, *x.stride(), words, qn, qp]
+    data = _run(exe, [np.array([2], np.int32), np.array(header, np.int32), np.array([step], np.float32), raw],
+                n * h * wd * words * 4)
+    return torch.from_numpy(np.frombuffer(data, np.int32).copy()).reshape(n, h, wd, words)

@@ -1,0 +1,106 @@
+// Runs one kernel of cuda/w1a4_conv.cu on the CPU through shim.h (tests/test_kernel_emu.py drives it).
+//
+//   w1a4_emu IN OUT     IN: int32 header then the operands, raw little-endian; OUT: the kernel's output
+//
+// Every array below (the kind, the header, each operand) starts on a 16-byte boundary of the file.
+// Header (int32): kind (0 conv mma, 1 conv simt, 2 quantize_pack), then
+//   conv: NB, F16, has_bias, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z;
+//         then act u32 [N*H*W*4Cw], wbits u32 [NB*C_out*KH*KW*Cw], rsum i32 [NB*C_out*KH*KW],
+//         scale f32 [NB*C_out], bias f32 [C_out] if has_bias. OUT: N*OH*OW*C_out fp16 bits or f32.
+//   pack: in_kind (0 f32, 1 f16, 2 bf16), N, C, H, W, sN, sC, sH, sW, words, qn, qp; then step f32,
+//         then x (elements up to the largest strided offset + 1). OUT: u32 [N*H*W*words].
+// The launch geometry is the one binarydm/kernels/cuda.py uses. The output is poisoned (all ones)
+// before the launch, so an element the kernel never writes shows as NaN / 0xFFFFFFFF.
+#include "shim.h"
+#include "w1a4_conv.cu"
+
+#include <cstdio>
+#include <vector>
+
+namespace {
+struct alignas(16) Chunk {
+    char c[16];
+};
+std::vector<Chunk> storage;  // the input file, in a 16-byte aligned buffer
+size_t size_bytes = 0, pos = 0;
+
+// The next `count` T of the input; each array starts on a 16-byte boundary (the kernels load 16 bytes at once).
+template <class T>
+const T* take(size_t count) {
+    const size_t bytes = count * sizeof(T), aligned = (pos + 15) & ~size_t(15);
+    if (aligned + bytes > size_bytes) {
+        std::fprintf(stderr, "input too short\n");
+        std::exit(2);
+    }
+    pos = aligned + bytes;
+    return reinterpret_cast<const T*>(reinterpret_cast<const char*>(storage.data()) + aligned);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 3) {
+        std::fprintf(stderr, "usage: %s IN OUT\n", argv[0]);
+        return 2;
+    }
+    std::FILE* f = std::fopen(argv[1], "rb");
+    if (!f) return 2;
+    std::fseek(f, 0, SEEK_END);
+    size_bytes = (size_t)std::ftell(f);
+    std::fseek(f, 0, SEEK_SET);
+    storage.resize((size_bytes + 15) / 16);
+    if (std::fread(storage.data(), 1, size_bytes, f) != size_bytes) return 2;
+    std::fclose(f);
+
+    const int kind = *take<int>(1);
+    std::vector<unsigned char> out;
+    if (kind == 0 || kind == 1) {
+        const int* h = take<int>(17);
+        const int NB = h[0], F16 = h[1], has_bias = h[2], N = h[3], H = h[4], W = h[5], Cw = h[6], C_out = h[7],
+                  OH = h[8], OW = h[9], KH = h[10], KW = h[11], SH = h[12], SW = h[13], PH = h[14], PW = h[15], z = h[16];
+        const int T = KH * KW;
+        const u32* act = take<u32>((size_t)N * H * W * 4 * Cw);
+        const u32* wbits = take<u32>((size_t)NB * C_out * T * Cw);
+        const int* rsum = take<int>((size_t)NB * C_out * T);
+        const float* scale = take<float>((size_t)NB * C_out);
+        const float* bias = has_bias ? take<float>(C_out) : nullptr;
+        const size_t elems = (size_t)N * OH * OW * C_out, esize = F16 ? 2 : 4;
+        out.assign(elems * esize, 0xFF);
+        void* y = out.data();
+        const long long M = (long long)N * OH * OW;
+        if (kind == 0) {
+            const dim3 grid{(unsigned)((M + MMA_BM - 1) / MMA_BM), (unsigned)((NB * C_out + MMA_BN - 1) / MMA_BN), 1};
+            auto k = NB == 1 ? (F16 ? w1a4_conv_mma_nb1_f16 : w1a4_conv_mma_nb1_f32)
+                             : (F16 ? w1a4_conv_mma_nb2_f16 : w1a4_conv_mma_nb2_f32);
+            w1a4_emu::launch(grid, dim3{MMA_THREADS, 1, 1}, [&] {
+                k(act, wbits, rsum, scale, bias, y, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z);
+            });
+        } else {
+            const long long total = M * C_out;
+            auto k = F16 ? w1a4_conv_simt_f16 : w1a4_conv_simt_f32;
+            w1a4_emu::launch(dim3{(unsigned)((total + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] {
+                k(act, wbits, rsum, scale, bias, y, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z, NB);
+            });
+        }
+    } else if (kind == 2) {
+        const int* h = take<int>(12);
+        const int in_kind = h[0], N = h[1], C = h[2], H = h[3], W = h[4], words = h[9], qn = h[10], qp = h[11];
+        const long long sN = h[5], sC = h[6], sH = h[7], sW = h[8];
+        const float* step = take<float>(1);
+        const long long extent = (N - 1) * sN + (C - 1) * sC + (H - 1) * sH + (W - 1) * sW + 1;
+        const void* x = in_kind == 0 ? (const void*)take<float>(extent) : (const void*)take<u16>(extent);
+        const long long total = (long long)N * H * W * words;
+        out.assign(total * 4, 0xFF);
+        u32* codes = reinterpret_cast<u32*>(out.data());
+        auto k = in_kind == 0 ? w1a4_quantize_pack_f32 : in_kind == 1 ? w1a4_quantize_pack_f16 : w1a4_quantize_pack_bf16;
+        w1a4_emu::launch(dim3{(unsigned)((total + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] {
+            k(x, codes, N, C, H, W, sN, sC, sH, sW, words, step, qn, qp);
+        });
+    } else {
+        std::fprintf(stderr, "unknown kind %d\n", kind);
+        return 2;
+    }
+    std::FILE* o = std::fopen(argv[2], "wb");
+    if (!o || std::fwrite(out.data(), 1, out.size(), o) != out.size()) return 2;
+    std::fclose(o);
+    return 0;
+}

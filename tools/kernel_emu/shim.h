@@ -1,0 +1,175 @@
+// Host shim for cuda/w1a4_conv.cu: enough of CUDA to run its kernels on the CPU, bit for bit.
+//
+// g++ compiles the .cu as C++ with -DW1A4_HOST_EMU and this header included first (emu_main.cpp).
+// A block's threads are std::threads; __syncthreads is a barrier of the block, and exited threads
+// drop out of it, as on the GPU. __shared__ variables are function statics: blocks run one at a
+// time, so one copy per kernel is one copy per block. Warp-collective mma.sync is emulated from the
+// PTX ISA fragment layouts (the section "Matrix Fragments for mma.m16n8k32" of the PTX ISA, written
+// out below independently of the kernel's own comments): each lane posts its registers to its warp's
+// slot, the warp meets at a barrier, each lane computes its own four accumulators from everybody's
+// registers, and the warp meets again before the slot is reused. The float intrinsics are IEEE
+// single-precision operations in round-to-nearest-even (build with -ffp-contract=off), and fp16
+// conversions are done in integer arithmetic.
+//
+// W1A4_EMU_MUTATE=1 swaps the roles of A registers 1 and 2 (row + 8 and k + 16), a plausible
+// misreading of the layout: tests/test_kernel_emu.py checks that the kernels then disagree with the
+// reference, i.e. that the emulation really tests the fragment mapping.
+#pragma once
+
+#include <math.h>
+
+#include <barrier>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+
+namespace w1a4_emu {
+inline thread_local dim3 thread_idx, block_idx;
+inline thread_local int lane = 0, warp = 0;
+inline dim3 block_dim, grid_dim;
+inline std::unique_ptr<std::barrier<>> block_barrier;
+inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+
+struct WarpSlot {
+    unsigned a[32][4];
+    unsigned b[32][2];
+    int c[32][4];
+};
+inline std::vector<WarpSlot> slots;
+
+// Runs kernel() as grid x block threads, one block after another.
+template <class Kernel>
+void launch(dim3 grid, dim3 block, Kernel kernel) {
+    block_dim = block;
+    grid_dim = grid;
+    const int threads = (int)(block.x * block.y * block.z);
+    const int warps = (threads + 31) / 32;
+    slots.assign(warps, WarpSlot{});
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                block_barrier = std::make_unique<std::barrier<>>(threads);
+                warp_barriers.clear();
+                for (int w = 0; w < warps; ++w)
+                    warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
+                std::vector<std::thread> pool;
+                pool.reserve(threads);
+                for (int t = 0; t < threads; ++t) {
+                    pool.emplace_back([=] {
+                        thread_idx = dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+                        block_idx = dim3{bx, by, bz};
+                        lane = t % 32;
+                        warp = t / 32;
+                        kernel();
+                        // An exited thread no longer takes part in the block's or the warp's barriers.
+                        block_barrier->arrive_and_drop();
+                        warp_barriers[warp]->arrive_and_drop();
+                    });
+                }
+                for (auto& th : pool) th.join();
+            }
+}
+}  // namespace w1a4_emu
+
+#define threadIdx w1a4_emu::thread_idx
+#define blockIdx w1a4_emu::block_idx
+#define blockDim w1a4_emu::block_dim
+#define gridDim w1a4_emu::grid_dim
+
+inline void __syncthreads() { w1a4_emu::block_barrier->arrive_and_wait(); }
+[[noreturn]] inline void __trap() { std::abort(); }
+inline float __int2float_rn(int v) { return (float)v; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __uint_as_float(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// cvt.rn.f16.f32: round to nearest even; overflow to infinity; NaN to the canonical 0x7FFF.
+inline std::uint16_t w1a4_emu_f32_to_f16_bits(float value) {
+    unsigned u;
+    std::memcpy(&u, &value, 4);
+    const unsigned sign = (u >> 16) & 0x8000u, mag = u & 0x7FFFFFFFu;
+    if (mag > 0x7F800000u) return 0x7FFF;
+    if (mag >= 0x47800000u) return (std::uint16_t)(sign | 0x7C00u);  // >= 65536: infinity
+    if (mag < 0x38800000u) {  // below 2^-14: an fp16 subnormal (or zero), in units of 2^-24
+        const unsigned m = (mag & 0x7FFFFFu) | 0x800000u;
+        const int shift = 126 - (int)(mag >> 23);  // mag = m * 2^(e - 150); units of 2^-24: m >> (126 - e)
+        if (shift > 24) return (std::uint16_t)sign;
+        const unsigned q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        return (std::uint16_t)(sign | (q + (rem > half || (rem == half && (q & 1)))));
+    }
+    const unsigned q = (mag >> 13) - (112u << 10), rem = mag & 0x1FFFu;  // rebias 127 -> 15
+    return (std::uint16_t)(sign | (q + (rem > 0x1000u || (rem == 0x1000u && (q & 1)))));  // a carry may reach inf
+}
+
+// cvt.f32.f16: exact.
+inline float w1a4_emu_f16_bits_to_f32(std::uint16_t h) {
+    const unsigned sign = (unsigned)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+    unsigned u;
+    if (e == 0) {
+        const float f = ldexpf((float)m, -24);
+        return sign ? -f : f;
+    }
+    u = sign | (e == 31 ? 0x7F800000u | (m << 13) : ((e + 112u) << 23) | (m << 13));
+    return __uint_as_float(u);
+}
+
+// mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32, lane l: g = l / 4, t = l % 4. Byte j of a register
+// is element j. PTX ISA fragment layouts:
+//   A (16 x 32, u8), register i: row g + 8 (i % 2), column 4 t + j + 16 (i / 2)
+//   B (32 x 8, s8),  register i: row (k) 4 t + j + 16 i, column g
+//   C, D (16 x 8, s32), element i: row g + 8 (i / 2), column 2 t + i % 2
+inline void w1a4_emu_mma_m16n8k32_u8s8(int (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    using namespace w1a4_emu;
+    WarpSlot& s = slots[warp];
+    for (int i = 0; i < 4; ++i) s.a[lane][i] = a[i], s.c[lane][i] = c[i];
+    for (int i = 0; i < 2; ++i) s.b[lane][i] = b[i];
+    warp_barriers[warp]->arrive_and_wait();
+    auto A = [&](int row, int k) -> int {  // the lane and register holding A[row][k]
+#if W1A4_EMU_MUTATE
+        const int reg = 2 * (row / 8) + k / 16;  // wrong: register 1 taken as k + 16, 2 as row + 8
+#else
+        const int reg = row / 8 + 2 * (k / 16);
+#endif
+        return (int)((s.a[4 * (row % 8) + (k % 16) / 4][reg] >> (8 * (k % 4))) & 0xFFu);
+    };
+    auto B = [&](int k, int col) -> int {
+        return (int)(std::int8_t)((s.b[4 * col + (k % 16) / 4][k / 16] >> (8 * (k % 4))) & 0xFFu);
+    };
+    int d[4];
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+        long long acc = s.c[lane][i];
+        for (int k = 0; k < 32; ++k) acc += A(row, k) * B(k, col);
+        d[i] = (int)acc;  // |acc| stays far inside int32 for these kernels (docs/kernels.md)
+    }
+    warp_barriers[warp]->arrive_and_wait();  // everybody has read the slot before it is written again
+    for (int i = 0; i < 4; ++i) c[i] = d[i];
+}
