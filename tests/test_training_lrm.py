@@ -37,25 +37,59 @@ def test_moments_add_over_shards_like_one_batch():
     summed = [a + b for a, b in zip(*parts)]
     for w, s in zip(whole, summed):
         torch.testing.assert_close(w, s)
-    e1 = principal_directions(*whole, 2)
-    e2 = principal_directions(*summed, 2)
+    e1, _ = principal_directions(*whole, 2)
+    e2, _ = principal_directions(*summed, 2)
     torch.testing.assert_close(e1, e2)
 
 
-def test_loss_is_mean_over_blocks_of_projected_mse():
+@pytest.mark.parametrize("normalize", [False, True])
+def test_loss_is_mean_over_blocks_of_projected_mse(normalize):
     g = torch.Generator().manual_seed(1)
-    # Two feature maps (the 1x1-convolution path) and one sequence (N, C, L) (the einsum path).
-    ft = [torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g), torch.randn(2, 6, 5, generator=g)]
+    # Two feature maps (the 1x1-convolution path) and one sequence (N, C, L) (the einsum path); the
+    # teacher's scales differ by 100x between blocks, which the normalised loss must not see.
+    ft = [10 * torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g),
+          0.1 * torch.randn(2, 6, 5, generator=g)]
     fs = [torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g), torch.randn(2, 6, 5, generator=g)]
-    lrm = LRM(["x", "y", "z"]).fit_(ft)
+    lrm = LRM(["x", "y", "z"], normalize=normalize).fit_(ft)
     expected = []
     for name, a, b in zip(["x", "y", "z"], ft, fs):
         e = lrm.projection(name)
         pa = torch.einsum("nc...,cr->nr...", a, e)
         pb = torch.einsum("nc...,cr->nr...", b, e)
-        expected.append(((pa - pb) ** 2).mean())
-    torch.testing.assert_close(lrm(ft, fs), torch.stack(expected).mean())
+        term = ((pa - pb) ** 2).mean()
+        if normalize:  # v: the teacher's mean variance along the kept directions, recomputed here
+            rows = a.movedim(1, -1).reshape(-1, a.shape[1]).double()
+            term = term / (rows @ e.double()).var(dim=0, unbiased=True).mean().float()
+        expected.append(term)
+    torch.testing.assert_close(lrm(ft, fs), torch.stack(expected).mean(), rtol=1e-4, atol=1e-6)
     assert lrm(ft, ft).item() == 0.0
+
+
+def test_normalised_loss_is_scale_free():
+    g = torch.Generator().manual_seed(2)
+    ft, fs = [torch.randn(4, 8, 4, 4, generator=g)], [torch.randn(4, 8, 4, 4, generator=g)]
+    small = LRM(["b"]).fit_(ft)(ft, fs)
+    large = LRM(["b"]).fit_([1000 * f for f in ft])([1000 * f for f in ft], [1000 * f for f in fs])
+    torch.testing.assert_close(small, large, rtol=1e-4, atol=0)
+    raw = LRM(["b"], normalize=False).fit_([1000 * f for f in ft])([1000 * f for f in ft], [1000 * f for f in fs])
+    assert raw > 1e5 * small  # the paper's raw form grows with the features' square
+
+
+def test_all_taps_follow_the_authors_hooks(tiny_unet):
+    # TINY_UNET: DownBlock2D, AttnDownBlock2D / AttnUpBlock2D, UpBlock2D, one layer per block.
+    blocks = lrm_block_names(tiny_unet, "blocks")
+    taps = lrm_block_names(tiny_unet, "all")
+    assert blocks == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
+    n = tiny_unet.config.layers_per_block
+    assert taps[:n + 1] == [f"down_blocks.0.resnets.{j}" for j in range(n)] + ["down_blocks.0.downsamplers.0"]
+    assert f"down_blocks.1.attentions.{n - 1}" in taps and f"up_blocks.0.attentions.{n}" in taps
+    assert "up_blocks.0.upsamplers.0" in taps and "mid_block" in taps
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 500])
+    with FeatureTap(tiny_unet, taps) as tap:  # every tap produces a feature map
+        tiny_unet(x, t)
+    assert [f.dim() for f in tap.ordered()] == [4] * len(taps)
+    with pytest.raises(ValueError, match="lrm_taps"):
+        lrm_block_names(tiny_unet, "every")
 
 
 def test_projections_fixed_once_and_restored_from_state_dict():

@@ -219,3 +219,42 @@ def test_report_says_why_fid_is_skipped_without_a_reference(tmp_path):
                        "eval.sample_steps=1", "eval.features=tiny", "eval.packed=false"))
     assert "eval.reference" in out["evaluation"]["fid_skipped"]
     assert "FID skipped" in (out["run_dir"] / "report.md").read_text()
+
+
+class OptimizerStateRecorder(L.Callback):
+    """Per step, after the progressive callback ran: AdamW's step count of the first layer of each group and
+    that layer's activation step (LSQ)."""
+
+    def __init__(self):
+        self.adam_steps, self.act_steps = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        opt = trainer.optimizers[0]
+        adam, act = {}, {}
+        for name, prefixes in progressive_groups(pl_module.student):
+            _, layer = next(iter(quant_layers(pl_module.student, prefixes)))
+            state = opt.state.get(layer.weight, {})
+            adam[name] = int(state["step"]) if "step" in state else 0
+            act[name] = layer.act_quantizer.step.detach().clone() if layer.act_quantizer is not None else None
+        self.adam_steps.append(adam)
+        self.act_steps.append(act)
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_progressive_switch_resets_optimizer_state_and_recalibrates(tmp_path, reset):
+    rec = OptimizerStateRecorder()
+    run(tiny_cfg(tmp_path, "trainer.max_steps=8", "progressive.every=2", "progressive.start_step=1",
+                 f"progressive.reset_optimizer={str(reset).lower()}", f"progressive.recalibrate={str(reset).lower()}",
+                 "sample.num_images=0", "export=false"), extra_callbacks=[rec])
+    # level_0 (the outermost group) switches at step 5: its weights trained in FP during steps 0..4.
+    assert rec.adam_steps[4]["level_0"] == 4
+    if reset:  # AdamW forgets the FP gradients' moments at the switch and counts again from 0
+        assert [rec.adam_steps[s]["level_0"] for s in (5, 6, 7)] == [0, 1, 2]
+        assert [rec.adam_steps[s]["mid_block"] for s in (1, 2, 3)] == [0, 1, 2]
+    else:
+        assert [rec.adam_steps[s]["level_0"] for s in (5, 6, 7)] == [5, 6, 7]
+    # The activation step of a group is untouched while it is off, then re-initialised at its switch
+    # (from the inputs it sees with the inner groups binary) only when recalibrating.
+    before, at = rec.act_steps[4]["level_0"], rec.act_steps[5]["level_0"]
+    assert torch.equal(rec.act_steps[1]["level_0"], before)  # calibrated at the first event (step 1)
+    assert (not torch.equal(before, at)) == reset

@@ -15,6 +15,7 @@ from .fid import (
     reference_images,
     torchmetrics_fid,
 )
+from .paired import paired_mse
 from .inception import (
     FeatureExtractor,
     InceptionV3,
@@ -28,5 +29,5 @@ __all__ = [
     "DatasetNotFound", "FeatureExtractor", "InceptionV3", "InceptionWeightsNotFound", "TinyFeatures",
     "cleanfid_compare_folders", "cleanfid_folder_features", "evaluate", "extract_features", "fashion_mnist",
     "fid_from_features", "find_weights", "get_extractor", "kid_from_features", "load_folder",
-    "reference_features", "reference_images", "torchmetrics_fid",
+    "paired_mse", "reference_features", "reference_images", "torchmetrics_fid",
 ]

@@ -25,7 +25,8 @@ class QuantConfig:
         a_bits: activation bits; 32 leaves activations (and the attention matmuls) in full precision.
         dual_levels: how many outer resolution levels of a UNet get two LMB bases (down_blocks[:n]
             and up_blocks[-n:]); the other blocks and the mid block get one. 0 = single basis
-            everywhere (the paper's baseline).
+            everywhere (the paper's baseline). ``"auto"``: the outer half of the levels, at least
+            one (the authors' code: the outer two of ddpm-cifar10-32's four; one of three).
         keep: name prefixes of layers kept out of binarization.
         keep_bits: 32 leaves kept layers untouched; 8 quantizes their weights (per channel) and
             inputs to 8 bits with LSQ, as the final BinaryDM paper does.
@@ -37,7 +38,7 @@ class QuantConfig:
     act: str = "lsq"
     w_bits: int = 1
     a_bits: int = 4
-    dual_levels: int = 1
+    dual_levels: Union[int, str] = "auto"
     keep: tuple[str, ...] = DEFAULT_KEEP
     keep_bits: int = 8
     attention: bool = True
@@ -51,14 +52,21 @@ class QuantConfig:
                 raise ValueError(f"QuantConfig.{name} must be an integer in [{lo}, {hi}], got {value!r}")
         if self.keep_bits not in (8, 32):
             raise ValueError(f"QuantConfig.keep_bits must be 8 or 32, got {self.keep_bits!r}")
-        if not isinstance(self.dual_levels, int) or self.dual_levels < 0:
-            raise ValueError(f"QuantConfig.dual_levels must be a non-negative integer, got {self.dual_levels!r}")
+        if self.dual_levels != "auto" and (not isinstance(self.dual_levels, int) or isinstance(self.dual_levels, bool)
+                                           or self.dual_levels < 0):
+            raise ValueError(f"QuantConfig.dual_levels must be 'auto' or a non-negative integer, got {self.dual_levels!r}")
         if self.surrogate not in SURROGATES:
             raise ValueError(f"QuantConfig.surrogate must be one of {sorted(SURROGATES)}, got {self.surrogate!r}")
 
     @property
     def quantize_activations(self) -> bool:
         return self.a_bits < 32
+
+    def dual_levels_for(self, num_levels: int) -> int:
+        """The number of outer levels with two bases on a UNet of ``num_levels`` resolution levels."""
+        if self.dual_levels == "auto":
+            return max(1, num_levels // 2) if num_levels else 0
+        return self.dual_levels
 
     @classmethod
     def fields(cls) -> list[str]:

@@ -85,6 +85,7 @@ def binarize_(
     cfg = resolve(config)
     wfactory, afactory = weight_factory(cfg.weight), act_factory(cfg.act)
     levels = _num_levels(model)
+    dual_levels = cfg.dual_levels_for(levels)
     if any(isinstance(m, QUANT_LAYERS) for m in model.modules()):
         raise ValueError("binarize_: the model is already quantized (it holds QuantConv2d/QuantLinear layers)")
 
@@ -98,7 +99,7 @@ def binarize_(
         if kept and cfg.keep_bits == 32:
             continue
         distance = outer_distance(name, levels)
-        dual = distance is not None and distance < cfg.dual_levels
+        dual = distance is not None and distance < dual_levels
         spec = LayerSpec(name=name, config=cfg, n_bases=2 if dual else 1, kept=kept)
         if kept:
             wq = LSQ(cfg.keep_bits, signed=True, channels=module.weight.shape[0], dim=module.weight.dim())

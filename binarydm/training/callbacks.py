@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..quant.attention import QuantAttnProcessor
+from ..quant.base import observing
 from ..quant.convert import activation_quantizers, calibrate_, progressive_groups, quant_layers
 from ..quant.layers import QUANT_LAYERS
 from .module import two_basis_lmbs
@@ -61,12 +62,20 @@ def calibrate_once(pl_module, batch) -> None:
 @dataclass
 class ProgressiveSchedule:
     """BinaryDM's warm-up: event k (k = 0 .. G-1) switches group k of ``progressive_groups`` to
-    binary at step ``start_step + k * every``; event G switches on the attention operands."""
+    binary at step ``start_step + k * every``; event G switches on the attention operands.
+
+    ``reset_optimizer`` drops the optimizer state (AdamW's moments and step count) of the switched
+    layers' parameters at their switch; ``recalibrate`` re-initialises their activation steps on the
+    switch's batch, from the network as it is then (inner groups already binary). Both defaults were
+    chosen by paired measurement (docs/training.md, "Progressive initialisation").
+    """
 
     enabled: bool = True
     start_step: int = 0
     every: int = 1
     attention: bool = True
+    reset_optimizer: bool = True
+    recalibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.every < 1 or self.start_step < 0:
@@ -76,15 +85,36 @@ class ProgressiveSchedule:
         return self.start_step + k * self.every
 
 
+def reset_optimizer_state_(optimizers, params) -> int:
+    """Forget the optimizer state of ``params`` (AdamW: exp_avg, exp_avg_sq, step); returns how many.
+
+    Why: while a group is still full precision its latent-weight gradients are ~10x larger than once
+    it is binarized (the STE gradient carries the scale s1), and AdamW's second moment (beta2 = 0.999)
+    would remember them for ~1,000 steps, shrinking that group's updates long after its switch. With
+    the state gone, the next step initialises it afresh (torch's AdamW does so for a parameter whose
+    state is empty), exactly as for a parameter seen for the first time.
+    """
+    ids = {id(p) for p in params}
+    dropped = 0
+    for opt in optimizers:
+        for p in [p for p in opt.state if id(p) in ids]:
+            del opt.state[p]
+            dropped += 1
+    return dropped
+
+
 class ProgressiveInit(L.Callback):
     """Switch quantizer groups on from the middle of the UNet outwards (BinaryDM Sec. 4.1).
 
     Before the first switch, all activation steps are calibrated once (``binarydm.calibrate_``) on
     the first training batch with every quantizer off, i.e. from full-precision statistics, and
     rank 0's steps are broadcast. At each switch, every layer of the group gets its weight scales
-    initialised from its current weight, and its weight and input quantizers are enabled. The
+    initialised from its current weight, and its weight and input quantizers are enabled; with
+    ``recalibrate`` its input steps are re-initialised on the current batch (its weights binary,
+    the inner groups binary), with ``reset_optimizer`` its optimizer state is dropped. The
     counter of events done is the callback's state; the on/off flags and initialised scales are
-    in the model's state dict (the quantizers' extra state).
+    in the model's state dict (the quantizers' extra state), the optimizer state in Lightning's.
+    Every rank does the same at the same step, so DDP replicas stay identical.
     """
 
     def __init__(self, schedule: ProgressiveSchedule = ProgressiveSchedule()):
@@ -103,14 +133,16 @@ class ProgressiveInit(L.Callback):
         return self.schedule.event_step(self.num_events(student) - 1)
 
     @torch.no_grad()
-    def switch_group(self, student: nn.Module, name: str, prefixes: list[str]) -> None:
-        for _, layer in quant_layers(student, prefixes):
+    def switch_group(self, student: nn.Module, name: str, prefixes: list[str]) -> list[nn.Module]:
+        layers = [layer for _, layer in quant_layers(student, prefixes)]
+        for layer in layers:
             wq, aq = layer.weight_quantizer, layer.act_quantizer
             if wq is not None:
                 wq.initialize_(layer.weight)  # scales from the current weight, at switch time
                 wq.enabled = True
             if aq is not None:
                 aq.enabled = True
+        return layers
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self.schedule.enabled:
@@ -125,13 +157,19 @@ class ProgressiveInit(L.Callback):
             k = self.events_done
             if k < len(groups):
                 name, prefixes = groups[k]
-                self.switch_group(student, name, prefixes)
+                modules = self.switch_group(student, name, prefixes)
+                act = [m.act_quantizer for m in modules if m.act_quantizer is not None]
             else:
                 name = "attention"
-                for m in student.modules():
-                    if isinstance(m, QuantAttnProcessor):
-                        for q in m.quantizers():
-                            q.enabled = True
+                modules = [m for m in student.modules() if isinstance(m, QuantAttnProcessor)]
+                act = [q for m in modules for q in m.quantizers()]
+                for q in act:
+                    q.enabled = True
+            if self.schedule.recalibrate and act:
+                recalibrate_(pl_module, batch, act)
+            if self.schedule.reset_optimizer:
+                params = [p for m in modules for p in m.parameters()]
+                reset_optimizer_state_(trainer.optimizers, params)
             self.history.append((step, name))
             self.events_done += 1
             pl_module.log("progressive/events_done", float(self.events_done), on_step=True, on_epoch=False)
@@ -142,6 +180,25 @@ class ProgressiveInit(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.events_done = int(state_dict["events_done"])
         self.history = [(int(s), str(n)) for s, n in state_dict.get("history", [])]
+
+
+@torch.no_grad()
+def recalibrate_(pl_module, batch, act_quantizers) -> None:
+    """Re-initialise ``act_quantizers`` from the student's forward on this step's (x_t, t).
+
+    The steps calibrated at step 0 saw full-precision inputs; once the inner groups are binary the
+    inputs of a switched group have other statistics. Rank 0's steps are broadcast.
+    """
+    student = pl_module.student
+    x_t, t, _ = pl_module.batch_inputs(batch, pl_module.global_step)
+    was_training = student.training
+    student.eval()
+    try:
+        with observing(act_quantizers):
+            student(x_t, t)
+    finally:
+        student.train(was_training)
+    _broadcast_from_rank0([p for q in act_quantizers for p in q.parameters()])
 
 
 class Calibrate(L.Callback):

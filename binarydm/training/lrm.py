@@ -4,7 +4,14 @@ For every timestep-embedded block i of the UNet (each down block, the mid block,
 student's output feature F_s^i is pulled towards the frozen full-precision teacher's F_t^i, in a
 low-rank subspace of the channel dimension:
 
-    L_LRM = mean_i  MSE(F_t^i E_i, F_s^i E_i)
+    L_LRM = mean_i  MSE(F_t^i E_i, F_s^i E_i) / v_i
+
+v_i is the mean variance of the teacher's features along E_i (the mean of the kept eigenvalues),
+fixed with E_i: each block's term is the student's relative error in that block's principal
+subspace, so L_LRM is ~0.01-1 whatever the features' scale and one lambda carries from model to
+model. (The paper's lambda = 1e-4 on the raw MSE was tuned for LDM features; on a small pixel UNet
+lambda * L_LRM was ~3e-5 against L_simple ~0.05: no effect.) ``normalize=False`` gives the paper's
+raw form.
 
 E_i (C x ceil(C / K), K = 4) holds the top principal directions of the teacher's features of the
 FIRST training batch, over the CHANNEL dimension: the features are flattened to (N*H*W, C) rows,
@@ -30,15 +37,39 @@ from torch.nn import functional as F
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
-def lrm_block_names(unet: nn.Module) -> list[str]:
-    """The timestep-embedded blocks of a diffusers UNet, in forward order: down, mid, up."""
-    names = [f"down_blocks.{i}" for i in range(len(getattr(unet, "down_blocks", [])))]
-    if getattr(unet, "mid_block", None) is not None:
-        names.append("mid_block")
-    names += [f"up_blocks.{i}" for i in range(len(getattr(unet, "up_blocks", [])))]
-    if not names:
+TAPS = ("blocks", "all")
+
+
+def lrm_block_names(unet: nn.Module, taps: str = "blocks") -> list[str]:
+    """The feature taps of LRM on a diffusers UNet, in forward order: down, mid, up.
+
+    ``blocks``: each down block, the mid block, each up block (the paper's text). ``all``: every
+    stage the authors' code hooks (each ``TimestepEmbedSequential`` of the LDM UNet), in diffusers'
+    names: each resnet of a block, or the attention that follows it, each down/up sampler, the mid block.
+    """
+    if taps not in TAPS:
+        raise ValueError(f"loss.lrm_taps must be one of {list(TAPS)}, got {taps!r}")
+    down = list(getattr(unet, "down_blocks", []))
+    up = list(getattr(unet, "up_blocks", []))
+    if not down and not up and getattr(unet, "mid_block", None) is None:
         raise ValueError("LRM needs a diffusers UNet (down_blocks / mid_block / up_blocks); found none of them")
-    return names
+    if taps == "blocks":
+        names = [f"down_blocks.{i}" for i in range(len(down))]
+        names += ["mid_block"] if getattr(unet, "mid_block", None) is not None else []
+        return names + [f"up_blocks.{i}" for i in range(len(up))]
+
+    def stages(prefix: str, block: nn.Module) -> list[str]:
+        attentions = getattr(block, "attentions", None) or []
+        out = [f"{prefix}.attentions.{j}" if j < len(attentions) else f"{prefix}.resnets.{j}"
+               for j in range(len(getattr(block, "resnets", [])))]
+        for sampler in ("downsamplers", "upsamplers"):
+            if getattr(block, sampler, None):
+                out.append(f"{prefix}.{sampler}.0")
+        return out or [prefix]
+
+    names = [n for i, b in enumerate(down) for n in stages(f"down_blocks.{i}", b)]
+    names += ["mid_block"] if getattr(unet, "mid_block", None) is not None else []
+    return names + [n for i, b in enumerate(up) for n in stages(f"up_blocks.{i}", b)]
 
 
 class _FeaturesComplete(Exception):
@@ -100,8 +131,10 @@ def channel_moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                      device=rows.device)
 
 
-def principal_directions(total: torch.Tensor, outer: torch.Tensor, count: torch.Tensor, rank: int) -> torch.Tensor:
-    """Top-``rank`` eigenvectors (C, rank) of the covariance given by :func:`channel_moments` sums.
+def principal_directions(total: torch.Tensor, outer: torch.Tensor, count: torch.Tensor,
+                         rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``rank`` eigenvectors (C, rank) and their eigenvalues of the covariance given by
+    :func:`channel_moments` sums.
 
     cov = (sum x x^T - n mu mu^T) / (n - 1), mu = sum x / n: the covariance of the centred rows.
     Columns are ordered by decreasing eigenvalue; each column's sign is fixed so that its largest
@@ -112,15 +145,15 @@ def principal_directions(total: torch.Tensor, outer: torch.Tensor, count: torch.
     mu = total / n
     cov = (outer - n * torch.outer(mu, mu)) / (n - 1)
     cov = 0.5 * (cov + cov.T)
-    _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
+    values, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
     top = vectors[:, -rank:].flip(-1)
     idx = top.abs().argmax(dim=0)
     signs = torch.sign(top[idx, torch.arange(top.shape[1], device=top.device)])
-    return top * torch.where(signs == 0, torch.ones_like(signs), signs)
+    return top * torch.where(signs == 0, torch.ones_like(signs), signs), values[-rank:].flip(-1)
 
 
-def _buffer_name(block: str) -> str:
-    return "proj_" + re.sub(r"[^0-9a-zA-Z]", "_", block)
+def _buffer_name(block: str, kind: str = "proj") -> str:
+    return kind + "_" + re.sub(r"[^0-9a-zA-Z]", "_", block)
 
 
 class LRM(nn.Module):
@@ -130,14 +163,17 @@ class LRM(nn.Module):
     the saved shapes, so a checkpoint written after fitting restores the projections exactly.
     """
 
-    def __init__(self, blocks: Sequence[str], rank_divisor: int = 4):
+    def __init__(self, blocks: Sequence[str], rank_divisor: int = 4, normalize: bool = True):
         super().__init__()
         if rank_divisor < 1:
             raise ValueError(f"LRM rank divisor K must be >= 1, got {rank_divisor}")
         self.blocks = list(blocks)
         self.rank_divisor = rank_divisor
+        self.normalize = normalize
         for block in self.blocks:
             self.register_buffer(_buffer_name(block), torch.zeros(0, 0))
+            # v_i: mean variance of the teacher's features along E_i (1 until fitted).
+            self.register_buffer(_buffer_name(block, "var"), torch.ones(()))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def projection(self, block: str) -> torch.Tensor:
@@ -166,16 +202,19 @@ class LRM(nn.Module):
             if all_reduce_sum is not None:
                 total, outer, count = all_reduce_sum(total), all_reduce_sum(outer), all_reduce_sum(count)
             rank = math.ceil(feat.shape[1] / self.rank_divisor)
-            proj = principal_directions(total, outer, count, rank)
+            proj, variances = principal_directions(total, outer, count, rank)
             # Contiguous like a buffer loaded from a checkpoint (eigh returns column-major vectors): the
             # same memory layout makes the projection of a resumed run bit-identical to an uninterrupted one.
             setattr(self, _buffer_name(block), proj.to(device=feat.device, dtype=torch.float32).contiguous())
+            # Floor: a block whose teacher features are constant must not divide by zero.
+            var = variances.clamp_min(0).mean().clamp_min(1e-8)
+            getattr(self, _buffer_name(block, "var")).fill_(float(var))
         self.fitted.fill_(True)
         return self
 
     def forward(self, teacher_features: Sequence[torch.Tensor],
                 student_features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """mean over blocks of mean((F_t - F_s) E)^2, the projection taken over the channel axis."""
+        """mean over blocks of mean((F_t - F_s) E)^2 [/ v], the projection taken over the channel axis."""
         if not self.is_fitted:
             raise RuntimeError("LRM projections are not fitted: call fit_(teacher_features) on the first batch")
         losses = []
@@ -186,7 +225,8 @@ class LRM(nn.Module):
                 projected = F.conv2d(diff, e.T[:, :, None, None])
             else:
                 projected = torch.einsum("nc...,cr->nr...", diff, e)
-            losses.append(projected.pow(2).mean())
+            term = projected.pow(2).mean()
+            losses.append(term / getattr(self, _buffer_name(block, "var")) if self.normalize else term)
         return torch.stack(losses).mean()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -197,11 +237,16 @@ class LRM(nn.Module):
             if key in state_dict:
                 current = getattr(self, _buffer_name(block))
                 setattr(self, _buffer_name(block), current.new_empty(state_dict[key].shape))
+            var_key = prefix + _buffer_name(block, "var")
+            if key in state_dict and var_key not in state_dict:
+                # A checkpoint from before v_i existed: it trained with the raw loss, and keeps it.
+                state_dict[var_key] = torch.ones(())
+                self.normalize = False
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
-        return f"blocks={len(self.blocks)}, K={self.rank_divisor}, fitted={self.is_fitted}"
+        return f"blocks={len(self.blocks)}, K={self.rank_divisor}, normalize={self.normalize}, fitted={self.is_fitted}"
 
 
-__all__ = ["LRM", "FeatureTap", "lrm_block_names", "channel_moments", "principal_directions"]
+__all__ = ["LRM", "FeatureTap", "TAPS", "lrm_block_names", "channel_moments", "principal_directions"]

@@ -51,6 +51,8 @@ class OptimConfig:
 class LossConfig:
     lrm_weight: float = 1e-4
     lrm_rank_divisor: int = 4
+    lrm_normalize: bool = True  # each block's term relative to the teacher's variance in its subspace
+    lrm_taps: str = "blocks"    # blocks | all (every stage the authors' code hooks)
     ebb_tau: float = 0.0  # 0 = no EBB penalty
 
 
@@ -126,8 +128,8 @@ class DiffusionQAT(L.LightningModule):
         if teacher is not None:
             teacher.requires_grad_(False).eval()
         self.use_lrm = teacher is not None and loss.lrm_weight > 0
-        self.blocks = lrm_block_names(student) if self.use_lrm else []
-        self.lrm = LRM(self.blocks, loss.lrm_rank_divisor) if self.use_lrm else None
+        self.blocks = lrm_block_names(student, loss.lrm_taps) if self.use_lrm else []
+        self.lrm = LRM(self.blocks, loss.lrm_rank_divisor, loss.lrm_normalize) if self.use_lrm else None
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
 
     # ---- noise -----------------------------------------------------------------------------
@@ -193,12 +195,16 @@ class DiffusionQAT(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
-        # Fixed noise per validation batch: the curve compares like with like across validations.
+        # Fixed (x_0, t, noise) per validation batch: the curve compares like with like across
+        # validations, and runs with the same seed and data are paired (docs/training.md).
         x_t, t, eps = self.noisy_inputs(x0, self.step_generator(batch_idx, salt=7919))
         with torch.no_grad():
-            pred = self.student(x_t, t).sample
-        loss = F.mse_loss(pred.float(), eps.float())
-        self.log("val/simple", loss, prog_bar=True, sync_dist=True)
+            pred = self.student(x_t, t).sample.float()
+            loss = F.mse_loss(pred, eps.float())
+            self.log("val/simple", loss, prog_bar=True, sync_dist=True)
+            if self.teacher is not None:
+                # Fidelity: how far the student's noise prediction is from its teacher's on the same input.
+                self.log("val/mse_teacher", F.mse_loss(pred, self.teacher(x_t, t).sample.float()), sync_dist=True)
         return loss
 
     # ---- optimisation ----------------------------------------------------------------------

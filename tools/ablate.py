@@ -1,0 +1,118 @@
+"""Paired recipe measurements: training variants from one config, scored on one fixed validation set.
+
+    python tools/ablate.py steps=200 seeds=[0,1] variants="{base: [], no_reset: [progressive.reset_optimizer=false]}"
+    python tools/ablate.py config=demo steps=400 out=runs/ablate/lrm variants=@lrm.yaml
+
+Each variant is a list of ``binarydm.train`` overrides on top of ``config`` and ``common``; every
+variant x seed is a run in <out>/<variant>/seed<k>/ (skipped when its metrics exist, so a killed
+measurement resumes). At the end of each run the student is validated on the same (x_0, t, noise)
+triples (the first ``val_size`` test images; noise and t drawn from the seed), which makes the runs
+of one seed paired: the differences between variants are not drowned in sampling noise. Prints and
+writes <out>/ablation.md: val/simple (MSE to the true noise) and val/mse_teacher (MSE to the teacher's
+prediction), mean +- std over seeds, and each variant's paired difference to the first variant.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+DEFAULTS: dict[str, Any] = {
+    "config": "demo",
+    "steps": 200,
+    "seeds": [0],
+    "out": "runs/ablate",
+    "variants": {"default": []},   # name -> list of overrides; or @file.yaml
+    "common": [],                  # overrides for every variant
+    "threads": 1,
+}
+METRICS = ("val/simple", "val/mse_teacher")
+
+
+def parse(argv: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    args = dict(DEFAULTS)
+    for item in argv:
+        key, eq, value = item.partition("=")
+        if not eq or key not in DEFAULTS:
+            raise SystemExit(f"error: argument {item!r} is not key=value with a key in {sorted(DEFAULTS)}")
+        if key == "variants" and value.startswith("@"):
+            value = Path(value[1:]).read_text()
+        args[key] = yaml.safe_load(value)
+    return args
+
+
+def run_one(config: str, overrides: list[str], run_dir: Path, steps: int, seed: int, threads: int) -> dict:
+    """Train one variant and validate once at the end; returns its metrics (cached in metrics.json)."""
+    done = run_dir / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    from binarydm.training.config import load_config
+    from binarydm.training.runner import run
+
+    base = [f"out_dir={run_dir.parent}", f"name={run_dir.name}", f"seed={seed}", f"num_threads={threads}",
+            f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1.0",
+            f"trainer.checkpoint_every_n_steps={steps}", "trainer.enable_progress_bar=false",
+            "sample.num_images=0", "eval.fid_samples=0", "export=false", "report=false", "data.val_size=256"]
+    start = time.perf_counter()
+    run(load_config(config, base + list(overrides)))
+    rows = list(csv.DictReader(open(next((run_dir / "csv").glob("version_*/metrics.csv")))))
+    metrics = {m: float(r[m]) for r in rows for m in METRICS if r.get(m)}
+    metrics["wall_s"] = time.perf_counter() - start
+    done.write_text(json.dumps(metrics))
+    return metrics
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.5f}"
+    return f"{statistics.mean(values):.5f} ± {statistics.stdev(values):.5f}"
+
+
+def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> list[str]:
+    names = list(results)
+    first = names[0]
+    lines = ["| variant | val/simple | val/mse_teacher | Δ mse_teacher vs " + first + " (paired) |", "|---|---|---|---|"]
+    for name in names:
+        cols = []
+        for m in METRICS:
+            cols.append(_fmt([results[name][s][m] for s in seeds if m in results[name].get(s, {})]))
+        diffs = [results[name][s]["val/mse_teacher"] - results[first][s]["val/mse_teacher"]
+                 for s in seeds if "val/mse_teacher" in results[name].get(s, {})
+                 and "val/mse_teacher" in results[first].get(s, {})]
+        cols.append(_fmt(diffs) if name != first else "")
+        lines.append(f"| {name} | " + " | ".join(cols) + " |")
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    out = Path(args["out"])
+    seeds = [int(s) for s in args["seeds"]]
+    results: dict[str, dict[int, dict]] = {}
+    for name, overrides in args["variants"].items():
+        results[name] = {}
+        for seed in seeds:
+            results[name][seed] = run_one(args["config"], list(args["common"]) + list(overrides or []),
+                                          out / name / f"seed{seed}", int(args["steps"]), seed, int(args["threads"]))
+            print(f"{name} seed {seed}: {results[name][seed]}", flush=True)
+    lines = [f"# Ablation: config={args['config']}, {args['steps']} steps, seeds {seeds}", "",
+             "Common overrides: " + (" ".join(args["common"]) or "none"), "",
+             *table(results, seeds), "", "Variants:", "",
+             *[f"- {n}: {' '.join(v or []) or '(config as is)'}" for n, v in args["variants"].items()]]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out / "ablation.md"
+
+
+if __name__ == "__main__":
+    main()
