@@ -125,17 +125,21 @@ def check_args(args: dict[str, Any]) -> None:
         check_output_path(Path(args["json"]), "json", directory=False)
 
 
-def _count(folder: Path, key: str, requested: int) -> int:
-    """How many images of ``folder`` the FID will use; refuses too few, warns when FID is biased."""
-    from .evaluation.fid import image_files
+def _count(folder: Path, which: str, key: str, requested: int) -> int:
+    """How many images of ``folder`` (named by the option ``which``) the FID will use, ``requested``
+    (option ``key``) or all; refuses fewer than MIN_IMAGES."""
+    from .evaluation.fid import DatasetNotFound, image_files
 
-    n = len(image_files(folder))  # DatasetNotFound (one line) for a missing or empty folder
+    try:
+        n = len(image_files(folder))
+    except DatasetNotFound as err:  # a missing or empty folder
+        raise UsageError(f"{which}={folder}: {str(err).removeprefix(f'{folder}: ')}") from None
     if requested > n:
         raise UsageError(f"{key}={requested}: {folder} holds only {n} images; lower {key}= (0: all of them)")
     used = requested or n
     if used < MIN_IMAGES:
-        raise UsageError(f"{folder}: {used} image(s); FID needs at least {MIN_IMAGES} per set to estimate a covariance "
-                         "(thousands for a meaningful score)")
+        raise UsageError(f"{which}={folder}: {used} image(s); FID needs at least {MIN_IMAGES} per set to estimate a "
+                         "covariance (thousands for a meaningful score)")
     return used
 
 
@@ -158,12 +162,12 @@ def run(args: dict[str, Any]) -> dict[str, Any]:
     counts = {}
     ref = str(args["ref"])
     if ref.lower().replace("_", "-") not in ("fashion-mnist", "cifar10"):  # before any sampling
-        counts["reference"] = _count(resolve_folder(ref), "ref_num", int(args["ref_num"]))
+        counts["reference"] = _count(resolve_folder(ref), "ref", "ref_num", int(args["ref_num"]))
     elif args["ref_num"]:
         counts["reference"] = int(args["ref_num"])
     folder = resolve_folder(_generated_folder(args))
     _check_complete(folder)
-    counts = {"generated": _count(folder, "num", int(args["num"])), **counts}
+    counts = {"generated": _count(folder, "gen", "num", int(args["num"])), **counts}
     _warn_biased(counts, int(getattr(extractor, "num_features", 2048)))
     results = evaluate(folder, args["ref"], extractor, split=args["split"], num=args["num"] or None,
                        ref_num=args["ref_num"] or None, root=args["root"], size=args["size"],

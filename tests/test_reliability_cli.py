@@ -143,9 +143,9 @@ CASES = [
     # ---- fid ----
     ("fid", [], "gen"),
     ("fid", ["gen={root}/none"], "gen"),
-    ("fid", ["gen={empty}", "ref={three}", "extractor=tiny"], "empty"),
-    ("fid", ["gen={one}", "ref={three}", "extractor=tiny"], "one"),
-    ("fid", ["gen={three}", "ref={one}", "extractor=tiny"], "one"),
+    ("fid", ["gen={empty}", "ref={three}", "extractor=tiny"], "gen={empty}"),
+    ("fid", ["gen={one}", "ref={three}", "extractor=tiny"], "gen={one}"),
+    ("fid", ["gen={three}", "ref={one}", "extractor=tiny"], "ref={one}"),
     ("fid", ["gen={three}", "ref={three}", "num=1"], "num"),
     ("fid", ["gen={three}", "ref={three}", "ref_num=1"], "ref_num"),
     ("fid", ["gen={three}", "ref={three}", "extractor=tiny", "num=10"], "num"),

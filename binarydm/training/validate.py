@@ -284,7 +284,8 @@ def check_resume(cfg: DictConfig, module) -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, pickle errors, ...
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # torch's messages run to several sentences of advice: the first says what is wrong.
+        first = (str(err).splitlines()[0].split(". ")[0] if str(err) else "") or type(err).__name__
         raise UsageError(f"resume={cfg.resume}: cannot read it as a checkpoint (truncated or corrupted?): {first}; "
                          "resume from an earlier checkpoint of the run") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
