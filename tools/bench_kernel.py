@@ -288,17 +288,21 @@ def fmt(v, spec=".1f") -> str:
 
 
 def table(data: dict) -> str:
-    lines = [f"W1A4 conv ({data['variant']}) vs cuDNN fp16 (channels_last, cudnn.benchmark) on {data['device']}; "
-             "us per call, median; graph = CUDA graph replay (device time), events = back-to-back eager calls; "
-             "w1a4 = quantize+pack + conv.", "",
-             "| batch | C_in | C_out | k | s | H x W | bases | fp16 graph | w1a4 graph | conv graph | fp16 events | "
-             "w1a4 events | speedup | W1A4 TOPS |", "|" + "---|" * 14]
+    lines = []
+    if data["layers"]:
+        lines += [f"W1A4 conv ({data['variant']}) vs cuDNN fp16 (channels_last, cudnn.benchmark) on {data['device']}; "
+                  "us per call, median; graph = CUDA graph replay (device time), events = back-to-back eager calls; "
+                  "w1a4 = quantize+pack + conv.", "",
+                  "| batch | C_in | C_out | k | s | H x W | bases | fp16 graph | w1a4 graph | conv graph | fp16 events | "
+                  "w1a4 events | speedup | W1A4 TOPS |", "|" + "---|" * 14]
     for r in data["layers"]:
         lines.append(f"| {r['batch']} | {r['cin']} | {r['cout']} | {r['k']} | {r['stride']} | {r['h']}x{r['w']} | "
                      f"{r['bases']} | {fmt(r['fp16_graph_us'])} | {fmt(r['w1a4_graph_us'])} | "
                      f"{fmt(r['conv_graph_us'])} | {fmt(r['fp16_us'])} | {fmt(r['w1a4_us'])} | "
                      f"{fmt(r.get('speedup'), '.2f')}x | {fmt(r.get('tops_w1a4'))} |")
-    lines += ["", "Whole UNet forward (ddpm-cifar10-32, random weights, one timestep), ms:", "",
+    if not data["unet"]:
+        return "\n".join(lines) + "\n"
+    lines += ["", f"Whole UNet forward (ddpm-cifar10-32, random weights, one timestep) on {data['device']}, ms:", "",
               "| batch | fp16 | W1A4 | speedup | graph | convs on the kernel | rel. error vs fake-quant |",
               "|---|---|---|---|---|---|---|"]
     for r in data["unet"]:
