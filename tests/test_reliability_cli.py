@@ -100,6 +100,8 @@ CASES = [
     ("train", [T, "name=a/b"], "name"),
     ("train", [T, "overwrite=maybe"], "overwrite"),
     ("train", [T, "trainer.precision=8-bit"], "trainer.precision"),
+    ("train", [T, "trainer.devices=3"], "data.batch_size"),
+    ("train", [T, "trainer.accelerator=tpu"], "trainer.accelerator"),
     # ---- train: the UNet against the data, conflicting keys, data, paths, resume ----
     ("train", [T, "data.image_size=16"], "data.image_size"),
     ("train", [T, "data.channels=1"], "data.channels"),

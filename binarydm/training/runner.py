@@ -117,6 +117,7 @@ def build(cfg: DictConfig) -> Built:
     student.train()
 
     loss = LossConfig(lrm_weight=float(cfg.loss.lrm_weight), lrm_rank_divisor=int(cfg.loss.lrm_rank_divisor),
+                      lrm_normalize=bool(cfg.loss.lrm_normalize), lrm_taps=str(cfg.loss.lrm_taps),
                       ebb_tau=float(cfg.ebb.tau) if (cfg.ebb.enabled and quant is not None) else 0.0)
     optim = OptimConfig(lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
                         betas=tuple(cfg.optim.betas), eps=float(cfg.optim.eps), schedule=str(cfg.optim.schedule),
@@ -188,7 +189,7 @@ def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) 
             # Lightning's own save goes through fsspec's temporary file in $TMPDIR (see guards.py).
             plugins=[AtomicCheckpointIO()],
         )
-    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
         # accelerator=gpu without one, devices=3 on a 2-device machine, an unknown strategy, ...
         raise UsageError(f"trainer settings (trainer.accelerator={t.accelerator}, trainer.devices={t.devices}, "
                          f"trainer.strategy={t.strategy}, trainer.precision={t.precision}): {one_line(err)}") from None

@@ -108,6 +108,13 @@ def _check_numbers(cfg: DictConfig) -> None:
             isinstance(value, float) and 0 < value <= 1)
         if not ok:
             raise UsageError(f"{key}={value!r}: must be an integer >= 1 (batches) or a fraction in (0, 1]")
+    devices = _get(cfg, "trainer.devices")
+    count = len(devices) if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)) else devices
+    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+        world = count * int(_get(cfg, "trainer.num_nodes"))
+        if _get(cfg, "data.batch_size") % world:
+            raise UsageError(f"data.batch_size={_get(cfg, 'data.batch_size')}: the global batch must split evenly "
+                             f"between the {world} processes (trainer.devices x trainer.num_nodes)")
     fid = _get(cfg, "eval.fid_samples")
     if fid == 1:
         raise UsageError("eval.fid_samples=1: FID needs a covariance, so at least 2 samples (0 turns FID off)")
