@@ -75,6 +75,13 @@ def test_gate_on_the_real_kernels(tmp_path, capsys):
         # (the weight-loading warps), far over the issue's target of 3. Recorded in docs/kernels.md.
         assert 3 < r["instr_per_4k_mac"] < 60
     assert rows["w1a4_conv_simt_f16"]["instr_per_4k_mac"] is None
+    # The issue-rate microbenchmark (cuda/mma_rates.cu) holds every tensor-core instruction it times,
+    # wgmma ones included (sm_90a only), each in a tight loop.
+    rates = [r for r in rows.values() if r["source"] == "mma_rates.cu" and r["main_loop"]]
+    ops = set().union(*(r["main_loop"]["mma"] for r in rates))
+    assert {"IMMA.16832.U8.S8", "BMMA.168256.AND.POPC", "HMMA.16816.F32", "IGMMA.64x128x32.S8.S8",
+            "BGMMA.64x128x256.AND.POPC", "HGMMA.64x128x16.F32"} <= ops
+    assert all(r["instr_per_4k_mac"] < 3 for r in rates)
     worst = max(mma, key=lambda r: r["instr_per_4k_mac"])
     assert lines[-1] == (f"worst conv kernel: {worst['kernel']} (sm_90a) "
                          f"instr_per_4k_mac = {worst['instr_per_4k_mac']}")

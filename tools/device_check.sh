@@ -7,10 +7,12 @@
 # Stages, each under `timeout` and none stopping the next: install the carried wheels (.whl: diffusers
 # and what it needs that the GPU image lacks), nvidia-smi, versions, `pytest -m gpu` on the kernel
 # tests, tools/bench_kernel.py per layer (cuDNN fp16 vs W1A4, batch 1/64/256, one and two bases), the
-# whole UNet fp16 vs W1A4, and a summary. Writes $OUT/device_check.json (every stage's exit status and
+# whole UNet fp16 vs W1A4, the tensor-core issue rates (cuda/mma_rates.cu: IMMA, BMMA, HMMA, IGMMA,
+# BGMMA, HGMMA), and a summary. Writes $OUT/device_check.json (every stage's exit status and
 # seconds, the pytest summary, the benchmark figures), $OUT/device_check.log (everything printed),
-# $OUT/bench_kernel.json and $OUT/bench_kernel.md. The whole run stops inside $BUDGET seconds (330 by
-# default) even if a stage hangs: each stage gets the lesser of its own limit and what is left.
+# $OUT/bench_kernel.{json,md}, $OUT/bench_unet.{json,md} and $OUT/mma_rates.jsonl. The whole run
+# stops inside $BUDGET seconds (330 by default) even if a stage hangs: each stage gets the lesser of
+# its own limit and what is left.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 DRY=0
@@ -76,8 +78,20 @@ print("VERSIONS " + json.dumps(info))
 EOF
 }
 
-export -f install_wheels versions
-export PY
+# The tensor-core issue-rate microbenchmark (cuda/mma_rates.cu), one process per instruction kind.
+mma_rates() {
+    local cap arch
+    cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
+    arch=${cap:-90}
+    [ "$arch" = 90 ] && arch=90a  # wgmma needs the arch-specific target
+    nvcc -O3 -std=c++17 "-gencode=arch=compute_$arch,code=sm_$arch" -o /tmp/mma_rates cuda/mma_rates.cu || return 1
+    for kind in imma_u8s8 imma_s4s4 bmma_and hmma_f16 igmma_s8 bgmma_and hgmma_f16; do
+        timeout -k 2 15 /tmp/mma_rates $kind | tee -a "$OUT/mma_rates.jsonl"
+    done
+}
+
+export -f install_wheels versions mma_rates
+export PY OUT
 if [ $DRY = 0 ]; then
     stage install 60 bash -c install_wheels
     export PYTHONPATH=/tmp/site:$PWD
@@ -100,6 +114,8 @@ if [ $DRY = 1 ]; then
 fi
 stage bench_layers 150 "${BENCH[@]}" --no-unet --out "$OUT/bench_kernel.md"
 stage bench_unet 100 "${BENCH_UNET[@]}"
+rm -f "$OUT/mma_rates.jsonl"
+stage mma_rates 60 bash -c mma_rates
 
 # Summary: always gets its reserved seconds.
 timeout -k 5 $((SUMMARY_RESERVE - 5)) "$PY" - "$OUT" "$STAGES" "$START" "$DRY" <<'EOF' 2>&1 | tee -a "$LOG"
@@ -125,6 +141,9 @@ if py:
         if summary else {}
     result["pytest"] = {"summary": summary[-1] if summary else None, "counts": counts,
                         "failed": re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M)}
+rates = out / "mma_rates.jsonl"
+result["mma_rates"] = [json.loads(l) for l in rates.read_text().splitlines() if l.startswith("{")] \
+    if rates.exists() else None
 for key, name in (("bench", "bench_kernel.json"), ("bench_unet", "bench_unet.json")):
     p = out / name
     try:
@@ -148,6 +167,9 @@ for r in (result.get("bench") or {}).get("layers", []):
 for r in (result.get("bench_unet") or {}).get("unet", []):
     print(f"UNet b{r['batch']}: fp16 {r['t_fp16_ms'] or 0:.3f} ms, W1A4 {r['t_w1a4_ms'] or 0:.3f} ms, "
           f"x{r.get('speedup') or 0:.2f}, graph={r['graph']}, rel.err {r['rel_err_vs_fake_quant']:.1e}")
+for r in result["mma_rates"] or []:
+    print(f"{r['kind']:10s} " + (r["error"] if "error" in r else
+          f"{r['tmacs']:8.1f} TMAC/s, {r['macs_per_sm_per_clk']:7.0f} MAC/SM/clk  ({r['instr']})"))
 errors = [e for k in ("bench", "bench_unet") for e in ((result.get(k) or {}).get("errors") or [])]
 print(f"bench errors: {len(errors)}", *[f"{e['where']}: {e['error'][:160]}" for e in errors[:8]], sep="\n  ")
 print(f"wrote {out / 'device_check.json'} after {result['seconds']}s")
