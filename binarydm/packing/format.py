@@ -157,6 +157,34 @@ def clean_stale_temp(directory: PathLike, recursive: bool = False) -> list[Path]
     return removed
 
 
+def check_output_path(path: PathLike, key: str, *, directory: bool) -> Path:
+    """Raise UsageError (naming ``key``) unless ``path`` can be created or written: an existing
+    ``path`` of the right kind that is writable, or a nonexistent one whose nearest existing ancestor is a
+    writable directory. Writes nothing, so it can run before any work starts."""
+    from ..errors import UsageError
+
+    path = Path(path).expanduser()
+    kind = "directory" if directory else "file"
+    if path.exists():
+        if directory and not path.is_dir():
+            raise UsageError(f"{key}={path}: exists and is not a directory; choose another {key}=")
+        if not directory and path.is_dir():
+            raise UsageError(f"{key}={path}: is a directory; {key}= must name a file")
+        if not os.access(path if directory else path.parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{key}={path}: the {kind} is not writable (permission denied); choose another {key}=")
+        return path
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{key}={path}: {parent} is not a directory, so the {kind} cannot be created; choose another "
+                         f"{key}=")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{key}={path}: cannot create it, {parent} is not writable (permission denied); choose "
+                         f"another {key}=")
+    return path
+
+
 # ---- a directory's checksum file ------------------------------------------------------------------
 CHECKSUM_FILE = "SHA256SUMS"
 
@@ -694,8 +722,8 @@ def save_student_dir(model: nn.Module, unet_config: Mapping[str, Any], quant_con
 
 
 __all__ = [
-    "CHECKSUM_FILE", "TMP_SUFFIX", "atomic_path", "atomic_write", "clean_stale_temp", "file_mode", "verify_checksums",
-    "write_checksums",
+    "CHECKSUM_FILE", "TMP_SUFFIX", "atomic_path", "atomic_write", "check_output_path", "clean_stale_temp",
+    "file_mode", "verify_checksums", "write_checksums",
     "FORMAT", "FORMAT_VERSION", "STUDENT_FILES", "PackedFormatError", "build_model", "export_packed",
     "file_sizes", "load_checkpoint", "load_packed", "load_student_dir", "lmb_latent", "lsq_latent", "pack_bits",
     "packed_metadata", "read_packed", "save_student_dir", "unpack_bits",

@@ -36,7 +36,7 @@ class DivergenceError(RunFailed):
     """Training produced a non-finite loss or parameter."""
 
 
-def _non_finite_parameter(module: torch.nn.Module) -> Optional[str]:
+def first_non_finite(module: torch.nn.Module) -> Optional[str]:
     """The name of the first parameter or floating buffer holding a NaN or an infinity, else None.
     One device synchronisation: the per-tensor flags are stacked before being read."""
     tensors = [(n, t) for n, t in module.state_dict().items() if torch.is_tensor(t) and t.is_floating_point()
@@ -88,7 +88,7 @@ class DivergenceGuard(L.Callback):
             self._fail(trainer, f"the loss is {value}")
 
     def check_parameters(self, trainer, pl_module, when: str) -> None:
-        name = _non_finite_parameter(pl_module)
+        name = first_non_finite(pl_module)
         if self._any_rank(trainer, name is not None):
             self._fail(trainer, f"parameter {name or '(on another process)'} is not finite ({when})")
 
@@ -237,4 +237,4 @@ def claim_run_dir(run_dir: Path, resume: Optional[str] = None, overwrite: bool =
 
 
 __all__ = ["AtomicCheckpointIO", "DivergenceError", "DivergenceGuard", "LOCK_FILE", "check_run_dir_free",
-           "claim_run_dir", "earlier_results", "launcher_rank_zero"]
+           "claim_run_dir", "earlier_results", "first_non_finite", "launcher_rank_zero"]

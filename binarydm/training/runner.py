@@ -42,7 +42,15 @@ from .callbacks import (
 )
 from .config import to_container
 from .data import DataConfig, DiffusionDataModule
-from .guards import AtomicCheckpointIO, DivergenceError, DivergenceGuard, _non_finite_parameter, claim_run_dir
+from .guards import (
+    AtomicCheckpointIO,
+    DivergenceError,
+    DivergenceGuard,
+    check_run_dir_free,
+    claim_run_dir,
+    first_non_finite,
+    launcher_rank_zero,
+)
 from .module import DiffusionQAT, LossConfig, OptimConfig
 from .schedules import QuantScheduleCallback
 from .teacher import load_scheduler, load_unet, resolve_local
@@ -316,6 +324,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence = (), overwrite: bool = False
     """
     start = time.time()
     overwrite = bool(overwrite or cfg.get("overwrite", False))
+    if launcher_rank_zero():  # a refused directory is said at once, before the model and data are loaded
+        check_config(cfg)
+        check_run_dir_free(Path(cfg.out_dir) / str(cfg.name), cfg.resume, overwrite)
     built, trainer = prepare(cfg, extra_callbacks)
     with claim_run_dir(built.run_dir, cfg.resume, overwrite):
         if trainer.is_global_zero:
@@ -331,7 +342,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence = (), overwrite: bool = False
                 student = built.module.student
                 ctx = built.ema.applied(student) if built.ema is not None else _null()
                 with ctx:
-                    bad = _non_finite_parameter(student)
+                    bad = first_non_finite(student)
                     if bad is not None:  # e.g. the EMA average of a run that diverged between checks
                         raise DivergenceError(f"training diverged by step {trainer.global_step}: {bad} of the "
                                               "model to export is not finite; lower optim.lr; nothing was exported")
