@@ -263,18 +263,28 @@ __device__ void conv_mma(const u32* __restrict__ act, const u32* __restrict__ wb
 
     uint2 a_reg = make_uint2(0u, 0u);
     u32 b_reg = 0u;
+    // The (tap, channel word) of the next load advance by one step per call, so the loop divides nothing:
+    // k = (ky * KW + kx) * Cw + cw, and the activation offset of the step is tap_off + 4 cw past the pixel.
+    const long long a_pix = (((long long)a_n * s.H + a_ih0) * s.W + a_iw0) * words_per_pixel + 2 * a_half;
+    int ld_cw = 0, ld_kx = 0, ld_ky = 0, ld_tap_off = 0;
     auto load_global = [&](int k) {
-        const int tap = k / s.Cw, cw = k - tap * s.Cw;
-        const int ky = tap / s.KW, kx = tap - ky * s.KW;
-        const int ih = a_ih0 + ky, iw = a_iw0 + kx;
+        const int ih = a_ih0 + ld_ky, iw = a_iw0 + ld_kx;
         // Outside the image the code is 0: the epilogue's border correction accounts for it.
         if (a_in && ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) {
-            const u32* p = act + (((long long)a_n * s.H + ih) * s.W + iw) * words_per_pixel + 4 * cw + 2 * a_half;
-            a_reg = *reinterpret_cast<const uint2*>(p);
+            a_reg = *reinterpret_cast<const uint2*>(act + a_pix + ld_tap_off + 4 * ld_cw);
         } else {
             a_reg = make_uint2(0u, 0u);
         }
-        if (b_loader) b_reg = b_in ? b_ptr[tap * s.Cw + cw] : 0u;
+        if (b_loader) b_reg = b_in ? b_ptr[k] : 0u;  // a column's words are contiguous in k
+        if (++ld_cw == s.Cw) {
+            ld_cw = 0;
+            ld_tap_off += words_per_pixel;
+            if (++ld_kx == s.KW) {
+                ld_kx = 0;
+                ++ld_ky;
+                ld_tap_off += (s.W - s.KW) * words_per_pixel;
+            }
+        }
     };
     auto store_shared = [&](int buf) {
         uint4 lo, hi;
@@ -335,7 +345,25 @@ __device__ void conv_mma(const u32* __restrict__ act, const u32* __restrict__ wb
         __syncthreads();
     }
 
-    // Epilogue: border correction, scales, bias, store NHWC.
+    // Epilogue: border correction, scales, bias, store NHWC. A pixel whose taps all lie inside the image
+    // takes the full sum of R over the taps, made once per column here; only border pixels sum the valid
+    // taps. The thread's column pair (col, col + 1) is both bases of channel col / 2 (two bases), or
+    // channels col and col + 1 (one base).
+    int r_full[4][2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int col = j0 + warp_n * 32 + j * 8 + 2 * t4;  // even
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int o = NB == 2 ? col >> 1 : col + e;
+            r_full[j][e] = 0;
+            if (o < s.C_out) {
+                const int* r = rsum + ((long long)(NB == 2 ? e * s.C_out : 0) + o) * T;
+#pragma unroll 1
+                for (int t = 0; t < T; ++t) r_full[j][e] += r[t];
+            }
+        }
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
 #pragma unroll
@@ -345,6 +373,7 @@ __device__ void conv_mma(const u32* __restrict__ act, const u32* __restrict__ wb
             const int ow = (int)(m % s.OW);
             const int oh = (int)((m / s.OW) % s.OH);
             const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
+            const bool inside = ih0 >= 0 && iw0 >= 0 && ih0 + s.KH <= s.H && iw0 + s.KW <= s.W;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int col = j0 + warp_n * 32 + j * 8 + 2 * t4;  // even
@@ -352,18 +381,22 @@ __device__ void conv_mma(const u32* __restrict__ act, const u32* __restrict__ wb
                 if (NB == 2) {
                     const int o = col >> 1;
                     if (o >= s.C_out) continue;
-                    const int v0 = c0 - s.z * valid_row_sum(rsum + (long long)o * T, ih0, iw0, s.H, s.W, s.KH, s.KW);
-                    const int v1 = c1 - s.z * valid_row_sum(rsum + ((long long)s.C_out + o) * T, ih0, iw0, s.H, s.W,
-                                                            s.KH, s.KW);
-                    store_out<F16>(out, m * s.C_out + o, epilogue<2>(v0, v1, o, s.C_out, scale, bias));
+                    const int r0 = inside ? r_full[j][0]
+                                          : valid_row_sum(rsum + (long long)o * T, ih0, iw0, s.H, s.W, s.KH, s.KW);
+                    const int r1 = inside ? r_full[j][1]
+                                          : valid_row_sum(rsum + ((long long)s.C_out + o) * T, ih0, iw0, s.H, s.W,
+                                                          s.KH, s.KW);
+                    store_out<F16>(out, m * s.C_out + o,
+                                   epilogue<2>(c0 - s.z * r0, c1 - s.z * r1, o, s.C_out, scale, bias));
                 } else {
 #pragma unroll
                     for (int e = 0; e < 2; ++e) {
                         const int o = col + e;
                         if (o >= s.C_out) continue;
-                        const int v = (e ? c1 : c0) -
-                                      s.z * valid_row_sum(rsum + (long long)o * T, ih0, iw0, s.H, s.W, s.KH, s.KW);
-                        store_out<F16>(out, m * s.C_out + o, epilogue<1>(v, 0, o, s.C_out, scale, bias));
+                        const int r = inside ? r_full[j][e]
+                                             : valid_row_sum(rsum + (long long)o * T, ih0, iw0, s.H, s.W, s.KH, s.KW);
+                        store_out<F16>(out, m * s.C_out + o,
+                                       epilogue<1>((e ? c1 : c0) - s.z * r, 0, o, s.C_out, scale, bias));
                     }
                 }
             }
