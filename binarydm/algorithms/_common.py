@@ -84,15 +84,6 @@ class ChannelSized(Quantizer):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def check_one_bit(spec, name: str) -> None:
-    """Activation binarizers are 1-bit: refuse a config that asks for more, naming the fix."""
-    if spec.config.a_bits != 1:
-        raise ValueError(
-            f"act={name!r} binarizes activations (1 bit) but the config has a_bits={spec.config.a_bits}; "
-            f"set a_bits=1, or use act='lsq' for multi-bit activations"
-        )
-
-
 def empty_param() -> nn.Parameter:
     return nn.Parameter(torch.zeros(0))
 
@@ -105,13 +96,19 @@ class Affine(nn.Module):
     layer, and neither must happen to these.
     """
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        bound = 1 / math.sqrt(in_features) if in_features > 0 else 0
-        nn.init.uniform_(self.bias, -bound, bound)
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight.numel():  # a zero-width layer (FDA's d < 64) has nothing to draw (and torch warns)
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            in_features = self.weight.shape[1]
+            bound = 1 / math.sqrt(in_features) if in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)

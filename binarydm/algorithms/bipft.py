@@ -42,7 +42,7 @@ from binarydm.quant.registry import LayerSpec, register_act, register_weight
 from binarydm.quant.ste import grad_scale, sign_ste
 
 from ._common import (
-    Affine, ChannelSized, ParameterFree, channel_axis, check_one_bit, empty_param, out_channel_dims, view_along,
+    Affine, ChannelSized, ParameterFree, channel_axis, empty_param, out_channel_dims, view_along,
 )
 
 
@@ -175,7 +175,6 @@ def _weight(layer, spec: LayerSpec) -> BWNWeight:
     return BWNWeight()
 
 
-@register_act("bipft")
+@register_act("bipft", one_bit=True)
 def _act(spec: LayerSpec) -> BiPFTAct:
-    check_one_bit(spec, "bipft")
     return BiPFTAct()

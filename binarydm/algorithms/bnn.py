@@ -13,7 +13,7 @@ import torch
 from binarydm.quant.registry import LayerSpec, register_act, register_weight
 from binarydm.quant.ste import sign_ste
 
-from ._common import ParameterFree, check_one_bit
+from ._common import ParameterFree
 
 
 class SignBinarizer(ParameterFree):
@@ -36,7 +36,6 @@ def _weight(layer, spec: LayerSpec) -> SignBinarizer:
     return SignBinarizer("clipped")
 
 
-@register_act("bnn")
+@register_act("bnn", one_bit=True)
 def _act(spec: LayerSpec) -> SignBinarizer:
-    check_one_bit(spec, "bnn")
     return SignBinarizer("clipped")

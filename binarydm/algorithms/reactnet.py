@@ -3,7 +3,8 @@
     activations:  x_b = sign(x + beta_c),  beta one learnable shift per input channel, init 0
     backward:     ApproxSign on u = x + beta:  d x_b/du = max(0, 2 - 2|u|);
                   dL/dx = g * d(u),  dL/dbeta_c = sum over every position of channel c of g * d(u)
-    weights:      a_w * sign(W), a_w = mean|W| per output channel (detached), clipped STE
+    weights:      a_w * sign(W), a_w = mean|W| per output channel (detached), clipped STE without
+                  the scale (BiBench's ReActConv2d; ``reactnet(scaled_grad=True)``: times a_w)
 
 The spec writes the threshold as sign(x + beta); the paper's "sign(x - alpha)" is the same with
 beta = -alpha. RPReLU is part of ReActNet's backbone, not of the binarizer, and is not added to
@@ -18,8 +19,8 @@ import torch
 from binarydm.quant.registry import LayerSpec, register_act, register_weight
 from binarydm.quant.ste import sign_ste
 
-from ._common import ChannelSized, channel_axis, check_one_bit, empty_param, view_along
-from .xnor import XnorWeight
+from ._common import ChannelSized, channel_axis, empty_param, view_along
+from .xnor import XnorOptions, XnorWeight, weight_of
 
 
 class RSign(ChannelSized):
@@ -44,12 +45,11 @@ class RSign(ChannelSized):
         return sign_ste(x + beta, self.surrogate)
 
 
-@register_weight("reactnet")
+@register_weight("reactnet", options=XnorOptions)
 def _weight(layer, spec: LayerSpec) -> XnorWeight:
-    return XnorWeight("clipped")
+    return weight_of(spec)
 
 
-@register_act("reactnet")
+@register_act("reactnet", one_bit=True)
 def _act(spec: LayerSpec) -> RSign:
-    check_one_bit(spec, "reactnet")
     return RSign()

@@ -6,30 +6,27 @@
 
 For a linear layer (tokens [..., C_out]) Gamma is o[c] alone. Unlike a per-channel alpha, Gamma
 varies over the output's spatial positions, so it cannot be folded into the weight: it acts on the
-layer OUTPUT through the weight quantizer's :meth:`XnorPPWeight.scale_output`, applied before the
-bias. :func:`layer_forward` is that forward written out; ``QuantConv2d`` / ``QuantLinear`` call
-``scale_output`` themselves once binarydm/quant/layers.py has the output-scale slot.
+layer OUTPUT through the weight quantizer's :meth:`XnorPPWeight.scale_output`, which ``QuantConv2d``
+/ ``QuantLinear`` apply before the bias.
 
 Sizing h and w: they depend on the layer's output resolution, which the weight alone does not give,
 so Gamma is an :class:`OutputGamma` quantizer initialised from a calibration output, explicitly and
-once: :func:`prepare_` is ``binarydm.calibrate_`` plus the Gamma's. Until then a forward raises. A
-loaded state dict resizes h and w to the saved shapes first: nothing is re-initialised. The learned
-Gamma fixes the resolution: a different one raises a clear error.
+once, by ``binarydm.calibrate_`` (which lists ``weight_quantizer.output_quantizer`` among the
+activation quantizers). Until then a forward raises. A loaded state dict resizes h and w to the saved
+shapes first: nothing is re-initialised. The learned Gamma fixes the resolution: a different one
+raises a clear error.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from binarydm.quant.base import Quantizer, observing
-from binarydm.quant.convert import calibrate_ as _calibrate
-from binarydm.quant.layers import QUANT_LAYERS, QuantConv2d
+from binarydm.quant.base import Quantizer
 from binarydm.quant.registry import LayerSpec, register_act, register_weight
 from binarydm.quant.ste import sign_ste
 
-from ._common import check_one_bit, empty_param
+from ._common import empty_param
 from .bnn import SignBinarizer
 
 
@@ -101,48 +98,11 @@ class XnorPPWeight(Quantizer):
         return self.output_quantizer.inference_numel()
 
 
-def layer_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A QuantConv2d / QuantLinear forward with the weight quantizer's output scale before the bias."""
-    qx, qw = layer.quantized_input(x), layer.quantized_weight()
-    if isinstance(layer, QuantConv2d):
-        y = layer._conv_forward(qx, qw, None)
-        bias_view = (1, -1, 1, 1)
-    else:
-        y = F.linear(qx, qw)
-        bias_view = (-1,)
-    q = layer.weight_quantizer
-    if q is not None and q.enabled and hasattr(q, "scale_output"):
-        y = q.scale_output(y)
-    return y if layer.bias is None else y + layer.bias.view(bias_view)
-
-
-def output_quantizers(model: nn.Module) -> list[OutputGamma]:
-    return [m.output_quantizer for m in model.modules() if isinstance(m, XnorPPWeight)]
-
-
-@torch.no_grad()
-def prepare_(model: nn.Module, *args, **kwargs) -> nn.Module:
-    """``binarydm.calibrate_(model, *args, **kwargs)`` that also sizes every XNOR++ Gamma from its output.
-
-    Once ``binarydm.quant.convert.activation_quantizers`` lists ``weight_quantizer.output_quantizer``
-    (see docs/algorithms.md), ``binarydm.calibrate_`` alone does this.
-    """
-    with observing(output_quantizers(model)):
-        _calibrate(model, *args, **kwargs)
-    return model
-
-
-def has_output_scale_slot() -> bool:
-    """Whether binarydm's quantized layers apply ``scale_output`` themselves (the layers.py slot)."""
-    return all(hasattr(cls, "scale_output") for cls in QUANT_LAYERS)
-
-
 @register_weight("xnorpp")
 def _weight(layer, spec: LayerSpec) -> XnorPPWeight:
     return XnorPPWeight(layer.weight.shape[0], spatial=layer.weight.dim() == 4)
 
 
-@register_act("xnorpp")
+@register_act("xnorpp", one_bit=True)
 def _act(spec: LayerSpec) -> SignBinarizer:
-    check_one_bit(spec, "xnorpp")
     return SignBinarizer("clipped")

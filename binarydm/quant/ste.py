@@ -107,6 +107,30 @@ def sign_ste(x: torch.Tensor, surrogate: Union[str, Surrogate] = "clipped") -> t
     return _SignSTE.apply(x, get_surrogate(surrogate))
 
 
+class _ScaledSignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return binary_sign(x) * scale
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_x, _ = _SignSTE.backward(ctx, grad_output)
+        return grad_x, None, None
+
+
+def scaled_sign_ste(x: torch.Tensor, scale: torch.Tensor, surrogate: Union[str, Surrogate] = "clipped") -> torch.Tensor:
+    """Forward ``scale * binary_sign(x)``; backward ``grad * surrogate(x)``: the scale (a statistic, no
+    gradient) is in the value but not in the gradient.
+
+    This is what BiBench's XNOR, DoReFa, Bi-Real and ReAct convolutions compute with
+    ``(scale * sign(w)).detach() - clamp(w, -1, 1).detach() + clamp(w, -1, 1)``.
+    ``scale.detach() * sign_ste(x)`` is the other reading (the scale also multiplies the gradient).
+    """
+    return _ScaledSignSTE.apply(x, scale.detach(), get_surrogate(surrogate))
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Forward ``round(x)`` (half to even, as torch.round); backward identity."""
     return x + (torch.round(x) - x).detach()

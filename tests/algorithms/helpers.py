@@ -150,3 +150,24 @@ def upstream(shape, seed: int = 1) -> torch.Tensor:
 def vjp(y: torch.Tensor, inputs, g: torch.Tensor):
     """The gradients of sum(g * y) with respect to ``inputs``."""
     return torch.autograd.grad(y, inputs, grad_outputs=g)
+
+
+# ---- the originals' straight-through forms, for references written from their formulas -----------
+def clamp_ste_ref(u: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """BiBench's form ``value.detach() - clamp(u, -1, 1).detach() + clamp(u, -1, 1)``: forward ``value``,
+    gradient 1{|u| <= 1} (the clamp's), whatever scale ``value`` carries."""
+    clipped = torch.clamp(u, -1.0, 1.0)
+    return value.detach() - clipped.detach() + clipped
+
+
+def surrogate_ref(u: torch.Tensor, value: torch.Tensor, derivative: torch.Tensor) -> torch.Tensor:
+    """Forward ``value``; gradient with respect to ``u``: ``derivative`` (an autograd.Function's
+    ``grad_input = derivative * grad_output``, as the originals write their binarizers)."""
+    d = derivative.detach()
+    return value.detach() + u * d - (u * d).detach()
+
+
+def torch_sign_nonzero(x: torch.Tensor) -> torch.Tensor:
+    """The originals' torch.sign; the tests draw continuous values, so sign(0) = 0 never occurs."""
+    assert (x != 0).all()
+    return torch.sign(x)

@@ -8,7 +8,10 @@ from binarydm.algorithms.biper import BiPerWeight, biper_penalty
 from binarydm.algorithms.recu import ReCUAct
 from binarydm.algorithms.schedule import biper_stage, set_progress_
 
-from .helpers import TinyResNet, check_conv_arguments, check_round_trip, leaf, resnet_input, upstream, vjp
+from .helpers import (
+    TinyResNet, check_conv_arguments, check_round_trip, leaf, resnet_input, surrogate_ref, torch_sign_nonzero, upstream,
+    vjp,
+)
 
 CONFIG = preset("biper")
 
@@ -78,3 +81,30 @@ def test_conv_arguments_honoured():
 def test_state_dict_round_trip_keeps_the_stage():
     fresh = check_round_trip(CONFIG, TinyResNet, (resnet_input(),), prepare=lambda m, *i: set_progress_(m, 1, 10))
     assert {q.stage for q in fresh.modules() if isinstance(q, BiPerWeight)} == {1}
+
+
+def bibench_biper_conv(w, a, alpha, omega, training):
+    """The authors' BinarizeConv2d (stage 2), bias-free, from its lines."""
+    a0 = a / torch.sqrt(a.var([1, 2, 3], keepdim=True) + 1e-5) if training else a
+    wave = torch.sin(omega * w)
+    bw = surrogate_ref(wave, torch_sign_nonzero(wave.detach()), torch.ones_like(wave))  # BinaryQuantize
+    ba = surrogate_ref(a0, torch_sign_nonzero(a0.detach()), (2 - torch.abs(2 * a0)).clamp(min=0))
+    return nn.functional.conv2d(ba, bw, None, 1, 1) * alpha
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_forward_and_gradients_match_the_authors_code(training):
+    """Stage 2, omega from the options; in eval the input is not normalised (the authors' code)."""
+    model = binarydm.binarize_(nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, bias=False)),
+                               preset("biper", omega=10, alpha_init="uniform"))
+    layer = model[0].train(training)
+    assert layer.weight_quantizer.omega == 10.0
+    a = leaf(2, 4, 5, 5, seed=3, scale=0.3)
+    alpha = layer.weight_quantizer.alpha
+    refs = [layer.weight.detach().clone().requires_grad_(True), a.detach().clone().requires_grad_(True),
+            alpha.detach().view(1, -1, 1, 1).clone().requires_grad_(True)]
+    y, ref = layer(a), bibench_biper_conv(*refs, 10.0, training)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    g = upstream(y.shape)
+    for got, want in zip(vjp(y, (layer.weight, a, alpha), g), vjp(ref, refs, g)):
+        torch.testing.assert_close(got.flatten(), want.flatten(), rtol=1e-4, atol=1e-5)

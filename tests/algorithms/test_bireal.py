@@ -3,7 +3,10 @@ import torch
 from binarydm.algorithms import preset
 from binarydm.quant.registry import LayerSpec, act_factory, weight_factory
 
-from .helpers import TinyResNet, check_conv_arguments, check_round_trip, leaf, resnet_input, upstream, vjp
+from .helpers import (
+    TinyResNet, check_conv_arguments, check_round_trip, clamp_ste_ref, leaf, resnet_input, torch_sign_nonzero, upstream,
+    vjp,
+)
 
 CONFIG = preset("bireal")
 
@@ -34,13 +37,28 @@ def test_activation_gradient_is_approx_sign():
     torch.testing.assert_close(dx, g * approx_sign_reference(x.detach()), rtol=1e-6, atol=1e-7)
 
 
-def test_weight_gradient_is_clipped_ste():
-    wq = weight_factory("bireal")(torch.nn.Conv2d(4, 6, 3), LayerSpec("conv", CONFIG))
-    w = leaf(6, 4, 3, 3, scale=1.5)
-    g = upstream(w.shape)
-    (dw,) = vjp(wq(w), w, g)
+def bibench_activation(x):
+    """BiBench's BiRealConv2d input: sign(x) forward through the piecewise polynomial out3."""
+    m1, m2, m3 = (x < -1).float(), (x < 0).float(), (x < 1).float()
+    out1 = -1 * m1 + (x * x + 2 * x) * (1 - m1)
+    out2 = out1 * m2 + (-x * x + 2 * x) * (1 - m2)
+    out3 = out2 * m3 + 1 * (1 - m3)
+    return torch_sign_nonzero(x.detach()) - out3.detach() + out3
+
+
+def test_forward_and_gradients_match_bibench():
+    spec = LayerSpec("conv", CONFIG)
+    wq, aq = weight_factory("bireal")(torch.nn.Conv2d(4, 6, 3), spec), act_factory("bireal")(spec)
+    w, x = leaf(6, 4, 3, 3, scale=1.5), leaf(2, 4, 5, 5, seed=1, scale=1.5)
+    gw, gx = upstream(w.shape), upstream(x.shape, seed=2)
     a = w.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
-    torch.testing.assert_close(dw, g * a * (w.detach().abs() <= 1), rtol=1e-6, atol=0)
+    ref_w = clamp_ste_ref(w, a * torch_sign_nonzero(w.detach()))  # no a in the gradient
+    ref_x = bibench_activation(x)
+    qw, qx = wq(w), aq(x)
+    torch.testing.assert_close(qw, ref_w, rtol=1e-6, atol=1e-6)  # ref: v - c + c rounds
+    torch.testing.assert_close(qx, ref_x, rtol=1e-6, atol=1e-6)  # ref: v - c + c rounds
+    torch.testing.assert_close(vjp(qw, w, gw)[0], vjp(ref_w, w, gw)[0], rtol=0, atol=0)
+    torch.testing.assert_close(vjp(qx, x, gx)[0], vjp(ref_x, x, gx)[0], rtol=1e-6, atol=1e-6)
 
 
 def test_conv_arguments_honoured():

@@ -4,13 +4,13 @@ import torch
 import binarydm
 from binarydm.algorithms import preset
 from binarydm.algorithms.bnn import SignBinarizer
-from binarydm.quant.registry import act_factory, weight_factory
+from binarydm.quant.registry import LayerSpec, act_factory, weight_factory
 
 from .helpers import TinyResNet, check_conv_arguments, check_round_trip, leaf, resnet_input, upstream, vjp
 
 
 def test_values_are_plus_minus_one_and_sign_zero_is_plus_one():
-    q = weight_factory("bnn")(torch.nn.Conv2d(2, 3, 3), None)
+    q = weight_factory("bnn")(torch.nn.Conv2d(2, 3, 3), LayerSpec("conv", preset("bnn")))
     x = torch.tensor([-2.0, -0.0, 0.0, 1e-9, 3.0])
     assert q(x).tolist() == [-1.0, 1.0, 1.0, 1.0, 1.0]
     w = leaf(3, 2, 3, 3)

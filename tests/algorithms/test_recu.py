@@ -1,12 +1,18 @@
 import math
 
+import pytest
 import torch
+from torch.nn import functional as F
 
+import binarydm
 from binarydm.algorithms import preset
 from binarydm.algorithms.recu import ReCUAct, ReCUWeight, clamp_threshold, standardize
 from binarydm.algorithms.schedule import recu_tau
 
-from .helpers import TinyResNet, check_conv_arguments, check_round_trip, leaf, resnet_input, upstream, vjp
+from .helpers import (
+    TinyResNet, check_conv_arguments, check_round_trip, leaf, resnet_input, surrogate_ref, torch_sign_nonzero, upstream,
+    vjp,
+)
 
 CONFIG = preset("recu")
 
@@ -28,52 +34,72 @@ def test_alpha_init_uniform_and_forward_values():
     assert torch.equal(y > 0, standardize(w.detach()) >= 0)
 
 
-def test_standardisation_and_threshold_formulas():
-    w = leaf(3, 5, 2, 2)
+def bibench_recu(w, a, alpha, tau, training=True):
+    """BiBench's ReCUConv2d (= the authors' BinarizeConv2d), bias-free, written from its lines."""
+    w0 = w - w.mean([1, 2, 3], keepdim=True)
+    w1 = w0 / (torch.sqrt(w0.var([1, 2, 3], keepdim=True) + 1e-5) / 2 / math.sqrt(2))
+    ew = torch.mean(torch.abs(w1))
+    q_tau = (-ew * torch.log(2 - 2 * torch.tensor(tau))).detach().cpu().item()
+    w2 = torch.clamp(w1, -q_tau, q_tau)
+    a0 = a / torch.sqrt(a.var([1, 2, 3], keepdim=True) + 1e-5) if training else a
+    bw = surrogate_ref(w2, torch_sign_nonzero(w2.detach()), torch.ones_like(w2))  # BinaryQuantize: identity
+    ba = surrogate_ref(a0, torch_sign_nonzero(a0.detach()), (2 - torch.abs(2 * a0)).clamp(min=0))
+    return F.conv2d(ba, bw, None, 1, 1) * alpha
+
+
+def _recu_conv(w, tau):
+    layer = binarydm.binarize_(torch.nn.Sequential(torch.nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1, bias=False)),
+                               preset("recu", tau_start=tau))[0]
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.weight_quantizer.alpha.uniform_(0.2, 1.0)
+    return layer
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_forward_and_gradients_match_bibench(training):
+    w, a = leaf(6, 4, 3, 3, scale=0.1), leaf(2, 4, 5, 5, seed=3, scale=0.3)
+    layer = _recu_conv(w.detach(), 0.9)
+    layer.train(training)
+    alpha = layer.weight_quantizer.alpha
+    ref = bibench_recu(w, a, alpha.detach().view(1, -1, 1, 1).clone().requires_grad_(True), 0.9, training)
+    y = layer(a)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)  # alpha folded into W: other rounding
+    g = upstream(y.shape)
+    alpha_ref = alpha.detach().view(1, -1, 1, 1).clone().requires_grad_(True)
+    ref = bibench_recu(w, a, alpha_ref, 0.9, training)
+    dw, da, dalpha = vjp(y, (layer.weight, a, alpha), g)
+    dw_ref, da_ref, dalpha_ref = vjp(ref, (w, a, alpha_ref), g)
+    torch.testing.assert_close(dw, dw_ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(da, da_ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(dalpha.flatten(), dalpha_ref.flatten(), rtol=1e-5, atol=1e-5)
     w1 = standardize(w.detach())
-    flat = w.detach().flatten(1)
-    ref = (flat - flat.mean(1, keepdim=True)) * 2 * math.sqrt(2) / flat.std(1, keepdim=True)
-    torch.testing.assert_close(w1.flatten(1), ref, rtol=1e-6, atol=1e-6)
-    q = clamp_threshold(w1, 0.9)
-    torch.testing.assert_close(q.flatten(), -ref.abs().mean(1) * math.log(2 - 1.8), rtol=1e-6, atol=1e-6)
+    assert ((w1.abs() > clamp_threshold(w1, 0.9)).any()  # the clamp's mask is exercised, and the
+            and (clamp_threshold(w1, 0.9).dim() == 0))    # threshold is one value for the whole tensor
 
 
-def test_weight_gradient_through_clamp_and_standardisation():
-    w = leaf(4, 6, 3, 3)
-    q = _weight_quantizer(w, tau=0.85)
-    g = upstream(w.shape)
-    dw, dalpha = vjp(q(w), (w, q.alpha), g)
-    wd = w.detach().flatten(1)
-    n = wd.shape[1]
-    mean, std = wd.mean(1, keepdim=True), wd.std(1, keepdim=True)
-    w1 = (wd - mean) * 2 * math.sqrt(2) / std
-    qt = -w1.abs().mean(1, keepdim=True) * math.log(2 - 2 * 0.85)
-    alpha = q.alpha.detach().flatten(1)
-    # d/dw1: alpha * 1{|w1| <= Q} (identity STE on sign, clamp's own mask, Q detached)
-    gw1 = g.flatten(1) * alpha * (w1.abs() <= qt)
-    # back through w1 = c (w - mean) / std, std with Bessel's correction:
-    c, centered = 2 * math.sqrt(2), wd - mean
-    ref = c / std * (gw1 - gw1.mean(1, keepdim=True)) - c * (gw1 * centered).sum(1, keepdim=True) * centered / (
-        (n - 1) * std**3)
-    torch.testing.assert_close(dw.flatten(1), ref, rtol=1e-4, atol=1e-6)
-    sign = torch.where(w1 >= 0, 1.0, -1.0)
-    torch.testing.assert_close(dalpha.flatten(), (g.flatten(1) * sign).sum(1), rtol=1e-5, atol=1e-5)
+def test_all_zero_filter_stays_finite_through_a_training_step():
+    w = leaf(4, 3, 3, 3, scale=0.1).detach()
+    w[1] = 0.0  # a dead filter: var = 0, the 1e-5 keeps w1 = 0 instead of 0/0
+    layer = _recu_conv(w, 0.85)
+    x = leaf(2, 3, 5, 5, seed=4)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x).square().mean().backward()
+    assert torch.isfinite(layer.weight.grad).all() and torch.isfinite(layer.weight_quantizer.alpha.grad).all()
+    opt.step()
+    assert torch.isfinite(layer.weight).all() and torch.isfinite(layer(x)).all()
 
 
-def test_activation_forward_and_gradient():
-    a = leaf(3, 4, 5, 5, scale=0.3)
+def test_token_inputs_normalise_per_token_as_recu_linear():
+    """BiBench's ReCULinear: a.view(-1, C), variance over C per token."""
+    a = leaf(2, 5, 6, scale=0.5)
     g = upstream(a.shape)
-    y = ReCUAct()(a)
-    assert torch.equal(y > 0, a.detach() >= 0) and set(y.unique().tolist()) == {-1.0, 1.0}
-    (da,) = vjp(y, a, g)
-    ad = a.detach().flatten(1)
-    n = ad.shape[1]
-    s = torch.sqrt(ad.var(1, keepdim=True) + 1e-5)
-    an = ad / s
-    gn = g.flatten(1) * (2 - 2 * an.abs()).clamp_min(0)
-    mu = ad.mean(1, keepdim=True)
-    ref = gn / s - (gn * ad).sum(1, keepdim=True) * (ad - mu) / ((n - 1) * s**3)
-    torch.testing.assert_close(da.flatten(1), ref, rtol=1e-4, atol=1e-6)
+    (da,) = vjp(ReCUAct()(a), a, g)
+    a2 = a.detach().clone().requires_grad_(True)
+    flat = a2.view(-1, 6)
+    a0 = flat / torch.sqrt(flat.var([1], keepdim=True) + 1e-5)
+    ref = surrogate_ref(a0, torch_sign_nonzero(a0.detach()), (2 - torch.abs(2 * a0)).clamp(min=0)).view(2, 5, 6)
+    torch.testing.assert_close(da, vjp(ref, a2, g)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_tau_schedule():

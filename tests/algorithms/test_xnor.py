@@ -1,5 +1,3 @@
-import inspect
-
 import pytest
 import torch
 
@@ -8,10 +6,11 @@ from binarydm.algorithms import preset
 from binarydm.algorithms.xnor import XnorAct, XnorWeight
 from binarydm.quant.attention import QuantAttnProcessor
 from binarydm.quant.layers import QuantConv2d, QuantLinear
+from binarydm.quant.registry import LayerSpec, weight_factory
 
 from .helpers import (
-    TinyResNet, TinyTransformer, check_conv_arguments, check_round_trip, leaf, resnet_input, train_step,
-    transformer_input, upstream, vjp,
+    TinyResNet, TinyTransformer, check_conv_arguments, check_round_trip, clamp_ste_ref, leaf, resnet_input,
+    torch_sign_nonzero, train_step, transformer_input, upstream, vjp,
 )
 
 ONE_BIT = dict(weight="xnor", act="xnor", a_bits=1)
@@ -34,11 +33,11 @@ def test_activation_values_are_plus_minus_mean_abs_per_sample():
         assert set(q[i].unique().tolist()) <= {b[i].item(), -b[i].item()}
 
 
-def test_gradients_are_scaled_clipped_ste():
+def test_scaled_grad_option_multiplies_the_gradients_by_the_detached_scales():
     w, x = leaf(6, 4, 3, 3, scale=1.5), leaf(3, 4, 5, 5, seed=2, scale=1.5)
     gw, gx = upstream(w.shape), upstream(x.shape, seed=3)
-    (dw,) = vjp(XnorWeight()(w), w, gw)
-    (dx,) = vjp(XnorAct()(x), x, gx)
+    (dw,) = vjp(XnorWeight(scaled_grad=True)(w), w, gw)
+    (dx,) = vjp(XnorAct(scaled_grad=True)(x), x, gx)
     a = w.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
     b = x.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
     torch.testing.assert_close(dw, gw * a * (w.detach().abs() <= 1), rtol=1e-6, atol=0)
@@ -77,18 +76,43 @@ def test_one_bit_preset_on_a_diffusers_unet(tiny_unet, unet_batch):
     assert torch.isfinite(model(*unet_batch).sample).all()
 
 
-# Until QuantAttnProcessor accepts 1-bit operand quantizers (docs/algorithms.md, "Core changes"), its
-# signed LSQ has no 1-bit code and binarize_ refuses; the marker lifts itself once the core has it.
-_ONE_BIT_ATTENTION = "operand_quantizer" in inspect.signature(QuantAttnProcessor.__init__).parameters
-
-
-@pytest.mark.xfail(not _ONE_BIT_ATTENTION, raises=ValueError, strict=True,
-                   reason="the core's QuantAttnProcessor has no 1-bit code (signed LSQ); see docs/algorithms.md")
 def test_one_bit_with_attention_on_a_diffusers_unet(tiny_unet, unet_batch):
+    """attention=True at a_bits=1: q, k, v get XNOR's binarizer, P unsigned 1-bit LSQ."""
     model = binarydm.binarize_(tiny_unet, binarydm.QuantConfig(**ONE_BIT))
+    procs = [m for m in model.modules() if isinstance(m, QuantAttnProcessor)]
+    assert procs and all(isinstance(p.q_quantizer, XnorAct) and p.p_quantizer.bits == 1 for p in procs)
     binarydm.calibrate_(model, *unet_batch)
     assert torch.isfinite(model(*unet_batch).sample).all()
 
 
 def test_state_dict_round_trip():
     check_round_trip(preset("xnor"), TinyTransformer, (transformer_input(),))
+
+
+# ---- faithful to BiBench: XNORConv2d (and DoReFa/Bi-Real/ReAct's weights) ------------------------
+def test_gradients_match_bibench_without_the_scale():
+    """BiBench: x_b = (b sign x).detach() - clamp(x).detach() + clamp(x), the same for W with a_w."""
+    w, x = leaf(6, 4, 3, 3, scale=1.5), leaf(3, 4, 5, 5, seed=2, scale=1.5)
+    gw, gx = upstream(w.shape), upstream(x.shape, seed=3)
+    a = w.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+    b = x.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+    ref_w = clamp_ste_ref(w, a * torch_sign_nonzero(w.detach()))
+    ref_x = clamp_ste_ref(x, b * torch_sign_nonzero(x.detach()))
+    qw, qx = XnorWeight()(w), XnorAct()(x)
+    torch.testing.assert_close(qw, ref_w, rtol=1e-6, atol=1e-6)  # ref: v - c + c rounds
+    torch.testing.assert_close(qx, ref_x, rtol=1e-6, atol=1e-6)  # ref: v - c + c rounds
+    torch.testing.assert_close(vjp(qw, w, gw)[0], vjp(ref_w, w, gw)[0], rtol=0, atol=0)
+    torch.testing.assert_close(vjp(qx, x, gx)[0], vjp(ref_x, x, gx)[0], rtol=0, atol=0)
+    assert (w.detach().abs() > 1).any() and (x.detach().abs() > 1).any()  # the mask is exercised
+
+
+@pytest.mark.parametrize("name", ["xnor", "dorefa", "bireal", "reactnet"])
+def test_weight_gradient_is_scale_free_by_default_and_scaled_on_request(name):
+    conv = torch.nn.Conv2d(4, 6, 3)
+    w = leaf(6, 4, 3, 3, scale=1.5)
+    g = upstream(w.shape)
+    a = w.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+    mask = (w.detach().abs() <= 1).float()
+    for config, expected in ((preset(name), g * mask), (preset(name, scaled_grad=True), g * a * mask)):
+        wq = weight_factory(config.weight)(conv, LayerSpec("conv", config))
+        torch.testing.assert_close(vjp(wq(w), w, g)[0], expected, rtol=1e-6, atol=0)

@@ -1,25 +1,15 @@
-import functools
-
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 import binarydm
-from binarydm.algorithms import preset, xnorpp
-from binarydm.algorithms.xnorpp import XnorPPWeight, layer_forward, prepare_
+from binarydm.algorithms import preset
+from binarydm.algorithms.xnorpp import XnorPPWeight
 
 from .helpers import CONV_KW, TinyResNet, check_round_trip, leaf, resnet_input, train_step, upstream, vjp
 
 CONFIG = preset("xnorpp")
-
-
-def _with_gamma(model):
-    """Until layers.py applies scale_output itself: route every XNOR++ layer through layer_forward."""
-    for m in model.modules():
-        if isinstance(getattr(m, "weight_quantizer", None), XnorPPWeight):
-            m.forward = functools.partial(layer_forward, m)
-    return model
 
 
 def _binarized_conv(seed=0):
@@ -27,9 +17,9 @@ def _binarized_conv(seed=0):
     model = nn.Sequential(nn.Conv2d(**CONV_KW))
     with torch.no_grad():
         model[0].bias.normal_()
-    _with_gamma(binarydm.binarize_(model, CONFIG))
+    binarydm.binarize_(model, CONFIG)
     x = torch.randn(2, 4, 9, 9)
-    prepare_(model, x)
+    binarydm.calibrate_(model, x)  # sizes Gamma's h and w from the layer output
     return model[0], x
 
 
@@ -50,7 +40,7 @@ def test_output_is_gamma_times_binary_conv_plus_bias_with_every_conv_argument():
         sign_x = torch.where(x >= 0, 1.0, -1.0)
         gamma = q.o.view(1, -1, 1, 1) * q.h.view(1, 1, -1, 1) * q.w.view(1, 1, 1, -1)
         expected = gamma * F.conv2d(sign_x, sign_w, None, 2, 2, 2, 2) + layer.bias.view(1, -1, 1, 1)
-        torch.testing.assert_close(layer_forward(layer, x), expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
     assert set(layer.quantized_weight().unique().tolist()) == {-1.0, 1.0}
 
 
@@ -61,7 +51,7 @@ def test_gradients_clipped_ste_and_gamma():
         layer.weight.mul_(6)  # some |w| > 1
         for p in (q.o, q.h, q.w):
             p.uniform_(0.5, 1.5)
-    y = layer_forward(layer, x)
+    y = layer(x)
     g = upstream(y.shape)
     dw, do, dh, dww = vjp(y, (layer.weight, q.o, q.h, q.w), g)
     with torch.no_grad():
@@ -96,27 +86,22 @@ def test_unsized_or_wrong_resolution_raises():
 
 def test_state_dict_round_trip_restores_gamma_shapes():
     x = resnet_input()
-    model = _with_gamma(binarydm.binarize_(TinyResNet(), CONFIG))
-    prepare_(model, x)
+    model = binarydm.binarize_(TinyResNet(), CONFIG)
+    binarydm.calibrate_(model, x)
     train_step(model, (x,))
     gammas = [m.output_quantizer.h for m in model.modules() if isinstance(m, XnorPPWeight)]
     assert len(gammas) == 7 and any((h != 1).any() for h in gammas)  # trained for a step
     model.eval()
-    fresh = _with_gamma(binarydm.binarize_(TinyResNet(), CONFIG)).eval()  # neither calibrated nor prepared
+    fresh = binarydm.binarize_(TinyResNet(), CONFIG).eval()  # not calibrated
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
 
 
-@pytest.mark.skipif(not xnorpp.has_output_scale_slot(),
-                    reason="needs the scale_output slot in binarydm/quant/layers.py")
-def test_layers_apply_gamma_and_round_trip():
-    torch.manual_seed(0)
-    model = binarydm.binarize_(nn.Sequential(nn.Conv2d(**CONV_KW)), CONFIG)
-    x = torch.randn(2, 4, 9, 9)
-    prepare_(model, x)
-    layer = model[0]
-    with torch.no_grad():
-        layer.weight_quantizer.output_quantizer.h.uniform_(0.5, 1.5)
-        torch.testing.assert_close(layer(x), layer_forward(layer, x), rtol=0, atol=0)
-    check_round_trip(CONFIG, TinyResNet, (resnet_input(),), calibrate=prepare_)
+def test_calibrate_sizes_gamma_even_before_the_weights_switch_on_and_round_trip():
+    model = binarydm.binarize_(TinyResNet(), CONFIG)
+    binarydm.set_quant_state_(model, weights=False)  # progressive initialisation calibrates in FP
+    binarydm.calibrate_(model, resnet_input())
+    gammas = [m.output_quantizer for m in model.modules() if isinstance(m, XnorPPWeight)]
+    assert all(g.h.numel() > 0 for g in gammas if g.spatial) and sum(g.spatial for g in gammas) == 6
+    check_round_trip(CONFIG, TinyResNet, (resnet_input(),))
