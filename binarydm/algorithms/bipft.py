@@ -127,6 +127,22 @@ class BiPFTSelfAttention(nn.Module):
     def quantizers(self) -> tuple[Quantizer, Quantizer, Quantizer]:
         return self.q_quantizer, self.k_quantizer, self.v_quantizer
 
+    def matmuls(self, hidden_states: torch.Tensor) -> list[tuple[str, int, int, int]]:
+        """The activation products of one forward, for ``binarydm.summary``: (label, MACs over the
+        batch, bits of one operand, bits of the other). Causal masking still computes every score."""
+        b, length, hidden = hidden_states.shape
+        heads, on = self.heads, self.binarize_operands
+        bq, bk, bv = (q.bits if on and q.enabled else 32 for q in self.quantizers())
+        bp = 1 if on else 32  # B(P) is Boolean while the operands are binarized
+        products = [("qk", b * length * length * hidden, bq, bk), ("pv", b * length * length * hidden, bp, bv)]
+        if on:
+            products += [
+                ("estimators", 5 * b * length * hidden * heads, 32, 32),  # q_m, q_p, k_m, k_p, v_p of the input
+                ("qk_rank1", 3 * b * length * length * heads, 32, 32),  # q_m k_p^T + q_p k_m^T + q_p k_p^T
+                ("pv_rank1", b * length * length * heads, bp, 32),  # B(P) v_p
+            ]
+        return products
+
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, length, _ = x.shape
         return x.view(b, length, self.heads, -1).transpose(1, 2)  # [B, heads, L, d or 1]

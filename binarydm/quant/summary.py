@@ -1,10 +1,15 @@
 """``summary(model, *example_inputs)``: bits, storage and OPs per layer, as the BinaryDM paper counts.
 
-OPs (Zheng et al. 2024, Sec. 4; the BNN convention of Liu et al. 2018):
-    OPs = BOPs / 64 + FLOPs,   BOPs = MACs * b_w * b_a for a layer whose weights are quantized,
-    FLOPs = MACs for a full-precision layer (one multiply-accumulate counted as one operation).
-The attention matmuls Q K^T and P V count with b_w = b_a = the attention bit width when their
-operands are quantized. Normalisations, activations and additions are not counted (as in the paper).
+OPs (Zheng et al. 2024, Sec. 4; BiBench's theoretical-complexity track; Liu et al. 2018):
+    OPs = MACs * min(1, b_x * b_y / 64) per product of two operands of b_x and b_y bits:
+    a 1-bit x 1-bit MAC is 1/64 OP, a W1A4 MAC 4/64, a W2A4 MAC (two binary bases) 8/64, a W8A8 MAC 1,
+    a full-precision MAC (FLOPs) 1. BOPs / 64 + FLOPs in the papers' words.
+Products counted: every Conv2d / Linear (b_x = weight bits, b_y = input bits), and the
+activation-by-activation products of attention, each at its own operands' widths:
+Q K^T at b_q x b_k and P V at b_p x b_v in a diffusers ``Attention`` (``QuantAttnProcessor``), and
+those a module lists itself through a ``matmuls(*inputs)`` method (BiPFT's self-attention:
+B(Q) B(K)^T, the rank-1 estimator terms, B(P) B(V), B(P) v_p and the estimator maps).
+Normalisations, activations, additions and per-channel scalings are not counted (as in the papers).
 
 Storage: a quantized weight takes numel * bits (bits = the number of binary bases for LMB), its
 scales and steps take their dtype's width; every other tensor (biases, norms, kept layers) takes
@@ -26,6 +31,11 @@ from .layers import QUANT_LAYERS
 
 def _enabled_bits(q: Optional[Quantizer]) -> int:
     return q.bits if q is not None and q.enabled else 32
+
+
+def ops_per_mac(bits_x: int, bits_y: int) -> float:
+    """OPs of one multiply-accumulate of a b_x-bit by a b_y-bit operand: b_x b_y / 64, at most 1."""
+    return min(1.0, bits_x * bits_y / 64)
 
 
 def _bits_of(t: torch.Tensor) -> int:
@@ -76,6 +86,17 @@ class Summary:
     def ops_ratio(self) -> float:
         return self.fp_ops / self.ops if self.ops else float("inf")
 
+    def breakdown(self) -> dict[str, tuple[int, float]]:
+        """MACs and OPs per operand-width class: ``{"W1A4": (macs, ops), "matmul 4x4": ..., ...}``,
+        the classes sorted by OPs (largest first): where the OPs ratio comes from."""
+        out: dict[str, list] = {}
+        for r in self.rows:
+            key = f"matmul {r.w_bits}x{r.a_bits}" if r.kind == "matmul" else f"W{r.w_bits}A{r.a_bits}"
+            acc = out.setdefault(key, [0, 0.0])
+            acc[0] += r.macs
+            acc[1] += r.ops
+        return {k: (m, o) for k, (m, o) in sorted(out.items(), key=lambda kv: -kv[1][1])}
+
     def __str__(self) -> str:
         head = f"{'layer':<48} {'kind':<10} {'W':>3} {'A':>3} {'params':>10} {'bytes':>11} {'MACs':>13} {'OPs':>13}"
         lines = [head, "-" * len(head)]
@@ -92,6 +113,9 @@ class Summary:
             f"(FP32 {self.fp_storage_bytes / 2**20:.3f} MiB, {self.storage_ratio:.2f}x smaller), "
             f"{self.ops / 1e9:.4f} GOPs (FP {self.fp_ops / 1e9:.4f}, {self.ops_ratio:.2f}x fewer)"
         )
+        lines.append("OPs by operand widths: " + ", ".join(
+            f"{k} {100 * m / max(self.fp_ops, 1):.1f}% of MACs -> {100 * o / max(self.ops, 1e-30):.1f}% of OPs"
+            for k, (m, o) in self.breakdown().items()))
         return "\n".join(lines)
 
 
@@ -125,14 +149,28 @@ def summary(model: nn.Module, *example_inputs, **example_kwargs) -> Summary:
         lq = hidden.shape[2] * hidden.shape[3] if hidden.dim() == 4 else hidden.shape[1]
         lk = lq if enc is None else enc.shape[1]
         inner = mod.to_q.out_features
+        proc = mod.processor if isinstance(mod.processor, QuantAttnProcessor) else None
+        bq, bk, bp, bv = (_enabled_bits(q) for q in proc.quantizers()) if proc is not None else (32,) * 4
         # Q K^T and P V: each Lq * Lk * inner multiply-accumulates per sample.
-        macs[names[mod] + ".matmul"] = macs.get(names[mod] + ".matmul", 0) + 2 * hidden.shape[0] * lq * lk * inner
+        for label, bx, by in (("qk", bq, bk), ("pv", bp, bv)):
+            _add_product(names[mod], label, hidden.shape[0] * lq * lk * inner, bx, by)
+
+    def listed_hook(mod, args, kwargs):
+        for label, count, bx, by in mod.matmuls(*args, **kwargs):
+            _add_product(names[mod], label, count, bx, by)
+
+    products: dict[str, dict[str, list]] = {}  # module name -> label -> [MACs over the batch, b_x, b_y]
+
+    def _add_product(owner: str, label: str, count: int, bx: int, by: int) -> None:
+        products.setdefault(owner, {}).setdefault(label, [0, bx, by])[0] += count
 
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             handles.append(m.register_forward_hook(layer_hook))
         elif _is_attention(m):
             handles.append(m.register_forward_pre_hook(attn_hook, with_kwargs=True))
+        elif callable(getattr(m, "matmuls", None)):
+            handles.append(m.register_forward_pre_hook(listed_hook, with_kwargs=True))
     was_training = model.training
     model.eval()
     try:
@@ -162,19 +200,21 @@ def summary(model: nn.Module, *example_inputs, **example_kwargs) -> Summary:
                     storage += q.inference_numel() * 32
             layer_macs = macs.get(name, 0) // batch
             quantized = wq is not None and wq.enabled
-            ops = layer_macs * w_bits * a_bits / 64 if quantized else float(layer_macs)
+            ops = layer_macs * ops_per_mac(w_bits, a_bits) if quantized else float(layer_macs)
             fp_ops += layer_macs
             kind = type(m).__name__.replace("Quant", "Q")
             params = m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
             rows.append(LayerRow(name, kind, w_bits, a_bits, params, storage, layer_macs, ops))
-        elif _is_attention(m):
-            proc = m.processor if isinstance(m.processor, QuantAttnProcessor) else None
-            bits = max(_enabled_bits(q) for q in proc.quantizers()) if proc is not None else 32
-            storage = sum(q.inference_numel() * 32 for q in proc.quantizers() if q.enabled) if proc else 0
-            layer_macs = macs.get(name + ".matmul", 0) // batch
-            ops = layer_macs * bits * bits / 64 if bits < 32 else float(layer_macs)
-            fp_ops += layer_macs
-            rows.append(LayerRow(name + ".matmul", "matmul", bits, bits, 0, storage, layer_macs, ops))
+        if name in products:  # activation-by-activation products; the operand steps stored with the first
+            proc = getattr(m, "processor", None)
+            storage = (sum(q.inference_numel() * 32 for q in proc.quantizers() if q.enabled)
+                       if isinstance(proc, QuantAttnProcessor) else 0)
+            for label, (count, bx, by) in products[name].items():
+                layer_macs = count // batch
+                rows.append(LayerRow(f"{name}.{label}", "matmul", bx, by, 0, storage, layer_macs,
+                                     layer_macs * ops_per_mac(bx, by)))
+                fp_ops += layer_macs
+                storage = 0
         if isinstance(m, Quantizer):
             counted.update(id(p) for p in m.parameters(recurse=False))
 
