@@ -433,3 +433,27 @@ def test_debug_switch_shows_the_traceback(tmp_path):
     debug = subprocess.run(args, capture_output=True, text=True, env={**ENV, "BINARYDM_DEBUG": "1"}, cwd=ROOT,
                            timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "UsageError" in debug.stderr
+
+
+def test_sigkilled_run_releases_its_directory_and_resumes(tmp_path, capsys):
+    """kill -9 during training: the lock dies with the process, the run's results are protected from a
+    fresh run, and resume= continues it."""
+    args = ["config=tiny", f"out_dir={tmp_path}", "trainer.max_steps=30", "trainer.checkpoint_every_n_steps=1",
+            "trainer.val_check_interval=100", *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "binarydm.train", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "tiny" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not (tmp_path / "tiny" / "checkpoints" / "step=3.ckpt").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 2 <= step < 30  # last.ckpt is written just after step=N.ckpt: the kill may fall between
+    assert train_main(*args) == 2
+    assert "holds the results of an earlier run" in error_line(capsys)
+    assert train_main(*args, f"resume={last}") == 0
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 30
+    assert not list((tmp_path / "tiny").rglob(f"*{TMP_SUFFIX}"))
+    assert (tmp_path / "tiny" / LOCK_FILE).read_text().strip() == str(os.getpid())
