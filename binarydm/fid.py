@@ -56,14 +56,18 @@ MIN_IMAGES = 2  # a covariance needs two samples; FID is defined (if biased) fro
 USAGE = __doc__.split("\n\n")[0] + "\n  options: " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items())
 
 
+def _is_checkpoint(gen: Path) -> bool:
+    """A packed file or a student/run/diffusers model directory (sampled first), not an image folder."""
+    if gen.is_dir() and (gen / "images").is_dir():
+        return False
+    weights = ("student.safetensors", "model.safetensors", "diffusion_pytorch_model.safetensors", "student")
+    return gen.is_file() or (gen.is_dir() and any((gen / w).exists() for w in weights))
+
+
 def _generated_folder(args: dict[str, Any]) -> Path:
     gen = Path(args["gen"])
-    if gen.is_dir() and (gen / "images").is_dir():
-        return gen / "images"
-    weights = ("student.safetensors", "model.safetensors", "diffusion_pytorch_model.safetensors", "student")
-    is_checkpoint = gen.is_file() or (gen.is_dir() and any((gen / w).exists() for w in weights))
-    if not is_checkpoint:
-        return gen
+    if not _is_checkpoint(gen):
+        return gen / "images" if (gen / "images").is_dir() else gen
     from .sample import DEFAULTS as SAMPLE_DEFAULTS, run as sample_run
 
     if not args["num"]:
@@ -153,22 +157,31 @@ def _warn_biased(counts: dict[str, int], dim: int) -> None:
 
 def run(args: dict[str, Any]) -> dict[str, Any]:
     from .evaluation import evaluate, get_extractor
+    from .evaluation.fid import resolve_folder
 
     check_args(args)
     backends = ("cleanfid", "torchmetrics") if args["backend"] == "both" else (args["backend"],)
-    extractor = get_extractor(args["fid.weights"], args["extractor"])
-    from .evaluation.fid import resolve_folder
-
+    # Cheapest first: count the images of the folders that exist now, then load the feature extractor
+    # (a missing Inception file fails here), and only then sample a checkpoint.
     counts = {}
     ref = str(args["ref"])
-    if ref.lower().replace("_", "-") not in ("fashion-mnist", "cifar10"):  # before any sampling
+    if ref.lower().replace("_", "-") not in ("fashion-mnist", "cifar10"):
         counts["reference"] = _count(resolve_folder(ref), "ref", "ref_num", int(args["ref_num"]))
     elif args["ref_num"]:
         counts["reference"] = int(args["ref_num"])
-    folder = resolve_folder(_generated_folder(args))
-    _check_complete(folder)
-    counts = {"generated": _count(folder, "gen", "num", int(args["num"])), **counts}
-    _warn_biased(counts, int(getattr(extractor, "num_features", 2048)))
+
+    def generated(folder: Path) -> Path:
+        folder = resolve_folder(folder)
+        _check_complete(folder)
+        counts["generated"] = _count(folder, "gen", "num", int(args["num"]))
+        return folder
+
+    folder = None if _is_checkpoint(Path(args["gen"])) else generated(Path(args["gen"]))
+    extractor = get_extractor(args["fid.weights"], args["extractor"])
+    if folder is None:
+        folder = generated(_generated_folder(args))
+    _warn_biased({k: counts[k] for k in ("generated", "reference") if k in counts},
+                 int(getattr(extractor, "num_features", 2048)))
     results = evaluate(folder, args["ref"], extractor, split=args["split"], num=args["num"] or None,
                        ref_num=args["ref_num"] or None, root=args["root"], size=args["size"],
                        cache_dir=args["cache"], backends=backends, kid=args["kid"], batch_size=args["batch"],
