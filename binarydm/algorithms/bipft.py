@@ -1,12 +1,15 @@
 """BiPFT (Xing et al., "BiPFT: Binary Pre-trained Foundation Transformer with Low-rank Estimation of
-Binarization Residual Polynomials", AAAI 2024).
+Binarization Residual Polynomials", AAAI 2024). Public code: Xingrun-Xing/BiPFT,
+``binary_finetune/utils_quant.py`` (``BwnQuantizer``, ``ElasticQuantBinarizerSigned``).
 
-Weights (BWN):   W_b = mean|W| * sign(W - mean(W)), both statistics per output channel and detached;
-                 backward: identity STE, dW = g * mean|W|.
+Weights (BWN):   W_b = mean|W| * sign(W - mean(W)), mean(W) over the whole tensor (``BwnQuantizer``'s
+                 ``input.mean()``), mean|W| per output channel (its per-row branch), both detached;
+                 backward: identity STE without the scale, dW = g (``grad_input = grad_output``).
 Activations:     x_b = a * sign(x - beta),  beta a learnable shift per input channel (init 0, sized
-                 from the calibration batch), a a learnable scalar (init mean|x|, the L2-optimal scale
-                 of a sign code), LSQ-style: its gradient is scaled by 1 / sqrt(numel(x)).
-                 backward: identity STE, dx = g * a, dbeta = -sum g * a, da = sum g * sign(x - beta) / sqrt(N).
+                 from the calibration batch; the code's ``LearnableBias`` adds -beta), a a learnable
+                 scalar (init 2 mean|x|, LSQ's init at Qp = 1, as the code), floored at 1e-5 as the code;
+                 backward (LSQ at 1 bit): dx = g * 1{|x - beta| <= a}, dbeta = -sum of the same,
+                 da = sum g * sign(x - beta) / sqrt(N).
 
 Attention (:class:`BiPFTSelfAttention`, for transformers built from it). Binarizing Q, K, V leaves
 residuals R = X - B(X); BiPFT estimates the residual polynomial of the attention with rank-1 terms:
@@ -39,29 +42,30 @@ from torch import nn
 from binarydm.quant.base import Quantizer, observing
 from binarydm.quant.convert import calibrate_ as _calibrate_layers
 from binarydm.quant.registry import LayerSpec, register_act, register_weight
-from binarydm.quant.ste import grad_scale, sign_ste
+from binarydm.quant.ste import grad_scale, scaled_sign_ste, sign_ste
 
 from ._common import (
     Affine, ChannelSized, ParameterFree, channel_axis, empty_param, out_channel_dims, view_along,
 )
 
 
+SCALE_FLOOR = 1e-5  # ElasticQuantBinarizerSigned's eps: a <= eps is used as eps
+
+
 class BWNWeight(ParameterFree):
-    """mean|W| * sign(W - mean(W)) per output channel (statistics detached); identity STE."""
+    """mean|W| * sign(W - mean(W)) (statistics detached); identity STE without the scale."""
 
     @property
     def bits(self) -> int:
         return 1
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        dims = out_channel_dims(w)
-        center = w.mean(dim=dims, keepdim=True).detach()
-        scale = w.abs().mean(dim=dims, keepdim=True).detach()
-        return scale * sign_ste(w - center, "identity")
+        scale = w.abs().mean(dim=out_channel_dims(w), keepdim=True)
+        return scaled_sign_ste(w - w.mean().detach(), scale, "identity")
 
 
 class BiPFTAct(ChannelSized):
-    """a * sign(x - beta_c): learnable per-channel shift and scalar scale; identity STE."""
+    """a * sign(x - beta_c): learnable per-channel shift and scalar scale; LSQ's 1-bit gradient."""
 
     channel_params = ("beta",)
 
@@ -80,12 +84,15 @@ class BiPFTAct(ChannelSized):
             self._size_channels(channels, 0.0)
         else:
             self.beta.zero_()
-        self.scale.fill_(float(x.abs().mean().clamp_min(1e-8)))
+        self.scale.fill_(float(2 * x.abs().mean().clamp_min(1e-8)))
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         beta = view_along(self.beta.to(x.dtype), x, channel_axis(x))
-        a = grad_scale(self.scale.to(x.dtype), 1.0 / math.sqrt(x.numel()))
-        return a * sign_ste(x - beta, "identity")
+        scale = self.scale.to(x.dtype)
+        scale = torch.where(scale > SCALE_FLOOR, scale, torch.full_like(scale, SCALE_FLOOR))
+        a = grad_scale(scale, 1.0 / math.sqrt(x.numel()))
+        # a * sign(u / a) with a detached inside: value a sign(u); du = g a (1/a) 1{|u/a| <= 1} = g 1{|u| <= a}.
+        return a * sign_ste((x - beta) / scale.detach(), "clipped")
 
 
 def _two(u: torch.Tensor) -> torch.Tensor:

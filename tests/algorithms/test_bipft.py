@@ -7,7 +7,7 @@ from binarydm.algorithms import preset
 from binarydm.algorithms.bipft import BiPFTAct, BiPFTSelfAttention, BWNWeight, calibrate_, heaviside_ste
 from binarydm.quant.layers import QuantLinear
 
-from .helpers import TinyResNet, check_conv_arguments, check_round_trip, leaf, resnet_input, upstream, vjp
+from .helpers import TinyResNet, check_conv_arguments, check_round_trip, leaf, resnet_input, surrogate_ref, upstream, vjp
 
 CONFIG = preset("bipft")
 
@@ -34,34 +34,50 @@ def tokens(seed=0):
     return torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(seed))
 
 
-def test_bwn_weight_forward_and_identity_ste():
+def test_bwn_weight_matches_the_public_bwn_quantizer():
+    """BwnQuantizer (per-row branch): (W - W.mean()).sign() * mean|W| per row; backward grad_input = g."""
     w = leaf(5, 3, 3, 3)
     y = BWNWeight()(w)
     wd = w.detach()
-    mean = wd.mean(dim=(1, 2, 3), keepdim=True)
-    scale = wd.abs().mean(dim=(1, 2, 3), keepdim=True)
-    torch.testing.assert_close(y.detach(), scale * torch.where(wd - mean >= 0, 1.0, -1.0), rtol=0, atol=0)
+    scale = wd.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(y.detach(), (wd - wd.mean()).sign() * scale, rtol=0, atol=0)
     g = upstream(w.shape)
     (dw,) = vjp(y, w, g)
-    torch.testing.assert_close(dw, g * scale, rtol=1e-6, atol=0)
+    torch.testing.assert_close(dw, g, rtol=0, atol=0)
 
 
-def test_activation_forward_and_gradients():
+def elastic_binarizer(x, alpha):
+    """ElasticQuantBinarizerSigned at num_bits = 1, written from its forward and backward."""
+    eps = 1e-5
+    a = torch.where(alpha > eps, alpha, torch.tensor(eps))
+    q = x / a
+    middle = 1.0 - (q < -1).float() - (q > 1).float()
+    grad_scale = 1.0 / math.sqrt(x.numel())  # Qp = 1
+    value = x.detach().sign() * a.detach()
+    # backward: grad_input = middle * g;  grad_alpha = sum(sign(x) * g * grad_scale)
+    return surrogate_ref(x, value, middle) + (a - a.detach()) * (x.detach().sign() * grad_scale)
+
+
+def test_activation_matches_the_public_elastic_binarizer():
     x = leaf(3, 4, 5, 5, scale=2.0)
     q = BiPFTAct().initialize_(x)
-    torch.testing.assert_close(q.scale.detach(), x.detach().abs().mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(q.scale.detach(), 2 * x.detach().abs().mean(), rtol=1e-6, atol=0)  # LSQ init, Qp = 1
     with torch.no_grad():
         q.beta.copy_(torch.tensor([0.3, -0.2, 0.0, 0.5]))
+        q.scale.mul_(0.5)  # some |x - beta| > a: the window is exercised
     y = q(x)
-    beta = q.beta.detach().view(1, -1, 1, 1)
-    s = torch.where(x.detach() - beta >= 0, 1.0, -1.0)
-    torch.testing.assert_close(y.detach(), q.scale.detach() * s, rtol=0, atol=0)
+    # The code's LearnableBias adds its bias: bias = -beta.
+    bias = (-q.beta.detach()).view(1, -1, 1, 1).clone().requires_grad_(True)
+    x2, alpha = x.detach().clone().requires_grad_(True), q.scale.detach().clone().requires_grad_(True)
+    ref = elastic_binarizer(x2 + bias, alpha)
+    torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6)
     g = upstream(x.shape)
     dx, dbeta, dscale = vjp(y, (x, q.beta, q.scale), g)
-    a = q.scale.detach()
-    torch.testing.assert_close(dx, g * a, rtol=1e-6, atol=0)  # identity STE, no clipping
-    torch.testing.assert_close(dbeta, -(g * a).sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(dscale, (g * s).sum() / math.sqrt(x.numel()), rtol=1e-5, atol=1e-6)
+    rx, rbias, ralpha = vjp(ref, (x2, bias, alpha), g)
+    assert ((x.detach() + bias.detach()).abs() > q.scale.detach()).any()
+    torch.testing.assert_close(dx, rx, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dbeta, -rbias.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dscale, ralpha, rtol=1e-5, atol=1e-6)
 
 
 def test_heaviside_ste():
