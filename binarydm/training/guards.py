@@ -65,8 +65,9 @@ class DivergenceGuard(L.Callback):
     # -- the checks ------------------------------------------------------------------------------
     def _fail(self, trainer, what: str) -> None:
         ckpt = getattr(trainer, "checkpoint_callback", None)
-        last = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") if ckpt else ""
-        keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
+        last = (getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "")) if ckpt else ""
+        keep = (f"the last good checkpoint is {last} (resume= it with the lower rate)" if last
+                else "no checkpoint was written before it")
         lr = f"optim.lr={self.lr:g}" if self.lr is not None else "optim.lr"
         raise DivergenceError(
             f"training diverged at step {trainer.global_step}: {what}. The likely cause is a learning rate too "
