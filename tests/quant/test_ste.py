@@ -72,3 +72,16 @@ def test_clipped_ste_passes_the_gradient_at_exactly_plus_and_minus_one():
     x = torch.tensor([-1.0000001, -1.0, 1.0, 1.0000001], requires_grad=True)
     sign_ste(x, "clipped").sum().backward()
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_scaled_sign_ste_keeps_the_scale_out_of_the_gradient():
+    from binarydm.quant.ste import scaled_sign_ste
+
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.7, 1.0, 3.0], requires_grad=True)
+    scale = torch.tensor(0.25, requires_grad=True)
+    y = scaled_sign_ste(x, scale)
+    assert y.tolist() == [-0.25, -0.25, 0.25, 0.25, 0.25, 0.25]  # sign(0) = +1
+    g = torch.arange(1.0, 7.0)
+    y.backward(g)
+    assert x.grad.tolist() == [0.0, 2.0, 3.0, 4.0, 5.0, 0.0]  # g * 1{|x| <= 1}, no 0.25
+    assert scale.grad is None  # a statistic: detached
