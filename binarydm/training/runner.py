@@ -222,7 +222,7 @@ def export_student(student: nn.Module, quant: Optional[QuantConfig], scheduler, 
         student.save_pretrained(out, safe_serialization=True)
         write_checksums(out, ["config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"])
         return out
-    texts = {"scheduler_config.json": json.dumps(dict(scheduler.config), indent=2, default=list),
+    texts = {"scheduler_config.json": scheduler.to_json_string(),  # what scheduler.save_pretrained writes
              "unet_config.json": json.dumps(dict(student.config), indent=2, default=list),
              "quant_config.json": json.dumps(quant.to_dict(), indent=2)}
     for name, text in texts.items():
