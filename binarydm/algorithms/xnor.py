@@ -42,9 +42,7 @@ def scaled_sign(x: torch.Tensor, scale: torch.Tensor, surrogate, scaled_grad: bo
     return scaled_sign_ste(x, scale, surrogate)
 
 
-class XnorWeight(ParameterFree):
-    """a_w * sign(W) with a_w = mean|W| per output channel (detached); clipped STE."""
-
+class _ScaledSign(ParameterFree):
     def __init__(self, surrogate="clipped", scaled_grad: bool = False) -> None:
         super().__init__()
         self.surrogate = surrogate
@@ -54,11 +52,15 @@ class XnorWeight(ParameterFree):
     def bits(self) -> int:
         return 1
 
+
+class XnorWeight(_ScaledSign):
+    """a_w * sign(W) with a_w = mean|W| per output channel (detached); clipped STE."""
+
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         return scaled_sign(w, out_channel_mean_abs(w), self.surrogate, self.scaled_grad)
 
 
-class XnorAct(XnorWeight):
+class XnorAct(_ScaledSign):
     """b * sign(x) with b = mean|x| per sample (C, H, W) or per token (C) (detached)."""
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
