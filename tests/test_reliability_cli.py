@@ -101,6 +101,9 @@ CASES = [
     ("train", [T, "overwrite=maybe"], "overwrite"),
     ("train", [T, "trainer.precision=8-bit"], "trainer.precision"),
     ("train", [T, "trainer.devices=3"], "data.batch_size"),
+    ("train", [T, "eval.fid_samples=4", "eval.features=tiny", "eval.reference={root}/none"], "eval.reference"),
+    ("train", [T, "eval.fid_samples=4", "eval.features=tiny", "eval.reference=fashion-mnist", "eval.split=val"],
+     "eval.reference"),
     ("train", [T, "trainer.accelerator=tpu"], "trainer.accelerator"),
     # ---- train: the UNet against the data, conflicting keys, data, paths, resume ----
     ("train", [T, "data.image_size=16"], "data.image_size"),

@@ -198,6 +198,16 @@ def _check_eval(cfg: DictConfig) -> None:
     ref = reference_of(cfg)
     if ref is not None and ref[0] not in ("fashion-mnist", "fashion_mnist", "cifar10") and not Path(ref[0]).is_dir():
         raise UsageError(f"eval.reference={ref[0]}: neither fashion-mnist, cifar10 nor an image folder")
+    if ref is not None:
+        # The reference images are read at the very end of a run: a missing set would fail after training.
+        from ..evaluation.fid import DatasetNotFound, reference_images
+
+        try:
+            reference_images(ref[0], ref[1], num=2, root=ref[2], size=int(_get(cfg, "data.image_size")))
+        except (DatasetNotFound, FileNotFoundError, ValueError) as err:
+            raise UsageError(f"eval.fid_samples={_get(cfg, 'eval.fid_samples')} needs the reference images "
+                             f"(eval.reference={ref[0]}, split {ref[1]}): {one_line(err)} (or set eval.fid_samples=0)"
+                             ) from None
     if _get(cfg, "eval.features") == "inception" and ref is not None:
         from ..evaluation.inception import InceptionWeightsNotFound, find_weights
 
