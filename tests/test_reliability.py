@@ -166,7 +166,6 @@ def test_checkpoint_survives_sigkill_during_writes(tmp_path):
     other_fs = shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != tmp_path.stat().st_dev
     tmpdir = Path(tempfile.mkdtemp(dir=shm)) if other_fs else tmp_path / "tmpdir"
     tmpdir.mkdir(exist_ok=True)
-    seen = set()
     for delay in (0.05, 0.13, 0.2, 0.29, 0.37, 0.45, 0.61, 0.9):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(ckpt)], stdout=subprocess.PIPE, text=True,
                                 env={**ENV, "TMPDIR": str(tmpdir)}, cwd=ROOT)
@@ -176,13 +175,12 @@ def test_checkpoint_survives_sigkill_during_writes(tmp_path):
         proc.wait()
         state = torch.load(ckpt, map_location="cpu", weights_only=True)  # always a whole checkpoint
         assert torch.equal(state["x"], torch.full((4_000_000,), float(state["i"])))
-        seen.add(state["i"])
     assert not list(tmpdir.iterdir())
     tmpdir.rmdir()
     # Kills leave at most a temporary file in the checkpoint's own directory, which a new run removes.
-    clean_stale_temp(ckpt.parent)
+    removed = clean_stale_temp(ckpt.parent)
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]
-    assert len(seen) >= 2  # the kills did land between different writes
+    assert removed  # some kills did land in the middle of a write (the writer does nothing else)
 
 
 def test_kill_before_the_rename_keeps_the_old_checkpoint(tmp_path):
