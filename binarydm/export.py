@@ -78,7 +78,10 @@ def export(ckpt: Path, out: Path, verify: bool = False, overwrite: bool = False)
     check_out(out, overwrite)  # before any work
     if ckpt.is_dir() and (ckpt / "student").is_dir():
         ckpt = ckpt / "student"
-    model, configs = load_for_cli(ckpt)
+    if ckpt.is_dir() and not (ckpt / "quant_config.json").is_file() and (ckpt / "config.json").is_file():
+        configs = {"quant_config": None}  # a diffusers model directory: said before loading it
+    else:
+        model, configs = load_for_cli(ckpt)
     if configs.get("quant_config") is None:
         raise UsageError(f"ckpt={ckpt}: a full-precision diffusers model (no quant_config.json): nothing to pack; "
                          "export a binarized student")

@@ -208,6 +208,7 @@ def test_bad_invocation_is_one_line_and_status_2(paths, capsys, monkeypatch, ent
     ("train", [T, "optim.lr=0"], "optim.lr"),
     ("sample", ["ckpt={packed}", "steps=-1"], "steps"),
     ("export", ["ckpt={packed}", "out={notpacked}"], "out"),
+    ("export", ["ckpt={teacher}", "out={root}/t.safetensors"], "ckpt"),  # no loader warning before the error
     ("fid", ["gen={empty}", "ref={three}", "extractor=tiny"], "empty"),
 ])
 def test_bad_invocation_as_a_subprocess(paths, entry, args, token):
