@@ -663,7 +663,8 @@ def load_student_dir(directory: PathLike) -> tuple[nn.Module, dict[str, Any]]:
             raise PackedFormatError(f"{directory / 'config.json'}: names class "
                                     f"{configs['unet_config'].get('_class_name')!r}, which diffusers does not have")
         try:
-            return cls.from_pretrained(str(directory)).eval(), configs
+            # low_cpu_mem_usage=False: the default asks for `accelerate` and warns on stderr without it
+            return cls.from_pretrained(str(directory), low_cpu_mem_usage=False).eval(), configs
         except (OSError, ValueError, RuntimeError) as e:
             raise PackedFormatError(f"{directory}: cannot load as a diffusers model ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''})") from e

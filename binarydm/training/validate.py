@@ -226,6 +226,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_model_keys(cfg)
     _check_quant(cfg)
     _check_paths(cfg)
+    check_model(cfg)  # a local or given UNet config: before its weights are loaded
     _check_eval(cfg)
 
 
@@ -239,21 +240,49 @@ def _size(value: Any) -> Optional[int]:
     return int(value)
 
 
-def check_model(cfg: DictConfig, unet) -> None:
-    """The data must fit the UNet: its sample_size, in_channels and out_channels (noise prediction)."""
-    config = unet.config
+def _check_unet_config(cfg: DictConfig, config: dict) -> None:
     source = f"model.pretrained={cfg.model.pretrained}" if cfg.model.config is None else "model.config"
-    size = _size(getattr(config, "sample_size", None))
+    size = _size(config.get("sample_size"))
     image_size = int(cfg.data.image_size)
     if size is not None and size != image_size:
         raise UsageError(f"data.image_size={image_size} does not match the UNet's sample_size={size} ({source}); "
                          f"set data.image_size={size} or use a UNet built for {image_size}-pixel images")
     channels = int(cfg.data.channels)
     for attr in ("in_channels", "out_channels"):
-        have = int(getattr(config, attr))
-        if have != channels:
+        have = config.get(attr, 3)  # UNet2DModel's default
+        if have is not None and int(have) != channels:
             raise UsageError(f"data.channels={channels} does not match the UNet's {attr}={have} ({source}); set "
                              f"data.channels={have} or use a UNet with {attr}={channels}")
+
+
+def _local_unet_config(cfg: DictConfig) -> Optional[dict]:
+    """The UNet's config without loading its weights: model.config, or a local directory's config.json
+    (None for a hub id: checked once the model is loaded)."""
+    import json
+
+    if cfg.model.config is not None:
+        return dict(OmegaConf.to_container(cfg.model.config, resolve=True))
+    from .teacher import resolve_local
+
+    path = resolve_local(str(cfg.model.pretrained))
+    if path is None:
+        return None
+    for sub in ([cfg.model.subfolder] if cfg.model.subfolder else ["", "unet"]):
+        file = path / sub / "config.json"
+        if file.is_file():
+            try:
+                return json.loads(file.read_text())
+            except (OSError, ValueError):
+                return None  # the loader's own error will say what is wrong with it
+    return None
+
+
+def check_model(cfg: DictConfig, unet=None) -> None:
+    """The data must fit the UNet: its sample_size, in_channels and out_channels (noise prediction).
+    Without ``unet``, from the config alone (before any weights are loaded), where that is known."""
+    config = dict(unet.config) if unet is not None else _local_unet_config(cfg)
+    if config is not None:
+        _check_unet_config(cfg, config)
 
 
 def check_data(cfg: DictConfig, datamodule) -> None:
