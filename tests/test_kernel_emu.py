@@ -1,6 +1,7 @@
-"""The CUDA kernels run on the CPU: cuda/w1a4_conv.cu compiled by g++ with tools/kernel_emu/shim.h
-(threads as std::threads, __syncthreads as a barrier, mma.sync emulated from the PTX fragment layouts),
-under AddressSanitizer and UndefinedBehaviorSanitizer, bit for bit against the PyTorch reference."""
+"""The CUDA kernels run on the CPU: cuda/w1a4_conv.cu and cuda/w1a4_bmma.cu compiled by g++ with
+tools/kernel_emu/shim.h (threads as std::threads, __syncthreads as a barrier, mma.sync (u8 x s8 and
+b1 AND POPC), ldmatrix and cp.async emulated from the PTX ISA), under AddressSanitizer and
+UndefinedBehaviorSanitizer, bit for bit against the PyTorch reference."""
 
 import shutil
 
@@ -8,7 +9,13 @@ import pytest
 import torch
 
 from binarydm.kernels import reference
-from binarydm.kernels.packing import PackedActivation, pack_activation, pack_codes, pack_weight
+from binarydm.kernels.packing import (
+    PackedActivation,
+    bmma_planes_reference,
+    pack_activation,
+    pack_codes,
+    pack_weight,
+)
 from kernel_emu import emu
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
@@ -60,7 +67,8 @@ def _bits(y: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("variant, out_dtype", [("mma", torch.float16), ("mma", torch.float32),
-                                                ("simt", torch.float16)])
+                                                ("simt", torch.float16), ("bmma", torch.float16),
+                                                ("bmma", torch.float32)])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}nb{s[5]}" for s in SHAPES])
 def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_dtype):
     x, w = _operands(shape, seed=sum(shape[:7]))
@@ -78,6 +86,42 @@ def test_a_wrong_fragment_mapping_is_caught(mutant, shape):
     expected = reference.w1a4_conv2d(x, w, torch.float32)
     assert not torch.equal(emu.run_conv(mutant, x, w, torch.float32, "mma"), expected)
     assert torch.equal(emu.run_conv(mutant, x, w, torch.float32, "simt"), expected)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[9]])
+def test_a_wrong_bit_mma_fragment_mapping_is_caught(mutant, shape):
+    # Same mutation in the m16n8k256 b1 emulation (A register 1 read as k + 128, register 2 as row + 8):
+    # the bit-plane kernel must disagree with the reference.
+    x, w = _operands(shape, seed=7)
+    expected = reference.w1a4_conv2d(x, w, torch.float32)
+    assert not torch.equal(emu.run_conv(mutant, x, w, torch.float32, "bmma"), expected)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], SHAPES[6], SHAPES[12]],
+                         ids=["cin70_z8", "cin33_z15", "cin1", "cin256"])
+def test_emulated_plane_pack_from_codes_equals_the_torch_planes(exe, shape):
+    # q XOR z in 4 bit-planes (padded channels and groups 0) and the per-pixel sums of (q - z).
+    x, _ = _operands(shape, seed=3)
+    planes, sums = emu.run_planes(exe, x)
+    expected_planes, expected_sums = bmma_planes_reference(x)
+    assert torch.equal(planes, expected_planes) and torch.equal(sums, expected_sums)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_emulated_plane_pack_from_float_equals_packer(exe, dtype, channels_last):
+    # The fused quantize + bit-plane pack gives the planes of pack_activation's codes (LSQ rounding).
+    gen = torch.Generator().manual_seed(31)
+    step = 0.375
+    x = torch.randn(2, 150, 4, 5, generator=gen) * 4
+    x[0, :8, 0, 0] = step * torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 6.5, -7.5, 7.5])  # ties: half to even
+    x[1, :4, 0, 0] = torch.tensor([100.0, -100.0, 0.0, -0.0])  # clamped, zeros
+    x = x.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    planes, sums = emu.run_planes(exe, x, step, -8, 7)
+    expected_planes, expected_sums = bmma_planes_reference(pack_activation(x, step))
+    assert torch.equal(planes, expected_planes) and torch.equal(sums, expected_sums)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

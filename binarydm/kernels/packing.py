@@ -27,7 +27,7 @@ bit 31 is the sign bit, which is only a matter of reading them as unsigned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -82,6 +82,8 @@ class PackedConvWeight:
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
+    # The bit-plane kernel's weight operand (:func:`bmma_weight_fragments`), made once on first use.
+    bmma_frag: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
 
     @property
     def n_bases(self) -> int:
@@ -98,7 +100,7 @@ class PackedConvWeight:
     def to(self, device) -> "PackedConvWeight":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PackedConvWeight(move(self.bits), move(self.alpha), move(self.row_sums), move(self.bias),
-                                self.in_channels, self.kernel_size, self.stride, self.padding)
+                                self.in_channels, self.kernel_size, self.stride, self.padding, move(self.bmma_frag))
 
     def signs(self) -> torch.Tensor:
         """The bases as +-1 float64 [n_bases, C_out, C_in, KH, KW] (unpacked, padding dropped)."""
@@ -294,3 +296,76 @@ def pack_quant_conv_input(layer: QuantConv2d, x: torch.Tensor) -> PackedActivati
     if aq.bits > CODE_BITS:
         raise ValueError(f"the W1A4 kernel takes codes of at most 4 bits, the quantizer has {aq.bits}")
     return pack_activation(x, aq.step.detach().reshape(()), aq.qn, aq.qp)
+
+
+# ---- the bit-plane kernel (cuda/w1a4_bmma.cu) ------------------------------------------------------
+BMMA_BN = 64  # GEMM columns per block of the bit-plane kernel
+BMMA_CHUNK_WORDS = 8  # 32-bit K words per 256-bit K chunk (one m16n8k256)
+
+
+def bmma_groups(channels: int) -> int:
+    """G of the bit-plane layout: 32-channel groups per pixel, a multiple of 4 (C_in up to 128s)."""
+    return 4 * -(-channels // 128)
+
+
+def bmma_chunks(channels: int, taps: int) -> int:
+    """256-bit K chunks of the bit-plane kernel: K words tap * G + group, 8 per chunk."""
+    return -(-taps * bmma_groups(channels) // BMMA_CHUNK_WORDS)
+
+
+def _bmma_fragment_index(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(column within the block, K word within the chunk) of each word of a chunk's 128 16-byte units.
+
+    Unit u = (warp_n * 2 + p) * 32 + lane (lane = 4 g + t) holds {b0, b1} of n tile 2p, then of n tile
+    2p + 1, of that lane: b0 = K word t, b1 = K word t + 4 of column warp_n * 32 + tile * 8 + g (the
+    PTX ISA's B fragment of mma.m16n8k256 .b1: b0 rows 32t..32t+31, b1 rows 128+32t.., column g)."""
+    u = torch.arange(128, device=device)[:, None]
+    w = torch.arange(4, device=device)[None, :]
+    warp_n, p, lane = u // 64, (u // 32) % 2, u % 32
+    g, t = lane // 4, lane % 4
+    tile = 2 * p + w // 2
+    col = warp_n * 32 + tile * 8 + g
+    kk = t + 4 * (w % 2)
+    return col, kk
+
+
+def bmma_weight_fragments(w: PackedConvWeight) -> torch.Tensor:
+    """The weight bits in the bit-plane kernel's B-fragment order: int32 [NCB, NCH, 128, 4].
+
+    GEMM column j = base j % n_bases of channel j // n_bases; K word kk = tap * G + group (G of
+    :func:`bmma_groups`); column block cb, chunk c, unit u, word i = word kk = 8 c + kk(u, i) of column
+    64 cb + col(u, i) (:func:`_bmma_fragment_index`). Columns, groups and K words past the end are 0.
+    Made once per weight (``w.bmma_frag``), on the weight's device."""
+    nb, c_out, taps, gc = w.bits.shape
+    g = bmma_groups(w.in_channels)
+    nch = bmma_chunks(w.in_channels, taps)
+    ncols = nb * c_out
+    ncb = -(-ncols // BMMA_BN)
+    device = w.bits.device
+    cols = w.bits.permute(1, 0, 2, 3).reshape(ncols, taps, gc)  # column j = (channel j // nb, base j % nb)
+    cols = torch.nn.functional.pad(cols, (0, g - gc)).reshape(ncols, taps * g)
+    w2 = torch.zeros(ncb * BMMA_BN, nch * BMMA_CHUNK_WORDS, dtype=torch.int32, device=device)
+    w2[:ncols, : taps * g] = cols
+    col, kk = _bmma_fragment_index(device)
+    cb = torch.arange(ncb, device=device)[:, None, None, None]
+    ch = torch.arange(nch, device=device)[None, :, None, None]
+    return w2[cb * BMMA_BN + col, ch * BMMA_CHUNK_WORDS + kk].contiguous()
+
+
+def bmma_planes_reference(x: PackedActivation) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the bit-plane pack kernels write, computed by PyTorch (for tests).
+
+    ``planes`` int32 [N, H, W, G/4, 4, 4]: [pixel][group // 4][plane k][group % 4] = bit k of
+    (q XOR z) of the group's 32 channels (bit j = channel 32 group + j), 0 for padded channels;
+    ``sums`` int32 [N, H, W]: the sum of (q - z) over the real channels."""
+    n, c, h, wd = x.shape
+    g = bmma_groups(c)
+    q = unpack_codes(x.codes, c).to(torch.int64)  # [N, C, H, W]
+    z = int(x.zero_point)
+    sums = (q - z).sum(1).to(torch.int32)
+    b = torch.nn.functional.pad((q ^ z).permute(0, 2, 3, 1), (0, 32 * g - c))  # [N, H, W, 32 G]
+    b = b.reshape(n, h, wd, g, 32)
+    shifts = torch.arange(32, dtype=torch.int64)
+    planes = torch.stack([(((b >> k) & 1) << shifts).sum(-1) for k in range(4)], -1)  # [N, H, W, G, 4]
+    planes = planes.reshape(n, h, wd, g // 4, 4, 4).transpose(-1, -2)  # [.., G/4, plane, G % 4]
+    return _to_int32_words(planes).contiguous(), sums.contiguous()

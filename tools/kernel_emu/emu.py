@@ -62,9 +62,15 @@ def _run(exe: Path, arrays, out_bytes: int) -> bytes:
 
 
 def run_conv(exe: Path, x, w, out_dtype: torch.dtype = torch.float16, variant: str = "mma") -> torch.Tensor:
-    """The kernel's output as [N, C_out, OH, OW] (channels_last), like reference.w1a4_conv2d."""
+    """The kernel's output as [N, C_out, OH, OW] (channels_last), like reference.w1a4_conv2d.
+
+    ``variant``: "mma" (tensor cores, u8 x s8), "simt" (CUDA cores), or "bmma" (the bit-plane kernel of
+    cuda/w1a4_bmma.cu: its pack kernel from the packed codes, then the conv)."""
     from binarydm.kernels import reference
     from binarydm.kernels.packing import padded_channels
+
+    if variant == "bmma":
+        return _run_bmma(exe, x, w, out_dtype)
 
     oh, ow = reference.check_operands(x, w, out_dtype)
     n, _, h, wd = x.shape
@@ -99,3 +105,55 @@ def run_pack(exe: Path, x: torch.Tensor, step: float, qn: int = -8, qp: int = 7)
     data = _run(exe, [np.array([2], np.int32), np.array(header, np.int32), np.array([step], np.float32), raw],
                 n * h * wd * words * 4)
     return torch.from_numpy(np.frombuffer(data, np.int32).copy()).reshape(n, h, wd, words)
+
+
+def _run_bmma(exe: Path, x, w, out_dtype: torch.dtype) -> torch.Tensor:
+    from binarydm.kernels import reference
+    from binarydm.kernels.packing import bmma_chunks, bmma_groups, bmma_weight_fragments, padded_channels
+
+    oh, ow = reference.check_operands(x, w, out_dtype)
+    n, c, h, wd = x.shape
+    f16 = out_dtype == torch.float16
+    kh, kw = w.kernel_size
+    header = [w.n_bases, int(f16), int(w.bias is not None), n, h, wd, bmma_groups(c), w.out_channels, oh, ow,
+              kh, kw, *w.stride, *w.padding, int(x.zero_point), bmma_chunks(c, kh * kw), c,
+              padded_channels(c) // 32]
+    i32 = lambda t: t.detach().cpu().contiguous().numpy().astype(np.int32)  # noqa: E731
+    f32 = lambda t: t.detach().cpu().contiguous().numpy().astype(np.float32)  # noqa: E731
+    arrays = [np.array([3], np.int32), np.array(header, np.int32), i32(x.codes), i32(bmma_weight_fragments(w)),
+              f32(reference.epilogue_scale(w, x))]
+    if w.bias is not None:
+        arrays.append(f32(w.bias))
+    count = n * oh * ow * w.out_channels
+    data = _run(exe, arrays, count * (2 if f16 else 4))
+    y = torch.from_numpy(np.frombuffer(data, np.float16 if f16 else np.float32).copy())
+    return y.reshape(n, oh, ow, w.out_channels).permute(0, 3, 1, 2)
+
+
+def run_planes(exe: Path, x, step: float = 1.0, qn: int = -8, qp: int = 7):
+    """The bit-plane pack kernel's (planes int32 [N, H, W, G/4, 4, 4], sums int32 [N, H, W]).
+
+    ``x``: a PackedActivation (w1a4_planes_codes, its zero point) or a float32 / float16 / bfloat16
+    tensor (w1a4_planes_<dtype>, LSQ with ``step``, ``qn``, ``qp``, zero point -qn)."""
+    from binarydm.kernels.packing import PackedActivation, bmma_groups, padded_channels
+
+    if isinstance(x, PackedActivation):
+        n, c, h, wd = x.shape
+        z, kind, strides = int(x.zero_point), 3, (0, 0, 0, 0)
+        raw = x.codes.detach().cpu().contiguous().numpy().astype(np.int32)
+    else:
+        kinds = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+        n, c, h, wd = x.shape
+        z, kind, strides = -qn, kinds[x.dtype], x.stride()
+        flat = x.detach().cpu()
+        extent = sum((sz - 1) * st for sz, st in zip(flat.shape, flat.stride())) + 1
+        raw = torch.as_strided(flat, (extent,), (1,), flat.storage_offset())
+        raw = raw.view(torch.int16).numpy() if x.dtype != torch.float32 else raw.numpy()
+    g = bmma_groups(c)
+    header = [kind, n, c, h, wd, *strides, g, qn, qp, z, padded_channels(c) // 32]
+    p = n * h * wd
+    data = _run(exe, [np.array([4], np.int32), np.array(header, np.int32), np.array([step], np.float32), raw],
+                p * g * 16 + p * 4)
+    planes = torch.from_numpy(np.frombuffer(data[: p * g * 16], np.int32).copy()).reshape(n, h, wd, g // 4, 4, 4)
+    sums = torch.from_numpy(np.frombuffer(data[p * g * 16:], np.int32).copy()).reshape(n, h, wd)
+    return planes, sums

@@ -9,10 +9,18 @@
 //         scale f32 [NB*C_out], bias f32 [C_out] if has_bias. OUT: N*OH*OW*C_out fp16 bits or f32.
 //   pack: in_kind (0 f32, 1 f16, 2 bf16), N, C, H, W, sN, sC, sH, sW, words, qn, qp; then step f32,
 //         then x (elements up to the largest strided offset + 1). OUT: u32 [N*H*W*words].
+//   3, bit-plane conv (cuda/w1a4_bmma.cu): NB, F16, has_bias, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW,
+//         PH, PW, z, nchunks, C, Gc; then codes u32 [N*H*W*4Gc] (packed nibbles, Gc = C_pad / 32), wfrag
+//         u32 [NCB*nchunks*512], scale, bias as for kind 0. Runs w1a4_planes_codes, then the conv. OUT: as
+//         kind 0.
+//   4, planes: in_kind (0 f32, 1 f16, 2 bf16, 3 packed codes), N, C, H, W, sN, sC, sH, sW, G, qn, qp, z, Gc;
+//         then step f32, then x (as for kind 2; codes: u32 [N*H*W*4Gc]). OUT: u32 [N*H*W*4*G] planes, then
+//         i32 [N*H*W] sums.
 // The launch geometry is the one binarydm/kernels/cuda.py uses. The output is poisoned (all ones)
 // before the launch, so an element the kernel never writes shows as NaN / 0xFFFFFFFF.
 #include "shim.h"
 #include "w1a4_conv.cu"
+#include "w1a4_bmma.cu"
 
 #include <cstdio>
 #include <vector>
@@ -94,6 +102,58 @@ int main(int argc, char** argv) {
         auto k = in_kind == 0 ? w1a4_quantize_pack_f32 : in_kind == 1 ? w1a4_quantize_pack_f16 : w1a4_quantize_pack_bf16;
         w1a4_emu::launch(dim3{(unsigned)((total + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] {
             k(x, codes, N, C, H, W, sN, sC, sH, sW, words, step, qn, qp);
+        });
+    } else if (kind == 3) {
+        const int* h = take<int>(20);
+        const int NB = h[0], F16 = h[1], has_bias = h[2], N = h[3], H = h[4], W = h[5], G = h[6], C_out = h[7],
+                  OH = h[8], OW = h[9], KH = h[10], KW = h[11], SH = h[12], SW = h[13], PH = h[14], PW = h[15],
+                  z = h[16], nchunks = h[17], C = h[18], Gc = h[19];
+        const long long P = (long long)N * H * W;
+        const int ncb = (NB * C_out + BM_BN - 1) / BM_BN;
+        const u32* codes = take<u32>((size_t)P * 4 * Gc);
+        const uint4* wfrag = take<uint4>((size_t)ncb * nchunks * BM_B_UNITS);
+        const float* scale = take<float>((size_t)NB * C_out);
+        const float* bias = has_bias ? take<float>(C_out) : nullptr;
+        std::vector<uint4> planes((size_t)P * G);  // 4 planes x G words per pixel
+        std::vector<int> sums((size_t)P, -1);
+        const int ppb = BM_PACK_THREADS / G;
+        w1a4_emu::launch(dim3{(unsigned)((P + ppb - 1) / ppb), 1, 1}, dim3{BM_PACK_THREADS, 1, 1}, [&] {
+            w1a4_planes_codes(codes, reinterpret_cast<u32*>(planes.data()), sums.data(), N, C, H, W, 0, 0, 0, 0, G, Gc,
+                              nullptr, 0, 0, z);
+        });
+        const size_t elems = (size_t)N * OH * OW * C_out, esize = F16 ? 2 : 4;
+        out.assign(elems * esize, 0xFF);
+        void* y = out.data();
+        const long long M = (long long)N * OH * OW;
+        const dim3 grid{(unsigned)((M + BM_BM - 1) / BM_BM), (unsigned)ncb, 1};
+        auto k = NB == 1 ? (F16 ? w1a4_conv_bmma_nb1_f16 : w1a4_conv_bmma_nb1_f32)
+                         : (F16 ? w1a4_conv_bmma_nb2_f16 : w1a4_conv_bmma_nb2_f32);
+        w1a4_emu::launch(grid, dim3{BM_THREADS, 1, 1}, [&] {
+            k(planes.data(), sums.data(), wfrag, scale, bias, y, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, PW,
+              z, nchunks);
+        });
+    } else if (kind == 4) {
+        const int* h = take<int>(14);
+        const int in_kind = h[0], N = h[1], C = h[2], H = h[3], W = h[4], G = h[9], qn = h[10], qp = h[11], z = h[12],
+                  Gc = h[13];
+        const long long sN = h[5], sC = h[6], sH = h[7], sW = h[8];
+        const float* step = take<float>(1);
+        const long long P = (long long)N * H * W;
+        const void* x;
+        if (in_kind == 3) {
+            x = take<u32>((size_t)P * 4 * Gc);
+        } else {
+            const long long extent = (N - 1) * sN + (C - 1) * sC + (H - 1) * sH + (W - 1) * sW + 1;
+            x = in_kind == 0 ? (const void*)take<float>(extent) : (const void*)take<u16>(extent);
+        }
+        out.assign((size_t)P * G * 16 + (size_t)P * 4, 0xFF);
+        u32* planes = reinterpret_cast<u32*>(out.data());
+        int* sums = reinterpret_cast<int*>(out.data() + (size_t)P * G * 16);
+        auto k = in_kind == 0 ? w1a4_planes_f32 : in_kind == 1 ? w1a4_planes_f16
+                 : in_kind == 2 ? w1a4_planes_bf16 : w1a4_planes_codes;
+        const int ppb = BM_PACK_THREADS / G;
+        w1a4_emu::launch(dim3{(unsigned)((P + ppb - 1) / ppb), 1, 1}, dim3{BM_PACK_THREADS, 1, 1}, [&] {
+            k(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, Gc, step, qn, qp, z);
         });
     } else {
         std::fprintf(stderr, "unknown kind %d\n", kind);

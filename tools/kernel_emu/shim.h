@@ -56,6 +56,7 @@ struct WarpSlot {
     unsigned a[32][4];
     unsigned b[32][2];
     int c[32][4];
+    const void* row[32];  // ldmatrix: each lane's row address
 };
 inline std::vector<WarpSlot> slots;
 
@@ -172,4 +173,60 @@ inline void w1a4_emu_mma_m16n8k32_u8s8(int (&c)[4], const unsigned (&a)[4], cons
     }
     warp_barriers[warp]->arrive_and_wait();  // everybody has read the slot before it is written again
     for (int i = 0; i < 4; ++i) c[i] = d[i];
+}
+
+// cp.async.cg.shared.global 16 bytes with src-size 16 or 0 (zero fill): done at once on the host, so
+// commit_group / wait_group have nothing to wait for (cuda/w1a4_bmma.cu compiles them away here).
+inline void w1a4_emu_cp_async16(void* smem, const void* gmem, bool valid) {
+    if (valid) {
+        std::memcpy(smem, gmem, 16);
+    } else {
+        std::memset(smem, 0, 16);
+    }
+}
+
+// mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc, lane l: g = l / 4, t = l % 4. Bit i of a
+// register is element i of its 32. PTX ISA fragment layouts ("Matrix Fragments for mma.m16n8k256"):
+//   A (16 x 256, b1), register i: row g + 8 (i % 2), columns 32 t + 128 (i / 2) .. + 31
+//   B (256 x 8, b1),  register i: rows (k) 32 t + 128 i .. + 31, column g
+//   C, D (16 x 8, s32), element i: row g + 8 (i / 2), column 2 t + i % 2
+// D = C + sum_k popc(A[row][k] AND B[k][col]), word by word. W1A4_EMU_MUTATE swaps the roles of A
+// registers 1 and 2, as for the u8 mma above.
+inline void w1a4_emu_bmma_m16n8k256_and_popc(int (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                             unsigned b0, unsigned b1) {
+    using namespace w1a4_emu;
+    WarpSlot& s = slots[warp];
+    s.a[lane][0] = a0, s.a[lane][1] = a1, s.a[lane][2] = a2, s.a[lane][3] = a3;
+    s.b[lane][0] = b0, s.b[lane][1] = b1;
+    warp_barriers[warp]->arrive_and_wait();
+    auto A = [&](int row, int word) -> unsigned {  // word w = k / 32 of row `row`, w in 0..7
+#if W1A4_EMU_MUTATE
+        const int reg = 2 * (row / 8) + word / 4;  // wrong: register 1 taken as k + 128, 2 as row + 8
+#else
+        const int reg = row / 8 + 2 * (word / 4);
+#endif
+        return s.a[4 * (row % 8) + word % 4][reg];
+    };
+    auto B = [&](int word, int col) -> unsigned { return s.b[4 * col + word % 4][word / 4]; };
+    int d[4];
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+        long long acc = c[i];
+        for (int w = 0; w < 8; ++w) acc += __builtin_popcount(A(row, w) & B(w, col));
+        d[i] = (int)acc;
+    }
+    warp_barriers[warp]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) c[i] = d[i];
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lane l posts the address of row l % 8 of matrix l / 8 (16
+// bytes); each lane receives, from each matrix j, 32-bit word l % 4 of that matrix's row l / 4.
+inline void w1a4_emu_ldmatrix_x4(unsigned (&r)[4], const void* row) {
+    using namespace w1a4_emu;
+    WarpSlot& s = slots[warp];
+    s.row[lane] = row;
+    warp_barriers[warp]->arrive_and_wait();
+    for (int j = 0; j < 4; ++j) std::memcpy(&r[j], static_cast<const char*>(s.row[8 * j + lane / 4]) + 4 * (lane % 4), 4);
+    warp_barriers[warp]->arrive_and_wait();
 }

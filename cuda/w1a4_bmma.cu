@@ -1,0 +1,497 @@
+// W1A4 convolution on the 1-bit tensor cores: mma.sync.m16n8k256.row.col.s32.b1.b1.s32.and.popc
+// (SASS BMMA.168256.AND.POPC; sm_80 and newer, native on sm_90). Bit-planes of the 4-bit activation
+// codes times the weight bits, implicit GEMM over NHWC, exact integer accumulation, the same float32
+// epilogue as cuda/w1a4_conv.cu, so the result equals binarydm/kernels/reference.py bit for bit.
+//
+// Arithmetic (docs/kernels.md, "The bit-plane kernel"). Codes q in 0..15 with zero point z
+// (x = d (q - z)) are stored as b = q XOR z, split into 4 bit-planes B_k; with the plane coefficients
+// c_k = -2^k where bit k of z is set and +2^k where it is not, sum_k c_k b_k = q - z for every q.
+// So the code of real zero (q = z) is b = 0: zero padding (taps outside the image) and padded channels
+// are all-zero planes and contribute exactly nothing: no border correction. With S the weight bits
+// (w = 2 S - 1):
+//
+//   v_b[o,p] = sum_{t,c} (2 S_b - 1) (q - z) = 2 sum_k c_k popc(B_k & S_b) - Q[p]
+//   Q[p]     = sum_{t,c} (q - z) = sum_k c_k popc(B_k)       (per pixel: the pack kernel's sums, boxed)
+//   y[p,o]   = fl(fl(fl(v_0 s_0[o]) + fl(v_1 s_1[o])) + bias[o])
+//
+// popc(B_k & S_b) is the tensor core's and.popc product (one MMA per plane); the per-input-pixel sums
+// of (q - z) are written by the pack kernel and added over the pixel's taps once per block.
+//
+// Kernels (extern "C", no headers: NVRTC compiles the file as it is):
+//   w1a4_conv_bmma_nb{1,2}_{f16,f32}   the conv (block 128 pixels x 64 columns, 8 warps of 32 x 32,
+//                                       4-stage cp.async pipeline, 256-bit K chunks)
+//   w1a4_planes_codes                   packed nibble codes (binarydm.kernels.packing) -> planes + sums
+//   w1a4_planes_{f32,f16,bf16}          float input (any strides) -> LSQ codes -> planes + sums
+//
+// Layouts (binarydm/kernels/packing.py builds the weight one once, at pack time):
+//   planes  u32 [N, H, W, G/4, 4, 4]  G = 4 ceil(C_in / 128) (a multiple of 4); word [pix][grp / 4][k]
+//                                 [grp % 4] = plane k (bit k of q XOR z) of channels 32 grp .. 32 grp + 31,
+//                                 bit j = channel 32 grp + j; padded channels 0. 16 bytes = one plane of
+//                                 4 groups (128 channels) of one pixel, 64 bytes = the 4 planes of them.
+//   sums    i32 [N, H, W]         sum over the real channels of (q - z)
+//   wfrag   u32 [NCB, NCH, 128, 4]  the weight bits in the order of the B fragments (below): column
+//                                 block (64 GEMM columns), K chunk (8 words = 256 bits), 16-byte unit
+//                                 u = (warp_n * 2 + p) * 32 + lane holding {b0, b1} of n-tiles 2p and
+//                                 2p + 1 of that lane. K word kk = tap * G + grp; columns, channels and
+//                                 K words past the end are 0.
+//   GEMM column j = base j % NB of output channel j / NB (as in w1a4_conv.cu).
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+#define BM_BM 128       // output pixels per block
+#define BM_BN 64        // GEMM columns per block
+#define BM_THREADS 256  // 8 warps: 4 (M) x 2 (N), warp tile 32 x 32
+#define BM_STAGES 4     // cp.async pipeline depth
+#define BM_A_UNITS (BM_BM * 8)                    // 16-byte units of A per stage: 128 rows x 8 K words
+#define BM_B_UNITS 128                            // 16-byte units of B per stage: 64 columns x 8 K words
+#define BM_STAGE_UNITS (BM_A_UNITS + BM_B_UNITS)
+#define BM_SMEM_BYTES (BM_STAGES * BM_STAGE_UNITS * 16)  // 73,728 B: dynamic shared memory
+#define BM_YS_STRIDE 65                           // floats per row of the output staging tile
+#define BM_PACK_THREADS 256
+
+namespace w1a4_bmma {
+
+// ---- PTX, each with the host branch that tools/kernel_emu/shim.h provides ----------------------
+// A shared-memory location: its 32-bit shared-window address on the GPU (so that address arithmetic
+// stays 32-bit), a pointer on the host.
+#ifdef W1A4_HOST_EMU
+typedef uint4* sref;
+__device__ __forceinline__ sref sref_of(uint4* p) { return p; }
+__device__ __forceinline__ sref sref_add(sref r, int units) { return r + units; }
+#else
+typedef u32 sref;
+__device__ __forceinline__ sref sref_of(uint4* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ sref sref_add(sref r, int units) { return r + 16u * (u32)units; }
+#endif
+
+__device__ __forceinline__ void cp_async16(sref smem, const void* gmem, bool valid) {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_cp_async16(smem, gmem, valid);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    // src-size 0 reads nothing and fills the 16 bytes with zeros (taps outside the image, K padding).
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0));
+#else
+    (void)smem; (void)gmem; (void)valid; __trap();
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if !defined(W1A4_HOST_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if !defined(W1A4_HOST_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// ldmatrix.m8n8.x4.b16: lane l gives the address of row l % 8 of matrix l / 8 (16 bytes each) and
+// receives word l % 4 of row l / 4 of each of the four matrices.
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], sref row) {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_ldmatrix_x4(r, row);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(row));
+#else
+    (void)row; r[0] = r[1] = r[2] = r[3] = 0u; __trap();
+#endif
+}
+
+// Fragments of mma.m16n8k256.row.col.s32.b1.b1.s32 (PTX ISA, "Matrix Fragments for mma.m16n8k256"),
+// g = lane / 4, t = lane % 4, 32 one-bit elements per register:
+//   A 16x256 row-major: a0 row g, k 32t..32t+31 | a1 row g+8 | a2 row g, k 128+32t.. | a3 row g+8, k 128+32t..
+//   B 256x8 column-major: b0 col g, k 32t..32t+31 | b1 col g, k 128+32t..
+//   C 16x8: c0, c1 row g, cols 2t, 2t+1 | c2, c3 row g+8, cols 2t, 2t+1
+// So with a 256-bit K chunk as 8 words per row / column, a lane reads words t and t + 4.
+__device__ __forceinline__ void bmma(int (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(W1A4_HOST_EMU)
+    w1a4_emu_bmma_m16n8k256_and_popc(c, a[0], a[1], a[2], a[3], b0, b1);
+#else
+    (void)a; (void)b0; (void)b1; __trap();
+#endif
+}
+
+__device__ __forceinline__ u16 f32_to_f16_bits(float f) {
+#ifdef W1A4_HOST_EMU
+    return w1a4_emu_f32_to_f16_bits(f);
+#else
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#endif
+}
+
+enum { IN_F32 = 0, IN_F16 = 1, IN_BF16 = 2, IN_CODES = 3 };
+
+template <int IN>
+__device__ __forceinline__ float load_as_f32(const void* __restrict__ x, long long i) {
+    if (IN == IN_F32) return reinterpret_cast<const float*>(x)[i];
+    const u16 h = reinterpret_cast<const u16*>(x)[i];
+    if (IN == IN_BF16) return __uint_as_float((u32)h << 16);
+#ifdef W1A4_HOST_EMU
+    return w1a4_emu_f16_bits_to_f32(h);
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+// Sum of the eight nibbles of x.
+__host__ __device__ __forceinline__ int nibble_sum(u32 x) {
+    const u32 bytes = (x & 0x0F0F0F0Fu) + ((x >> 4) & 0x0F0F0F0Fu);
+    return (int)((bytes * 0x01010101u) >> 24);
+}
+
+// Bit k of each of the 8 nibbles of x -> bits 0..7.
+__host__ __device__ __forceinline__ u32 nibble_bit_plane(u32 x, int k) {
+    u32 y = (x >> k) & 0x11111111u;
+    y = (y | (y >> 3)) & 0x03030303u;
+    y = (y | (y >> 6)) & 0x000F000Fu;
+    return (y | (y >> 12)) & 0xFFu;
+}
+
+// 32 codes of one (pixel, channel group) as four nibble words -> four plane words of q XOR z (padded
+// channels, from channel C on, give 0) and the sum of (q - z) over the real channels.
+__host__ __device__ __forceinline__ void planes_from_nibbles(const u32 (&wd)[4], int first_channel, int C, int z,
+                                                             u32 (&pl)[4], int& sum) {
+    const u32 zrep = (u32)z * 0x11111111u;
+    sum = 0;
+    pl[0] = pl[1] = pl[2] = pl[3] = 0u;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+        int nreal = C - (first_channel + 8 * w);
+        nreal = nreal < 0 ? 0 : (nreal > 8 ? 8 : nreal);
+        const u32 mask = nreal >= 8 ? 0xFFFFFFFFu : ((1u << (4 * nreal)) - 1u);
+        const u32 x = (wd[w] ^ zrep) & mask;
+        sum += nibble_sum(wd[w] & mask) - z * nreal;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) pl[k] |= nibble_bit_plane(x, k) << (8 * w);
+    }
+}
+
+struct Shape {
+    int N, H, W, G;  // G = 4 ceil(C_in / 128): words per pixel and plane
+    int C_out, OH, OW;
+    int KH, KW, SH, SW, PH, PW;
+    int z, nchunks;  // nchunks = ceil(KH * KW * G / 8): 256-bit K chunks
+};
+
+// The epilogue of cuda/w1a4_conv.cu: one correctly rounded float32 operation at a time.
+template <int NB>
+__device__ __forceinline__ float epilogue(int v0, int v1, int o, int C_out, const float* __restrict__ scale,
+                                          const float* __restrict__ bias) {
+    float y = __fmul_rn(__int2float_rn(v0), scale[o]);
+    if (NB == 2) y = __fadd_rn(y, __fmul_rn(__int2float_rn(v1), scale[C_out + o]));
+    if (bias != nullptr) y = __fadd_rn(y, bias[o]);
+    return y;
+}
+
+// ---- the conv ----------------------------------------------------------------------------------
+// Shared memory per stage: A as 128 rows (pixels) x 8 units of 16 bytes, unit (plane p, half h) = K
+// words 4h .. 4h + 3 of the chunk in plane p, stored at slot (2p + h) ^ (row % 8) (a swizzle: the 8 rows
+// of one ldmatrix matrix fall in 8 distinct 16-byte bank groups); one ldmatrix.x4 gives a lane the four
+// A registers of one plane and one m tile. B as the 128 units of wfrag's chunk, in fragment order: lane
+// l of warp_n reads units (warp_n * 2 + p) * 32 + l, {b0, b1} of two n tiles in one 16-byte load.
+//
+// Loads: thread tid copies half h = tid % 2 of row tid / 2, the 4 planes' units (64 contiguous bytes
+// of the planes tensor), so the (tap, group) of its 4 K words is one state per thread, advanced by 8
+// words per chunk without a division; a tap outside the image or past the last tap is a zero-filled
+// copy. Threads 0..127 copy one B unit each.
+template <int NB, bool F16>
+__device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restrict__ sums,
+                          const uint4* __restrict__ wfrag, const float* __restrict__ scale,
+                          const float* __restrict__ bias, void* __restrict__ out, Shape s) {
+#ifdef W1A4_HOST_EMU
+    __shared__ uint4 sm[BM_STAGES * BM_STAGE_UNITS];
+#else
+    extern __shared__ uint4 sm[];
+#endif
+    __shared__ int qs[BM_BM];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int warp_m = warp & 3, warp_n = warp >> 2;
+    const int M = s.N * s.OH * s.OW;  // < 2^31 (the launcher checks)
+    const int m0 = blockIdx.x * BM_BM;
+    const int cb = blockIdx.y;
+    const int OHW = s.OH * s.OW;
+    const int U = s.G >> 2;       // groups of 4 words (128 channels) per pixel
+    const int pix_units = 4 * U;  // 16-byte units per pixel: [U][4 planes]
+
+    // A loader: half h = tid % 2 (K words 4h .. 4h + 3 of the chunk) of row lrow = tid / 2, all 4 planes:
+    // one 64-byte run of the planes tensor, 4 copies, one bounds check.
+    const int h = tid & 1, lrow = tid >> 1;
+    int slot[4];
+#pragma unroll
+    for (int pl = 0; pl < 4; ++pl) slot[pl] = lrow * 8 + ((2 * pl + h) ^ (lrow & 7));
+    int row_base = 0, row_ih0 = -(1 << 29), row_iw0 = 0;  // an unused row is never inside the image
+    {
+        const int m = m0 + lrow;
+        if (m < M) {
+            const int n = m / OHW, rem = m - n * OHW;
+            const int oh = rem / s.OW, ow = rem - oh * s.OW;
+            row_ih0 = oh * s.SH - s.PH;
+            row_iw0 = ow * s.SW - s.PW;
+            row_base = ((n * s.H + row_ih0) * s.W + row_iw0) * pix_units;
+        }
+    }
+    // (ky, kx, unit gu of the group) of the thread's first K word 8 chunk + 4h, and its offset
+    // ((ky W + kx) U + gu) 4 in 16-byte units.
+    int ky = 0, kx = 0, gu = h, tap_off = 4 * h;
+    const int row_step = (s.W - s.KW) * pix_units;
+    auto normalize = [&]() {
+        while (gu >= U) {
+            gu -= U;
+            if (++kx == s.KW) {
+                kx = 0;
+                ++ky;
+                tap_off += row_step;
+            }
+        }
+    };
+    normalize();
+    const uint4* wsrc = wfrag + (long long)cb * s.nchunks * BM_B_UNITS + tid;
+
+    const sref smem0 = sref_of(sm);
+    auto load_stage = [&](int st) {
+        const sref As = sref_add(smem0, st * BM_STAGE_UNITS);
+        const int ih = row_ih0 + ky, iw = row_iw0 + kx;
+        const bool valid = ky < s.KH && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
+        const uint4* src = planes + (valid ? (unsigned)(row_base + tap_off) : 0u);
+#pragma unroll
+        for (int pl = 0; pl < 4; ++pl) cp_async16(sref_add(As, slot[pl]), src + pl, valid);
+        if (tid < BM_B_UNITS) cp_async16(sref_add(As, BM_A_UNITS + tid), wsrc, true);
+        wsrc += BM_B_UNITS;
+        gu += 2;
+        tap_off += 8;
+        normalize();
+    };
+
+    int acc[4][2][4][4];  // [plane][m tile][n tile][c register]
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int jn = 0; jn < 4; ++jn)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) acc[k][i][jn][r] = 0;
+
+#pragma unroll
+    for (int st = 0; st < BM_STAGES - 1; ++st) {
+        if (st < s.nchunks) load_stage(st);
+        cp_async_commit();
+    }
+
+    // Q[p] for the block's pixels, while the first chunks are in flight: the sums of the valid taps.
+    if (tid < BM_BM) {
+        const int m = m0 + tid;
+        int q = 0;
+        if (m < M) {
+            const int n = m / OHW, rem = m - n * OHW;
+            const int oh = rem / s.OW, ow = rem - oh * s.OW;
+            const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
+#pragma unroll 1
+            for (int y = 0; y < s.KH; ++y) {
+                const int ih = ih0 + y;
+                if ((unsigned)ih >= (unsigned)s.H) continue;
+#pragma unroll 1
+                for (int x = 0; x < s.KW; ++x) {
+                    const int iw = iw0 + x;
+                    if ((unsigned)iw < (unsigned)s.W) q += sums[(n * s.H + ih) * s.W + iw];
+                }
+            }
+        }
+        qs[tid] = q;
+    }
+
+    // ldmatrix addresses inside a stage (units): lane l gives row (l % 8) + 8 ((l / 8) % 2) of the m tile,
+    // half (l / 16) of plane p: slot (2p + half) ^ (l % 8).
+    const int lr = lane & 7, lhalf = lane >> 4;
+    int a_off[4];
+#pragma unroll
+    for (int pl = 0; pl < 4; ++pl)
+        a_off[pl] = (warp_m * 32 + lr + 8 * ((lane >> 3) & 1)) * 8 + ((2 * pl + lhalf) ^ lr);
+    const int b_off = BM_A_UNITS + warp_n * 64 + lane;
+
+    int rd = 0, wr = BM_STAGES - 1;
+#pragma unroll 1
+    for (int c = 0; c < s.nchunks; ++c) {
+        cp_async_wait<BM_STAGES - 2>();  // chunk c has landed (this thread's copies)
+        __syncthreads();                 // everybody's copies; and stage wr was last read in step c - 1
+        if (c + BM_STAGES - 1 < s.nchunks) load_stage(wr);
+        cp_async_commit();
+        if (++wr == BM_STAGES) wr = 0;
+
+        const uint4* S = sm + rd * BM_STAGE_UNITS;
+        const sref Sr = sref_add(smem0, rd * BM_STAGE_UNITS);
+        const uint4 bq0 = S[b_off], bq1 = S[b_off + 32];
+        const u32 b[4][2] = {{bq0.x, bq0.y}, {bq0.z, bq0.w}, {bq1.x, bq1.y}, {bq1.z, bq1.w}};
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+            for (int pl = 0; pl < 4; ++pl) {
+                u32 a[4];
+                ldsm_x4(a, sref_add(Sr, a_off[pl] + i * 128));  // rows + 16 i
+#pragma unroll
+                for (int jn = 0; jn < 4; ++jn) bmma(acc[pl][i][jn], a, b[jn][0], b[jn][1]);
+            }
+        }
+        if (++rd == BM_STAGES) rd = 0;
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the pipeline's shared memory is free: it becomes the output tile
+
+    // Epilogue: planes combined with their coefficients, Q subtracted, scales and bias, staged as float32
+    // [128 pixels][64 / NB channels] in shared memory, then stored row by row (coalesced).
+    float* Ys = reinterpret_cast<float*>(sm);
+    const int ck0 = (s.z & 1) ? -1 : 1, ck1 = (s.z & 2) ? -2 : 2, ck2 = (s.z & 4) ? -4 : 4,
+              ck3 = (s.z & 8) ? -8 : 8;
+    const int nch = BM_BN / NB;  // output channels per block
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int rl = warp_m * 32 + i * 16 + g + 8 * h;
+            const int q = qs[rl];
+#pragma unroll
+            for (int jn = 0; jn < 4; ++jn) {
+                int v[2];
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int r = 2 * h + e;
+                    const int p = ck0 * acc[0][i][jn][r] + ck1 * acc[1][i][jn][r] + ck2 * acc[2][i][jn][r] +
+                                  ck3 * acc[3][i][jn][r];
+                    v[e] = 2 * p - q;
+                }
+                const int col = warp_n * 32 + jn * 8 + 2 * t4;  // even, inside the block
+                if (NB == 2) {
+                    const int o = cb * nch + (col >> 1);
+                    if (o < s.C_out) Ys[rl * BM_YS_STRIDE + (col >> 1)] = epilogue<2>(v[0], v[1], o, s.C_out, scale, bias);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int o = cb * nch + col + e;
+                        if (o < s.C_out) Ys[rl * BM_YS_STRIDE + col + e] = epilogue<1>(v[e], 0, o, s.C_out, scale, bias);
+                    }
+                }
+            }
+        }
+    }
+    __syncthreads();
+    const int shift = NB == 2 ? 5 : 6;  // log2(nch)
+#pragma unroll 1
+    for (int idx = tid; idx < BM_BM * nch; idx += BM_THREADS) {
+        const int rl = idx >> shift, ch = idx & (nch - 1);
+        const int m = m0 + rl, o = cb * nch + ch;
+        if (m < M && o < s.C_out) {
+            const long long at = (long long)m * s.C_out + o;
+            const float y = Ys[rl * BM_YS_STRIDE + ch];
+            if (F16) {
+                reinterpret_cast<u16*>(out)[at] = f32_to_f16_bits(y);
+            } else {
+                reinterpret_cast<float*>(out)[at] = y;
+            }
+        }
+    }
+}
+
+// ---- the pack kernels ---------------------------------------------------------------------------
+// One thread per (pixel, 32-channel group); a block holds 256 / G whole pixels (G <= 256), so the sum
+// over a pixel's groups is made in shared memory. From packed nibble codes (IN_CODES: Gc = C_pad / 32
+// groups of 4 words per pixel, zero point z) or from a float tensor of any strides (LSQ: code =
+// rint(clamp(x / d, qn, qp)) - qn, z = -qn, the rounding and float32 division of
+// binarydm.kernels.packing.pack_activation). Groups past the channels (up to G) are written as 0.
+template <int IN>
+__device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes, int* __restrict__ sums, int N,
+                            int C, int H, int W, long long sN, long long sC, long long sH, long long sW, int G,
+                            int Gc, const float* __restrict__ step_ptr, int qn, int qp, int z) {
+    __shared__ int part[BM_PACK_THREADS];
+    const int ppb = BM_PACK_THREADS / G;  // pixels per block
+    const int lp = threadIdx.x / G, grp = threadIdx.x - lp * G;
+    const long long P = (long long)N * H * W;
+    const long long pix = (long long)blockIdx.x * ppb + lp;
+    const bool active = lp < ppb && pix < P;
+    int sum = 0;
+    if (active) {
+        u32 wd[4] = {0u, 0u, 0u, 0u};
+        if (IN == IN_CODES) {
+            if (grp < Gc) {
+                const uint4 v = reinterpret_cast<const uint4*>(x)[pix * Gc + grp];
+                wd[0] = v.x, wd[1] = v.y, wd[2] = v.z, wd[3] = v.w;
+            }
+        } else if (grp * 32 < C) {
+            const float step = *step_ptr;
+            const int w = (int)(pix % W);
+            const int h = (int)((pix / W) % H);
+            const int n = (int)(pix / ((long long)W * H));
+            const long long base = n * sN + h * sH + w * sW;
+#pragma unroll
+            for (int jj = 0; jj < 32; ++jj) {
+                const int c = grp * 32 + jj;
+                if (c < C) {
+                    const float v = __fdiv_rn(load_as_f32<IN>(x, base + c * sC), step);
+                    const float q = rintf(fminf(fmaxf(v, (float)qn), (float)qp));
+                    wd[jj >> 3] |= (u32)((int)q - qn) << (4 * (jj & 7));
+                }
+            }
+        }
+        u32 pl[4];
+        planes_from_nibbles(wd, grp * 32, C, z, pl, sum);
+        u32* dst = planes + (pix * G + (grp & ~3)) * 4 + (grp & 3);  // [pixel][grp / 4][plane][grp % 4]
+#pragma unroll
+        for (int k = 0; k < 4; ++k) dst[4 * k] = pl[k];
+    }
+    part[threadIdx.x] = sum;
+    __syncthreads();
+    if (active && grp == 0) {
+        int total = 0;
+#pragma unroll 1
+        for (int i = 0; i < G; ++i) total += part[threadIdx.x + i];
+        sums[pix] = total;
+    }
+}
+
+}  // namespace w1a4_bmma
+
+#define W1A4_BMMA_ENTRY(NAME, NB, F16)                                                                   \
+    extern "C" __global__ void __launch_bounds__(BM_THREADS, 1)                                          \
+    NAME(const uint4* planes, const int* sums, const uint4* wfrag, const float* scale, const float* bias,  \
+         void* out, int N, int H, int W, int G, int C_out, int OH, int OW, int KH, int KW, int SH, int SW, \
+         int PH, int PW, int z, int nchunks) {                                                            \
+        w1a4_bmma::conv_bmma<NB, F16>(planes, sums, wfrag, scale, bias, out,                             \
+                                      w1a4_bmma::Shape{N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, PW, \
+                                                       z, nchunks});                                      \
+    }
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f16, 1, true)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f32, 1, false)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f16, 2, true)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f32, 2, false)
+
+#define W1A4_PLANES_ENTRY(NAME, IN)                                                                      \
+    extern "C" __global__ void __launch_bounds__(BM_PACK_THREADS)                                        \
+    NAME(const void* x, u32* planes, int* sums, int N, int C, int H, int W, long long sN, long long sC,   \
+         long long sH, long long sW, int G, int Gc, const float* step, int qn, int qp, int z) {           \
+        w1a4_bmma::pack_planes<IN>(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, Gc, step, qn, qp, z);  \
+    }
+W1A4_PLANES_ENTRY(w1a4_planes_codes, w1a4_bmma::IN_CODES)
+W1A4_PLANES_ENTRY(w1a4_planes_f32, w1a4_bmma::IN_F32)
+W1A4_PLANES_ENTRY(w1a4_planes_f16, w1a4_bmma::IN_F16)
+W1A4_PLANES_ENTRY(w1a4_planes_bf16, w1a4_bmma::IN_BF16)
