@@ -97,8 +97,13 @@ class Built:
     ema: Optional[EMA] = None
 
 
-def build(cfg: DictConfig) -> Built:
-    """The LightningModule, data module and callbacks of a run (nothing is trained yet)."""
+def data_module(cfg: DictConfig) -> DiffusionDataModule:
+    return DiffusionDataModule(DataConfig(**{**to_container(cfg.data), "seed": int(cfg.seed)}))
+
+
+def build(cfg: DictConfig, data: Optional[DiffusionDataModule] = None) -> Built:
+    """The LightningModule, data module (``data``, or a new one) and callbacks of a run (nothing is
+    trained yet)."""
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -132,7 +137,7 @@ def build(cfg: DictConfig) -> Built:
                         warmup_steps=int(cfg.optim.warmup_steps), min_lr_ratio=float(cfg.optim.min_lr_ratio),
                         total_steps=int(cfg.trainer.max_steps))
     module = DiffusionQAT(student, scheduler, teacher, loss=loss, optim=optim, seed=int(cfg.seed))
-    data = DiffusionDataModule(DataConfig(**{**to_container(cfg.data), "seed": int(cfg.seed)}))
+    data = data if data is not None else data_module(cfg)
 
     # First, so that a diverged step stops before any other callback (or the checkpoint) sees it.
     callbacks: list = [DivergenceGuard(lr=float(cfg.optim.lr))]
@@ -309,9 +314,10 @@ def prepare(cfg: DictConfig, extra_callbacks: Sequence = ()) -> tuple[Built, L.T
     """Every check, the model, the data and the trainer: all that can fail on a bad input, before the
     run directory is touched."""
     check_config(cfg)
-    built = build(cfg)
+    data = data_module(cfg)
+    check_data(cfg, data)  # the data set is read before the model is loaded: the cheaper failure first
+    built = build(cfg, data)
     check_model(cfg, built.module.student)
-    check_data(cfg, built.data)
     check_resume(cfg, built.module)
     return built, make_trainer(cfg, built, extra_callbacks)
 
