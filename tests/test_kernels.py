@@ -17,6 +17,10 @@ from binarydm.kernels import cuda as kcuda
 from binarydm.kernels import reference
 from binarydm.kernels.packing import (
     PackedActivation,
+    bmma_chunks,
+    bmma_groups,
+    bmma_planes_reference,
+    bmma_weight_fragments,
     pack_activation,
     pack_codes,
     pack_quant_conv,
@@ -213,16 +217,44 @@ def test_cuda_source_compiles_with_nvcc(arch, tmp_path):
 
 
 @needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_90a"])
+def test_bit_plane_source_compiles_with_nvcc(arch, tmp_path):
+    cubin = kcuda.build_cubin(arch, tmp_path, source=kcuda.BMMA_SOURCE)
+    assert cubin.name.startswith("w1a4_bmma.") and cubin.stat().st_size > 0
+    names = cubin.read_bytes()
+    for kernel in kcuda.BMMA_KERNELS + tuple(kcuda.PLANES_KERNELS.values()) + (kcuda.PLANES_CODES_KERNEL,):
+        assert kernel.encode() in names
+
+
+@needs_nvcc
+def test_bit_plane_ptx_uses_the_one_bit_tensor_cores(tmp_path):
+    ptx = kcuda.build_cubin("sm_80", tmp_path, kind="ptx", source=kcuda.BMMA_SOURCE).read_text()
+    assert ptx.count("mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc") >= 4
+    assert "cp.async.cg.shared.global" in ptx and "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in ptx
+
+
+def test_bit_plane_constants_match_the_source():
+    src = kcuda.BMMA_SOURCE.read_text()
+    for name, value in (("BM_BM", kcuda.BMMA_BM), ("BM_BN", kcuda.BMMA_BN), ("BM_THREADS", kcuda.BMMA_THREADS),
+                        ("BM_PACK_THREADS", kcuda.BMMA_PACK_THREADS)):
+        assert f"#define {name} {value} " in src or f"#define {name} {value}\n" in src, name
+    stages = int(src.split("#define BM_STAGES ")[1].split()[0])
+    assert kcuda.BMMA_SMEM_BYTES == stages * (kcuda.BMMA_BM * 8 + 128) * 16
+
+
+@needs_nvcc
 def test_ptx_uses_integer_tensor_cores(tmp_path):
     ptx = kcuda.build_cubin("sm_80", tmp_path, kind="ptx").read_text()
     assert ptx.count("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32") >= 4
 
 
-def test_cuda_source_compiles_with_nvrtc():
+@pytest.mark.parametrize("source", ["w1a4_conv.cu", "w1a4_bmma.cu"])
+def test_cuda_source_compiles_with_nvrtc(source):
     # CuPy's path: NVRTC with no include directories (CuPy adds -arch itself).
     nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
+    path = kcuda.SOURCE.parent / source
     for arch in (b"compute_80", b"compute_90"):
-        _, prog = nvrtc.nvrtcCreateProgram(kcuda.cuda_source().encode(), b"w1a4_conv.cu", 0, [], [])
+        _, prog = nvrtc.nvrtcCreateProgram(path.read_text().encode(), source.encode(), 0, [], [])
         opts = [b"--gpu-architecture=" + arch, b"--std=c++17"]
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -270,6 +302,80 @@ def test_kernel_bit_helpers_on_the_host(tmp_path):
     for x in range(65536):
         v = (x * 40503 + (x << 16)) & 0xFFFFFFFF
         assert next(it) == sum((v >> (4 * j)) & 0xF for j in range(8))
+
+
+# ---- the bit-plane kernel's operands (CPU) --------------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bit_planes_of_q_xor_z_give_the_reference_accumulators(shape):
+    # sum_k c_k (2 popc(B_k & S) - popc(B_k)), B_k the planes of q XOR z and c_k = -2^k where bit k of z is
+    # set, +2^k where not, over all taps (padding = planes 0): the reference's v_b, with no border term.
+    cin, cout, k, s, p, nb, z = shape
+    gen = torch.Generator().manual_seed(41 + sum(shape))
+    x, w, bits, q = _random_operands(cin, cout, k, s, p, nb, z, gen)
+    planes, sums = bmma_planes_reference(x)
+    n, _, h, wd = q.shape
+    g = bmma_groups(cin)
+    # planes [N, H, W, G/4, 4, 4] -> 0/1 [4, N, 32 G, H, W]
+    words = planes.transpose(-1, -2).reshape(n, h, wd, g, 4).to(torch.int64) & 0xFFFFFFFF
+    shifts = torch.arange(32)
+    b = ((words.permute(4, 0, 1, 2, 3)[..., None] >> shifts) & 1).reshape(4, n, h, wd, 32 * g).permute(0, 1, 4, 2, 3)
+    assert torch.equal(b[:, :, cin:].sum(), torch.tensor(0))  # padded channels are 0
+    coef = [(-1 if (z >> kk) & 1 else 1) << kk for kk in range(4)]
+    assert torch.equal(sum(c * b[kk, :, :cin] for kk, c in enumerate(coef)).to(torch.int64), q.to(torch.int64) - z)
+    assert torch.equal(sums.to(torch.int64), (q.to(torch.int64) - z).sum(1))
+    signs = (bits.to(torch.float64) * 2 - 1)
+    acc = 0
+    for kk, c in enumerate(coef):
+        cols = F.conv2d(b[kk, :, :cin].to(torch.float64), signs.reshape(nb * cout, cin, k, k), stride=s, padding=p)
+        acc = acc + c * cols
+    v = reference.integer_accumulators(x, w)  # [nb, N, C_out, L]
+    got = acc.reshape(n, nb * cout, -1)  # channel b * C_out + o
+    for base in range(nb):
+        assert torch.equal(got[:, base * cout:(base + 1) * cout].round().to(torch.int64), v[base])
+
+
+@pytest.mark.parametrize("cin, cout, k, nb", [(40, 24, 3, 2), (130, 70, 1, 1), (256, 200, 3, 2), (1, 9, 5, 1)])
+def test_bmma_weight_fragments_follow_the_ptx_b_layout(cin, cout, k, nb):
+    # Independently of the packer's index arithmetic: for every unit, lane and word, the word must be the
+    # weight word (K word t or t + 4 of the chunk) of the column the PTX B fragment puts there.
+    gen = torch.Generator().manual_seed(cin + cout)
+    bits = torch.randint(0, 2, (nb, cout, cin, k, k), generator=gen, dtype=torch.uint8)
+    w = pack_weight(bits, torch.ones(nb, cout))
+    frag = bmma_weight_fragments(w)
+    g, nch = bmma_groups(cin), bmma_chunks(cin, k * k)
+    ncb = -(-nb * cout // 64)
+    assert frag.shape == (ncb, nch, 128, 4) and frag.dtype == torch.int32
+    gc = w.bits.shape[-1]
+
+    def word(col, kk):
+        if col >= nb * cout or kk >= k * k * g:
+            return 0
+        tap, grp = divmod(kk, g)
+        return 0 if grp >= gc else int(w.bits[col % nb, col // nb, tap, grp])
+
+    for cb in range(ncb):
+        for c in range(nch):
+            for unit in range(128):
+                warp_n, pair, lane = unit // 64, (unit // 32) % 2, unit % 32
+                for i in range(4):
+                    tile = 2 * pair + i // 2
+                    col = cb * 64 + warp_n * 32 + tile * 8 + lane // 4
+                    kk = 8 * c + lane % 4 + 4 * (i % 2)
+                    assert int(frag[cb, c, unit, i]) == word(col, kk), (cb, c, unit, i)
+
+
+def test_default_variant_can_be_forced(monkeypatch):
+    kcuda._reset_state()
+    try:
+        monkeypatch.setenv(kcuda.VARIANT_ENV, "mma")
+        assert kcuda.default_variant("cpu") == "mma"
+        kcuda.set_variant("simt")
+        assert kcuda.default_variant("cpu") == "simt"
+        with pytest.raises(ValueError):
+            kcuda.set_variant("int4")
+    finally:
+        kcuda.set_variant(None)
+        kcuda._reset_state()
 
 
 # ---- the loader ---------------------------------------------------------------------------------
@@ -323,6 +429,86 @@ def test_kernel_equals_reference_bit_for_bit(shape, out_dtype, variant):
     assert not torch.isnan(out).any(), "some outputs were never written"
     int_view = torch.int16 if out_dtype == torch.float16 else torch.int32
     assert torch.equal(y.contiguous().view(int_view), expected.contiguous().view(int_view))
+
+
+BMMA_GPU_SHAPES = GPU_SHAPES + [(1, 9, 3, 1, 1, 1, 8), (48, 40, 5, 2, 2, 1, 8), (512, 256, 3, 1, 1, 2, 8),
+                                 (384, 128, 1, 1, 0, 1, 8)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", BMMA_GPU_SHAPES)
+def test_bit_plane_kernel_equals_reference_bit_for_bit(shape, out_dtype):
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    cin, cout, k, s, p, nb, z = shape
+    gen = torch.Generator().manual_seed(211 + sum(shape))
+    # 3 x 13 x 10 pixels: several 128-pixel blocks and a tail; bias on and off
+    x, w, _, _ = _random_operands(cin, cout, k, s, p, nb, z, gen, n=3, h=13, w=10, bias=cin % 2 == 0,
+                                  device="cuda")
+    expected = reference.w1a4_conv2d(x, w, out_dtype)
+    oh, ow = expected.shape[-2:]
+    out = torch.full((3, oh, ow, cout), float("nan"), dtype=out_dtype, device="cuda")  # poison
+    y = kcuda.launch(x, w, out_dtype, "bmma", out=out)
+    torch.cuda.synchronize()
+    assert not torch.isnan(out).any(), "some outputs were never written"
+    int_view = torch.int16 if out_dtype == torch.float16 else torch.int32
+    assert torch.equal(y.contiguous().view(int_view), expected.contiguous().view(int_view))
+
+
+@pytest.mark.gpu
+def test_bit_plane_kernel_is_the_default_where_it_checks_out():
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    assert kcuda.bmma_self_check("cuda"), kcuda._bmma_state.get("check_error")
+    assert kcuda.default_variant("cuda") == "bmma"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_quantize_planes_kernel_equals_the_torch_planes(dtype):
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    gen = torch.Generator().manual_seed(43)
+    x = (torch.randn(3, 300, 7, 9, generator=gen) * 3).to(dtype).cuda().contiguous(memory_format=torch.channels_last)
+    step = torch.tensor(0.41, device="cuda")
+    planar = kcuda.quantize_planes(x, step)
+    from_codes = kcuda.to_planes(pack_activation(x, step))
+    torch.cuda.synchronize()
+    planes, sums = bmma_planes_reference(pack_activation(x.cpu(), step.cpu()))
+    assert torch.equal(planar.planes.cpu(), planes) and torch.equal(planar.sums.cpu(), sums)
+    assert torch.equal(from_codes.planes.cpu(), planes) and torch.equal(from_codes.sums.cpu(), sums)
+
+
+@pytest.mark.gpu
+def test_bit_plane_path_replays_in_a_cuda_graph():
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    gen = torch.Generator().manual_seed(47)
+    _, w, _, _ = _random_operands(128, 96, 3, 1, 1, 2, 8, gen, device="cuda")
+    x = torch.randn(2, 128, 9, 11, generator=gen).cuda().half()
+    step = torch.tensor(0.2, device="cuda")
+    planes = (torch.empty(2, 9, 11, 1, 4, 4, dtype=torch.int32, device="cuda"),
+              torch.empty(2, 9, 11, dtype=torch.int32, device="cuda"))
+    out = torch.empty(2, 9, 11, 96, dtype=torch.float16, device="cuda")
+
+    def run():
+        kcuda.launch_bmma(kcuda.quantize_planes(x, step, out=planes), w, torch.float16, out=out)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    x.copy_(torch.randn(2, 128, 9, 11, generator=gen).half())
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = reference.w1a4_conv2d(pack_activation(x, step), w)
+    assert torch.equal(out.permute(0, 3, 1, 2), expected)
 
 
 @pytest.mark.gpu

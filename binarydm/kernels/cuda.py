@@ -1,7 +1,9 @@
-"""CuPy loader and launcher of the W1A4 CUDA kernels (cuda/w1a4_conv.cu).
+"""CuPy loader and launcher of the W1A4 CUDA kernels (cuda/w1a4_conv.cu and cuda/w1a4_bmma.cu).
 
 :func:`w1a4_conv2d` has the signature of :func:`binarydm.kernels.reference.w1a4_conv2d` and returns
-the same numbers bit for bit. The module is compiled with NVRTC (``cupy.RawModule``) at first use and
+the same numbers bit for bit. It runs the bit-plane kernel (``"bmma"``: 1-bit tensor cores, sm_80+)
+where that kernel passed a bit-exactness self-check on the device, else the u8 x s8 tensor-core
+kernel (``"mma"``), else the CUDA-core one (``"simt"``); ``BINARYDM_W1A4_VARIANT`` forces one. The module is compiled with NVRTC (``cupy.RawModule``) at first use and
 cached for the process; where a cubin built by nvcc for the device's architecture is present (see
 :func:`build_cubin`, or the ``BINARYDM_W1A4_CUBIN`` environment variable) it is loaded instead. A
 built cubin's name carries a hash of the source it was built from, so an edited source never runs an
@@ -23,9 +25,18 @@ from typing import Optional
 import torch
 
 from . import reference
-from .packing import PackedActivation, PackedConvWeight, padded_channels
+from .packing import (
+    PackedActivation,
+    PackedConvWeight,
+    PlanarActivation,
+    bmma_chunks,
+    bmma_groups,
+    bmma_weight_fragments,
+    padded_channels,
+)
 
 SOURCE = Path(__file__).resolve().parents[2] / "cuda" / "w1a4_conv.cu"
+BMMA_SOURCE = SOURCE.parent / "w1a4_bmma.cu"
 CUBIN_DIR = SOURCE.parent / "build"
 MMA_KERNELS = tuple(f"w1a4_conv_mma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16", "f32"))
 SIMT_KERNELS = ("w1a4_conv_simt_f16", "w1a4_conv_simt_f32")
@@ -33,57 +44,72 @@ PACK_KERNELS = {torch.float32: "w1a4_quantize_pack_f32", torch.float16: "w1a4_qu
                 torch.bfloat16: "w1a4_quantize_pack_bf16"}
 MMA_BM, MMA_BN, MMA_THREADS = 128, 64, 256  # must match cuda/w1a4_conv.cu
 SIMT_THREADS = 256
+BMMA_KERNELS = tuple(f"w1a4_conv_bmma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16", "f32"))
+PLANES_KERNELS = {torch.float32: "w1a4_planes_f32", torch.float16: "w1a4_planes_f16",
+                  torch.bfloat16: "w1a4_planes_bf16"}
+PLANES_CODES_KERNEL = "w1a4_planes_codes"
+# must match cuda/w1a4_bmma.cu: BM_BM, BM_BN, BM_THREADS, BM_SMEM_BYTES, BM_PACK_THREADS
+BMMA_BM, BMMA_BN, BMMA_THREADS, BMMA_SMEM_BYTES, BMMA_PACK_THREADS = 128, 64, 256, 4 * (128 * 8 + 128) * 16, 256
+VARIANTS = ("bmma", "mma", "simt")
+VARIANT_ENV = "BINARYDM_W1A4_VARIANT"
 
-_state: dict = {"module": None, "error": None, "warned": False}
+_state: dict = {"module": None, "error": None, "warned": False, "variant": None}
+# The bit-plane module, which functions got their dynamic shared memory limit, and each device's
+# self-check result (True: bit for bit against the reference).
+_bmma_state: dict = {"module": None, "error": None, "smem_set": set(), "checked": {}, "warned": False}
 
 
 class KernelUnavailable(RuntimeError):
     """The CUDA path cannot run here (no CuPy, no CUDA device, or the module did not build)."""
 
 
-def cuda_source() -> str:
-    return SOURCE.read_text()
+def cuda_source(source: Optional[Path] = None) -> str:
+    return Path(source or SOURCE).read_text()
 
 
-def nvcc_command(arch: str, output: Path, kind: str = "cubin") -> list[str]:
-    """nvcc arguments that build ``cuda/w1a4_conv.cu`` for ``arch`` (sm_80, sm_90, sm_90a, ...)."""
+def nvcc_command(arch: str, output: Path, kind: str = "cubin", source: Optional[Path] = None) -> list[str]:
+    """nvcc arguments that build ``source`` (default ``cuda/w1a4_conv.cu``) for ``arch`` (sm_80, sm_90a, ...)."""
     if kind not in ("cubin", "ptx"):
         raise ValueError(f"kind must be 'cubin' or 'ptx', got {kind!r}")
     number = arch.removeprefix("sm_")
     # The -gencode form for arch-specific targets: -arch=sm_90a also runs a plain sm_90 pass (HOPPER.md).
     target = f"-gencode=arch=compute_{number},code={'sm_' + number if kind == 'cubin' else 'compute_' + number}"
-    return ["nvcc", f"-{kind}", "-O3", "-std=c++17", target, "-o", str(output), str(SOURCE)]
+    return ["nvcc", f"-{kind}", "-O3", "-std=c++17", target, "-o", str(output), str(source or SOURCE)]
 
 
-def source_hash() -> str:
+def source_hash(source: Optional[Path] = None) -> str:
     """The first 12 hex digits of the source's SHA-256: part of every built cubin's name."""
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(Path(source or SOURCE).read_bytes()).hexdigest()[:12]
 
 
-def cubin_name(arch: str, kind: str = "cubin") -> str:
-    return f"w1a4_conv.{arch}.{source_hash()}.{kind}"
+def cubin_name(arch: str, kind: str = "cubin", source: Optional[Path] = None) -> str:
+    source = Path(source or SOURCE)
+    return f"{source.stem}.{arch}.{source_hash(source)}.{kind}"
 
 
-def build_cubin(arch: str = "sm_90a", out_dir: Optional[Path] = None, kind: str = "cubin") -> Path:
-    """Compile the kernels with nvcc into ``out_dir/w1a4_conv.<arch>.<source hash>.<kind>`` (default: cuda/build)."""
+def build_cubin(arch: str = "sm_90a", out_dir: Optional[Path] = None, kind: str = "cubin",
+                source: Optional[Path] = None) -> Path:
+    """Compile ``source`` (default cuda/w1a4_conv.cu) with nvcc into ``out_dir/<stem>.<arch>.<source hash>.<kind>``
+    (default: cuda/build)."""
     if shutil.which("nvcc") is None:
         raise KernelUnavailable("nvcc is not on PATH: install the CUDA toolkit or use the NVRTC path")
     out_dir = Path(out_dir) if out_dir is not None else CUBIN_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    output = out_dir / cubin_name(arch, kind)
-    result = subprocess.run(nvcc_command(arch, output, kind), capture_output=True, text=True)
+    output = out_dir / cubin_name(arch, kind, source)
+    result = subprocess.run(nvcc_command(arch, output, kind, source), capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"nvcc failed to build {SOURCE.name} for {arch}:\n{result.stderr}")
+        raise RuntimeError(f"nvcc failed to build {Path(source or SOURCE).name} for {arch}:\n{result.stderr}")
     return output
 
 
-def _cubin_for(major: int, minor: int) -> Optional[Path]:
-    env = os.environ.get("BINARYDM_W1A4_CUBIN")
+def _cubin_for(major: int, minor: int, source: Optional[Path] = None) -> Optional[Path]:
+    bmma = source is not None and Path(source).name == BMMA_SOURCE.name
+    env = os.environ.get("BINARYDM_W1A4_BMMA_CUBIN" if bmma else "BINARYDM_W1A4_CUBIN")
     if env:
         return Path(env)
     # Only a cubin of this very source: one built before an edit has another hash in its name.
     for arch in ((f"sm_{major}{minor}a",) if major >= 9 else ()) + (f"sm_{major}{minor}",):
-        path = CUBIN_DIR / cubin_name(arch)
+        path = CUBIN_DIR / cubin_name(arch, source=source)
         if path.exists():
             return path
     return None
@@ -121,6 +147,50 @@ def load_module():
         raise
 
 
+def load_bmma_module():
+    """The compiled bit-plane module (cuda/w1a4_bmma.cu; sm_80+), built once per process."""
+    if _bmma_state["module"] is not None:
+        return _bmma_state["module"]
+    if _bmma_state["error"] is not None:
+        raise KernelUnavailable(_bmma_state["error"])
+    try:
+        load_module()  # CuPy, a device: the same checks
+        import cupy
+
+        major, minor = torch.cuda.get_device_capability()
+        if major < 8:
+            raise KernelUnavailable("the bit-plane kernel needs sm_80 or newer")
+        cubin = _cubin_for(major, minor, BMMA_SOURCE)
+        if cubin is not None:
+            module = cupy.RawModule(path=str(cubin))
+        else:
+            module = cupy.RawModule(code=cuda_source(BMMA_SOURCE), options=("--std=c++17",))
+        module.get_function(BMMA_KERNELS[0])  # compiles now, so that a build error surfaces here
+        _bmma_state["module"] = module
+        return module
+    except KernelUnavailable as err:
+        _bmma_state["error"] = str(err)
+        raise
+    except Exception as err:  # noqa: BLE001 -- a compile or load error: the other kernels still run
+        _bmma_state["error"] = f"{type(err).__name__}: {err}"
+        raise KernelUnavailable(_bmma_state["error"]) from err
+
+
+def _bmma_function(name: str):
+    """A bit-plane conv kernel with its dynamic shared memory limit raised to BMMA_SMEM_BYTES (once)."""
+    fn = load_bmma_module().get_function(name)
+    if name not in _bmma_state["smem_set"]:
+        try:
+            fn.max_dynamic_shared_size_bytes = BMMA_SMEM_BYTES
+        except Exception:  # noqa: BLE001 -- an older CuPy: the driver call itself
+            from cupy.cuda import driver
+
+            attr = getattr(driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8)
+            driver.funcSetAttribute(fn.ptr, attr, BMMA_SMEM_BYTES)
+        _bmma_state["smem_set"].add(name)
+    return fn
+
+
 def is_available() -> bool:
     try:
         load_module()
@@ -130,8 +200,9 @@ def is_available() -> bool:
 
 
 def _reset_state() -> None:
-    """Forget the module, the load error and the warning (for tests)."""
-    _state.update(module=None, error=None, warned=False)
+    """Forget the modules, the load errors, the self-checks and the warnings (for tests)."""
+    _state.update(module=None, error=None, warned=False, variant=None)
+    _bmma_state.update(module=None, error=None, smem_set=set(), checked={}, warned=False)
 
 
 def _warn_fallback(reason: str) -> None:
@@ -170,7 +241,8 @@ def _shape_args(x: PackedActivation, w: PackedConvWeight, oh: int, ow: int) -> t
 def launch(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
            variant: str = "mma", out: Optional[torch.Tensor] = None,
            scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Run one kernel variant (``"mma"``: tensor cores, sm_80+; ``"simt"``: CUDA cores) on CUDA tensors.
+    """Run one kernel variant (``"mma"``: tensor cores, sm_80+; ``"simt"``: CUDA cores; ``"bmma"``: the
+    bit-plane kernel, its pack kernel first) on CUDA tensors.
 
     ``out``, if given, is an NHWC-contiguous [N, OH, OW, C_out] tensor of ``out_dtype`` to write into
     (the GPU tests poison it first). ``scale``, if given, is :func:`reference.epilogue_scale` of the
@@ -180,6 +252,9 @@ def launch(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = to
     import cupy
     import numpy as np
 
+    if variant == "bmma":
+        _check_device_operands(x, w)
+        return launch_bmma(x, w, out_dtype, out=out, scale=scale)
     oh, ow = reference.check_operands(x, w, out_dtype)
     _check_device_operands(x, w)
     if torch.cuda.get_device_capability(x.codes.device)[0] < 8 and variant == "mma":
@@ -210,8 +285,187 @@ def launch(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = to
             total = n * oh * ow * w.out_channels
             kernel((-(-total // SIMT_THREADS),), (SIMT_THREADS,), args + (np.int32(w.n_bases),))
         else:
-            raise ValueError(f"variant must be 'mma' or 'simt', got {variant!r}")
+            raise ValueError(f"variant must be 'bmma', 'mma' or 'simt', got {variant!r}")
     return out.permute(0, 3, 1, 2)
+
+
+# ---- the bit-plane kernel ------------------------------------------------------------------------
+def _planes_out(n: int, c: int, h: int, wd: int, device, out: Optional[tuple]):
+    g = bmma_groups(c)
+    if g > BMMA_PACK_THREADS:
+        raise ValueError(f"the bit-plane pack kernel takes at most {32 * BMMA_PACK_THREADS} channels, got {c}")
+    shape = (n, h, wd, g // 4, 4, 4)
+    if out is None:
+        return (torch.empty(shape, dtype=torch.int32, device=device),
+                torch.empty((n, h, wd), dtype=torch.int32, device=device))
+    planes, sums = out
+    if planes.shape != shape or sums.shape != (n, h, wd) or not (planes.is_contiguous() and sums.is_contiguous()):
+        raise ValueError(f"out must be contiguous int32 tensors of shapes {shape} and {(n, h, wd)}")
+    return planes, sums
+
+
+def _launch_planes(name: str, x_ptr: int, planes, sums, n, c, h, wd, strides, gc, step, qn, qp, z, device):
+    import cupy
+    import numpy as np
+
+    g = bmma_groups(c)
+    per_block = BMMA_PACK_THREADS // g
+    args = (np.uint64(x_ptr), np.uint64(planes.data_ptr()), np.uint64(sums.data_ptr()), np.int32(n), np.int32(c),
+            np.int32(h), np.int32(wd), *(np.int64(v) for v in strides), np.int32(g), np.int32(gc),
+            np.uint64(step.data_ptr()), np.int32(qn), np.int32(qp), np.int32(z))
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+    with cupy.cuda.Device(device.index or 0), stream:
+        load_bmma_module().get_function(name)((-(-(n * h * wd) // per_block),), (BMMA_PACK_THREADS,), args)
+
+
+def to_planes(x: PackedActivation, out: Optional[tuple] = None) -> PlanarActivation:
+    """Packed nibble codes -> the bit-plane kernel's planes and per-pixel sums (one kernel, no sync)."""
+    n, c, h, wd = x.shape
+    planes, sums = _planes_out(n, c, h, wd, x.codes.device, out)
+    step = torch.as_tensor(x.step, dtype=torch.float32, device=x.codes.device).reshape(())
+    if not x.codes.is_contiguous() or x.codes.data_ptr() % 16:
+        raise ValueError("the activation codes must be contiguous and 16-byte aligned")
+    _launch_planes(PLANES_CODES_KERNEL, x.codes.data_ptr(), planes, sums, n, c, h, wd, (0, 0, 0, 0),
+                   x.codes.shape[-1] // 4, step, 0, 0, int(x.zero_point), x.codes.device)
+    return PlanarActivation(planes, sums, step, int(x.zero_point), c)
+
+
+def quantize_planes(x: torch.Tensor, step, qn: int = -8, qp: int = 7, out: Optional[tuple] = None) -> PlanarActivation:
+    """LSQ quantization of ``x`` (float32/fp16/bf16, any strides, read in place) straight into the
+    bit-plane layout: the codes of :func:`binarydm.kernels.packing.pack_activation`, one kernel, the
+    step read by pointer (no sync). Zero point -qn."""
+    if qp - qn > 15:
+        raise ValueError(f"the code range [{qn}, {qp}] needs more than 4 bits")
+    if x.dtype not in PLANES_KERNELS:
+        raise ValueError(f"quantize_planes takes float32, float16 or bfloat16 input, got {x.dtype}")
+    n, c, h, wd = x.shape
+    planes, sums = _planes_out(n, c, h, wd, x.device, out)
+    step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
+    _launch_planes(PLANES_KERNELS[x.dtype], x.data_ptr(), planes, sums, n, c, h, wd, x.stride(), 0, step_t, qn, qp,
+                   -qn, x.device)
+    return PlanarActivation(planes, sums, step_t, -qn, c)
+
+
+def bmma_weight(w: PackedConvWeight) -> torch.Tensor:
+    """The weight in the bit-plane kernel's fragment order, made once and kept on ``w`` (its device)."""
+    frag = w.bmma_frag
+    if frag is None or frag.device != w.bits.device:
+        frag = bmma_weight_fragments(w)
+        w.bmma_frag = frag
+    return frag
+
+
+def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
+                out: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The bit-plane kernel (cuda/w1a4_bmma.cu) on CUDA tensors; ``x`` a PlanarActivation (from
+    :func:`quantize_planes` or :func:`to_planes`) or a PackedActivation (converted with
+    :func:`to_planes` first). ``out`` and ``scale`` as for :func:`launch`."""
+    import cupy
+    import numpy as np
+
+    if isinstance(x, PackedActivation):
+        x = to_planes(x)
+    n, c, h, wd = x.shape
+    probe = PackedActivation(torch.empty((n, h, wd, padded_channels(c) // 8), dtype=torch.int32, device="meta"),
+                             x.step, x.zero_point, c)
+    oh, ow = reference.check_operands(probe, w, out_dtype)
+    device = x.planes.device
+    for name, t in (("bits", w.bits), ("alpha", w.alpha), ("sums", x.sums)) + ((("bias", w.bias),) if w.bias
+                                                                               is not None else ()):
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device}, the activation planes on {device}")
+    m = n * oh * ow
+    if n * h * wd * bmma_groups(c) * 4 >= 2**31 or m >= 2**31:
+        raise ValueError("the bit-plane kernel indexes with 32-bit integers: the problem is too large")
+    if out is None:
+        out = torch.empty(n, oh, ow, w.out_channels, dtype=out_dtype, device=device)
+    elif out.shape != (n, oh, ow, w.out_channels) or out.dtype != out_dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {out_dtype} tensor of shape {(n, oh, ow, w.out_channels)}")
+    if scale is None:
+        scale = reference.epilogue_scale(w, probe)
+    scale = scale.to(device)
+    frag = bmma_weight(w)
+    kh, kw = w.kernel_size
+    nch = bmma_chunks(c, kh * kw)
+    fields = (n, h, wd, bmma_groups(c), w.out_channels, oh, ow, kh, kw, *w.stride, *w.padding, int(x.zero_point),
+              nch)
+    ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
+    args = (ptr(x.planes), ptr(x.sums), ptr(frag), ptr(scale), np.uint64(w.bias.data_ptr() if w.bias is not None
+                                                                          else 0), ptr(out),
+            *(np.int32(f) for f in fields))
+    suffix = "f16" if out_dtype == torch.float16 else "f32"
+    kernel = _bmma_function(f"w1a4_conv_bmma_nb{w.n_bases}_{suffix}")
+    grid = (-(-m // BMMA_BM), -(-(w.n_bases * w.out_channels) // BMMA_BN))
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+    with cupy.cuda.Device(device.index or 0), stream:
+        kernel(grid, (BMMA_THREADS,), args, shared_mem=BMMA_SMEM_BYTES)
+    return out.permute(0, 3, 1, 2)
+
+
+# Shapes of the self-check: channel and pixel tails, stride 2, 1x1, zero points 8, 3 and 0, both bases.
+SELF_CHECK_SHAPES = ((40, 24, 3, 1, 1, 2, 8, 2, 9, 11), (70, 33, 3, 2, 1, 1, 3, 2, 13, 10),
+                     (130, 72, 1, 1, 0, 2, 0, 1, 12, 12), (256, 64, 3, 1, 1, 1, 8, 1, 16, 16))
+
+
+def bmma_self_check(device=None) -> bool:
+    """Whether the bit-plane kernel equals the reference bit for bit on this device (run once per device,
+    small problems, one sync): the condition for :func:`default_variant` to choose it."""
+    device = torch.device(device if device is not None else "cuda")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index in _bmma_state["checked"]:
+        return _bmma_state["checked"][index]
+    from .packing import pack_codes, pack_weight
+
+    ok, why = True, ""
+    try:
+        gen = torch.Generator().manual_seed(1234)
+        for cin, cout, k, s, p, nb, z, n, h, wd in SELF_CHECK_SHAPES:
+            bits = torch.randint(0, 2, (nb, cout, cin, k, k), generator=gen, dtype=torch.uint8)
+            w = pack_weight(bits, torch.rand(nb, cout, generator=gen) + 0.05, torch.randn(cout, generator=gen), s, p)
+            q = torch.randint(0, 16, (n, cin, h, wd), generator=gen)
+            x = PackedActivation(pack_codes(q), torch.tensor(0.37), z, cin)
+            for dtype in (torch.float16, torch.float32):
+                expected = reference.w1a4_conv2d(x, w, dtype)
+                xd = PackedActivation(x.codes.to(device), x.step.to(device), z, cin)
+                got = launch_bmma(xd, w.to(device), dtype).cpu()
+                view = torch.int16 if dtype == torch.float16 else torch.int32
+                if not torch.equal(got.contiguous().view(view), expected.contiguous().view(view)):
+                    ok, why = False, f"differs from the reference on {(cin, cout, k, s, p, nb, z)} {dtype}"
+                    break
+            if not ok:
+                break
+    except Exception as err:  # noqa: BLE001 -- any failure means: do not use it
+        ok, why = False, f"{type(err).__name__}: {err}"
+    _bmma_state["checked"][index] = ok
+    if not ok:
+        _bmma_state["check_error"] = why
+        warnings.warn(f"W1A4 bit-plane kernel not used on {device}: {why}; using the u8 x s8 kernel",
+                      RuntimeWarning, stacklevel=2)
+    return ok
+
+
+def default_variant(device=None) -> str:
+    """The kernel :func:`w1a4_conv2d` runs on ``device``: ``BINARYDM_W1A4_VARIANT`` if set, else "bmma"
+    where the bit-plane kernel passed :func:`bmma_self_check`, else "mma" (sm_80+) or "simt"."""
+    forced = _state.get("variant") or os.environ.get(VARIANT_ENV)
+    if forced:
+        if forced not in VARIANTS:
+            raise ValueError(f"{VARIANT_ENV} must be one of {VARIANTS}, got {forced!r}")
+        return forced
+    device = torch.device(device if device is not None else "cuda")
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        return "simt"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _bmma_state["checked"] and torch.cuda.is_current_stream_capturing():
+        return "mma"  # the self-check syncs: never inside a graph capture (a later call makes it)
+    return "bmma" if bmma_self_check(device) else "mma"
+
+
+def set_variant(variant: Optional[str]) -> None:
+    """Force the variant of :func:`w1a4_conv2d` and W1A4Conv2d in this process (None: automatic)."""
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    _state["variant"] = variant
 
 
 def _quantize_pack_args(x: torch.Tensor, codes: torch.Tensor, step: torch.Tensor, qn: int, qp: int):
@@ -258,15 +512,16 @@ def quantize_pack(x: torch.Tensor, step, qn: int = -8, qp: int = 7,
 
 def w1a4_conv2d(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
                 scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """W1A4 convolution on the GPU (tensor-core kernel), or the reference with one warning where it cannot run.
+    """W1A4 convolution on the GPU (the kernel of :func:`default_variant`), or the reference with one
+    warning where it cannot run.
 
     ``scale``: the pair's epilogue scales if the caller keeps them (see :func:`launch`)."""
     if x.codes.device.type != "cuda":
         _warn_fallback("the operands are on the CPU")
         return reference.w1a4_conv2d(x, w, out_dtype)
     try:
-        variant = "mma" if torch.cuda.get_device_capability(x.codes.device)[0] >= 8 else "simt"
-        return launch(x, w, out_dtype, variant, scale=scale)
+        load_module()
+        return launch(x, w, out_dtype, default_variant(x.codes.device), scale=scale)
     except KernelUnavailable as err:
         _warn_fallback(str(err))
         return reference.w1a4_conv2d(x, w, out_dtype)

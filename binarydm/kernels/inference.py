@@ -51,11 +51,15 @@ class W1A4Conv2d(nn.Module):
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_dtype = self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
         if x.is_cuda and cuda.is_available():
+            if cuda.default_variant(x.device) == "bmma":
+                # The bit-plane kernel: quantize straight into bit-planes (one kernel), then the conv.
+                planar = cuda.quantize_planes(x, self.step, self.qn, self.qp)
+                return cuda.launch_bmma(planar, self.packed, out_dtype, scale=self.scale).to(x.dtype)
             packed_x = cuda.quantize_pack(x, self.step, self.qn, self.qp)
         else:
             packed_x = pack_activation(x, self.step, self.qn, self.qp)
-        out_dtype = self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
         return cuda.w1a4_conv2d(packed_x, self.packed, out_dtype, scale=self.scale).to(x.dtype)
 
     def extra_repr(self) -> str:

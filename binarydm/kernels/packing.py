@@ -352,6 +352,26 @@ def bmma_weight_fragments(w: PackedConvWeight) -> torch.Tensor:
     return w2[cb * BMMA_BN + col, ch * BMMA_CHUNK_WORDS + kk].contiguous()
 
 
+@dataclass
+class PlanarActivation:
+    """The bit-plane kernel's activation operand (cuda/w1a4_bmma.cu), written by its pack kernels.
+
+    ``planes`` int32 [N, H, W, G/4, 4, 4] (bit-planes of q XOR z, see :func:`bmma_planes_reference`),
+    ``sums`` int32 [N, H, W] (sum of q - z over the real channels); x = step * (q - zero_point)."""
+
+    planes: torch.Tensor
+    sums: torch.Tensor
+    step: torch.Tensor
+    zero_point: int
+    channels: int
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(N, C, H, W) of the activation."""
+        n, h, w = self.sums.shape
+        return (n, self.channels, h, w)
+
+
 def bmma_planes_reference(x: PackedActivation) -> tuple[torch.Tensor, torch.Tensor]:
     """What the bit-plane pack kernels write, computed by PyTorch (for tests).
 
