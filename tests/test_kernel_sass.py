@@ -40,6 +40,14 @@ def test_mma_macs_per_warp():
     assert kernel_sass.mma_macs("IMAD R1, R2, R3, RZ") == 0
 
 
+def test_w1a4_macs_count_a_bit_mma_as_a_quarter():
+    # A W1A4 MAC (1-bit weight x 4-bit code) takes 4 bit products, one per bit-plane: 4 plane MMAs of
+    # m16n8k256 are 16 x 8 x 256 W1A4 MACs.
+    assert kernel_sass.w1a4_macs("BMMA.168256.AND.POPC R8, R4.ROW, R6.COL, R8") == 16 * 8 * 256 // 4
+    assert kernel_sass.w1a4_macs("BGMMA.64x128x256.AND.POPC R24, gdesc[UR4], R24") == 64 * 128 * 256 // 16
+    assert kernel_sass.w1a4_macs("IMMA.16832.U8.S8 R8, R4.ROW, R6.COL, R8") == 4096
+
+
 def test_main_loop_paths_on_a_toy_listing():
     code = kernel_sass.parse_sass(LISTING)["toy_conv"]
     loop = kernel_sass.main_loop(code)
@@ -75,13 +83,22 @@ def test_gate_on_the_real_kernels(tmp_path, capsys):
         # (the weight-loading warps), far over the issue's target of 3. Recorded in docs/kernels.md.
         assert 3 < r["instr_per_4k_mac"] < 60
     assert rows["w1a4_conv_simt_f16"]["instr_per_4k_mac"] is None
+    # The bit-plane kernel (cuda/w1a4_bmma.cu): 2 x 4 tiles x 4 planes = 32 BMMA per warp per 256-bit
+    # K chunk, within the issue's target of 3 instructions per 4k W1A4 MACs (measured 2026-11-29: 1.88).
+    bmma = [rows[k] for k in rows if k.startswith("w1a4_conv_bmma")]
+    assert len(bmma) == 4
+    for r in bmma:
+        assert r["spill_stores"] == 0 and r["stack_bytes"] == 0
+        assert r["main_loop"]["mma"] == {"BMMA.168256.AND.POPC": 32}
+        assert r["main_loop"]["macs_per_warp"] == 32 * 8192
+        assert r["instr_per_4k_mac"] <= 3
     # The issue-rate microbenchmark (cuda/mma_rates.cu) holds every tensor-core instruction it times,
     # wgmma ones included (sm_90a only), each in a tight loop.
     rates = [r for r in rows.values() if r["source"] == "mma_rates.cu" and r["main_loop"]]
     ops = set().union(*(r["main_loop"]["mma"] for r in rates))
     assert {"IMMA.16832.U8.S8", "BMMA.168256.AND.POPC", "HMMA.16816.F32", "IGMMA.64x128x32.S8.S8",
             "BGMMA.64x128x256.AND.POPC", "HGMMA.64x128x16.F32"} <= ops
-    assert all(r["instr_per_4k_mac"] < 3 for r in rates)
+    assert all(r["instr_per_4k_mac"] < 4 for r in rates)
     worst = max(mma, key=lambda r: r["instr_per_4k_mac"])
     assert lines[-1] == (f"worst conv kernel: {worst['kernel']} (sm_90a) "
                          f"instr_per_4k_mac = {worst['instr_per_4k_mac']}")

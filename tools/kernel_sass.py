@@ -13,8 +13,10 @@ shared by its 4 warps). The figure
 
 is instructions per warp per m16n8k32's worth of MACs (issue 15: a CUTLASS-class kernel spends a few;
 > ~4 leaves the tensor cores idle). The shortest path and the static body length are reported too.
-For a 1-bit MMA (BMMA/BGMMA ... AND.POPC) a "MAC" is one bit product: a W1A4 MAC takes 4 of them (one
-per bit-plane of the codes).
+MACs are those of the W1A4 product (1-bit weight x 4-bit activation): an 8- or 4-bit MMA's MAC is one,
+while a 1-bit MMA (BMMA/BGMMA ... AND.POPC) makes bit products, and a W1A4 MAC takes 4 of them (one per
+bit-plane of the codes): one m16n8k256 b1 MMA is 16 * 8 * 256 / 4 = 8,192 W1A4 MACs, so the 4 plane
+MMAs of one 16 x 8 tile over 256 channels are 16 * 8 * 256. ``bit_macs_per_warp`` keeps the raw count.
 
     python tools/kernel_sass.py [--arch sm_90a sm_80] [--json FILE] [--keep DIR]
 
@@ -127,6 +129,12 @@ def mma_macs(instr: str) -> int:
     return 0
 
 
+def w1a4_macs(instr: str) -> int:
+    """W1A4 MACs per warp of one tensor-core instruction: a 1-bit MMA's bit products / 4 (4 bit-planes)."""
+    macs = mma_macs(instr)
+    return macs // 4 if opcode(instr).startswith(("BMMA", "BGMMA")) else macs
+
+
 def branch_target(instr: str) -> int | None:
     body = _PRED.sub("", instr)
     if not body.startswith("BRA"):
@@ -163,7 +171,7 @@ def main_loop(code: list[tuple[int, str]]) -> dict | None:
         op = opcode(instr)
         cost = 0 if op == "NOP" else 1
         if j == hi:
-            longest[j], shortest[j], macs_long[j] = cost, cost, mma_macs(instr)
+            longest[j], shortest[j], macs_long[j] = cost, cost, w1a4_macs(instr)
             continue
         nexts = []
         target = branch_target(instr)
@@ -178,9 +186,10 @@ def main_loop(code: list[tuple[int, str]]) -> dict | None:
             continue
         best = max(nexts, key=lambda n: longest[n])
         longest[j] = cost + longest[best]
-        macs_long[j] = mma_macs(instr) + macs_long[best]
+        macs_long[j] = w1a4_macs(instr) + macs_long[best]
         shortest[j] = cost + min(shortest[n] for n in nexts)
-    static_macs = sum(mma_macs(code[j][1]) for j in range(lo, hi + 1))
+    static_macs = sum(w1a4_macs(code[j][1]) for j in range(lo, hi + 1))
+    bit_macs = sum(mma_macs(code[j][1]) for j in range(lo, hi + 1))
     mma_ops: dict[str, int] = {}
     for j in range(lo, hi + 1):
         if mma_macs(code[j][1]):
@@ -188,7 +197,7 @@ def main_loop(code: list[tuple[int, str]]) -> dict | None:
             mma_ops[op] = mma_ops.get(op, 0) + 1
     return dict(start=hex(code[lo][0]), end=hex(code[hi][0]), static_instr=hi - lo + 1,
                 longest_path=int(longest[lo]), shortest_path=int(shortest[lo]),
-                macs_per_warp=macs_long[lo] or static_macs, mma=mma_ops)
+                macs_per_warp=macs_long[lo] or static_macs, bit_macs_per_warp=bit_macs, mma=mma_ops)
 
 
 def analyse(arch_list, keep: Path | None = None) -> list[dict]:
@@ -230,7 +239,7 @@ def main(argv=None) -> int:
     for r in rows:
         loop = r["main_loop"]
         loop_text = (f"main loop {loop['start']}..{loop['end']}: {loop['longest_path']} instr (longest path), "
-                     f"{loop['macs_per_warp']} MAC/warp {loop['mma']} -> {r['instr_per_4k_mac']} instr per 4k MAC"
+                     f"{loop['macs_per_warp']} W1A4 MAC/warp {loop['mma']} -> {r['instr_per_4k_mac']} instr per 4k MAC"
                      if loop else "no tensor-core loop")
         print(f"{r['arch']:7s} {r['kernel']:28s} regs {r.get('registers')}, smem {r.get('shared_bytes')} B, "
               f"spills {r.get('spill_stores', 0) + r.get('spill_loads', 0)} B; {loop_text}")
