@@ -4,9 +4,13 @@ For every distinct binarized Conv2d shape of the google/ddpm-cifar10-32 UNet (bu
 random weights, no download) at each batch size and number of weight bases:
 
 * fp16: ``F.conv2d`` in fp16, channels_last, ``cudnn.benchmark`` on;
-* conv: the W1A4 kernel alone (packed codes in, NHWC fp16 out, output and epilogue scales allocated once);
-* w1a4: the activation quantization (``quantize_pack`` of the fp16 channels_last input) plus the kernel,
-  the figure to compare with fp16.
+* conv: the W1A4 kernel alone (packed codes, or bit-planes for the bit-plane kernel, in; NHWC fp16 out,
+  output and epilogue scales allocated once);
+* w1a4: the activation quantization (``quantize_pack``, or ``quantize_planes`` for the bit-plane
+  kernel, of the fp16 channels_last input) plus the kernel, the figure to compare with fp16.
+
+for each kernel variant of ``--variants`` (default: ``bmma``, the bit-plane kernel of cuda/w1a4_bmma.cu,
+and ``mma``, the u8 x s8 kernel of cuda/w1a4_conv.cu), one row per (shape, batch, bases, variant).
 
 Each is timed two ways: CUDA events around ``launches`` back-to-back calls (the per-call Python and
 launch cost included: a lower bound on what eager code pays), and replays of a CUDA graph holding the
@@ -14,10 +18,10 @@ same calls (device time; None with the reason in ``errors`` if the capture fails
 rotated so that repeated calls do not all hit a warm L2. The median of ``--repeats`` timings, per call,
 in microseconds. Then the whole UNet forward (one timestep) at each batch: the fp16 model against the
 same model binarized to W1A4, calibrated, converted to fp16 and switched to the kernel
-(``binarydm.kernels.inference.w1a4_inference_``), with the relative error of the W1A4 output against
-the fake-quantized float32 model.
+(``binarydm.kernels.inference.w1a4_inference_``), once per variant, with the relative error of the
+W1A4 output against the fake-quantized float32 model.
 
-    python tools/bench_kernel.py [--batch 1 64 256] [--bases 1 2] [--json bench_kernel.json]
+    python tools/bench_kernel.py [--batch 1 64 256] [--bases 1 2] [--variants bmma mma] [--json bench_kernel.json]
                                  [--out kernel_figures.md] [--no-layers] [--no-unet] [--dry-run]
 
 ``--json`` is rewritten after every row, so a run cut short keeps what it measured; ``tools/bench.py
@@ -136,8 +140,10 @@ class Bench:
     def save(self) -> None:
         unet = [r for r in self.data["unet"] if r.get("t_w1a4_ms")]
         if unet:
-            largest = max(unet, key=lambda r: r["batch"])
+            batch = max(r["batch"] for r in unet)
+            largest = min((r for r in unet if r["batch"] == batch), key=lambda r: r["t_w1a4_ms"])
             self.data["unet_speedup"] = largest["t_fp16_ms"] / largest["t_w1a4_ms"]
+            self.data["unet_speedup_variant"] = largest.get("variant")
         if self.path is not None:
             Path(self.path).write_text(json.dumps(self.data, indent=1))
 
@@ -159,9 +165,7 @@ def timed(bench: Bench, where: str, fn, launches: int, repeats: int, device: tor
 
 # ---- per layer ----------------------------------------------------------------------------------
 def bench_shape(bench: Bench, shape: tuple, batch: int, bases_list, args, device: torch.device) -> list[dict]:
-    from binarydm.kernels import cuda as kcuda
-    from binarydm.kernels import reference
-    from binarydm.kernels.packing import PackedActivation, pack_activation, pack_weight, padded_channels
+    from binarydm.kernels.packing import pack_weight
 
     cin, cout, k, s, p, h, w = shape
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
@@ -185,43 +189,57 @@ def bench_shape(bench: Bench, shape: tuple, batch: int, bases_list, args, device
     for nb in bases_list:
         bits = torch.randint(0, 2, (nb, cout, cin, k, k), dtype=torch.uint8)
         wp = pack_weight(bits, torch.rand(nb, cout) + 0.1, torch.randn(cout), s, p).to(device)
-        codes = [torch.empty(batch, h, w, padded_channels(cin) // 8, dtype=torch.int32, device=device)
-                 for _ in range(sets)]
-        if on_gpu:
-            packed = [kcuda.quantize_pack(x, step, out=c) for x, c in zip(xf, codes)]
-            scale = reference.epilogue_scale(wp, packed[0])
-            out = torch.empty(batch, oh, ow, cout, dtype=torch.float16, device=device)
-
-            def conv(i):
-                kcuda.launch(packed[i % sets], wp, torch.float16, args.variant, out=out, scale=scale)
-
-            def w1a4(i):
-                pa = kcuda.quantize_pack(xf[i % sets], step, out=codes[i % sets])
-                kcuda.launch(pa, wp, torch.float16, args.variant, out=out, scale=scale)
-        else:
-            packed = [pack_activation(x, step) for x in xf]
-
-            def conv(i):
-                reference.w1a4_conv2d(packed[i % sets], wp, torch.float16)
-
-            def w1a4(i):
-                reference.w1a4_conv2d(pack_activation(xf[i % sets], step), wp, torch.float16)
-
-        n = launches_for(w1a4, device, args.target_us, args.max_launches)
-        t_conv = timed(bench, f"conv {where} bases {nb}", conv, n, args.repeats, device, graph)
-        t_w1a4 = timed(bench, f"w1a4 {where} bases {nb}", w1a4, n, args.repeats, device, graph)
-        best = lambda t: t[1] if t[1] is not None else t[0]  # noqa: E731  device time where the graph ran
-        row = dict(batch=batch, cin=cin, cout=cout, k=k, stride=s, pad=p, h=h, w=w, bases=nb, gops=ops / 1e9,
-                   launches_fp16=n_fp16, launches_w1a4=n,
-                   fp16_us=t_fp16[0], fp16_graph_us=t_fp16[1], conv_us=t_conv[0], conv_graph_us=t_conv[1],
-                   w1a4_us=t_w1a4[0], w1a4_graph_us=t_w1a4[1])
-        if best(t_fp16) and best(t_w1a4):
-            row["speedup"] = best(t_fp16) / best(t_w1a4)
-            row["tops_w1a4"] = ops / best(t_w1a4) / 1e6
-            row["tflops_fp16"] = ops / best(t_fp16) / 1e6
-        bench.add("layers", row)
-        rows.append(row)
+        for variant in args.variants:
+            try:
+                conv, w1a4 = _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device)
+                n = launches_for(w1a4, device, args.target_us, args.max_launches)
+            except Exception as err:  # noqa: BLE001 -- one variant failing must not end the shape
+                bench.error(f"{where} bases {nb} {variant}", err)
+                continue
+            t_conv = timed(bench, f"conv {where} bases {nb} {variant}", conv, n, args.repeats, device, graph)
+            t_w1a4 = timed(bench, f"w1a4 {where} bases {nb} {variant}", w1a4, n, args.repeats, device, graph)
+            best = lambda t: t[1] if t[1] is not None else t[0]  # noqa: E731  device time where the graph ran
+            row = dict(batch=batch, cin=cin, cout=cout, k=k, stride=s, pad=p, h=h, w=w, bases=nb, variant=variant,
+                       gops=ops / 1e9, launches_fp16=n_fp16, launches_w1a4=n,
+                       fp16_us=t_fp16[0], fp16_graph_us=t_fp16[1], conv_us=t_conv[0], conv_graph_us=t_conv[1],
+                       w1a4_us=t_w1a4[0], w1a4_graph_us=t_w1a4[1])
+            if best(t_fp16) and best(t_w1a4):
+                row["speedup"] = best(t_fp16) / best(t_w1a4)
+                row["tops_w1a4"] = ops / best(t_w1a4) / 1e6
+                row["tflops_fp16"] = ops / best(t_fp16) / 1e6
+            bench.add("layers", row)
+            rows.append(row)
     return rows
+
+
+def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
+    """(conv(i), w1a4(i)) of one kernel variant: the kernel alone on packed operand set i % sets, and the
+    activation quantization + the kernel. On the CPU (dry run) both are the reference."""
+    from binarydm.kernels import cuda as kcuda
+    from binarydm.kernels import reference
+    from binarydm.kernels.packing import bmma_groups, pack_activation, padded_channels
+
+    if device.type != "cuda":
+        packed = [pack_activation(x, step) for x in xf]
+        return (lambda i: reference.w1a4_conv2d(packed[i % sets], wp, torch.float16),
+                lambda i: reference.w1a4_conv2d(pack_activation(xf[i % sets], step), wp, torch.float16))
+    out = torch.empty(batch, oh, ow, cout, dtype=torch.float16, device=device)
+    if variant == "bmma":
+        bufs = [(torch.empty(batch, h, w, bmma_groups(cin) // 4, 4, 4, dtype=torch.int32, device=device),
+                 torch.empty(batch, h, w, dtype=torch.int32, device=device)) for _ in range(sets)]
+        planar = [kcuda.quantize_planes(x, step, out=b) for x, b in zip(xf, bufs)]
+        scale = reference.epilogue_scale(wp, pack_activation(xf[0][:1, :, :1, :1], step))
+        kcuda.bmma_weight(wp)  # the fragment-ordered weight, made once (pack time)
+        return (lambda i: kcuda.launch_bmma(planar[i % sets], wp, torch.float16, out=out, scale=scale),
+                lambda i: kcuda.launch_bmma(kcuda.quantize_planes(xf[i % sets], step, out=bufs[i % sets]), wp,
+                                            torch.float16, out=out, scale=scale))
+    codes = [torch.empty(batch, h, w, padded_channels(cin) // 8, dtype=torch.int32, device=device)
+             for _ in range(sets)]
+    packed = [kcuda.quantize_pack(x, step, out=c) for x, c in zip(xf, codes)]
+    scale = reference.epilogue_scale(wp, packed[0])
+    return (lambda i: kcuda.launch(packed[i % sets], wp, torch.float16, variant, out=out, scale=scale),
+            lambda i: kcuda.launch(kcuda.quantize_pack(xf[i % sets], step, out=codes[i % sets]), wp, torch.float16,
+                                   variant, out=out, scale=scale))
 
 
 # ---- whole UNet ---------------------------------------------------------------------------------
@@ -252,34 +270,55 @@ def build_models(device: torch.device):
 
 
 def bench_unet(bench: Bench, args, device: torch.device) -> None:
+    from binarydm.kernels import cuda as kcuda
+
     fp, student, fake, report = build_models(device)
     swapped = sum(v == "w1a4" for v in report.values())
     half = next(fp.parameters()).dtype
+    on_gpu = device.type == "cuda"
+    variants = args.variants if on_gpu else args.variants[:1]  # the CPU runs the reference either way
     with torch.no_grad():
-        n = 8 if device.type == "cuda" else 1
+        n = 8 if on_gpu else 1
         x = torch.randn(n, 3, 32, 32, device=device)
         t = torch.linspace(10, 999, n, device=device).long()
         ref = fake(x, t).sample.double()
-        got = student(x.to(half), t).sample.double()
-        rel_err = ((got - ref).norm() / ref.norm()).item()
-        print(f"bench_kernel: W1A4 UNet vs fake-quantized float32: relative error {rel_err:.2e}", flush=True)
+        rel_err = {}
+        for variant in variants:
+            if on_gpu and variant == "bmma" and not kcuda.bmma_self_check(device):
+                bench.error(f"unet {variant}", RuntimeError(f"the bit-plane kernel failed its self-check: "
+                                                            f"{kcuda._bmma_state.get('check_error')}"))
+                continue
+            kcuda.set_variant(variant if on_gpu else None)
+            try:
+                got = student(x.to(half), t).sample.double()
+            finally:
+                kcuda.set_variant(None)
+            rel_err[variant] = ((got - ref).norm() / ref.norm()).item()
+            print(f"bench_kernel: W1A4 UNet ({variant}) vs fake-quantized float32: relative error "
+                  f"{rel_err[variant]:.2e}", flush=True)
         for batch in args.batch:
             x = torch.randn(batch, 3, 32, 32, device=device, dtype=half).contiguous(memory_format=torch.channels_last)
             t = torch.full((batch,), 500, device=device)
-            graph = device.type == "cuda" and not args.no_graph
+            graph = on_gpu and not args.no_graph
             where = f"unet batch {batch}"
             t_fp = timed(bench, f"{where} fp16", lambda i: fp(x, t), args.unet_launches, args.repeats, device,
                          graph)
-            t_q = timed(bench, f"{where} w1a4", lambda i: student(x, t), args.unet_launches, args.repeats,
-                        device, graph)
-            best = lambda v: v[1] if v[1] is not None else v[0]  # noqa: E731
-            row = dict(batch=batch, t_fp16_ms=best(t_fp) and best(t_fp) / 1e3, t_w1a4_ms=best(t_q) and best(t_q) / 1e3,
-                       fp16_events_ms=t_fp[0] and t_fp[0] / 1e3, w1a4_events_ms=t_q[0] and t_q[0] / 1e3,
-                       graph=t_fp[1] is not None and t_q[1] is not None, swapped=swapped, convs=len(report),
-                       rel_err_vs_fake_quant=rel_err)
-            if row["t_fp16_ms"] and row["t_w1a4_ms"]:
-                row["speedup"] = row["t_fp16_ms"] / row["t_w1a4_ms"]
-            bench.add("unet", row)
+            for variant in rel_err:
+                kcuda.set_variant(variant if on_gpu else None)
+                try:
+                    t_q = timed(bench, f"{where} w1a4 {variant}", lambda i: student(x, t), args.unet_launches,
+                                args.repeats, device, graph)
+                finally:
+                    kcuda.set_variant(None)
+                best = lambda v: v[1] if v[1] is not None else v[0]  # noqa: E731
+                row = dict(batch=batch, variant=variant, t_fp16_ms=best(t_fp) and best(t_fp) / 1e3,
+                           t_w1a4_ms=best(t_q) and best(t_q) / 1e3,
+                           fp16_events_ms=t_fp[0] and t_fp[0] / 1e3, w1a4_events_ms=t_q[0] and t_q[0] / 1e3,
+                           graph=t_fp[1] is not None and t_q[1] is not None, swapped=swapped, convs=len(report),
+                           rel_err_vs_fake_quant=rel_err[variant])
+                if row["t_fp16_ms"] and row["t_w1a4_ms"]:
+                    row["speedup"] = row["t_fp16_ms"] / row["t_w1a4_ms"]
+                bench.add("unet", row)
 
 
 # ---- output -------------------------------------------------------------------------------------
@@ -290,23 +329,24 @@ def fmt(v, spec=".1f") -> str:
 def table(data: dict) -> str:
     lines = []
     if data["layers"]:
-        lines += [f"W1A4 conv ({data['variant']}) vs cuDNN fp16 (channels_last, cudnn.benchmark) on {data['device']}; "
+        lines += [f"W1A4 conv (variants {', '.join(data['variants'])}: bmma = bit-plane kernel, mma = u8 x s8 kernel) "
+                  f"vs cuDNN fp16 (channels_last, cudnn.benchmark) on {data['device']}; "
                   "us per call, median; graph = CUDA graph replay (device time), events = back-to-back eager calls; "
                   "w1a4 = quantize+pack + conv.", "",
-                  "| batch | C_in | C_out | k | s | H x W | bases | fp16 graph | w1a4 graph | conv graph | fp16 events | "
-                  "w1a4 events | speedup | W1A4 TOPS |", "|" + "---|" * 14]
+                  "| batch | C_in | C_out | k | s | H x W | bases | variant | fp16 graph | w1a4 graph | conv graph | "
+                  "fp16 events | w1a4 events | speedup | W1A4 TOPS |", "|" + "---|" * 15]
     for r in data["layers"]:
         lines.append(f"| {r['batch']} | {r['cin']} | {r['cout']} | {r['k']} | {r['stride']} | {r['h']}x{r['w']} | "
-                     f"{r['bases']} | {fmt(r['fp16_graph_us'])} | {fmt(r['w1a4_graph_us'])} | "
+                     f"{r['bases']} | {r.get('variant', '-')} | {fmt(r['fp16_graph_us'])} | {fmt(r['w1a4_graph_us'])} | "
                      f"{fmt(r['conv_graph_us'])} | {fmt(r['fp16_us'])} | {fmt(r['w1a4_us'])} | "
                      f"{fmt(r.get('speedup'), '.2f')}x | {fmt(r.get('tops_w1a4'))} |")
     if not data["unet"]:
         return "\n".join(lines) + "\n"
     lines += ["", f"Whole UNet forward (ddpm-cifar10-32, random weights, one timestep) on {data['device']}, ms:", "",
-              "| batch | fp16 | W1A4 | speedup | graph | convs on the kernel | rel. error vs fake-quant |",
-              "|---|---|---|---|---|---|---|"]
+              "| batch | variant | fp16 | W1A4 | speedup | graph | convs on the kernel | rel. error vs fake-quant |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in data["unet"]:
-        lines.append(f"| {r['batch']} | {fmt(r['t_fp16_ms'], '.3f')} | {fmt(r['t_w1a4_ms'], '.3f')} | "
+        lines.append(f"| {r['batch']} | {r.get('variant', '-')} | {fmt(r['t_fp16_ms'], '.3f')} | {fmt(r['t_w1a4_ms'], '.3f')} | "
                      f"{fmt(r.get('speedup'), '.2f')}x | {r['graph']} | {r['swapped']} of {r['convs']} | "
                      f"{r['rel_err_vs_fake_quant']:.1e} |")
     return "\n".join(lines) + "\n"
@@ -320,7 +360,9 @@ def main(argv=None) -> int:
     parser.add_argument("--target-us", type=float, default=20000, help="length of one timing of a layer")
     parser.add_argument("--max-launches", type=int, default=200)
     parser.add_argument("--unet-launches", type=int, default=10)
-    parser.add_argument("--variant", choices=["mma", "simt"], default="mma")
+    parser.add_argument("--variants", nargs="+", choices=["bmma", "mma", "simt"], default=["bmma", "mma"],
+                        help="kernel variants to time beside fp16 (bmma: bit-plane, mma: u8 x s8, simt)")
+    parser.add_argument("--variant", choices=["bmma", "mma", "simt"], default=None, help="one variant only")
     parser.add_argument("--no-graph", action="store_true", help="time eager calls only")
     parser.add_argument("--no-layers", action="store_true")
     parser.add_argument("--no-unet", action="store_true")
@@ -328,6 +370,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write the table to")
     parser.add_argument("--json", type=Path, default=None, help="JSON file (rewritten after every row)")
     args = parser.parse_args(argv)
+    if args.variant is not None:
+        args.variants = [args.variant]
 
     if args.dry_run:
         device = torch.device("cpu")
@@ -345,8 +389,13 @@ def main(argv=None) -> int:
             sys.exit(f"bench_kernel: the W1A4 kernel cannot load here: {err}")
         device, name = torch.device("cuda"), torch.cuda.get_device_name()
         torch.backends.cudnn.benchmark = True
+        if "bmma" in args.variants and not kcuda.bmma_self_check(device):
+            print(f"bench_kernel: the bit-plane kernel failed its self-check ({kcuda._bmma_state.get('check_error')});"
+                  " its rows are timed anyway, but w1a4_conv2d would not choose it", file=sys.stderr, flush=True)
     torch.manual_seed(0)
-    bench = Bench(args.json, dict(device=name, torch=torch.__version__, variant=args.variant,
+    bench = Bench(args.json, dict(device=name, torch=torch.__version__, variants=args.variants,
+                                  bmma_self_check=None if args.dry_run else kcuda._bmma_state["checked"].get(
+                                      torch.cuda.current_device()),
                                   batch=args.batch, bases=args.bases, dry_run=args.dry_run))
     if not args.no_layers:
         shapes = conv_shapes()
@@ -356,7 +405,7 @@ def main(argv=None) -> int:
             for shape in shapes:
                 try:
                     for r in bench_shape(bench, shape, batch, args.bases, args, device):
-                        print(f"bench_kernel: {r['batch']} x {shape} bases {r['bases']}: fp16 "
+                        print(f"bench_kernel: {r['batch']} x {shape} bases {r['bases']} {r['variant']}: fp16 "
                               f"{fmt(r['fp16_graph_us'])} us, w1a4 {fmt(r['w1a4_graph_us'])} us (graph), "
                               f"speedup {fmt(r.get('speedup'), '.2f')}", flush=True)
                 except Exception as err:  # noqa: BLE001 -- record it, go on with the next shape

@@ -6,8 +6,9 @@
 #
 # Stages, each under `timeout` and none stopping the next: install the carried wheels (.whl: diffusers
 # and what it needs that the GPU image lacks), nvidia-smi, versions, `pytest -m gpu` on the kernel
-# tests, tools/bench_kernel.py per layer (cuDNN fp16 vs W1A4, batch 1/64/256, one and two bases), the
-# whole UNet fp16 vs W1A4, the tensor-core issue rates (cuda/mma_rates.cu: IMMA, BMMA, HMMA, IGMMA,
+# tests, tools/bench_kernel.py per layer (cuDNN fp16 vs W1A4, batch 1/64/256, one and two bases, both
+# kernels: the bit-plane one of cuda/w1a4_bmma.cu and the u8 x s8 one of cuda/w1a4_conv.cu), the whole
+# UNet fp16 vs W1A4 (each kernel), the tensor-core issue rates (cuda/mma_rates.cu: IMMA, BMMA, HMMA, IGMMA,
 # BGMMA, HGMMA), and a summary. Writes $OUT/device_check.json (every stage's exit status and
 # seconds, the pytest summary, the benchmark figures), $OUT/device_check.log (everything printed),
 # $OUT/bench_kernel.{json,md}, $OUT/bench_unet.{json,md} and $OUT/mma_rates.jsonl. The whole run
@@ -72,6 +73,10 @@ try:
     from binarydm.kernels import cuda as kcuda
     info["kernel_loads"] = kcuda.is_available()
     info["kernel_error"] = kcuda._state["error"]
+    if info["kernel_loads"]:
+        info["bmma_self_check"] = kcuda.bmma_self_check()  # bit for bit on 4 shapes: then the default
+        info["bmma_error"] = kcuda._bmma_state.get("check_error") or kcuda._bmma_state["error"]
+        info["default_variant"] = kcuda.default_variant()
 except Exception as err:  # noqa: BLE001
     info["kernel_loads"] = f"{type(err).__name__}: {err}"
 print("VERSIONS " + json.dumps(info))
@@ -113,7 +118,7 @@ if [ $DRY = 1 ]; then
     BENCH_UNET+=(--dry-run)
 fi
 stage bench_layers 150 "${BENCH[@]}" --no-unet --out "$OUT/bench_kernel.md"
-stage bench_unet 100 "${BENCH_UNET[@]}"
+stage bench_unet 130 "${BENCH_UNET[@]}"
 rm -f "$OUT/mma_rates.jsonl"
 stage mma_rates 60 bash -c mma_rates
 
@@ -162,14 +167,17 @@ for r in (result.get("bench") or {}).get("layers", []):
     if r["batch"] in (1, 256) or dry:
         sp = r.get("speedup")
         print(f"b{r['batch']:<4d}{r['cin']:>4d}->{r['cout']:<4d}k{r['k']}s{r['stride']} {r['h']:>2d}x{r['w']:<2d} "
-              f"nb{r['bases']}: fp16 {r['fp16_graph_us'] or r['fp16_us'] or 0:9.1f} us  "
+              f"nb{r['bases']} {r.get('variant', '-'):4s}: fp16 {r['fp16_graph_us'] or r['fp16_us'] or 0:9.1f} us  "
               f"w1a4 {r['w1a4_graph_us'] or r['w1a4_us'] or 0:9.1f} us  x{sp or 0:.2f}")
 for r in (result.get("bench_unet") or {}).get("unet", []):
-    print(f"UNet b{r['batch']}: fp16 {r['t_fp16_ms'] or 0:.3f} ms, W1A4 {r['t_w1a4_ms'] or 0:.3f} ms, "
+    print(f"UNet b{r['batch']} {r.get('variant', '-')}: fp16 {r['t_fp16_ms'] or 0:.3f} ms, W1A4 {r['t_w1a4_ms'] or 0:.3f} ms, "
           f"x{r.get('speedup') or 0:.2f}, graph={r['graph']}, rel.err {r['rel_err_vs_fake_quant']:.1e}")
 for r in result["mma_rates"] or []:
     print(f"{r['kind']:10s} " + (r["error"] if "error" in r else
           f"{r['tmacs']:8.1f} TMAC/s, {r['macs_per_sm_per_clk']:7.0f} MAC/SM/clk  ({r['instr']})"))
+v = result.get("versions") or {}
+print(f"bit-plane kernel self-check: {v.get('bmma_self_check')} ({v.get('bmma_error')}); default variant: "
+      f"{v.get('default_variant')}")
 errors = [e for k in ("bench", "bench_unet") for e in ((result.get(k) or {}).get("errors") or [])]
 print(f"bench errors: {len(errors)}", *[f"{e['where']}: {e['error'][:160]}" for e in errors[:8]], sep="\n  ")
 print(f"wrote {out / 'device_check.json'} after {result['seconds']}s")

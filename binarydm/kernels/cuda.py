@@ -186,7 +186,8 @@ def _bmma_function(name: str):
             from cupy.cuda import driver
 
             attr = getattr(driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8)
-            driver.funcSetAttribute(fn.ptr, attr, BMMA_SMEM_BYTES)
+            handle = getattr(fn, "ptr", None) or fn.kernel.ptr
+            driver.funcSetAttribute(handle, attr, BMMA_SMEM_BYTES)
         _bmma_state["smem_set"].add(name)
     return fn
 
