@@ -18,7 +18,7 @@ def test_overrides_apply_after_the_experiment_file():
     cfg = load_config("tiny", ["trainer.max_steps=3", "optim.lr=0.5", "quant_options.dual_levels=2"])
     assert cfg.trainer.max_steps == 3 and cfg.optim.lr == 0.5 and cfg.quant_options.dual_levels == 2
     assert cfg.data.name == "synthetic"  # from tiny.yaml
-    assert cfg.loss.lrm_weight == 1e-4  # from base.yaml
+    assert cfg.loss.lrm_weight == 1.0  # from base.yaml
 
 
 def test_unknown_key_lists_the_valid_keys(capsys):

@@ -61,7 +61,7 @@ def run_one(config: str, overrides: list[str], run_dir: Path, steps: int, seed: 
             f"trainer.checkpoint_every_n_steps={steps}", "trainer.enable_progress_bar=false",
             "sample.num_images=0", "eval.fid_samples=0", "export=false", "report=false", "data.val_size=256"]
     start = time.perf_counter()
-    run(load_config(config, base + list(overrides)))
+    run(load_config(config, base + list(overrides)), overwrite=True)  # a killed variant starts afresh
     rows = list(csv.DictReader(open(next((run_dir / "csv").glob("version_*/metrics.csv")))))
     metrics = {m: float(r[m]) for r in rows for m in METRICS if r.get(m)}
     metrics["wall_s"] = time.perf_counter() - start

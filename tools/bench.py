@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "dataset": {},             # task -> dataset, e.g. dataset.classification=cifar10
     "options": {},             # task -> options, e.g. options.language={corpus:wiki.txt}
     "seed": 0,
+    "seeds": None,             # e.g. [0,1,2]: every run once per seed; tables show mean +- std
     "threads": None,           # torch.set_num_threads
     "progress": True,
     "plots": True,
@@ -68,8 +69,10 @@ def latency_from(path: Optional[str]) -> tuple[Optional[dict[str, float]], Optio
         return None, None
     data = json.loads(Path(path).read_text())
     speedup = float(data["unet_speedup"])
-    return ({m: speedup for m in ("binarydm", "binarydm-no-lrm", "binarydm-no-prog", "baseline", "xnor",
-                                  "reactnet", "biper")},
+    from suite.suites import PAPER_METHODS
+
+    w1a4 = [m for m in PAPER_METHODS if m not in ("fp", "lsq-w2a4")]
+    return ({m: speedup for m in w1a4},
             f"whole-UNet W1A4 kernel vs fp16 on {data.get('device', 'a GPU')}: {speedup:.2f}x (from {path})")
 
 
@@ -83,7 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     if args["fid_samples"]:
         options.setdefault("diffusion", {})["fid_samples"] = int(args["fid_samples"])
     specs = suites.build(args["suite"], steps=args["steps"], tasks=args["tasks"], methods=args["methods"],
-                         options=options, datasets=args["dataset"], seed=int(args["seed"]))
+                         options=options, datasets=args["dataset"], seed=int(args["seed"]),
+                         seeds=args["seeds"])
     out = Path(args["out"])
     start = time.time()
     done, failed = run_all(specs, out, progress=bool(args["progress"]), num_threads=args["threads"])

@@ -60,14 +60,28 @@ def test_unknown_suite_task_and_method_name_the_valid_ones():
 def test_paper_suite_is_binarydms_w1a4_comparison():
     specs = suites.build("paper")
     methods = {s.method for s in specs}
-    assert methods == {FP, "baseline", "lsq-w2a4", "xnor", "reactnet", "biper", "binarydm", "binarydm-no-lrm",
-                       "binarydm-no-prog"}
+    assert methods == {FP, "baseline", "+lmb", "+lrm", "+lmb+lrm", "binarydm", "ebb", "lsq-w2a4", "xnor", "reactnet",
+                       "biper"}
     from suite.report import bits_of
 
     assert {bits_of(s) for s in specs if s.method != FP} == {"W1A4", "W2A4"}
     bdm = next(s for s in specs if s.method == "binarydm")
-    assert bdm.train_dict == {"loss.lrm_weight": 1e-4, "progressive.enabled": True}
+    assert bdm.train_dict == {"loss.lrm_weight": suites.LRM_WEIGHT, "progressive.enabled": True}
     assert all(s.task == "diffusion" and s.dataset == "fashion_mnist" for s in specs)
+    # The ablation: each row adds one component to the one before it.
+    by = {s.method: s for s in specs}
+    assert by["baseline"].train_dict == {} and by["+lmb"].algorithm == "lmb" and by["+lmb"].train_dict == {}
+    assert by["+lrm"].algorithm == "baseline" and by["+lrm"].train_dict == {"loss.lrm_weight": suites.LRM_WEIGHT}
+    assert by["ebb"].train_dict["ebb.enabled"] is True
+    from binarydm.training.config import load_config
+
+    assert load_config("base", []).loss.lrm_weight == suites.LRM_WEIGHT  # one lambda for the suite and training
+
+
+def test_seeds_repeat_every_run():
+    specs = suites.build("paper", methods=["binarydm"], seeds=[0, 1, 2])
+    assert sorted((s.method, s.seed) for s in specs) == sorted((m, k) for m in (FP, "binarydm") for k in (0, 1, 2))
+    assert len({s.key() for s in specs}) == 6
 
 
 @pytest.mark.slow
@@ -149,5 +163,34 @@ def test_diffusion_run_config_carries_the_quantization_and_the_binarydm_switches
     assert xnor.loss.lrm_weight == 0.0 and not xnor.progressive.enabled and xnor.trainer.max_steps == 7
     assert quant_config_of(diffusion.run_config(specs["lsq-w2a4"], ctx)).w_bits == 2
     bdm = diffusion.run_config(specs["binarydm"], ctx)
-    assert bdm.loss.lrm_weight == 1e-4 and bdm.progressive.enabled and quant_config_of(bdm).weight == "lmb"
+    assert bdm.loss.lrm_weight == suites.LRM_WEIGHT and bdm.progressive.enabled and quant_config_of(bdm).weight == "lmb"
     assert diffusion.run_config(specs[FP], ctx).quant == "none"
+    ebb = diffusion.run_config(specs["ebb"], ctx)  # EBB's two stages: the transition half-way through the run
+    assert ebb.ebb.enabled and ebb.ebb.transition_step == 3 and quant_config_of(ebb).weight == "ebb"
+    assert diffusion.run_config(specs["+lrm"], ctx).loss.lrm_weight == suites.LRM_WEIGHT
+
+
+def _paired_result(metric, mse_noise, mse_teacher, wall=10.0):
+    return RunResult(metric=metric, metric_name="fid", higher_is_better=False, wall_s=wall, storage_bytes=10.0,
+                     fp_storage_bytes=320.0, ops=1.0, fp_ops=10.0,
+                     extra={"mse_noise": mse_noise, "mse_teacher": mse_teacher, "grid": "none"})
+
+
+def test_tracks_average_seeds_and_rate_fidelity(tmp_path):
+    from suite import report
+    from suite.tracks import task_tracks
+
+    runs = []
+    for seed, (fid_q, mse_q) in enumerate([(100.0, 0.06), (110.0, 0.07), (120.0, 0.08)]):
+        fp = RunSpec.make(task="diffusion", dataset="synthetic", method=FP, algorithm=FP, seed=seed)
+        q = RunSpec.make(task="diffusion", dataset="synthetic", method="binarydm", algorithm="lmb", seed=seed)
+        runs += [(fp, _paired_result(50.0, 0.05, 0.0)), (q, _paired_result(fid_q, mse_q, mse_q - 0.04))]
+    tracks = {t.method: t for t in task_tracks(runs)}
+    bdm = tracks["binarydm"]
+    assert bdm.metric == pytest.approx(110.0) and bdm.metric_std == pytest.approx(10.0) and bdm.seeds == 3
+    assert bdm.ratios["accuracy"] == pytest.approx(50.0 / 110.0)
+    assert bdm.ratios["fidelity"] == pytest.approx(0.05 / 0.07)
+    assert bdm.extra["mse_teacher"] == pytest.approx((0.03, 0.01))
+    path = report.write(tmp_path, "paper", runs, [], list(tracks.values()), 1.0, plots=False)
+    text = path.read_text()
+    assert "| 1 | binarydm | W1A4 | 3 | 110 ± 10 | 0.03 ± 0.01 | 0.07 ± 0.01 |" in text

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .tasks.base import FP, RunResult, RunSpec
-from .tracks import TRACKS, TaskTracks, overall
+from .tracks import TRACKS, TaskTracks, metric_ratio, overall
 
 METRIC_LABEL = {"fid": "FID (lower is better)", "top1": "top-1 % (higher is better)",
                 "perplexity": "perplexity (lower is better)"}
@@ -71,6 +71,31 @@ def run_rows(runs: list[tuple[RunSpec, RunResult]]) -> tuple[list[str], list[lis
                      r.fp_ops, *[r.robustness.get(c, "") for c in corruptions],
                      *[r.extra.get(k, "") for k in extras]])
     return header, rows
+
+
+def _pm(mean: float, std: float) -> str:
+    return _fmt(mean) if not math.isfinite(std) else f"{_fmt(mean)} ± {_fmt(std, 2)}"
+
+
+def _summary(task_runs, tracks: list[TaskTracks], metric: str) -> list[str]:
+    """Each method's reference-recipe runs over seeds (mean ± std), best first, with the paired fidelity metric."""
+    if not tracks:
+        return []
+    higher = task_runs[0][1].higher_is_better
+    ordered = sorted(tracks, key=lambda t: (t.method != FP, -t.metric if higher else t.metric))
+    bits = {s.method: bits_of(s) for s, _ in task_runs}
+    has_paired = any("mse_noise" in t.extra for t in ordered)
+    header = ["rank", "method", "bits", "seeds", f"{metric} (mean ± std)"]
+    header += ["MSE to teacher ε", "MSE to true noise"] if has_paired else []
+    rows, rank = [], 0
+    for t in ordered:
+        rank += t.method != FP
+        row = ["" if t.method == FP else rank, t.method, bits.get(t.method, ""), t.seeds, _pm(t.metric, t.metric_std)]
+        if has_paired:
+            row += [_pm(*t.extra[k]) if k in t.extra else "-" for k in ("mse_teacher", "mse_noise")]
+        rows.append(row)
+    return ["Summary over seeds (reference recipe; the paired MSEs on one fixed held-out (x_0, t, noise) set):", "",
+            *_table(header, rows), ""]
 
 
 def _plots(out: Path, runs, tracks: list[TaskTracks], scores: dict[str, dict[str, float]]) -> list[Path]:
@@ -157,14 +182,15 @@ def write(out: Path, suite: str, runs: list[tuple[RunSpec, RunResult]], failed: 
         metric = task_runs[0][1].metric_name
         lines += [f"## {task} / {dataset}", "", f"Metric: {METRIC_LABEL.get(metric, metric)}.", ""]
         trows = []
-        for s, r in sorted(task_runs, key=lambda sr: (sr[0].method != FP, sr[0].method, sr[0].grid)):
+        for s, r in sorted(task_runs, key=lambda sr: (sr[0].method != FP, sr[0].method, sr[0].grid, sr[0].seed)):
             t = next((t for t in tracks if (t.task, t.dataset, t.method) == (task, dataset, s.method)), None)
-            trows.append([s.method, bits_of(s), f"{s.optimizer} {s.lr:g}", r.metric,
-                          t.ratios["accuracy"] if t and s.grid == 0 else "",
+            trows.append([s.method, bits_of(s), f"{s.optimizer} {s.lr:g}", s.seed, r.metric,
+                          metric_ratio(r.metric, t.fp_metric, r.higher_is_better) if t and s.grid == 0 else "",
                           r.wall_s, r.storage_bytes / 1024, r.fp_storage_bytes / r.storage_bytes,
                           r.fp_ops / r.ops if r.ops else float("nan")])
-        lines += _table(["method", "bits", "recipe", metric, "ratio to FP", "train s", "storage KiB",
+        lines += _table(["method", "bits", "recipe", "seed", metric, "ratio to FP", "train s", "storage KiB",
                          "storage x", "OPs x"], trows) + [""]
+        lines += _summary(task_runs, [t for t in tracks if (t.task, t.dataset) == (task, dataset)], metric)
         if any(r.robustness for _, r in task_runs):
             cs = sorted({c for _, r in task_runs for c in r.robustness})
             lines += ["Under corruption (same test images):", ""]
@@ -173,7 +199,8 @@ def write(out: Path, suite: str, runs: list[tuple[RunSpec, RunResult]], failed: 
                              for s, r in task_runs if s.grid == 0]) + [""]
         grids = []
         for s, r in task_runs:
-            if "grid" in r.extra and s.grid == 0 and Path(r.extra["grid"]).is_file():
+            first_seed = min(x.seed for x, _ in task_runs)
+            if "grid" in r.extra and s.grid == 0 and s.seed == first_seed and Path(r.extra["grid"]).is_file():
                 # copied next to the report, so that the report directory stands on its own without runs/
                 dest = out / "grids" / f"{task}_{dataset}_{s.method}.png"
                 dest.parent.mkdir(exist_ok=True)

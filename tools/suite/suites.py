@@ -18,21 +18,27 @@ from binarydm import algorithms
 
 from .tasks.base import FP, RunSpec
 
-_LRM = {"loss.lrm_weight": 1e-4}
+# LRM's weight on the normalised loss (configs/base.yaml's loss.lrm_weight; docs/training.md, "LRM").
+LRM_WEIGHT = 1.0
+_LRM = {"loss.lrm_weight": LRM_WEIGHT}
 _PROG = {"progressive.enabled": True}
 _W1A4 = {"act": "lsq", "a_bits": 4, "attention": True}
 
-# method -> (algorithm, QuantConfig overrides, diffusion-run overrides)
+# method -> (algorithm, QuantConfig overrides, diffusion-run overrides). The first six rows are the
+# paper's ablation in miniature (its Table 4): the single-basis baseline, + LMB, + LRM, both, the
+# full method with progressive initialisation, and the final paper's EBB on top of it.
 PAPER_METHODS: dict[str, tuple[str, dict, dict]] = {
     FP: (FP, {}, {}),
     "baseline": ("baseline", {}, {}),
+    "+lmb": ("lmb", {}, {}),
+    "+lrm": ("baseline", {}, _LRM),
+    "+lmb+lrm": ("lmb", {}, _LRM),
+    "binarydm": ("lmb", {}, {**_LRM, **_PROG}),
+    "ebb": ("ebb", {}, {**_LRM, **_PROG, "ebb.enabled": True}),
     "lsq-w2a4": ("lsq", {"w_bits": 2, "a_bits": 4}, {}),
     "xnor": ("xnor", _W1A4, {}),
     "reactnet": ("reactnet", _W1A4, {}),
     "biper": ("biper", _W1A4, {}),
-    "binarydm": ("lmb", {}, {**_LRM, **_PROG}),
-    "binarydm-no-lrm": ("lmb", {}, _PROG),
-    "binarydm-no-prog": ("lmb", {}, _LRM),
 }
 
 # task -> (dataset, reference lr, steps, options) per suite
@@ -70,9 +76,11 @@ def _specs(task: str, dataset: str, lr: float, steps: int, options: dict, method
 
 def build(name: str, steps: Optional[int] = None, tasks: Optional[list[str]] = None,
           methods: Optional[list[str]] = None, options: Optional[dict[str, dict[str, Any]]] = None,
-          datasets: Optional[dict[str, str]] = None, seed: int = 0) -> list[RunSpec]:
+          datasets: Optional[dict[str, str]] = None, seed: int = 0,
+          seeds: Optional[list[int]] = None) -> list[RunSpec]:
     """The RunSpecs of suite ``name``; ``steps``, ``tasks``, ``methods``, per-task ``options`` and
-    ``datasets`` (task -> dataset, e.g. ``{"classification": "cifar10"}``) override it."""
+    ``datasets`` (task -> dataset, e.g. ``{"classification": "cifar10"}``) override it. ``seeds``
+    repeats every run once per seed (the report then shows mean +- std); default ``[seed]``."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; valid: {list(SUITES)}")
     if name == "paper":
@@ -102,12 +110,13 @@ def build(name: str, steps: Optional[int] = None, tasks: Optional[list[str]] = N
         keep = set(methods) | {FP}  # every ratio needs the FP run
         method_table = {m: v for m, v in method_table.items() if m in keep}
     specs = []
-    for task, (dataset, lr, task_steps, opts) in table.items():
-        merged = {**opts, **((options or {}).get(task) or {})}
-        dataset = (datasets or {}).get(task, dataset)
-        specs += _specs(task, dataset, lr, steps or task_steps, merged, method_table,
-                        grids.get(task, [("adamw", 1.0)]), seed)
+    for s in (seeds if seeds else [seed]):
+        for task, (dataset, lr, task_steps, opts) in table.items():
+            merged = {**opts, **((options or {}).get(task) or {})}
+            dataset = (datasets or {}).get(task, dataset)
+            specs += _specs(task, dataset, lr, steps or task_steps, merged, method_table,
+                            grids.get(task, [("adamw", 1.0)]), int(s))
     return specs
 
 
-__all__ = ["PAPER_METHODS", "SUITES", "build"]
+__all__ = ["LRM_WEIGHT", "PAPER_METHODS", "SUITES", "build"]

@@ -18,6 +18,12 @@ precision" and larger is better:
     storage, ops fp / q from ``binarydm.summary`` (BiBench's theoretical-complexity track).
     latency      fp16 time / W1A4 kernel time of the whole network, from ``tools/bench_kernel.py``
                  results where a GPU measured them; absent otherwise (never guessed).
+    fidelity     fp / q of the paired noise-prediction MSE on a fixed held-out (x_0, t, noise) set
+                 (``binarydm.evaluation.paired_mse``; diffusion only): cheap, and paired across rows.
+
+With several seeds, a method's metric (and every ratio built from it) is the mean over the seeds
+of its reference-recipe runs; ``metric_std`` is their standard deviation; stability uses the first
+seed's grid only.
 
 Overall (Qin et al., "BiBench", ICML 2023): the quadratic mean sqrt(mean_k r_k^2) over the tracks a
 method has, each track first averaged over the tasks. The complexity ratios (tens) dwarf the
@@ -33,7 +39,7 @@ from typing import Iterable, Optional
 
 from .tasks.base import FP, RunResult, RunSpec
 
-TRACKS = ("accuracy", "robustness", "train_time", "stability", "storage", "ops", "latency")
+TRACKS = ("accuracy", "fidelity", "robustness", "train_time", "stability", "storage", "ops", "latency")
 COMPLEXITY = ("storage", "ops")
 
 
@@ -69,6 +75,28 @@ class TaskTracks:
     metric: float
     fp_metric: float
     ratios: dict[str, float] = field(default_factory=dict)
+    metric_std: float = float("nan")
+    seeds: int = 1
+    extra: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (mean, std) over seeds
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def _averaged(items: list[tuple[RunSpec, RunResult]]) -> tuple[RunResult, list[RunResult], dict]:
+    """The reference-recipe runs of ``items`` (lowest grid), one per seed, averaged into one RunResult
+    (metric, wall time, numeric extras); also returns the runs and (mean, std) of each numeric extra."""
+    grid = min(s.grid for s, _ in items)
+    runs = [r for s, r in sorted(items, key=lambda sr: sr[0].seed) if s.grid == grid]
+    first = runs[0]
+    extras = {k: _mean_std([r.extra[k] for r in runs]) for k, v in first.extra.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and all(k in r.extra for r in runs)}
+    mean = RunResult(**{**first.to_dict(), "metric": statistics.fmean(r.metric for r in runs),
+                        "wall_s": statistics.fmean(r.wall_s for r in runs),
+                        "robustness": {c: statistics.fmean(r.robustness[c] for r in runs) for c in first.robustness},
+                        "extra": {**first.extra, **{k: m for k, (m, _) in extras.items()}}})
+    return mean, runs, extras
 
 
 def task_tracks(runs: list[tuple[RunSpec, RunResult]], latency: Optional[dict[str, float]] = None) -> list[TaskTracks]:
@@ -82,17 +110,20 @@ def task_tracks(runs: list[tuple[RunSpec, RunResult]], latency: Optional[dict[st
     for spec, res in runs:
         groups.setdefault((spec.task, spec.dataset, spec.method), []).append((spec, res))
 
-    def reference(items):
-        return min(items, key=lambda sr: sr[0].grid)
+    def first_seed(items):
+        seed = min(s.seed for s, _ in items)
+        return [r.metric for s, r in items if s.seed == seed]
 
     out = []
     for (task, dataset, method), items in sorted(groups.items()):
         fp_items = groups.get((task, dataset, FP))
         if not fp_items:
             continue
-        spec, res = reference(items)
-        fspec, fres = reference(fp_items)
+        res, runs, extras = _averaged(items)
+        fres, _, _ = _averaged(fp_items)
         r: dict[str, float] = {"accuracy": metric_ratio(res.metric, fres.metric, res.higher_is_better)}
+        if "mse_noise" in res.extra and "mse_noise" in fres.extra:
+            r["fidelity"] = metric_ratio(res.extra["mse_noise"], fres.extra["mse_noise"], False)
         if res.robustness and fres.robustness:
             shares = [metric_ratio(res.robustness[c], fres.robustness[c], res.higher_is_better)
                       for c in res.robustness if c in fres.robustness]
@@ -100,15 +131,16 @@ def task_tracks(runs: list[tuple[RunSpec, RunResult]], latency: Optional[dict[st
                 r["robustness"] = statistics.fmean(shares)
         if res.wall_s > 0:
             r["train_time"] = fres.wall_s / res.wall_s
-        sq = _stability([x.metric for _, x in items])
-        sf = _stability([x.metric for _, x in fp_items])
+        sq = _stability(first_seed(items))
+        sf = _stability(first_seed(fp_items))
         if sq is not None and sf:
             r["stability"] = sq / sf
         r["storage"] = res.fp_storage_bytes / res.storage_bytes
         r["ops"] = res.fp_ops / res.ops if res.ops else float("nan")
         if latency and method in latency:
             r["latency"] = latency[method]
-        out.append(TaskTracks(task, dataset, method, res.metric, fres.metric, r))
+        std = statistics.stdev([x.metric for x in runs]) if len(runs) > 1 else float("nan")
+        out.append(TaskTracks(task, dataset, method, res.metric, fres.metric, r, std, len(runs), extras))
     return out
 
 

