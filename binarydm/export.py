@@ -1,8 +1,9 @@
 """``python -m binarydm.export ckpt=PATH out=FILE``: write the packed 1-bit checkpoint of a trained student.
 
-``ckpt`` is a student directory (``student.safetensors`` + ``quant_config.json`` + ``unet_config.json``
-[+ ``scheduler_config.json``], as a training run writes it; a run directory holding ``student/`` works
-too) or an existing packed file (re-export). Prints the file size, the size of the same UNet as an
+``ckpt`` is a student directory (``config.json`` with binarydm's ``quantization_config`` +
+``diffusion_pytorch_model.safetensors`` [+ ``scheduler_config.json``], as a training run writes it, or the
+earlier ``student.safetensors`` + ``quant_config.json`` + ``unet_config.json``; a run directory holding
+``student/`` works too) or an existing packed file (re-export). Prints the file size, the size of the same UNet as an
 FP32 diffusers checkpoint and their ratio, and the theoretical storage of ``binarydm.summary``.
 Add ``verify=true`` to reload the file and check that its output equals the student's. An existing
 ``out`` that is not a packed file is refused (``overwrite=true`` replaces it); the file is written
@@ -45,6 +46,17 @@ def example_inputs(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(1, cfg.in_channels, size, size, device=device), torch.tensor([500], device=device)
 
 
+def example_condition(model: nn.Module, batch: int = 1) -> dict[str, Any]:
+    """The conditioning of a class-conditional UNet (label 0, 1, ...); a text-conditioned one gets one
+    zero token of ``cross_attention_dim`` (what the packed model's accounting and check need)."""
+    from .unets import condition_kwargs, needs_text
+
+    device = next(model.parameters()).device
+    if needs_text(model.config):
+        return {"encoder_hidden_states": torch.zeros(batch, 1, int(model.config.cross_attention_dim), device=device)}
+    return condition_kwargs(model.config, batch=batch, device=device)
+
+
 def _is_packed(path: Path) -> bool:
     """Whether ``path`` is a binarydm packed file (its header says so; the payload is not read)."""
     from safetensors import safe_open
@@ -56,6 +68,15 @@ def _is_packed(path: Path) -> bool:
             return (f.metadata() or {}).get("format") == FORMAT
     except Exception:  # noqa: BLE001 - any unreadable file is "not a packed file"
         return False
+
+
+def _binarized_dir(directory: Path) -> bool:
+    """Whether a diffusers model directory's config.json carries binarydm's quantization_config."""
+    try:
+        qc = json.loads((directory / "config.json").read_text()).get("quantization_config")
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: let the loader say what is wrong
+    return isinstance(qc, dict) and qc.get("quant_method") == "binarydm"
 
 
 def check_out(out: Path, overwrite: bool = False) -> None:
@@ -78,17 +99,19 @@ def export(ckpt: Path, out: Path, verify: bool = False, overwrite: bool = False)
     check_out(out, overwrite)  # before any work
     if ckpt.is_dir() and (ckpt / "student").is_dir():
         ckpt = ckpt / "student"
-    if ckpt.is_dir() and not (ckpt / "quant_config.json").is_file() and (ckpt / "config.json").is_file():
-        configs = {"quant_config": None}  # a diffusers model directory: said before loading it
+    if ckpt.is_dir() and not (ckpt / "quant_config.json").is_file() and (ckpt / "config.json").is_file() \
+            and not _binarized_dir(ckpt):
+        configs = {"quant_config": None}  # a full-precision diffusers model directory: said before loading it
     else:
         model, configs = load_for_cli(ckpt)
     if configs.get("quant_config") is None:
-        raise UsageError(f"ckpt={ckpt}: a full-precision diffusers model (no quant_config.json): nothing to pack; "
+        raise UsageError(f"ckpt={ckpt}: a full-precision diffusers model (no binarydm quantization_config): nothing "
+                         "to pack; "
                          "export a binarized student")
     export_packed(model, configs["unet_config"], configs["quant_config"], out, configs.get("scheduler_config"))
     sizes = file_sizes(out)
     fp32 = fp32_checkpoint_bytes(configs["unet_config"])
-    theory = summary(model, *example_inputs(model))
+    theory = summary(model, *example_inputs(model), **example_condition(model))
     report = {
         "file": str(out),
         "bytes": sizes["total"],
@@ -102,8 +125,10 @@ def export(ckpt: Path, out: Path, verify: bool = False, overwrite: bool = False)
     if verify:
         x, t = example_inputs(model)
         x = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x.device)
+        cond = example_condition(model)
         with torch.no_grad():
-            report["verified_equal"] = bool(torch.equal(model(x, t).sample, load_packed(out)(x, t).sample))
+            report["verified_equal"] = bool(torch.equal(model(x, t, **cond).sample,
+                                                        load_packed(out)(x, t, **cond).sample))
     return report
 
 

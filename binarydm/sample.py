@@ -11,7 +11,8 @@ not write is refused (``overwrite=true`` deletes them); an earlier ``binarydm.sa
 replaced whole, so no stale image survives.
 
 Image ``i`` of batch ``b`` comes from a generator seeded with ``seed + b``: the same seed, count
-and batch size give the same images.
+and batch size give the same images. A class-conditional UNet takes ``label=3`` (every image of class 3)
+or ``label=0,1,2`` (cycled over the images); without ``label`` image i has class i mod the classes.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ DEFAULTS = {
     "device": "cpu",
     "grid": 64,  # at most this many images in grid.png
     "overwrite": False,  # delete files in out that binarydm.sample did not write
+    "label": None,  # class-conditional UNets: a class (3) or classes cycled over the images (0,1,2); default all
 }
 
 
@@ -94,11 +96,17 @@ def scheduler_for(sampler: str, scheduler_config: Optional[Mapping[str, Any]] = 
 def sample_images(model: nn.Module, num: int, steps: int = 100, sampler: str = "ddim", batch: int = 16,
                   seed: int = 0, eta: float = 0.0, scheduler_config: Optional[Mapping[str, Any]] = None,
                   progress: bool = True,
-                  on_batch: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
+                  on_batch: Optional[Callable[[int, torch.Tensor], None]] = None,
+                  labels: Optional[Sequence[int]] = None) -> torch.Tensor:
     """``num`` images from ``model`` as uint8 [N, C, H, W], sampled by diffusers' pipelines.
-    ``on_batch(first_index, images)`` is called with each batch as soon as it is made."""
+    ``on_batch(first_index, images)`` is called with each batch as soon as it is made.
+
+    A class-conditional UNet (``binarydm.unets.num_classes``) gets image i's class from ``labels``
+    (cycled; default 0, 1, 2, ...), passed to every UNet call of the pipeline."""
     from diffusers import DDIMPipeline, DDPMPipeline
     from tqdm.auto import tqdm
+
+    from .unets import condition_kwargs, conditioned, num_classes
 
     scheduler = scheduler_for(sampler, scheduler_config)
     pipe = (DDIMPipeline if sampler == "ddim" else DDPMPipeline)(unet=model.eval(), scheduler=scheduler)
@@ -110,8 +118,16 @@ def sample_images(model: nn.Module, num: int, steps: int = 100, sampler: str = "
             n = min(batch, num - b * batch)
             generator = torch.Generator(device=device).manual_seed(seed + b)
             kwargs = {"eta": eta} if sampler == "ddim" else {}
-            images = pipe(batch_size=n, generator=generator, num_inference_steps=steps, output_type="np",
-                          **kwargs).images  # float [n, H, W, C] in [0, 1]
+            cond = {}
+            config = getattr(model, "config", {})
+            if num_classes(config) is not None:
+                k = num_classes(config)
+                cycle = list(labels) if labels else list(range(k))
+                batch_labels = [cycle[(b * batch + j) % len(cycle)] for j in range(n)]
+                cond = condition_kwargs(config, batch_labels, device=device)
+            with conditioned(model, cond):
+                images = pipe(batch_size=n, generator=generator, num_inference_steps=steps, output_type="np",
+                              **kwargs).images  # float [n, H, W, C] in [0, 1]
             out.append(torch.from_numpy(np.round(np.asarray(images) * 255).astype(np.uint8)).permute(0, 3, 1, 2))
             if on_batch is not None:
                 on_batch(b * batch, out[-1])
@@ -208,6 +224,39 @@ def check_args(args: Mapping[str, Any]) -> None:
         raise UsageError(f"device={args['device']!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device={args['device']}: no CUDA device is available here; use device=cpu")
+    parse_labels(args.get("label"))
+
+
+def parse_labels(value: Any) -> Optional[list[int]]:
+    """``label=3`` or ``label=0,1,2`` as a list of ints (None: not given)."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        labels = [int(v) for v in str(value).split(",") if v.strip() != ""]
+    except ValueError:
+        raise UsageError(f"label={value}: expected a class number or a comma-separated list (label=3, "
+                         "label=0,1,2)") from None
+    if not labels or min(labels) < 0:
+        raise UsageError(f"label={value}: class numbers are integers >= 0")
+    return labels
+
+
+def check_condition(model: nn.Module, labels: Optional[list[int]], key: str = "ckpt") -> None:
+    """The model's need for a condition against the ``label`` given (before sampling starts)."""
+    from .unets import needs_text, num_classes
+
+    config = getattr(model, "config", {})
+    k = num_classes(config)
+    if needs_text(config):
+        raise UsageError(f"{key}: a UNet2DConditionModel conditioned on text (encoder_hidden_states of "
+                         f"cross_attention_dim {config.get('cross_attention_dim')}): sample it inside its pipeline "
+                         "with a prompt (StableDiffusionPipeline, docs/evaluation.md); binarydm.sample takes class "
+                         "labels only")
+    if k is None and labels is not None:
+        raise UsageError(f"label={','.join(map(str, labels))}: the model is unconditional (no class labels); drop "
+                         "label=")
+    if k is not None and labels is not None and max(labels) >= k:
+        raise UsageError(f"label={','.join(map(str, labels))}: the model has {k} classes (0 to {k - 1})")
 
 
 def load_for_cli(ckpt: Path, key: str = "ckpt"):
@@ -237,6 +286,8 @@ def run(args: Mapping[str, Any]) -> dict[str, Any]:
     if steps > train_steps:
         raise UsageError(f"steps={steps}: more than the {train_steps} timesteps the model was trained with; "
                          f"use steps <= {train_steps}")
+    labels = parse_labels(args.get("label"))
+    check_condition(model, labels)
     model.to(args["device"])
     prepare_out(out, bool(args.get("overwrite", False)))
     from .packing.format import atomic_write
@@ -254,7 +305,8 @@ def run(args: Mapping[str, Any]) -> dict[str, Any]:
 
     start = time.perf_counter()
     images = sample_images(model, int(args["num"]), steps, args["sampler"], int(args["batch"]),
-                           int(args["seed"]), float(args["eta"]), configs.get("scheduler_config"), on_batch=write)
+                           int(args["seed"]), float(args["eta"]), configs.get("scheduler_config"), on_batch=write,
+                           labels=labels)
     elapsed = time.perf_counter() - start
     if int(args["grid"]) > 0:
         save_grid(images[:int(args["grid"])], out / "grid.png")

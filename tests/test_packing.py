@@ -229,11 +229,11 @@ def test_student_dir_round_trip_and_wrong_architecture(tmp_path):
     loaded, configs = load_student_dir(tmp_path / "student")
     assert torch.equal(outputs(loaded, batch), outputs(model, batch))
     assert configs["quant_config"]["weight"] == "lmb"
-    # A unet_config.json that does not describe the saved weights.
-    cfg = json.loads((tmp_path / "student" / "unet_config.json").read_text())
+    # A config.json that does not describe the saved weights.
+    cfg = json.loads((tmp_path / "student" / "config.json").read_text())
     cfg["block_out_channels"] = [16, 32]
-    (tmp_path / "student" / "unet_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PackedFormatError, match="student.safetensors.*architecture"):
+    (tmp_path / "student" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PackedFormatError, match="diffusion_pytorch_model.safetensors.*architecture"):
         load_student_dir(tmp_path / "student")
 
 

@@ -394,16 +394,16 @@ def test_student_directory_carries_a_checksum(tmp_path):
     model, unet_config = _student()
     d = save_student_dir(model, unet_config, "w1a4", tmp_path / "student")
     load_student_dir(d)
-    weights = d / "student.safetensors"
+    weights = d / "diffusion_pytorch_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0x01  # one bit of one weight
     weights.write_bytes(bytes(data))
-    with pytest.raises(PackedFormatError, match="student.safetensors: does not match its checksum"):
+    with pytest.raises(PackedFormatError, match="diffusion_pytorch_model.safetensors: does not match its checksum"):
         load_student_dir(d)
     d2 = save_student_dir(model, unet_config, "w1a4", tmp_path / "student2")
-    qc = d2 / "quant_config.json"
+    qc = d2 / "config.json"  # binarydm's quantization_config lives in the model config
     qc.write_text(qc.read_text().replace('"a_bits": 4', '"a_bits": 5'))
-    with pytest.raises(PackedFormatError, match="quant_config.json: does not match its checksum"):
+    with pytest.raises(PackedFormatError, match="config.json: does not match its checksum"):
         load_student_dir(d2)
 
 
@@ -414,7 +414,7 @@ def test_a_trained_run_exports_a_verified_student(tmp_path):
     d = out["student_dir"]
     assert (d / "SHA256SUMS").is_file()
     names = {line.split()[1] for line in (d / "SHA256SUMS").read_text().splitlines()}
-    assert names == {"student.safetensors", "quant_config.json", "unet_config.json", "scheduler_config.json"}
+    assert names == {"diffusion_pytorch_model.safetensors", "config.json", "scheduler_config.json"}
     load_student(d)
     sched = d / "scheduler_config.json"
     sched.write_text(sched.read_text().replace('"beta_end": 0.02', '"beta_end": 0.03'))

@@ -39,7 +39,7 @@ def paths(tmp_path_factory):
     p["corrupt"] = root / "corrupt.safetensors"
     p["corrupt"].write_bytes(p["packed"].read_bytes()[:-100])
     p["edited"] = save_student_dir(model, unet_config, "w1a4", root / "edited")
-    qc = p["edited"] / "quant_config.json"
+    qc = p["edited"] / "config.json"
     qc.write_text(qc.read_text().replace('"a_bits": 4', '"a_bits": 5'))
     p["blocker"] = root / "blocker"  # a file where a directory is needed
     p["blocker"].write_text("")
@@ -133,7 +133,7 @@ CASES = [
     ("sample", ["ckpt={root}/none"], "ckpt"),
     ("sample", ["ckpt={nodir}"], "ckpt"),
     ("sample", ["ckpt={corrupt}", "out={root}/s2"], "corrupt.safetensors"),
-    ("sample", ["ckpt={edited}", "out={root}/s3"], "quant_config.json"),
+    ("sample", ["ckpt={edited}", "out={root}/s3"], "config.json"),
     ("sample", ["ckpt={packed}", "positional"], "positional"),
     # ---- export ----
     ("export", [], "ckpt"),
@@ -143,7 +143,7 @@ CASES = [
     ("export", ["ckpt={packed}", "out={notpacked}"], "out"),
     ("export", ["ckpt={teacher}", "out={root}/t.safetensors"], "ckpt"),
     ("export", ["ckpt={corrupt}", "out={root}/c.safetensors"], "corrupt.safetensors"),
-    ("export", ["ckpt={edited}", "out={root}/e.safetensors"], "quant_config.json"),
+    ("export", ["ckpt={edited}", "out={root}/e.safetensors"], "config.json"),
     ("export", ["ckpt={packed}", "out={root}/v.safetensors", "verify=maybe"], "verify"),
     # ---- fid ----
     ("fid", [], "gen"),

@@ -86,7 +86,7 @@ def test_cli_run_writes_checkpoint_config_logs_and_samples(tmp_path):
         assert im.size == (2 * 8 + 3, 2 * 8 + 3)
     report = (run_dir / "report.md").read_text()
     assert "wall time" in report and "train/simple" in report and str(run_dir / "student") in report
-    for f in ("student.safetensors", "quant_config.json", "unet_config.json", "scheduler_config.json"):
+    for f in ("diffusion_pytorch_model.safetensors", "config.json", "scheduler_config.json", "SHA256SUMS"):
         assert (run_dir / "student" / f).is_file()
 
 

@@ -17,9 +17,13 @@ from .format import (
     save_student_dir,
     unpack_bits,
 )
+from .hf import BinaryDMQuantizationConfig, BinaryDMQuantizer, register as _register_diffusers_quantizer
+
+# `import binarydm` makes diffusers' from_pretrained load binarized checkpoints binarized (packing/hf.py).
+_register_diffusers_quantizer()
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "PackedFormatError", "build_model", "export_packed", "file_sizes",
+    "BinaryDMQuantizationConfig", "BinaryDMQuantizer", "FORMAT", "FORMAT_VERSION", "PackedFormatError", "build_model", "export_packed", "file_sizes",
     "load_checkpoint", "load_packed", "load_student_dir", "pack_bits", "packed_metadata", "read_packed",
     "save_student_dir",
     "unpack_bits",

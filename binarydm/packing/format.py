@@ -365,8 +365,22 @@ def _from_payload(path: Path, payload: torch.Tensor, index: list) -> dict[str, t
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in dict(config).items():
+        if k == "_pre_quantization_dtype":  # a torch.dtype diffusers adds after a quantized load
+            continue
         out[k] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def _model_config(model: nn.Module, unet_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``unet_config`` with the model's class name (``dict(unet.config)`` lacks it: a
+    UNet2DConditionModel must not come back as a UNet2DModel) and its ``quantization_config``."""
+    config = dict(unet_config)
+    if "_class_name" not in config and hasattr(model, "config"):
+        config["_class_name"] = type(model).__name__
+    recorded = getattr(model, "config", {}).get("quantization_config") if hasattr(model, "config") else None
+    if recorded is not None and "quantization_config" not in config:
+        config["quantization_config"] = recorded if isinstance(recorded, Mapping) else recorded.to_dict()
+    return _plain_config(config)
 
 
 def export_packed(
@@ -384,6 +398,7 @@ def export_packed(
     from safetensors.torch import save_file
 
     cfg = resolve(quant_config)
+    unet_config = _model_config(model, unet_config)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     layers: dict[str, str] = {}
     for name, layer in model.named_modules():
@@ -486,27 +501,32 @@ def packed_metadata(path: PathLike) -> dict[str, Any]:
     return out
 
 
-def build_model(unet_config: Mapping[str, Any], quant_config) -> nn.Module:
+def build_model(unet_config: Mapping[str, Any], quant_config=None) -> nn.Module:
     """A binarized diffusers model of the given architecture, its float weights random.
 
+    ``unet_config`` is a diffusers model config (``_class_name`` picks the class, UNet2DModel by
+    default); its ``quantization_config`` (binarydm's, as ``binarize_`` records it) supplies the
+    QuantConfig when ``quant_config`` is None, and the names a ``filter_fn`` left out.
     The global RNG is left untouched (the random initialisation is overwritten by the load anyway,
     and sampling with a seed must not depend on whether a model was loaded first).
     """
-    import diffusers
-
-    from ..quant.convert import binarize_
+    from ..quant.convert import binarize_, excluded_filter
+    from ..unets import unet_class
 
     if importlib.util.find_spec("binarydm.algorithms") is not None:
         # Registers the comparison suite's quantizers, which a stored QuantConfig may name.
         importlib.import_module("binarydm.algorithms")
     config = dict(unet_config)
-    cls_name = config.get("_class_name", "UNet2DModel")
-    cls = getattr(diffusers, cls_name, None)
-    if cls is None:
-        raise ValueError(f"unet_config names class {cls_name!r}, which diffusers does not have")
+    recorded = config.pop("quantization_config", None)
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    if quant_config is None:
+        if "quant_config" not in recorded:
+            raise ValueError("the model config holds no binarydm quantization_config and no QuantConfig was given")
+        quant_config = recorded["quant_config"]
+    cls = unet_class(config)
     with torch.random.fork_rng(devices=[]):
-        model = cls.from_config(config)
-        binarize_(model, resolve(quant_config))
+        model = cls.from_config({k: v for k, v in config.items() if k != "_pre_quantization_dtype"})
+        binarize_(model, resolve(quant_config), excluded_filter(recorded.get("excluded", ())))
     return model
 
 
@@ -620,11 +640,17 @@ def file_sizes(path: PathLike) -> dict[str, int]:
 
 
 
-# ---- the training run's directory layout -----------------------------------------------------------
-# A student directory: the binarized model's full state dict, its QuantConfig and its UNet config (and
-# optionally the noise schedule). Two spellings are read: this module's own (save_student_dir) and the
-# training runner's (<run>/student/: model.safetensors + config.json, next to scheduler_config.json).
-STUDENT_FILES = ("student.safetensors", "quant_config.json", "unet_config.json")
+# ---- the student directory -------------------------------------------------------------------------
+# Written since format 1 of quantization_config: a diffusers model directory, ``config.json`` (the
+# model config with ``_class_name`` and binarydm's ``quantization_config``) +
+# ``diffusion_pytorch_model.safetensors`` (the whole state dict: latent weights, scales, steps, the
+# quantizers' flags as ``*._extra_state``) [+ ``scheduler_config.json``] + ``SHA256SUMS``. With
+# ``import binarydm`` diffusers' ``from_pretrained`` loads it binarized (packing/hf.py);
+# :func:`load_student_dir` loads it without diffusers' loader (no ``accelerate`` needed).
+# Still read: the earlier layout (``student.safetensors`` or ``model.safetensors`` + ``quant_config.json`` +
+# ``unet_config.json`` or ``config.json``).
+STUDENT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+LEGACY_STUDENT_FILES = ("student.safetensors", "quant_config.json", "unet_config.json")
 _WEIGHT_NAMES = ("student.safetensors", "model.safetensors")
 _CONFIG_NAMES = ("unet_config.json", "config.json")
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -637,58 +663,90 @@ def _read_json(file: Path) -> Any:
         raise PackedFormatError(f"{file}: invalid JSON ({e})") from e
 
 
-def load_student_dir(directory: PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a student directory (``student.safetensors`` or ``model.safetensors``, ``quant_config.json``,
-    ``unet_config.json`` or ``config.json``, optionally ``scheduler_config.json``), or a plain
-    full-precision diffusers model directory (``config.json`` + ``diffusion_pytorch_model.safetensors``,
-    e.g. the FP teacher; its ``quant_config`` is None). Returns the model (eval mode) and the configs."""
+def _is_binarydm_config(config: Any) -> bool:
+    qc = config.get("quantization_config") if isinstance(config, dict) else None
+    return isinstance(qc, dict) and qc.get("quant_method") == "binarydm"
+
+
+def _load_state(weights: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(weights))
+    except Exception as e:
+        raise PackedFormatError(f"{weights}: cannot read as a safetensors file (truncated or corrupted?): {e}") from e
+
+
+def _build_and_load(directory: Path, config_file: Path, weights: Path, unet_config: Mapping[str, Any],
+                    quant_config) -> nn.Module:
+    state = _load_state(weights)
+    try:
+        model = build_model(unet_config, quant_config)
+    except (TypeError, ValueError, KeyError) as e:
+        raise PackedFormatError(f"{directory}: {config_file.name} describes no model binarydm can build "
+                                f"({type(e).__name__}: {e})") from e
+    _check_architecture(weights, model, state)  # the more specific diagnosis first, then any changed byte
+    # Weights and configs together: a changed byte in any of them changes the loaded model.
+    verify_checksums(directory)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_student_dir(directory: PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a student directory (see above: the diffusers layout or the earlier one) or a plain
+    full-precision diffusers model directory (``config.json`` + ``diffusion_pytorch_model.safetensors``,
+    e.g. the FP teacher; its ``quant_config`` is None). Returns the model (eval mode) and the configs
+    (``quant_config``, ``unet_config``, ``scheduler_config`` when there is one)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise PackedFormatError(f"{directory}: no such student directory")
-    weights = next((directory / f for f in _WEIGHT_NAMES if (directory / f).is_file()), None)
-    config_file = next((directory / f for f in _CONFIG_NAMES if (directory / f).is_file()), None)
     configs: dict[str, Any] = {}
     if (directory / "scheduler_config.json").is_file():
         configs["scheduler_config"] = _read_json(directory / "scheduler_config.json")
-    if not (directory / "quant_config.json").is_file() and (directory / _DIFFUSERS_WEIGHTS).is_file():
-        import diffusers
-
-        configs["unet_config"] = _read_json(directory / "config.json")
+    legacy = (directory / "quant_config.json").is_file()
+    if not legacy and (directory / _DIFFUSERS_WEIGHTS).is_file() and (directory / "config.json").is_file():
+        config = _read_json(directory / "config.json")
+        configs["unet_config"] = config
+        if _is_binarydm_config(config):
+            configs["quant_config"] = dict(config["quantization_config"].get("quant_config") or {})
+            model = _build_and_load(directory, directory / "config.json", directory / _DIFFUSERS_WEIGHTS, config,
+                                    None)
+            return model, configs
+        if isinstance(config, dict) and config.get("quantization_config") is not None:
+            method = config["quantization_config"].get("quant_method") if isinstance(
+                config["quantization_config"], dict) else None
+            raise PackedFormatError(f"{directory / 'config.json'}: quantized with {method!r}, not binarydm")
         configs["quant_config"] = None
         verify_checksums(directory)
-        cls = getattr(diffusers, configs["unet_config"].get("_class_name", "UNet2DModel"), None)
-        if cls is None:
-            raise PackedFormatError(f"{directory / 'config.json'}: names class "
-                                    f"{configs['unet_config'].get('_class_name')!r}, which diffusers does not have")
+        from ..unets import unet_class
+
+        try:
+            cls = unet_class(config)
+        except ValueError as e:
+            raise PackedFormatError(f"{directory / 'config.json'}: {e}") from e
         try:
             # low_cpu_mem_usage=False: the default asks for `accelerate` and warns on stderr without it
             return cls.from_pretrained(str(directory), low_cpu_mem_usage=False).eval(), configs
         except (OSError, ValueError, RuntimeError) as e:
             raise PackedFormatError(f"{directory}: cannot load as a diffusers model ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    if weights is None or config_file is None or not (directory / "quant_config.json").is_file():
+    weights = next((directory / f for f in _WEIGHT_NAMES if (directory / f).is_file()), None)
+    config_file = next((directory / f for f in _CONFIG_NAMES if (directory / f).is_file()), None)
+    if weights is None or config_file is None or not legacy:
         raise FileNotFoundError(
-            f"{directory}: not a binarydm student directory: expected {' or '.join(_WEIGHT_NAMES)}, quant_config.json "
-            f"and {' or '.join(_CONFIG_NAMES)} (or a diffusers model directory with {_DIFFUSERS_WEIGHTS})"
+            f"{directory}: not a binarydm student directory: expected config.json (with binarydm's "
+            f"quantization_config) and {_DIFFUSERS_WEIGHTS}, or the earlier {' or '.join(_WEIGHT_NAMES)} + "
+            f"quant_config.json + {' or '.join(_CONFIG_NAMES)}"
         )
     configs["quant_config"] = _read_json(directory / "quant_config.json")
     configs["unet_config"] = _read_json(config_file)
     try:
-        state = load_file(str(weights))
-    except Exception as e:
-        raise PackedFormatError(f"{weights}: cannot read as a safetensors file (truncated or corrupted?): {e}") from e
-    try:
-        model = build_model(configs["unet_config"], QuantConfig.from_dict(configs["quant_config"]))
+        quant = QuantConfig.from_dict(configs["quant_config"])
     except (TypeError, ValueError, KeyError) as e:
-        raise PackedFormatError(f"{directory}: quant_config.json / {config_file.name} describe no model binarydm "
-                                f"can build ({type(e).__name__}: {e})") from e
-    _check_architecture(weights, model, state)  # the more specific diagnosis first, then any changed byte
-    # Weights and configs together: a changed byte in any of them changes the loaded model.
-    verify_checksums(directory)
-    model.load_state_dict(state, strict=True)
-    return model.eval(), configs
+        raise PackedFormatError(f"{directory}: quant_config.json describes no model binarydm can build "
+                                f"({type(e).__name__}: {e})") from e
+    model = _build_and_load(directory, config_file, weights, configs["unet_config"], quant)
+    return model, configs
 
 
 def load_checkpoint(path: PathLike) -> tuple[nn.Module, dict[str, Any]]:
@@ -702,30 +760,58 @@ def load_checkpoint(path: PathLike) -> tuple[nn.Module, dict[str, Any]]:
     return model, configs
 
 
-def save_student_dir(model: nn.Module, unet_config: Mapping[str, Any], quant_config, directory: PathLike,
-                     scheduler_config: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write the student directory layout (the inverse of :func:`load_student_dir`; tests and tools use it)."""
+def _json_text(config: Mapping[str, Any]) -> str:
+    return json.dumps(_plain_config(config), indent=2, sort_keys=True, default=list) + "\n"
+
+
+def save_student_dir(model: nn.Module, unet_config: Optional[Mapping[str, Any]], quant_config, directory: PathLike,
+                     scheduler_config: Any = None) -> Path:
+    """Write a student directory (the diffusers layout above; the inverse of :func:`load_student_dir`).
+
+    ``unet_config``: the float model's config (None: the model's own); ``quant_config``: what binarized
+    it (None: the ``quantization_config`` ``binarize_`` recorded). ``scheduler_config``: a mapping or a
+    diffusers scheduler (then written as its ``save_pretrained`` would). Every file is written atomically;
+    ``SHA256SUMS`` covers them all.
+    """
     from safetensors.torch import save_file
+
+    from ..quant.convert import quantization_config_dict
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / "student.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    texts = {"quant_config.json": json.dumps(resolve(quant_config).to_dict(), indent=1),
-             "unet_config.json": json.dumps(_plain_config(unet_config), indent=1)}
+    config = _model_config(model, dict(model.config) if unet_config is None else unet_config)
+    if quant_config is not None:
+        recorded = config.get("quantization_config") or {}
+        config["quantization_config"] = quantization_config_dict(resolve(quant_config), recorded.get("excluded", ()))
+    if not _is_binarydm_config(config):
+        raise ValueError("save_student_dir: the model was not binarized by binarydm.binarize_ and no quant_config "
+                         "was given")
+    try:
+        import diffusers
+
+        config.setdefault("_diffusers_version", diffusers.__version__)
+    except ImportError:  # pragma: no cover
+        pass
+    texts = {"config.json": _json_text(config)}
     if scheduler_config is not None:
-        texts["scheduler_config.json"] = json.dumps(_plain_config(scheduler_config), indent=1)
+        texts["scheduler_config.json"] = (scheduler_config.to_json_string() if hasattr(scheduler_config,
+                                          "to_json_string") else _json_text(scheduler_config))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(directory / _DIFFUSERS_WEIGHTS) as tmp:
+        # "format": "pt" as diffusers writes it; "binarydm" marks the producer
+        save_file(state, str(tmp), metadata={"format": "pt", "binarydm": "student"})
     for name, text in texts.items():
         with atomic_write(directory / name, "w") as f:
             f.write(text)
-    write_checksums(directory, ["student.safetensors", *texts])
+    # Weights and every config that shapes the loaded model: load_student_dir verifies them all.
+    write_checksums(directory, [_DIFFUSERS_WEIGHTS, *texts])
     return directory
 
 
 __all__ = [
     "CHECKSUM_FILE", "TMP_SUFFIX", "atomic_path", "atomic_write", "check_output_path", "clean_stale_temp",
     "file_mode", "verify_checksums", "write_checksums",
-    "FORMAT", "FORMAT_VERSION", "STUDENT_FILES", "PackedFormatError", "build_model", "export_packed",
+    "FORMAT", "FORMAT_VERSION", "LEGACY_STUDENT_FILES", "STUDENT_FILES", "PackedFormatError", "build_model", "export_packed",
     "file_sizes", "load_checkpoint", "load_packed", "load_student_dir", "lmb_latent", "lsq_latent", "pack_bits",
     "packed_metadata", "read_packed", "save_student_dir", "unpack_bits",
 ]

@@ -79,6 +79,12 @@ class Quantizer(nn.Module):
     def get_extra_state(self) -> torch.Tensor:
         return torch.tensor([int(getattr(self, f)) for f in self.flags], dtype=torch.int64)
 
+    @property
+    def _extra_state(self) -> torch.Tensor:
+        # diffusers' loader reads every state-dict key as an attribute of its module before handing it
+        # to a quantizer plug-in (binarydm.packing.hf): the flags must be readable under that name too.
+        return self.get_extra_state()
+
     def set_extra_state(self, state) -> None:
         values = state.tolist() if isinstance(state, torch.Tensor) else list(state)
         if len(values) != len(self.flags):

@@ -9,8 +9,10 @@ from typing import Any, Mapping, Union
 from .ste import SURROGATES
 
 # Stable diffusers names of the layers that stay full precision (or 8-bit): the image stem and head
-# and the embedding MLPs, whose errors reach every block. Matched as name prefixes, never by position.
-DEFAULT_KEEP = ("conv_in", "conv_out", "time_embedding", "class_embedding", "add_embedding")
+# and the embedding MLPs, whose errors reach every block, and the projection of the conditioning
+# (encoder_hid_proj: text embeddings or label tokens into cross_attention_dim). Matched as name prefixes,
+# never by position.
+DEFAULT_KEEP = ("conv_in", "conv_out", "time_embedding", "class_embedding", "add_embedding", "encoder_hid_proj")
 
 
 @dataclass(frozen=True)

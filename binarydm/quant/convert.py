@@ -81,6 +81,14 @@ def binarize_(
     returns False. Weight scales are initialised here, from the pretrained weights; activation
     steps are initialised by :func:`calibrate_`. Attention processors of diffusers ``Attention``
     modules are replaced by :class:`QuantAttnProcessor` when ``config.attention`` and ``a_bits < 32``.
+
+    A diffusers model (a ``ConfigMixin``) records what was done in its config,
+    ``quantization_config = {"quant_method": "binarydm", "quant_config": ..., "format_version": 1}``
+    (plus ``"excluded"``: the names ``filter_fn`` left out), so that ``save_pretrained`` writes it to
+    ``config.json`` and ``from_pretrained`` rebuilds the binarized model (``binarydm.packing.hf``).
+
+    A model on the ``meta`` device (diffusers builds one before loading weights) is converted with
+    its weight scales left uninitialised: the state dict that follows holds them.
     """
     cfg = resolve(config)
     wfactory, afactory = weight_factory(cfg.weight), act_factory(cfg.act)
@@ -90,10 +98,12 @@ def binarize_(
         raise ValueError("binarize_: the model is already quantized (it holds QuantConv2d/QuantLinear layers)")
 
     swaps = []
+    excluded: list[str] = []
     for name, module in model.named_modules():
         if type(module) not in (nn.Conv2d, nn.Linear):
             continue
         if filter_fn is not None and not filter_fn(module, name):
+            excluded.append(name)
             continue
         kept = _is_kept(name, cfg.keep)
         if kept and cfg.keep_bits == 32:
@@ -114,18 +124,46 @@ def binarize_(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
-        if new.weight_quantizer is not None:
+        if new.weight_quantizer is not None and not new.weight.is_meta:
             new.weight_quantizer.initialize_(new.weight)
 
     if cfg.attention and cfg.quantize_activations:
         for name, module in model.named_modules():
             if _is_attention(module) and not _is_kept(name, cfg.keep):
-                if filter_fn is None or filter_fn(module, name):
+                if filter_fn is not None and not filter_fn(module, name):
+                    excluded.append(name)
+                else:
                     operand = None
                     if cfg.a_bits == 1:  # signed LSQ has no 1-bit code: binarize q, k, v like layer inputs
                         operand = lambda name=name: afactory(LayerSpec(name=name, config=cfg))  # noqa: E731
                     module.set_processor(QuantAttnProcessor(cfg.a_bits, operand).to(_device_of(module)))
+    record_quantization_config(model, cfg, excluded)
     return model
+
+
+QUANT_METHOD = "binarydm"
+QUANT_FORMAT_VERSION = 1
+
+
+def quantization_config_dict(cfg: QuantConfig, excluded: Iterable[str] = ()) -> dict:
+    """The ``quantization_config`` entry of a binarized diffusers model's config.json."""
+    out = {"quant_method": QUANT_METHOD, "quant_config": cfg.to_dict(), "format_version": QUANT_FORMAT_VERSION}
+    excluded = sorted(set(excluded))
+    if excluded:
+        out["excluded"] = excluded
+    return out
+
+
+def record_quantization_config(model: nn.Module, cfg: QuantConfig, excluded: Iterable[str] = ()) -> None:
+    """Write ``quantization_config`` into a diffusers model's config (a no-op for other models)."""
+    if callable(getattr(model, "register_to_config", None)) and hasattr(model, "config"):
+        model.register_to_config(quantization_config=quantization_config_dict(cfg, excluded))
+
+
+def excluded_filter(excluded: Iterable[str]) -> Optional[FilterFn]:
+    """The ``filter_fn`` that leaves exactly the recorded ``excluded`` names out (None: nothing excluded)."""
+    names = frozenset(excluded)
+    return (lambda module, name: name not in names) if names else None
 
 
 def _is_attention(module: nn.Module) -> bool:
@@ -134,7 +172,8 @@ def _is_attention(module: nn.Module) -> bool:
 
 def _device_of(module: nn.Module) -> torch.device:
     p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    # meta: a model diffusers is about to fill; the processor's steps come from the state dict
+    return p.device if p is not None and not p.is_meta else torch.device("cpu")
 
 
 def quant_layers(model: nn.Module, prefixes: Optional[Iterable[str]] = None) -> Iterator[tuple[str, nn.Module]]:

@@ -4,19 +4,38 @@
 representation mimicking), schedules as callbacks (``ProgressiveInit``, ``EBBTransition``, ``EMA``,
 ``SampleGrid``), data modules, teacher loading, the OmegaConf run configuration and ``run``.
 Lightning is imported here, never by ``binarydm.quant``.
+
+The names below are imported on first use (PEP 562): ``from binarydm.training.config import load_config``
+checks a config without importing Lightning or diffusers, so a bad config fails at once.
 """
 
-from .callbacks import EMA, EBBTransition, ProgressiveInit, ProgressiveSchedule, SampleGrid, ddim_sample
-from .config import ConfigError, load_config
-from .data import DataConfig, DatasetNotFoundError, DiffusionDataModule
-from .lrm import LRM, FeatureTap, lrm_block_names
-from .module import DiffusionQAT, LossConfig, OptimConfig
-from .runner import build, export_student, load_student, run
-from .teacher import TeacherNotFoundError, load_unet
+from __future__ import annotations
 
-__all__ = [
-    "EMA", "EBBTransition", "ProgressiveInit", "ProgressiveSchedule", "SampleGrid", "ddim_sample",
-    "ConfigError", "load_config", "DataConfig", "DatasetNotFoundError", "DiffusionDataModule", "LRM",
-    "FeatureTap", "lrm_block_names", "DiffusionQAT", "LossConfig", "OptimConfig", "build", "export_student",
-    "load_student", "run", "TeacherNotFoundError", "load_unet",
-]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "callbacks": ("EMA", "EBBTransition", "ProgressiveInit", "ProgressiveSchedule", "SampleGrid", "ddim_sample"),
+    "config": ("ConfigError", "load_config"),
+    "data": ("DataConfig", "DatasetNotFoundError", "DiffusionDataModule"),
+    "lrm": ("LRM", "FeatureTap", "lrm_block_names"),
+    "module": ("DiffusionQAT", "LossConfig", "OptimConfig"),
+    "runner": ("build", "export_student", "load_student", "run"),
+    "teacher": ("TeacherNotFoundError", "load_unet"),
+}
+_WHERE = {name: module for module, names in _NAMES.items() for name in names}
+
+__all__ = [name for names in _NAMES.values() for name in names]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'binarydm.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -21,6 +21,7 @@ from ..quant.attention import QuantAttnProcessor
 from ..quant.base import observing
 from ..quant.convert import activation_quantizers, calibrate_, progressive_groups, quant_layers
 from ..quant.layers import QUANT_LAYERS
+from ..unets import condition_kwargs
 from .module import two_basis_lmbs
 
 
@@ -54,7 +55,7 @@ def calibrate_once(pl_module, batch) -> None:
     if all(q.initialized for q in activation_quantizers(student)):
         return
     x_t, t, _ = pl_module.batch_inputs(batch, pl_module.global_step)
-    calibrate_(student, x_t, t)
+    calibrate_(student, x_t, t, **pl_module.condition(batch))
     _broadcast_from_rank0([p for q in activation_quantizers(student) for p in q.parameters()])
 
 
@@ -195,7 +196,7 @@ def recalibrate_(pl_module, batch, act_quantizers) -> None:
     student.eval()
     try:
         with observing(act_quantizers):
-            student(x_t, t)
+            student(x_t, t, **pl_module.condition(batch))
     finally:
         student.train(was_training)
     _broadcast_from_rank0([p for q in act_quantizers for p in q.parameters()])
@@ -306,23 +307,27 @@ def ddim_sample(unet: nn.Module, train_scheduler, shape, num_inference_steps: in
     from diffusers import DDIMScheduler
 
     device = device or next(unet.parameters()).device
+    # A class-conditional UNet draws labels 0, 1, 2, ... (mod its classes): one row per class in the grid.
+    cond = condition_kwargs(unet.config, batch=shape[0], device=device) if hasattr(unet, "config") else {}
     sched = DDIMScheduler.from_config(train_scheduler.config)
     sched.set_timesteps(num_inference_steps, device=device)
     x = torch.randn(shape, generator=generator, device="cpu").to(device)
     for t in sched.timesteps:
-        eps = unet(x, t.expand(shape[0]).to(device)).sample
+        eps = unet(x, t.expand(shape[0]).to(device), **cond).sample
         x = sched.step(eps, t, x, eta=0.0).prev_sample
     return x.clamp(-1, 1)
 
 
 def save_grid(images: torch.Tensor, path, nrow: Optional[int] = None) -> Path:
-    """Write images in [-1, 1] (N, C, H, W) as one PNG grid."""
+    """Write images in [-1, 1] (N, C, H, W) as one PNG grid, atomically (a kill leaves no half file)."""
     from torchvision.utils import save_image
 
+    from ..packing.format import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
-    save_image((images.float().cpu() + 1) / 2, path, nrow=nrow, padding=1)
+    with atomic_path(path) as tmp:
+        save_image((images.float().cpu() + 1) / 2, tmp, nrow=nrow, padding=1, format="PNG")
     return path
 
 

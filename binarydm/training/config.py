@@ -137,10 +137,12 @@ def _check_type(path: str, expected: Any, node: Any, source: str) -> None:
 
 
 def save_config(cfg: DictConfig, path: Union[str, Path]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, path, resolve=True)
-    return path
+    """Write the resolved config as YAML, atomically (a kill leaves the old file or the new one)."""
+    from ..packing.format import atomic_write
+
+    with atomic_write(path, "w") as f:
+        f.write(OmegaConf.to_yaml(cfg, resolve=True))
+    return Path(path)
 
 
 def to_container(cfg: Any) -> Any:

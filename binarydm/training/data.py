@@ -35,6 +35,7 @@ class DataConfig:
     num_workers: int = 2
     val_size: int = 256
     synthetic_size: int = 64
+    labels: bool = False  # yield (image, class label) pairs: the class-conditional recipe
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -46,18 +47,40 @@ class DataConfig:
 
 # ---- datasets -------------------------------------------------------------------------------
 class TensorImages(Dataset):
-    """Images held in memory as uint8 (N, C, H, W); served as floats in [-1, 1]."""
+    """Images held in memory as uint8 (N, C, H, W); served as floats in [-1, 1], or as (image, label)
+    pairs when ``labels`` (N,) are given."""
 
-    def __init__(self, images: torch.Tensor):
+    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("TensorImages expects uint8 images of shape (N, C, H, W)")
+        if labels is not None and tuple(labels.shape) != (images.shape[0],):
+            raise ValueError(f"TensorImages: labels of shape {tuple(labels.shape)} for {images.shape[0]} images")
         self.images = images
+        self.labels = None if labels is None else labels.long()
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i].float() / 127.5 - 1.0
+    def __getitem__(self, i: int):
+        image = self.images[i].float() / 127.5 - 1.0
+        return image if self.labels is None else (image, self.labels[i])
+
+    def with_labels(self, labels: torch.Tensor) -> "TensorImages":
+        return TensorImages(self.images, labels)
+
+
+def fashion_mnist_labels(root: str, train: bool) -> torch.Tensor:
+    """Fashion-MNIST's class labels (0-9: T-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker,
+    bag, ankle boot) from its IDX label file."""
+    directory = Path(root)
+    stem = "train-labels-idx1-ubyte" if train else "t10k-labels-idx1-ubyte"
+    candidates = [directory / stem, directory / f"{stem}.gz", directory / "FashionMNIST" / "raw" / stem,
+                  directory / "FashionMNIST" / "raw" / f"{stem}.gz"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise DatasetNotFoundError(f"Fashion-MNIST labels not found: no {stem}[.gz] in data.root={root!r} "
+                                   "(data.labels=true needs them)")
+    return read_idx(path).long().reshape(-1)
 
 
 def fashion_mnist(root: str, train: bool, image_size: int = 32, channels: int = 1) -> TensorImages:
@@ -114,26 +137,39 @@ class ImageFolder(Dataset):
             return self.transform(im.convert(self.mode)).float() / 127.5 - 1.0
 
 
-def synthetic(n: int, image_size: int, channels: int, seed: int = 0) -> TensorImages:
-    """Smooth random images (4x4 noise upsampled bilinearly): structured enough to be learnable."""
+SYNTHETIC_CLASSES = 10
+
+
+def synthetic(n: int, image_size: int, channels: int, seed: int = 0, labels: bool = False) -> TensorImages:
+    """Smooth random images (4x4 noise upsampled bilinearly): structured enough to be learnable. With
+    ``labels``, image i has class i mod 10 and its brightness grows with the class (learnable too)."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, channels, 4, 4, generator=g)
+    if labels:
+        classes = torch.arange(n) % SYNTHETIC_CLASSES
+        coarse = 0.5 * coarse + 0.5 * (classes.float() / (SYNTHETIC_CLASSES - 1)).view(n, 1, 1, 1)
     images = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return TensorImages((images * 255).round().to(torch.uint8))
+    out = TensorImages((images * 255).round().to(torch.uint8))
+    return out.with_labels(torch.arange(n) % SYNTHETIC_CLASSES) if labels else out
 
 
 DATASETS = ("cifar10", "fashion_mnist", "folder", "synthetic")
 
 
 def build_dataset(cfg: DataConfig, train: bool) -> Dataset:
+    if cfg.labels and cfg.name not in ("fashion_mnist", "synthetic"):
+        raise ValueError(f"data.labels=true: class labels are read for fashion_mnist and synthetic, not {cfg.name}")
     if cfg.name == "cifar10":
         ds = cifar10(cfg.root, train, cfg.download)
     elif cfg.name == "fashion_mnist":
         ds = fashion_mnist(cfg.root, train, cfg.image_size, cfg.channels)
+        if cfg.labels:
+            ds = ds.with_labels(fashion_mnist_labels(cfg.root, train))
     elif cfg.name == "folder":
         ds = ImageFolder(cfg.root, cfg.image_size, cfg.channels)
     else:
-        ds = synthetic(cfg.synthetic_size, cfg.image_size, cfg.channels, seed=cfg.seed + (0 if train else 1))
+        ds = synthetic(cfg.synthetic_size, cfg.image_size, cfg.channels, seed=cfg.seed + (0 if train else 1),
+                       labels=cfg.labels)
     return ds
 
 
@@ -182,10 +218,19 @@ class _Indexed(Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, key) -> torch.Tensor:
+    def __getitem__(self, key):
         i, flip = key
         x = self.ds[i]
+        if isinstance(x, tuple):
+            return (x[0].flip(-1) if flip else x[0]), x[1]
         return x.flip(-1) if flip else x
+
+
+def collate(items):
+    """Images -> (N, C, H, W); (image, label) pairs -> ((N, C, H, W), (N,))."""
+    if isinstance(items[0], (tuple, list)):
+        return torch.stack([x for x, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items])
+    return torch.stack(items)
 
 
 class DiffusionDataModule(L.LightningDataModule):
@@ -213,12 +258,12 @@ class DiffusionDataModule(L.LightningDataModule):
         sampler = StepBatchSampler(len(self.train_set), self.cfg.batch_size, self.cfg.seed, start, rank, world,
                                    random_flip=self.cfg.random_flip)
         return DataLoader(_Indexed(self.train_set), batch_sampler=sampler, num_workers=self.cfg.num_workers,
-                          collate_fn=torch.stack)
+                          collate_fn=collate)
 
     def val_dataloader(self) -> DataLoader:
         world = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(self.val_set, batch_size=max(1, self.cfg.batch_size // world), shuffle=False,
-                          num_workers=self.cfg.num_workers, collate_fn=torch.stack)
+                          num_workers=self.cfg.num_workers, collate_fn=collate)
 
 
 __all__ = ["DataConfig", "DiffusionDataModule", "DatasetNotFoundError", "StepBatchSampler", "TensorImages",

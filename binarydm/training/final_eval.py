@@ -74,7 +74,7 @@ def evaluate_run(cfg: DictConfig, teacher: Optional[nn.Module], student_dir: Pat
     e = cfg.eval
     out: dict[str, Any] = {}
     student = load_student(student_dir).eval()
-    if e.packed and (student_dir / "quant_config.json").is_file():
+    if e.packed and getattr(student, "config", {}).get("quantization_config") is not None:
         from ..export import export
 
         packed = export(student_dir, run_dir / "student.packed.safetensors")

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from ..quant.attention import QuantAttnProcessor
 from ..quant.base import Quantizer
 from ..quant.lmb import LMB
+from ..unets import condition_kwargs
 from .lrm import LRM, FeatureTap, lrm_block_names
 
 
@@ -100,6 +101,17 @@ def two_basis_lmbs(model: nn.Module) -> list[LMB]:
     return [m for m in model.modules() if isinstance(m, LMB) and m.n_bases == 2]
 
 
+def _conditional(config) -> bool:
+    from ..unets import needs_text, num_classes
+
+    return num_classes(config) is not None or needs_text(config)
+
+
+def _missing_labels() -> dict:
+    raise ValueError("the UNet is conditional but the batch holds no labels: set data.labels=true (class labels), "
+                     "or train an unconditional UNet")
+
+
 class DiffusionQAT(L.LightningModule):
     """Noise-prediction training of ``student``; with a ``teacher``, plus LRM (BinaryDM QAT)."""
 
@@ -151,6 +163,15 @@ class DiffusionQAT(L.LightningModule):
         x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.noisy_inputs(x0, self.step_generator(step))
 
+    def condition(self, batch) -> dict:
+        """The UNet's conditioning keyword arguments for this batch: {} for an unconditional UNet; the
+        labels of an (images, labels) batch as ``class_labels`` or label tokens (``binarydm.unets``)."""
+        labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        config = self.student.config
+        if labels is None:
+            return condition_kwargs(config) if not _conditional(config) else _missing_labels()
+        return condition_kwargs(config, labels.to(self.device), device=self.device)
+
     # ---- losses ----------------------------------------------------------------------------
     def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         trainer = self._trainer  # None outside Trainer.fit (the property raises there)
@@ -158,21 +179,22 @@ class DiffusionQAT(L.LightningModule):
             return trainer.strategy.reduce(tensor, reduce_op="sum")
         return tensor
 
-    def compute_losses(self, x_t, t, eps) -> dict[str, torch.Tensor]:
+    def compute_losses(self, x_t, t, eps, cond: Optional[dict] = None) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
+        cond = cond or {}
         if self.use_lrm:
             # stop=True: the teacher's output head is never used, only its block features.
             with torch.no_grad(), FeatureTap(self.teacher, self.blocks, stop=True) as ttap:
-                self.teacher(x_t, t)
+                self.teacher(x_t, t, **cond)
             teacher_feats = ttap.ordered()
             if not self.lrm.is_fitted:
                 # Once, on the first training batch; then fixed (and saved with the checkpoint).
                 self.lrm.fit_(teacher_feats, all_reduce_sum=self._all_reduce_sum)
             with FeatureTap(self.student, self.blocks) as stap:
-                pred = self.student(x_t, t).sample
+                pred = self.student(x_t, t, **cond).sample
             losses["lrm"] = self.lrm(teacher_feats, stap.ordered())
         else:
-            pred = self.student(x_t, t).sample
+            pred = self.student(x_t, t, **cond).sample
         losses["simple"] = F.mse_loss(pred.float(), eps.float())
         total = losses["simple"]
         if "lrm" in losses:
@@ -187,7 +209,7 @@ class DiffusionQAT(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x_t, t, eps = self.batch_inputs(batch, self.global_step)
-        losses = self.compute_losses(x_t, t, eps)
+        losses = self.compute_losses(x_t, t, eps, self.condition(batch))
         for k, v in losses.items():
             self.log(f"train/{k}", v.detach(), prog_bar=k in ("loss", "lrm"), on_step=True, on_epoch=False)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -198,13 +220,15 @@ class DiffusionQAT(L.LightningModule):
         # Fixed (x_0, t, noise) per validation batch: the curve compares like with like across
         # validations, and runs with the same seed and data are paired (docs/training.md).
         x_t, t, eps = self.noisy_inputs(x0, self.step_generator(batch_idx, salt=7919))
+        cond = self.condition(batch)
         with torch.no_grad():
-            pred = self.student(x_t, t).sample.float()
+            pred = self.student(x_t, t, **cond).sample.float()
             loss = F.mse_loss(pred, eps.float())
             self.log("val/simple", loss, prog_bar=True, sync_dist=True)
             if self.teacher is not None:
                 # Fidelity: how far the student's noise prediction is from its teacher's on the same input.
-                self.log("val/mse_teacher", F.mse_loss(pred, self.teacher(x_t, t).sample.float()), sync_dist=True)
+                self.log("val/mse_teacher", F.mse_loss(pred, self.teacher(x_t, t, **cond).sample.float()),
+                         sync_dist=True)
         return loss
 
     # ---- optimisation ----------------------------------------------------------------------

@@ -15,7 +15,6 @@ a diverged run stops without exporting anything (``guards.DivergenceGuard``).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from .. import algorithms
 from ..errors import UsageError, one_line
-from ..packing.format import atomic_path, atomic_write, verify_checksums, write_checksums
-from ..quant.config import PRESETS, QuantConfig
+from ..packing.format import atomic_write, load_student_dir, save_student_dir, write_checksums
+from ..packing.loading import quant_config_from
+from ..quant.config import QuantConfig
 from ..quant.convert import binarize_
 from .callbacks import (
     EMA,
@@ -60,16 +59,7 @@ from .validate import check_config, check_data, check_model, check_resume
 def quant_config_of(cfg: DictConfig) -> Optional[QuantConfig]:
     """None for full-precision training (``quant: none``); else a QuantConfig preset (w1a4, ...) or an
     algorithm of the comparison suite (xnor, reactnet, ...), with ``quant_options`` overriding its fields."""
-    name = str(cfg.quant)
-    if name.lower() in ("none", "fp", "fp32"):
-        return None
-    options = to_container(cfg.quant_options) or {}
-    if name in PRESETS:
-        return QuantConfig.from_dict({"preset": name, **options})
-    if name.replace("_", "-") in algorithms.available():
-        return algorithms.preset(name).replace(**options)
-    raise ValueError(f"unknown quant {name!r}; valid: none, the presets {sorted(PRESETS)} or the algorithms "
-                     f"{algorithms.available()}")
+    return quant_config_from(cfg.quant, to_container(cfg.quant_options) or {})
 
 
 def _scheduler(cfg: DictConfig):
@@ -210,15 +200,14 @@ def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) 
 
 # ---- export ---------------------------------------------------------------------------------
 def export_student(student: nn.Module, quant: Optional[QuantConfig], scheduler, out_dir) -> Path:
-    """A rebuildable student directory: student.safetensors (the state dict: latent weights, scales,
-    LSQ steps, quantizer flags), quant_config.json, unet_config.json (UNet2DModel) and
-    scheduler_config.json: the layout ``binarydm.packing.load_student_dir``, ``binarydm.sample`` and
-    ``binarydm.export`` read.
+    """The student directory: a diffusers model directory, ``config.json`` (the UNet config with binarydm's
+    ``quantization_config``), ``diffusion_pytorch_model.safetensors`` (the state dict: latent weights,
+    scales, LSQ steps, quantizer flags), ``scheduler_config.json`` and ``SHA256SUMS``. It is what
+    ``binarydm.load``, ``binarydm.sample``, ``binarydm.export`` and, with ``import binarydm``,
+    ``UNet2DModel.from_pretrained`` / ``UNet2DConditionModel.from_pretrained`` read.
 
     A full-precision model is saved with ``save_pretrained`` (a plain diffusers model directory).
     """
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if quant is None:
@@ -227,35 +216,13 @@ def export_student(student: nn.Module, quant: Optional[QuantConfig], scheduler, 
         student.save_pretrained(out, safe_serialization=True)
         write_checksums(out, ["config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"])
         return out
-    texts = {"scheduler_config.json": scheduler.to_json_string(),  # what scheduler.save_pretrained writes
-             "unet_config.json": json.dumps(dict(student.config), indent=2, default=list),
-             "quant_config.json": json.dumps(quant.to_dict(), indent=2)}
-    for name, text in texts.items():
-        with atomic_write(out / name, "w") as f:
-            f.write(text)
-    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    with atomic_path(out / "student.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "binarydm-student"})
-    # Weights and every config that shapes the loaded model: load_student verifies them all.
-    write_checksums(out, ["student.safetensors", *texts])
-    return out
+    # The config binarize_ recorded (its excluded names too); quant is the same QuantConfig.
+    return save_student_dir(student, None, None, out, scheduler_config=scheduler)
 
 
 def load_student(path) -> nn.Module:
-    """Rebuild an exported student: UNet2DModel(config) -> binarize_(quant config) -> load the state."""
-    from diffusers import UNet2DModel
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    verify_checksums(path)  # raises PackedFormatError naming a changed file
-    if not (path / "quant_config.json").is_file():
-        return UNet2DModel.from_pretrained(str(path))
-    config = json.loads((path / "unet_config.json").read_text())
-    config = {k: v for k, v in config.items() if not k.startswith("_")}
-    model = UNet2DModel.from_config(config)
-    binarize_(model, QuantConfig.from_dict(json.loads((path / "quant_config.json").read_text())))
-    model.load_state_dict(load_file(str(path / "student.safetensors")))
-    return model.eval()
+    """Rebuild an exported student (either layout; checksums verified), or load an FP model directory."""
+    return load_student_dir(path)[0]
 
 
 # ---- the whole run ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The full-precision starting point: a diffusers UNet2DModel (and its noise schedule).
+"""The full-precision starting point: a diffusers UNet2DModel or UNet2DConditionModel (and its noise schedule).
 
 ``model.pretrained`` is a hub id (``google/ddpm-cifar10-32``) or a local diffusers directory (a model
 directory with config.json, or a pipeline directory with ``unet/``); ``model.config`` builds a fresh
@@ -14,20 +14,9 @@ from typing import Any, Mapping, Optional
 
 from torch import nn
 
+from ..unets import PACKAGE_PARENT, resolve_local, unet_class  # noqa: F401 (re-exported)
+
 DEFAULT_PRETRAINED = "google/ddpm-cifar10-32"
-# A relative path such as binarydm/assets/fmnist_teacher also resolves against the checkout, so the
-# demo config works from any working directory.
-PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-
-
-def resolve_local(pretrained: str) -> Optional[Path]:
-    """The local directory ``pretrained`` names (as given, or relative to the checkout), else None."""
-    path = Path(pretrained).expanduser()
-    if path.exists():
-        return path
-    if not path.is_absolute() and (PACKAGE_PARENT / path).exists():
-        return PACKAGE_PARENT / path
-    return None
 
 
 def _looks_like_path(pretrained: str) -> bool:
@@ -52,21 +41,51 @@ def _local_subfolder(path: Path, subfolder: Optional[str]) -> Optional[str]:
     )
 
 
+def _refuse_binarized(path: Path, subfolder: Optional[str]) -> None:
+    file = path / (subfolder or "") / "config.json"
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return  # diffusers' own error says what is wrong with it
+    qc = config.get("quantization_config") if isinstance(config, dict) else None
+    if isinstance(qc, dict) and qc.get("quant_method") == "binarydm":
+        raise TeacherNotFoundError(
+            f"model.pretrained={str(path)!r} is a binarized model (binarydm quantization_config in {file}); the "
+            "teacher must be full precision: point model.pretrained at the FP model it was binarized from")
+
+
+def _class_of(path: Path, subfolder: Optional[str]):
+    """UNet2DModel or UNet2DConditionModel, from the directory's config.json ``_class_name``."""
+    try:
+        config = json.loads((path / (subfolder or "") / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    try:
+        return unet_class(config if isinstance(config, dict) else {})
+    except ValueError as err:
+        raise TeacherNotFoundError(f"model.pretrained={str(path)!r}: {err}") from None
+
+
 def load_unet(pretrained: Optional[str] = DEFAULT_PRETRAINED, subfolder: Optional[str] = None,
               config: Optional[Mapping[str, Any]] = None) -> nn.Module:
-    """A UNet2DModel from ``config`` (fresh weights) or ``pretrained`` (hub id or local directory)."""
+    """A UNet from ``config`` (fresh weights; ``_class_name`` picks UNet2DModel, the default, or
+    UNet2DConditionModel) or ``pretrained`` (hub id or local directory; its config.json's class)."""
     from diffusers import UNet2DModel
 
     if config is not None:
         try:
-            return UNet2DModel(**dict(config))
+            cls = unet_class(config)
+            return cls(**{k: v for k, v in dict(config).items() if not k.startswith("_")})
         except TypeError as err:
-            raise ValueError(f"model.config is not a valid UNet2DModel config: {err}") from None
+            raise ValueError(f"model.config is not a valid {dict(config).get('_class_name') or 'UNet2DModel'} "
+                             f"config: {err}") from None
     if not pretrained:
         raise ValueError("set model.pretrained (a hub id or a local diffusers directory) or model.config")
     path = resolve_local(pretrained)
     if path is not None:
-        return UNet2DModel.from_pretrained(str(path), subfolder=_local_subfolder(path, subfolder))
+        sub = _local_subfolder(path, subfolder)
+        _refuse_binarized(path, sub)
+        return _class_of(path, sub).from_pretrained(str(path), subfolder=sub)
     if _looks_like_path(pretrained):
         raise TeacherNotFoundError(
             f"model.pretrained={pretrained!r}: no such directory. Point model.pretrained at a diffusers UNet "

@@ -1,0 +1,219 @@
+"""``binarydm.load(path)``: the binarized UNet (or pipeline) from any form binarydm writes.
+
+| form | what it is | written by |
+|---|---|---|
+| student directory | ``config.json`` (with binarydm's ``quantization_config``) + ``diffusion_pytorch_model.safetensors`` [+ ``scheduler_config.json``, ``SHA256SUMS``]; the earlier ``student.safetensors`` + ``quant_config.json`` + ``unet_config.json`` too | ``binarydm.train`` (``<run>/student/``), ``unet.save_pretrained`` after ``binarize_``, :func:`save_student_dir` |
+| run directory | a directory holding ``student/`` | ``binarydm.train`` |
+| packed 1-bit file | safetensors with ``format=binarydm-packed`` | ``python -m binarydm.export``, :func:`export_packed` |
+| pipeline directory | ``model_index.json`` + components; the binarized ones (the UNet) carry ``quantization_config`` | ``pipe.save_pretrained`` after ``binarize_(pipe.unet)`` |
+| training checkpoint | Lightning ``.ckpt`` in ``<run>/checkpoints/``, read with the run's ``config.yaml`` | ``binarydm.train`` |
+
+Anything else is a :class:`binarydm.errors.UsageError` of one line naming the path and these forms.
+Integrity checks stay on: a student directory's ``SHA256SUMS``, a packed file's digest.
+
+No ``accelerate`` is needed: the model is built, binarized with its stored QuantConfig and filled with
+a strict ``load_state_dict`` (diffusers' own ``from_pretrained`` reaches the same model through the
+quantizer plug-in, ``binarydm.packing.hf``). A training checkpoint gives the student as the run would
+export it: with the EMA weights when the run kept an average (``ema=False``: the raw weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from .. import algorithms
+from ..errors import UsageError, one_line
+from ..quant.config import PRESETS, QuantConfig
+from .format import FORMAT, PackedFormatError, PathLike, build_model, load_packed, load_student_dir
+
+ACCEPTED = ("a student directory (config.json with binarydm's quantization_config + "
+            "diffusion_pytorch_model.safetensors, or student.safetensors + quant_config.json + unet_config.json), "
+            "a run directory holding student/, a packed 1-bit .safetensors file (python -m binarydm.export), a "
+            "diffusers pipeline directory (model_index.json) with a binarized unet, or a training checkpoint "
+            "(.ckpt) with its run's config.yaml")
+
+
+def _refuse(path: Path, why: str) -> UsageError:
+    return UsageError(f"{path}: {why}; binarydm.load reads {ACCEPTED}")
+
+
+def is_packed_file(path: Path) -> bool:
+    """Whether ``path`` is a binarydm packed file (its header says so; the payload is not read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - any unreadable file is "not a packed file"
+        return False
+
+
+def quant_config_from(name: Any, options: Optional[Mapping[str, Any]] = None) -> Optional[QuantConfig]:
+    """A training config's ``quant`` and ``quant_options`` as a QuantConfig (None for ``none``): a preset
+    (w1a4, ...) or an algorithm of the comparison suite (xnor, reactnet, ...), options overriding fields."""
+    name = str(name)
+    if name.lower() in ("none", "fp", "fp32"):
+        return None
+    options = dict(options or {})
+    if name in PRESETS:
+        return QuantConfig.from_dict({"preset": name, **options})
+    if name.replace("_", "-") in algorithms.available():
+        return algorithms.preset(name).replace(**options)
+    raise ValueError(f"unknown quant {name!r}; valid: none, the presets {sorted(PRESETS)} or the algorithms "
+                     f"{algorithms.available()}")
+
+
+# ---- forms -------------------------------------------------------------------------------------------
+def _load_dir(path: Path) -> nn.Module:
+    if (path / "model_index.json").is_file():
+        return load_pipeline(path)
+    if (path / "student").is_dir() and not (path / "config.json").is_file():
+        path = path / "student"
+    try:
+        model, configs = load_student_dir(path)
+    except FileNotFoundError:
+        raise _refuse(path, "a directory that holds no binarized model") from None
+    if configs.get("quant_config") is None:
+        raise _refuse(path, "a full-precision diffusers model (no binarydm quantization_config in config.json); "
+                            "binarize it with binarydm.binarize_ and save it, or load it with diffusers")
+    return model
+
+
+def load_pipeline(path: PathLike):
+    """A diffusers pipeline directory whose binarized components (the UNet) are rebuilt binarized; the
+    others (scheduler, text encoder, VAE) load as diffusers loads them."""
+    import diffusers
+
+    path = Path(path)
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as err:
+        raise _refuse(path, f"unreadable model_index.json ({one_line(err)})") from None
+    cls = getattr(diffusers, str(index.get("_class_name")), None)
+    if cls is None:
+        raise _refuse(path, f"model_index.json names pipeline class {index.get('_class_name')!r}, which diffusers "
+                            "does not have")
+    binarized = {}
+    for name in index:
+        config = path / name / "config.json"
+        if name.startswith("_") or not config.is_file():
+            continue
+        try:
+            qc = json.loads(config.read_text()).get("quantization_config")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(qc, dict) and qc.get("quant_method") == "binarydm":
+            binarized[name] = load_student_dir(path / name)[0]
+    if not binarized:
+        raise _refuse(path, "a pipeline without a binarized component (no binarydm quantization_config in "
+                            "<component>/config.json)")
+    pipe = cls.from_pretrained(str(path), **binarized)
+    return pipe
+
+
+def run_unet_config(cfg) -> dict[str, Any]:
+    """The UNet architecture of a training run's config: ``model.config`` or ``model.pretrained``'s config.json."""
+    from omegaconf import OmegaConf
+
+    from ..unets import resolve_local
+
+    if cfg.model.config is not None:
+        return dict(OmegaConf.to_container(cfg.model.config, resolve=True))
+    pretrained = str(cfg.model.pretrained)
+    local = resolve_local(pretrained)
+    if local is not None:
+        subs = [cfg.model.subfolder] if cfg.model.get("subfolder") else ["", "unet"]
+        for sub in subs:
+            file = local / sub / "config.json"
+            if file.is_file():
+                return json.loads(file.read_text())
+        raise ValueError(f"model.pretrained={pretrained}: no config.json (or unet/config.json) there")
+    from diffusers import UNet2DModel
+
+    try:  # a hub id: its config from the local cache (offline)
+        return dict(UNet2DModel.load_config(pretrained, subfolder=cfg.model.get("subfolder")))
+    except Exception as err:  # noqa: BLE001 - hub errors differ by version
+        raise ValueError(f"model.pretrained={pretrained}: the UNet config is neither local nor cached "
+                         f"({type(err).__name__})") from None
+
+
+def _ema_shadow(ckpt: Mapping[str, Any]) -> Optional[dict]:
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).split("{")[0] == "EMA" and isinstance(state, dict) and state.get("shadow"):
+            return state["shadow"]
+    return None
+
+
+def load_training_checkpoint(path: PathLike, ema: bool = True) -> nn.Module:
+    """The student of a Lightning checkpoint of ``binarydm.train``: architecture and QuantConfig from the
+    run's ``config.yaml`` (``<run>/config.yaml`` next to ``<run>/checkpoints/``), weights from the file."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    candidates = [path.parent.parent / "config.yaml", path.parent / "config.yaml"]
+    config_file = next((c for c in candidates if c.is_file()), None)
+    if config_file is None:
+        raise UsageError(f"{path}: a training checkpoint is read with its run's config.yaml, found neither "
+                         f"{candidates[0]} nor {candidates[1]}; keep the checkpoint in <run>/checkpoints/ or load "
+                         "the run's exported student/ instead")
+    try:
+        cfg = OmegaConf.load(config_file)
+        quant = quant_config_from(cfg.quant, OmegaConf.to_container(cfg.quant_options) if cfg.get("quant_options")
+                                  else None)
+        unet_config = run_unet_config(cfg)
+    except Exception as err:  # noqa: BLE001 - omegaconf, json and our ValueErrors: one line
+        raise UsageError(f"{path}: its run config {config_file} does not describe a model binarydm can build "
+                         f"({one_line(err)})") from None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, pickle errors, ...
+        first = (str(err).splitlines()[0].split(". ")[0] if str(err) else "") or type(err).__name__
+        raise UsageError(f"{path}: cannot read it as a training checkpoint (truncated or corrupted?): {first}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise _refuse(path, "a .ckpt file that is no Lightning checkpoint (no state_dict)")
+    state = {k[len("student."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("student.")}
+    shadow = _ema_shadow(ckpt) if ema else None
+    if shadow:
+        state.update({k: v for k, v in shadow.items() if k in state})
+    if quant is None:
+        from ..unets import build_unet
+
+        with torch.random.fork_rng(devices=[]):
+            model = build_unet(unet_config)
+    else:
+        model = build_model({k: v for k, v in unet_config.items() if k != "quantization_config"}, quant)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UsageError(f"{path}: does not match the model its run config {config_file} describes "
+                         f"({one_line(err)[:300]})") from None
+    return model.eval()
+
+
+def load(path: PathLike, *, ema: bool = True) -> Union[nn.Module, Any]:
+    """The binarized UNet (eval mode) stored at ``path``, or the pipeline for a pipeline directory.
+
+    Reads every form in the table of this module; anything else raises :class:`UsageError` (one line
+    naming the path and the forms accepted). Corrupted files raise ``PackedFormatError`` (a ValueError).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise _refuse(path, "no such file or directory")
+    if path.is_dir():
+        return _load_dir(path)
+    if path.suffix == ".ckpt":
+        return load_training_checkpoint(path, ema=ema)
+    if is_packed_file(path):
+        return load_packed(path)
+    if path.name == "config.json" or path.name.endswith(".safetensors") and (path.parent / "config.json").is_file():
+        return _load_dir(path.parent)
+    raise _refuse(path, "not a form binarydm writes")
+
+
+__all__ = ["ACCEPTED", "PackedFormatError", "is_packed_file", "load", "load_pipeline", "load_training_checkpoint",
+           "quant_config_from", "run_unet_config"]

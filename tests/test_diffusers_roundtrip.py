@@ -1,0 +1,340 @@
+"""Binarized models that live in diffusers: save_pretrained / from_pretrained round trips (UNet2DModel,
+UNet2DConditionModel, pipelines), the loud failure without binarydm, and every form binarydm.load reads."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_UNET, make_tiny_unet
+
+import binarydm
+from binarydm.errors import UsageError
+from binarydm.packing import PackedFormatError, export_packed, save_student_dir
+from binarydm.packing.format import CHECKSUM_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+# A tiny Stable-Diffusion-style UNet: cross-attention down/up blocks and a cross-attention mid block.
+TINY_COND = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4,
+                 cross_attention_dim=12)
+
+
+def make_cond_unet(seed: int = 0, **overrides):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**{**TINY_COND, **overrides})
+
+
+def inputs(model):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, model.config.in_channels, 8, 8, generator=g)
+    t = torch.tensor([10, 700])
+    kw = {}
+    if hasattr(model.config, "cross_attention_dim") and model.config.get("cross_attention_dim"):
+        kw["encoder_hidden_states"] = torch.randn(2, 3, model.config.cross_attention_dim, generator=g)
+    return x, t, kw
+
+
+def output(model, x, t, kw):
+    with torch.no_grad():
+        return model(x, t, **kw).sample
+
+
+def binarized(kind: str, train_steps: int = 2):
+    """A binarized, calibrated tiny UNet with a few training steps (scales and steps moved off their init)."""
+    model = make_tiny_unet() if kind == "unet2d" else make_cond_unet()
+    x, t, kw = inputs(model)
+    fp = output(model.eval(), x, t, kw)
+    binarydm.binarize_(model, "w1a4")
+    binarydm.calibrate_(model, x, t, **kw)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(train_steps):
+        opt.zero_grad()
+        model(x, t, **kw).sample.pow(2).mean().backward()
+        opt.step()
+    return model.eval(), (x, t, kw), fp
+
+
+@pytest.fixture(params=["unet2d", "cond"])
+def student(request):
+    return binarized(request.param)
+
+
+def test_binarize_records_quantization_config(student):
+    model, _, _ = student
+    qc = model.config["quantization_config"]
+    assert qc["quant_method"] == "binarydm" and qc["format_version"] == 1
+    assert binarydm.QuantConfig.from_dict(qc["quant_config"]) == binarydm.QuantConfig.preset("w1a4")
+
+
+def test_save_pretrained_from_pretrained_is_bit_exact(student, tmp_path):
+    model, (x, t, kw), fp = student
+    ref = output(model, x, t, kw)
+    assert not torch.equal(ref, fp)
+    model.save_pretrained(tmp_path / "m")
+    loaded = type(model).from_pretrained(tmp_path / "m")
+    n = sum(isinstance(m, (binarydm.quant.QuantConv2d, binarydm.quant.QuantLinear)) for m in loaded.modules())
+    assert n == sum(isinstance(m, (binarydm.quant.QuantConv2d, binarydm.quant.QuantLinear)) for m in model.modules())
+    assert torch.equal(output(loaded, x, t, kw), ref)
+    # and again: a loaded model saves what it loaded
+    loaded.save_pretrained(tmp_path / "m2")
+    assert torch.equal(output(type(model).from_pretrained(tmp_path / "m2"), x, t, kw), ref)
+    assert torch.equal(output(binarydm.load(tmp_path / "m2"), x, t, kw), ref)
+
+
+def test_quantizer_flags_survive_the_round_trip(tmp_path):
+    """Quantizers switched off (mid progressive initialisation) stay off after a reload."""
+    model, (x, t, kw), _ = binarized("unet2d", 0)
+    binarydm.set_quant_state_(model, weights=False, activations=False, prefixes=["down_blocks.0"])
+    ref = output(model, x, t, kw)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert torch.equal(output(loaded, x, t, kw), ref)
+    assert not loaded.down_blocks[0].resnets[0].conv1.weight_quantizer.enabled
+
+
+def test_filter_fn_exclusions_round_trip(tmp_path):
+    model = make_tiny_unet()
+    x, t, kw = inputs(model)
+    binarydm.binarize_(model, "w1a4", filter_fn=lambda m, name: not name.startswith("up_blocks.1"))
+    binarydm.calibrate_(model, x, t)
+    assert "up_blocks.1.resnets.0.conv1" in model.config["quantization_config"]["excluded"]
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert type(loaded.up_blocks[1].resnets[0].conv1) is torch.nn.Conv2d
+    assert torch.equal(output(loaded.eval(), x, t, kw), output(model.eval(), x, t, kw))
+
+
+def test_ddim_pipeline_round_trip_gives_identical_images(tmp_path):
+    from diffusers import DDIMPipeline, DDIMScheduler, DiffusionPipeline
+
+    model, _, _ = binarized("unet2d")
+    pipe = DDIMPipeline(unet=model, scheduler=DDIMScheduler(num_train_timesteps=1000))
+    pipe.set_progress_bar_config(disable=True)
+
+    def images(p):
+        p.set_progress_bar_config(disable=True)
+        return p(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images
+
+    ref = images(pipe)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())["quantization_config"]
+    for loaded in (DDIMPipeline.from_pretrained(tmp_path / "pipe"), DiffusionPipeline.from_pretrained(tmp_path / "pipe"),
+                   binarydm.load(tmp_path / "pipe")):
+        assert type(loaded).__name__ == "DDIMPipeline"
+        assert (images(loaded) == ref).all()
+
+
+def test_conditional_pipeline_round_trip(tmp_path):
+    """A pipeline holding a binarized UNet2DConditionModel (a UNet + scheduler pipeline; a Stable Diffusion
+    directory adds its untouched text encoder and VAE, loaded by diffusers as they are)."""
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    model, (x, t, kw), _ = binarized("cond")
+    model.save_pretrained(tmp_path / "pipe" / "unet")
+    DDIMScheduler().save_pretrained(tmp_path / "pipe" / "scheduler")
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(
+        {"_class_name": "DDIMPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+         "scheduler": ["diffusers", "DDIMScheduler"]}))
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert torch.equal(output(loaded.unet, x, t, kw), output(model, x, t, kw))
+    assert torch.equal(output(binarydm.load(tmp_path / "pipe").unet, x, t, kw), output(model, x, t, kw))
+
+
+def test_plain_diffusers_refuses_a_binarized_checkpoint(tmp_path):
+    """Without `import binarydm` no path gives back a full-precision model: diffusers raises."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    model, _, _ = binarized("unet2d", 0)
+    model.save_pretrained(tmp_path / "unet")
+    DDIMPipeline(unet=model, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "pipe")
+    code = (
+        "import sys\n"
+        "from diffusers import UNet2DModel, DDIMPipeline\n"
+        "for load in (lambda: UNet2DModel.from_pretrained(sys.argv[1]), lambda: DDIMPipeline.from_pretrained(sys.argv[2])):\n"
+        "    try:\n"
+        "        load()\n"
+        "    except Exception as e:\n"
+        "        print('RAISED', type(e).__name__, e)\n"
+        "    else:\n"
+        "        print('LOADED')\n"
+        "assert 'binarydm' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "unet"), str(tmp_path / "pipe")],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("RAISED", "LOADED"))]
+    assert len(lines) == 2 and all(line.startswith("RAISED") for line in lines), proc.stdout
+    assert all("binarydm" in line for line in lines)
+
+
+def test_on_the_fly_quantization_is_refused(tmp_path):
+    from diffusers import UNet2DModel
+
+    from binarydm.packing import BinaryDMQuantizationConfig
+
+    make_tiny_unet().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="calibrat|quantiz"):
+        UNet2DModel.from_pretrained(tmp_path, quantization_config=BinaryDMQuantizationConfig("w1a4"))
+
+
+# ---- the Stable Diffusion UNet ------------------------------------------------------------------------
+def test_cross_attention_is_binarized_like_self_attention():
+    from binarydm.quant import QuantAttnProcessor, QuantLinear
+
+    model, (x, t, kw), _ = binarized("cond", 0)
+    attn2 = model.down_blocks[1].attentions[0].transformer_blocks[0].attn2  # cross-attention
+    attn1 = model.down_blocks[1].attentions[0].transformer_blocks[0].attn1  # self-attention
+    for attn in (attn1, attn2):
+        assert isinstance(attn.processor, QuantAttnProcessor)
+        assert all(isinstance(getattr(attn, n), QuantLinear) for n in ("to_q", "to_k", "to_v"))
+        assert all(q.initialized and q.enabled for q in attn.processor.quantizers())
+    # k and v of the cross-attention read the (4-bit quantized) encoder states
+    assert attn2.to_k.in_features == TINY_COND["cross_attention_dim"] and attn2.to_k.act_quantizer.bits == 4
+
+
+def test_lrm_taps_and_progressive_groups_of_the_conditional_unet():
+    from binarydm.quant import progressive_groups
+    from binarydm.training.lrm import FeatureTap, lrm_block_names
+
+    model, (x, t, kw), _ = binarized("cond", 0)
+    assert lrm_block_names(model) == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
+    names = lrm_block_names(model, "all")
+    assert "down_blocks.1.attentions.0" in names and "down_blocks.0.downsamplers.0" in names
+    with FeatureTap(model, names) as tap, torch.no_grad():
+        model(x, t, **kw)
+    assert all(isinstance(f, torch.Tensor) for f in tap.ordered())
+    groups = progressive_groups(model)
+    assert [g for g, _ in groups] == ["mid_block", "level_1", "level_0"]
+    assert groups[1][1] == ["down_blocks.1", "up_blocks.0"]
+
+
+def test_packed_conditional_unet_reloads_without_a_class_name(tmp_path):
+    model, (x, t, kw), _ = binarized("cond")
+    path = export_packed(model, dict(model.config), "w1a4", tmp_path / "c.safetensors")
+    loaded = binarydm.load(path)
+    assert type(loaded).__name__ == "UNet2DConditionModel"
+    assert torch.equal(output(loaded, x, t, kw), output(model, x, t, kw))
+
+
+# ---- binarydm.load ---------------------------------------------------------------------------------------
+def test_load_student_directory_both_layouts(tmp_path):
+    from safetensors.torch import save_file
+
+    model, (x, t, kw), _ = binarized("unet2d")
+    ref = output(model, x, t, kw)
+    d = save_student_dir(model, None, None, tmp_path / "student", scheduler_config={"num_train_timesteps": 1000})
+    assert {p.name for p in d.iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors",
+                                            "scheduler_config.json", CHECKSUM_FILE}
+    assert torch.equal(output(binarydm.load(d), x, t, kw), ref)
+    from diffusers import UNet2DModel
+
+    assert torch.equal(output(UNet2DModel.from_pretrained(d), x, t, kw), ref)
+    # the earlier layout: student.safetensors + quant_config.json + unet_config.json
+    old = tmp_path / "old"
+    old.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(old / "student.safetensors"))
+    (old / "quant_config.json").write_text(json.dumps(binarydm.QuantConfig.preset("w1a4").to_dict()))
+    (old / "unet_config.json").write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v
+                                                      for k, v in TINY_UNET.items()}))
+    assert torch.equal(output(binarydm.load(old), x, t, kw), ref)
+    # a run directory holding student/
+    (tmp_path / "run").mkdir()
+    d.rename(tmp_path / "run" / "student")
+    assert torch.equal(output(binarydm.load(tmp_path / "run"), x, t, kw), ref)
+
+
+def test_load_checks_integrity(tmp_path):
+    model, _, _ = binarized("unet2d", 0)
+    d = save_student_dir(model, None, None, tmp_path / "s")
+    weights = d / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(PackedFormatError, match="does not match its checksum"):
+        binarydm.load(d)
+    packed = export_packed(model, dict(model.config), "w1a4", tmp_path / "p.safetensors")
+    data = bytearray(packed.read_bytes())
+    data[-3] ^= 0x01
+    packed.write_bytes(bytes(data))
+    with pytest.raises(PackedFormatError, match="checksum"):
+        binarydm.load(packed)
+
+
+def test_load_refuses_other_things_in_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    make_tiny_unet().save_pretrained(tmp_path / "fp")
+    for bad, why in ((tmp_path / "notes.txt", "not a form binarydm writes"), (tmp_path / "missing", "no such file"),
+                     (tmp_path / "fp", "full-precision"), (tmp_path, "holds no binarized model")):
+        with pytest.raises(UsageError) as err:
+            binarydm.load(bad)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(str(bad)) and why in message
+        assert "packed" in message and "pipeline" in message and ".ckpt" in message
+
+
+def test_load_training_checkpoint_and_conditional_recipe_cli(tmp_path):
+    """configs/tiny_cond.yaml: a class-conditional UNet2DConditionModel trained from the CLI (labels as one
+    token through encoder_hid_proj), exported, reloaded from every form and sampled with label=."""
+    from binarydm.unets import condition_kwargs
+
+    run = subprocess.run([sys.executable, "-m", "binarydm.train", "config=tiny_cond", f"out_dir={tmp_path}",
+                          "trainer.max_steps=6", "ema.enabled=true"],
+                         capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    run_dir = tmp_path / "tiny_cond"
+    student = binarydm.load(run_dir / "student")
+    assert type(student).__name__ == "UNet2DConditionModel"
+    assert "encoder_hid_proj" in student.config["quantization_config"]["quant_config"]["keep"]
+    assert type(student.encoder_hid_proj).__name__ == "QuantLinear"  # kept at 8 bits
+    assert student.encoder_hid_proj.weight_quantizer.bits == 8
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([5, 300, 900])
+    cond = condition_kwargs(student.config, [0, 4, 9])
+    ref = output(student, x, t, cond)
+    # the labels matter
+    assert not torch.equal(ref, output(student, x, t, condition_kwargs(student.config, [1, 5, 8])))
+    packed = binarydm.load(run_dir / "student.packed.safetensors")
+    assert torch.equal(output(packed, x, t, cond), ref)
+    # the last checkpoint with the run's config.yaml: the EMA weights, as exported
+    ckpt = binarydm.load(run_dir / "checkpoints" / "last.ckpt")
+    assert torch.equal(output(ckpt, x, t, cond), ref)
+    raw = binarydm.load(run_dir / "checkpoints" / "last.ckpt", ema=False)
+    assert not torch.equal(output(raw, x, t, cond), ref)
+    # a checkpoint away from its run directory: one line saying what is missing
+    lone = tmp_path / "lone" / "last.ckpt"
+    lone.parent.mkdir()
+    lone.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    with pytest.raises(UsageError, match="config.yaml"):
+        binarydm.load(lone)
+    # sampling from the CLI takes the label
+    out = tmp_path / "samples"
+    proc = subprocess.run([sys.executable, "-m", "binarydm.sample", f"ckpt={run_dir / 'student'}", "num=2", "steps=2",
+                           "label=3", f"out={out}"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((out / "images").glob("*.png"))) == 2
+    bad = subprocess.run([sys.executable, "-m", "binarydm.sample", f"ckpt={run_dir / 'student'}", "num=2",
+                          "label=10", f"out={tmp_path / 's2'}"], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                         timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"error: label=10: the model has 10 classes (0 to 9)"]
+
+
+def test_sampling_takes_the_label(tmp_path):
+    from binarydm.sample import sample_images
+
+    model = make_cond_unet(encoder_hid_dim_type="text_proj", encoder_hid_dim=10, in_channels=3, out_channels=3)
+    a = sample_images(model, 2, steps=2, batch=2, labels=[3], progress=False)
+    b = sample_images(model, 2, steps=2, batch=2, labels=[3], progress=False)
+    c = sample_images(model, 2, steps=2, batch=2, labels=[7], progress=False)
+    assert torch.equal(a, b) and not torch.equal(a, c)
