@@ -338,3 +338,87 @@ def test_sampling_takes_the_label(tmp_path):
     b = sample_images(model, 2, steps=2, batch=2, labels=[3], progress=False)
     c = sample_images(model, 2, steps=2, batch=2, labels=[7], progress=False)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_import_binarydm_registers_without_importing_diffusers_first(tmp_path):
+    """`import binarydm` stays light (no diffusers, no Lightning); diffusers loaded later still finds the plug-in,
+    and a config error of the training CLI is found before Lightning or diffusers are imported."""
+    model, (x, t, kw), _ = binarized("unet2d", 0)
+    model.save_pretrained(tmp_path / "m")
+    torch.save(output(model, x, t, kw), tmp_path / "ref.pt")
+    code = (
+        "import sys, torch\n"
+        "import binarydm\n"
+        "from binarydm.training.config import load_config\n"
+        "assert 'diffusers' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'\n"
+        "try:\n"
+        "    load_config('tiny', ['optim.nope=1'])\n"
+        "except Exception as e:\n"
+        "    print('CONFIG', type(e).__name__)\n"
+        "assert 'diffusers' not in sys.modules and 'lightning' not in sys.modules, 'heavy import after config'\n"
+        "from diffusers import UNet2DModel\n"
+        "m = UNet2DModel.from_pretrained(sys.argv[1]).eval()\n"
+        "g = torch.Generator().manual_seed(1)\n"
+        "x = torch.randn(2, 3, 8, 8, generator=g)\n"
+        "with torch.no_grad():\n"
+        "    print('EQUAL', torch.equal(m(x, torch.tensor([10, 700])).sample, torch.load(sys.argv[2])))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m"), str(tmp_path / "ref.pt")],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "CONFIG ConfigError" in proc.stdout and "EQUAL True" in proc.stdout
+
+
+def test_sample_grid_and_config_are_written_atomically(tmp_path, monkeypatch):
+    import torchvision.utils
+
+    from binarydm.training.callbacks import save_grid
+    from binarydm.training.config import load_config, save_config
+
+    path = save_grid(torch.zeros(4, 3, 8, 8), tmp_path / "grid.png")
+    before = path.read_bytes()
+
+    def broken(tensor, fp, **kwargs):
+        Path(fp).write_bytes(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torchvision.utils, "save_image", broken)
+    with pytest.raises(OSError):
+        save_grid(torch.ones(4, 3, 8, 8), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+    cfg = load_config("tiny")
+    save_config(cfg, tmp_path / "c" / "config.yaml")
+    assert "max_steps: 6" in (tmp_path / "c" / "config.yaml").read_text()
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["config.yaml"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.labels=false"], "class-conditional (10 classes); set data.labels=true"),
+    (["model.config.encoder_hid_dim_type=null", "model.config.encoder_hid_dim=null"], "conditioned on text"),
+])
+def test_conditional_config_mismatches_fail_before_training(tmp_path, overrides, message):
+    from binarydm.training.config import load_config
+    from binarydm.training.validate import check_config
+
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_config(load_config("tiny_cond", [f"out_dir={tmp_path}", *overrides]))
+
+
+def test_labels_for_an_unconditional_unet_fail(tmp_path):
+    from binarydm.training.config import load_config
+    from binarydm.training.validate import check_config
+
+    with pytest.raises(UsageError, match="takes no class labels"):
+        check_config(load_config("tiny", [f"out_dir={tmp_path}", "data.labels=true"]))
+
+
+def test_fashion_mnist_labels_are_read(tmp_path):
+    from binarydm.training.data import FASHION_MNIST_DIR, DataConfig, build_dataset
+
+    if not Path(FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte").exists() and not Path(
+            FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    ds = build_dataset(DataConfig(name="fashion_mnist", root=FASHION_MNIST_DIR, channels=1, labels=True), train=False)
+    image, label = ds[0]
+    assert image.shape == (1, 32, 32) and int(label) == 9  # the test split starts with an ankle boot
+    assert sorted(ds.labels.unique().tolist()) == list(range(10))

@@ -17,10 +17,12 @@ from .format import (
     save_student_dir,
     unpack_bits,
 )
-from .hf import BinaryDMQuantizationConfig, BinaryDMQuantizer, register as _register_diffusers_quantizer
+from ._hook import register_with_diffusers
 
-# `import binarydm` makes diffusers' from_pretrained load binarized checkpoints binarized (packing/hf.py).
-_register_diffusers_quantizer()
+# `import binarydm` makes diffusers' from_pretrained load binarized checkpoints binarized (packing/hf.py):
+# at once when diffusers' quantizer table is loaded already, else the moment diffusers loads it (so that
+# `import binarydm` does not import diffusers, 2 s on a small CPU).
+register_with_diffusers()
 
 __all__ = [
     "BinaryDMQuantizationConfig", "BinaryDMQuantizer", "FORMAT", "FORMAT_VERSION", "PackedFormatError", "build_model", "export_packed", "file_sizes",
@@ -28,3 +30,12 @@ __all__ = [
     "save_student_dir",
     "unpack_bits",
 ]
+
+
+def __getattr__(name: str):
+    # The plug-in classes import diffusers: on first use only.
+    if name in ("BinaryDMQuantizationConfig", "BinaryDMQuantizer"):
+        from . import hf
+
+        return getattr(hf, name)
+    raise AttributeError(f"module 'binarydm.packing' has no attribute {name!r}")

@@ -247,12 +247,34 @@ def _check_unet_config(cfg: DictConfig, config: dict) -> None:
     if size is not None and size != image_size:
         raise UsageError(f"data.image_size={image_size} does not match the UNet's sample_size={size} ({source}); "
                          f"set data.image_size={size} or use a UNet built for {image_size}-pixel images")
+    _check_condition(cfg, config, source)
     channels = int(cfg.data.channels)
     for attr in ("in_channels", "out_channels"):
         have = config.get(attr, 3)  # UNet2DModel's default
         if have is not None and int(have) != channels:
             raise UsageError(f"data.channels={channels} does not match the UNet's {attr}={have} ({source}); set "
                              f"data.channels={have} or use a UNet with {attr}={channels}")
+
+
+def _check_condition(cfg: DictConfig, config: dict, source: str) -> None:
+    """A class-conditional UNet needs data.labels=true, an unconditional one must not get labels, and a
+    text-conditioned UNet (Stable Diffusion) has no training data here."""
+    from ..unets import needs_text, num_classes
+
+    labels = bool(OmegaConf.select(cfg, "data.labels", default=False))
+    classes = num_classes(config)
+    if needs_text(config):
+        raise UsageError(f"{source}: a UNet2DConditionModel conditioned on text (encoder_hidden_states of "
+                         f"cross_attention_dim {config.get('cross_attention_dim', 1280)}); binarydm.train trains "
+                         "unconditional and class-conditional UNets (labels as num_class_embeds, or as one token with "
+                         "encoder_hid_dim_type=text_proj: configs/tiny_cond.yaml)")
+    if classes is not None and not labels:
+        raise UsageError(f"{source}: the UNet is class-conditional ({classes} classes); set data.labels=true")
+    if classes is None and labels:
+        raise UsageError(f"data.labels=true, but the UNet ({source}) takes no class labels; set data.labels=false or "
+                         "use a class-conditional UNet (configs/tiny_cond.yaml)")
+    if classes is not None and classes < 10:
+        raise UsageError(f"{source}: the UNet takes {classes} classes, data.name={cfg.data.name} has 10")
 
 
 def _local_unet_config(cfg: DictConfig) -> Optional[dict]:
