@@ -2,9 +2,10 @@
 
 Generates images with a binarized UNet inside diffusers' own ``DDIMPipeline`` (Song et al. 2021,
 deterministic with eta=0) or ``DDPMPipeline`` (Ho et al. 2020, ancestral sampling). ``ckpt`` is a
-packed file (``python -m binarydm.export``), a student directory (``student.safetensors`` or
-``model.safetensors`` + ``quant_config.json`` + ``unet_config.json`` or ``config.json``; a run directory
-holding ``student/`` works too) or a full-precision diffusers model directory (the FP teacher). Writes ``DIR/images/00000.png ...`` (each as soon as its batch is made, atomically), ``DIR/grid.png`` and
+packed file (``python -m binarydm.export``), a student directory (``config.json`` with binarydm's
+``quantization_config`` + ``diffusion_pytorch_model.safetensors``, or the earlier ``student.safetensors`` +
+``quant_config.json`` + ``unet_config.json``; a run directory holding ``student/`` works too) or a
+full-precision diffusers model directory (the FP teacher). Writes ``DIR/images/00000.png ...`` (each as soon as its batch is made, atomically), ``DIR/grid.png`` and
 ``DIR/sample_info.json`` (settings and seconds per image; ``"complete": false`` until the last image).
 Every argument and ``out`` are checked before sampling starts. An ``out`` holding files this command did
 not write is refused (``overwrite=true`` deletes them); an earlier ``binarydm.sample`` output in ``out`` is
