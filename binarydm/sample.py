@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 import re
@@ -261,14 +260,18 @@ def check_condition(model: nn.Module, labels: Optional[list[int]], key: str = "c
 
 
 def load_for_cli(ckpt: Path, key: str = "ckpt"):
-    """load_checkpoint with its errors as one-line user errors naming ``key``."""
-    from .packing import load_checkpoint
+    """The model and its configs from any form ``binarydm.load`` reads (a pipeline directory: its UNet and
+    scheduler; a ``.ckpt``: with its run's config.yaml) or a full-precision diffusers model directory, with
+    errors as one-line user errors naming ``key``."""
     from .packing.format import PackedFormatError
+    from .packing.loading import load_with_configs
 
     if ckpt.is_dir() and (ckpt / "student").is_dir():
         ckpt = ckpt / "student"
     try:
-        return load_checkpoint(ckpt)
+        return load_with_configs(ckpt, allow_fp=True)
+    except UsageError as err:
+        raise UsageError(f"{key}={one_line(err)}") from None
     except PackedFormatError as err:
         raise UsageError(f"{key}={ckpt}: {one_line(err).removeprefix(str(ckpt) + ': ')}") from None
     except FileNotFoundError as err:  # a directory that is no student directory

@@ -323,6 +323,13 @@ def test_load_training_checkpoint_and_conditional_recipe_cli(tmp_path):
                            "label=3", f"out={out}"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((out / "images").glob("*.png"))) == 2
+    # ... and reads the training checkpoint (with its run's config.yaml) like the student it exported
+    from binarydm.sample import main as sample_main
+
+    sample_main([f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "num=2", "steps=2", "label=3",
+                 f"out={tmp_path / 'from_ckpt'}"])
+    for name in ("00000.png", "00001.png"):
+        assert (tmp_path / "from_ckpt" / "images" / name).read_bytes() == (out / "images" / name).read_bytes()
     bad = subprocess.run([sys.executable, "-m", "binarydm.sample", f"ckpt={run_dir / 'student'}", "num=2",
                           "label=10", f"out={tmp_path / 's2'}"], capture_output=True, text=True, env=ENV, cwd=ROOT,
                          timeout=300)
@@ -422,3 +429,19 @@ def test_fashion_mnist_labels_are_read(tmp_path):
     image, label = ds[0]
     assert image.shape == (1, 32, 32) and int(label) == 9  # the test split starts with an ankle boot
     assert sorted(ds.labels.unique().tolist()) == list(range(10))
+
+
+def test_sample_cli_reads_a_pipeline_directory(tmp_path):
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from binarydm.sample import main as sample_main
+
+    model, _, _ = binarized("unet2d")
+    DDIMPipeline(unet=model, scheduler=DDIMScheduler(beta_end=0.03)).save_pretrained(tmp_path / "pipe")
+    save_student_dir(model, None, None, tmp_path / "student",
+                     scheduler_config=json.loads((tmp_path / "pipe" / "scheduler" / "scheduler_config.json").read_text()))
+    for src in ("pipe", "student"):
+        sample_main([f"ckpt={tmp_path / src}", "num=2", "steps=3", f"out={tmp_path / ('out_' + src)}"])
+    for name in ("00000.png", "00001.png"):
+        assert (tmp_path / "out_pipe" / "images" / name).read_bytes() == \
+            (tmp_path / "out_student" / "images" / name).read_bytes()

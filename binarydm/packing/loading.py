@@ -42,6 +42,21 @@ def _refuse(path: Path, why: str) -> UsageError:
     return UsageError(f"{path}: {why}; binarydm.load reads {ACCEPTED}")
 
 
+def _check_packed(path: Path) -> None:
+    """Raise unless ``path`` is a packed file: PackedFormatError for a damaged one (truncated, a bad header:
+    its diagnosis), UsageError naming the accepted forms for a file of another kind."""
+    if is_packed_file(path):
+        return
+    from .format import read_packed
+
+    try:
+        read_packed(path)
+    except PackedFormatError as err:
+        if "cannot read as a safetensors file" in str(err) and path.suffix == ".safetensors":
+            raise
+    raise _refuse(path, "not a form binarydm writes")
+
+
 def is_packed_file(path: Path) -> bool:
     """Whether ``path`` is a binarydm packed file (its header says so; the payload is not read)."""
     from safetensors import safe_open
@@ -142,6 +157,22 @@ def run_unet_config(cfg) -> dict[str, Any]:
                          f"({type(err).__name__})") from None
 
 
+def run_scheduler_config(cfg) -> dict[str, Any]:
+    """The training noise schedule of a run: model.pretrained's scheduler_config.json where it has one
+    (as the run itself chose), else the config's ``scheduler`` section."""
+    from omegaconf import OmegaConf
+
+    from ..unets import resolve_local
+
+    if cfg.model.config is None and cfg.model.pretrained:
+        local = resolve_local(str(cfg.model.pretrained))
+        for sub in ("", "scheduler"):
+            file = local / sub / "scheduler_config.json" if local is not None else None
+            if file is not None and file.is_file():
+                return json.loads(file.read_text())
+    return dict(OmegaConf.to_container(cfg.scheduler, resolve=True))
+
+
 def _ema_shadow(ckpt: Mapping[str, Any]) -> Optional[dict]:
     for key, state in (ckpt.get("callbacks") or {}).items():
         if str(key).split("{")[0] == "EMA" and isinstance(state, dict) and state.get("shadow"):
@@ -152,6 +183,10 @@ def _ema_shadow(ckpt: Mapping[str, Any]) -> Optional[dict]:
 def load_training_checkpoint(path: PathLike, ema: bool = True) -> nn.Module:
     """The student of a Lightning checkpoint of ``binarydm.train``: architecture and QuantConfig from the
     run's ``config.yaml`` (``<run>/config.yaml`` next to ``<run>/checkpoints/``), weights from the file."""
+    return _training_checkpoint(path, ema)[0]
+
+
+def _training_checkpoint(path: PathLike, ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     from omegaconf import OmegaConf
 
     path = Path(path)
@@ -166,6 +201,7 @@ def load_training_checkpoint(path: PathLike, ema: bool = True) -> nn.Module:
         quant = quant_config_from(cfg.quant, OmegaConf.to_container(cfg.quant_options) if cfg.get("quant_options")
                                   else None)
         unet_config = run_unet_config(cfg)
+        scheduler_config = run_scheduler_config(cfg)
     except Exception as err:  # noqa: BLE001 - omegaconf, json and our ValueErrors: one line
         raise UsageError(f"{path}: its run config {config_file} does not describe a model binarydm can build "
                          f"({one_line(err)})") from None
@@ -192,7 +228,42 @@ def load_training_checkpoint(path: PathLike, ema: bool = True) -> nn.Module:
     except RuntimeError as err:
         raise UsageError(f"{path}: does not match the model its run config {config_file} describes "
                          f"({one_line(err)[:300]})") from None
-    return model.eval()
+    configs = {"quant_config": None if quant is None else quant.to_dict(), "unet_config": dict(model.config),
+               "scheduler_config": scheduler_config}
+    return model.eval(), configs
+
+
+def load_with_configs(path: PathLike, *, ema: bool = True, allow_fp: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The UNet of any form :func:`load` reads (a pipeline directory: its binarized UNet) with its configs
+    (``quant_config``, ``unet_config``, ``scheduler_config`` where known): what the command-line tools use.
+    ``allow_fp``: a full-precision diffusers model directory is accepted too (``quant_config`` None)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise _refuse(path, "no such file or directory")
+    if path.is_file() and path.suffix == ".ckpt":
+        return _training_checkpoint(path, ema)
+    if path.is_file():
+        _check_packed(path)
+        from .format import load_checkpoint
+
+        return load_checkpoint(path)
+    configs: dict[str, Any] = {}
+    if (path / "model_index.json").is_file():
+        if not (path / "unet" / "config.json").is_file():
+            raise _refuse(path, "a pipeline directory without unet/config.json")
+        sched = path / "scheduler" / "scheduler_config.json"
+        if sched.is_file():
+            configs["scheduler_config"] = json.loads(sched.read_text())
+        path = path / "unet"
+    elif (path / "student").is_dir() and not (path / "config.json").is_file():
+        path = path / "student"
+    try:
+        model, found = load_student_dir(path)
+    except FileNotFoundError:
+        raise _refuse(path, "a directory that holds no binarized model") from None
+    if found.get("quant_config") is None and not allow_fp:
+        raise _refuse(path, "a full-precision diffusers model (no binarydm quantization_config in config.json)")
+    return model, {**configs, **found}
 
 
 def load(path: PathLike, *, ema: bool = True) -> Union[nn.Module, Any]:
@@ -208,12 +279,12 @@ def load(path: PathLike, *, ema: bool = True) -> Union[nn.Module, Any]:
         return _load_dir(path)
     if path.suffix == ".ckpt":
         return load_training_checkpoint(path, ema=ema)
-    if is_packed_file(path):
-        return load_packed(path)
-    if path.name == "config.json" or path.name.endswith(".safetensors") and (path.parent / "config.json").is_file():
+    if path.name == "config.json" or (path.name == "diffusion_pytorch_model.safetensors"
+                                      and (path.parent / "config.json").is_file()):
         return _load_dir(path.parent)
-    raise _refuse(path, "not a form binarydm writes")
+    _check_packed(path)
+    return load_packed(path)
 
 
 __all__ = ["ACCEPTED", "PackedFormatError", "is_packed_file", "load", "load_pipeline", "load_training_checkpoint",
-           "quant_config_from", "run_unet_config"]
+           "load_with_configs", "quant_config_from", "run_scheduler_config", "run_unet_config"]
