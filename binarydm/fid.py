@@ -60,7 +60,8 @@ def _is_checkpoint(gen: Path) -> bool:
     """A packed file or a student/run/diffusers model directory (sampled first), not an image folder."""
     if gen.is_dir() and (gen / "images").is_dir():
         return False
-    weights = ("student.safetensors", "model.safetensors", "diffusion_pytorch_model.safetensors", "student")
+    weights = ("student.safetensors", "model.safetensors", "diffusion_pytorch_model.safetensors", "student",
+               "model_index.json")
     return gen.is_file() or (gen.is_dir() and any((gen / w).exists() for w in weights))
 
 

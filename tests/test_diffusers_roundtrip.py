@@ -445,3 +445,18 @@ def test_sample_cli_reads_a_pipeline_directory(tmp_path):
     for name in ("00000.png", "00001.png"):
         assert (tmp_path / "out_pipe" / "images" / name).read_bytes() == \
             (tmp_path / "out_student" / "images" / name).read_bytes()
+
+
+def test_class_labels_through_num_class_embeds(tmp_path):
+    """The other label path: a UNet2DModel with num_class_embeds gets class_labels (training and reload)."""
+    from binarydm.training import load_config, run
+    from binarydm.unets import condition_kwargs
+
+    out = run(load_config("tiny", [f"out_dir={tmp_path}", "model.config.num_class_embeds=10", "data.labels=true",
+                                   "trainer.max_steps=2", "sample.num_images=0"]))
+    student = binarydm.load(out["student_dir"])
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 900])
+    a = output(student, x, t, condition_kwargs(student.config, [1, 2]))
+    assert set(condition_kwargs(student.config, [1, 2])) == {"class_labels"}
+    assert torch.equal(a, output(out["module"].student.eval(), x, t, condition_kwargs(student.config, [1, 2])))
+    assert not torch.equal(a, output(student, x, t, condition_kwargs(student.config, [3, 4])))
