@@ -460,3 +460,18 @@ def test_class_labels_through_num_class_embeds(tmp_path):
     assert set(condition_kwargs(student.config, [1, 2])) == {"class_labels"}
     assert torch.equal(a, output(out["module"].student.eval(), x, t, condition_kwargs(student.config, [1, 2])))
     assert not torch.equal(a, output(student, x, t, condition_kwargs(student.config, [3, 4])))
+
+
+@pytest.mark.parametrize("name", binarydm.algorithms.available())
+def test_every_algorithm_round_trips_through_diffusers(name, tmp_path):
+    """Algorithms whose scales are sized at calibration (ReActNet's, FDA's, XNOR++'s, BiPFT's) included."""
+    from diffusers import UNet2DModel
+
+    model = make_tiny_unet()
+    x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 600])
+    binarydm.binarize_(model, binarydm.algorithms.preset(name))
+    binarydm.calibrate_(model, x, t)
+    ref = output(model.eval(), x, t, {})
+    model.save_pretrained(tmp_path)
+    assert torch.equal(output(UNet2DModel.from_pretrained(tmp_path).eval(), x, t, {}), ref)
+    assert torch.equal(output(binarydm.load(tmp_path), x, t, {}), ref)

@@ -40,7 +40,10 @@ import enum
 import importlib
 from typing import Any, Optional
 
+import torch
+
 from ..quant.config import QuantConfig, resolve
+from ..quant.layers import QUANT_LAYERS
 from ..quant.convert import QUANT_FORMAT_VERSION, QUANT_METHOD, binarize_, excluded_filter
 
 try:  # diffusers' quantizer plug-in API (0.31+)
@@ -107,11 +110,32 @@ class BinaryDMQuantizer(DiffusersQuantizer):
         return model
 
     def check_if_quantized_param(self, model, param_value, param_name: str, state_dict, **kwargs) -> bool:
-        # A quantizer's flags (enabled, initialised, bases) are its extra state, not a parameter.
-        return param_name.endswith("._extra_state")
+        """The quantizers' tensors go through their own modules' load path: their flags (enabled,
+        initialised, bases) are extra state, not a parameter, and some algorithms' scales take their shape
+        from the checkpoint (size 0 until calibrated). The quantized layers' weights and biases, and every
+        diffusers module, load as diffusers loads them."""
+        if param_name.endswith("._extra_state"):
+            return True
+        module = _owner(model, param_name)
+        return module is not None and type(module).__module__.startswith("binarydm.") \
+            and not isinstance(module, QUANT_LAYERS)
 
     def create_quantized_param(self, model, param_value, param_name: str, target_device, *args, **kwargs):
-        model.get_submodule(param_name.rsplit(".", 1)[0]).set_extra_state(param_value)
+        module_name, _, leaf = param_name.rpartition(".")
+        module = model.get_submodule(module_name)
+        current = None if leaf == "_extra_state" else getattr(module, leaf, None)
+        if isinstance(current, torch.Tensor) and current.is_meta:  # built from the meta model: materialise
+            from accelerate.utils import set_module_tensor_to_device
+
+            set_module_tensor_to_device(model, param_name, target_device or "cpu", value=param_value)
+            return
+        missing: list = []
+        unexpected: list = []
+        errors: list = []
+        module._load_from_state_dict({param_name: param_value}, module_name + ".", {}, False, missing, unexpected,
+                                     errors)
+        if errors:
+            raise RuntimeError(f"{param_name}: {errors[0]}")
 
     def check_quantized_param_shape(self, *args, **kwargs) -> bool:
         return True
@@ -130,6 +154,13 @@ class BinaryDMQuantizer(DiffusersQuantizer):
     @property
     def is_compileable(self) -> bool:
         return True
+
+
+def _owner(model, param_name: str):
+    try:
+        return model.get_submodule(param_name.rpartition(".")[0])
+    except AttributeError:
+        return None
 
 
 def register() -> bool:
