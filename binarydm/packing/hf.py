@@ -13,8 +13,10 @@ adds "binarydm" there. ``UNet2DModel.from_pretrained(d)``, ``UNet2DConditionMode
 1. build the float architecture on the ``meta`` device (diffusers does this),
 2. call :meth:`BinaryDMQuantizer._process_model_before_weight_loading`: ``binarize_`` with the stored
    QuantConfig (the quantizers' scales are real tensors, the latent weights stay on ``meta``),
-3. load every tensor of the file: weights, scales, LSQ steps, and the quantizers' flags
-   (``*._extra_state``, handed to :meth:`Quantizer.set_extra_state` by :meth:`create_quantized_param`).
+3. load every tensor of the file: the layers' weights and biases as diffusers loads any tensor; the
+   quantizers' scales, steps and flags (``*._extra_state``) through their own modules'
+   ``_load_from_state_dict`` (:meth:`BinaryDMQuantizer.create_quantized_param`), so that flags are
+   restored and scales sized at calibration take the file's shape.
 
 The output equals the saved model's bit for bit. Without ``import binarydm`` diffusers refuses such a
 directory ("Unknown quantization type, got binarydm"): it never loads it as full precision.
