@@ -69,14 +69,19 @@ class TensorImages(Dataset):
         return TensorImages(self.images, labels)
 
 
+def _find_idx(root: str, stem: str) -> Optional[Path]:
+    """A Fashion-MNIST IDX file ``stem`` (or ``stem.gz``) in ``root`` or torchvision's ``FashionMNIST/raw``."""
+    directory = Path(root)
+    candidates = [directory / stem, directory / f"{stem}.gz", directory / "FashionMNIST" / "raw" / stem,
+                  directory / "FashionMNIST" / "raw" / f"{stem}.gz"]
+    return next((p for p in candidates if p.is_file()), None)
+
+
 def fashion_mnist_labels(root: str, train: bool) -> torch.Tensor:
     """Fashion-MNIST's class labels (0-9: T-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker,
     bag, ankle boot) from its IDX label file."""
-    directory = Path(root)
     stem = "train-labels-idx1-ubyte" if train else "t10k-labels-idx1-ubyte"
-    candidates = [directory / stem, directory / f"{stem}.gz", directory / "FashionMNIST" / "raw" / stem,
-                  directory / "FashionMNIST" / "raw" / f"{stem}.gz"]
-    path = next((p for p in candidates if p.is_file()), None)
+    path = _find_idx(root, stem)
     if path is None:
         raise DatasetNotFoundError(f"Fashion-MNIST labels not found: no {stem}[.gz] in data.root={root!r} "
                                    "(data.labels=true needs them)")
@@ -85,11 +90,8 @@ def fashion_mnist_labels(root: str, train: bool) -> torch.Tensor:
 
 def fashion_mnist(root: str, train: bool, image_size: int = 32, channels: int = 1) -> TensorImages:
     """Fashion-MNIST (Xiao et al. 2017) from its IDX files, zero-padded from 28x28 to ``image_size``."""
-    directory = Path(root)
     stem = "train-images-idx3-ubyte" if train else "t10k-images-idx3-ubyte"
-    candidates = [directory / stem, directory / f"{stem}.gz", directory / "FashionMNIST" / "raw" / stem,
-                  directory / "FashionMNIST" / "raw" / f"{stem}.gz"]
-    path = next((p for p in candidates if p.is_file()), None)
+    path = _find_idx(root, stem)
     if path is None:
         raise DatasetNotFoundError(
             f"Fashion-MNIST not found: no {stem}[.gz] in data.root={root!r}. Install it with "
