@@ -213,10 +213,16 @@ def calibrate_(model: nn.Module, *args, **kwargs) -> nn.Module:
     quantizers stay as they are. Call it once after ``binarize_``; a loaded state dict already
     holds trained steps and must not be calibrated again.
     """
+    return calibrate_quantizers_(model, activation_quantizers(model), *args, **kwargs)
+
+
+@torch.no_grad()
+def calibrate_quantizers_(model: nn.Module, quantizers, *args, **kwargs) -> nn.Module:
+    """:func:`calibrate_` for the given activation quantizers only (the others act as they are set)."""
     was_training = model.training
     model.eval()
     try:
-        with observing(activation_quantizers(model)):
+        with observing(quantizers):
             model(*args, **kwargs)
     finally:
         model.train(was_training)

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from ..quant.attention import QuantAttnProcessor
-from ..quant.base import observing
-from ..quant.convert import activation_quantizers, calibrate_, progressive_groups, quant_layers
+from ..quant.convert import activation_quantizers, calibrate_, calibrate_quantizers_, progressive_groups, quant_layers
 from ..quant.layers import QUANT_LAYERS
 from ..unets import condition_kwargs
 from .module import two_basis_lmbs
@@ -190,15 +189,8 @@ def recalibrate_(pl_module, batch, act_quantizers) -> None:
     The steps calibrated at step 0 saw full-precision inputs; once the inner groups are binary the
     inputs of a switched group have other statistics. Rank 0's steps are broadcast.
     """
-    student = pl_module.student
     x_t, t, _ = pl_module.batch_inputs(batch, pl_module.global_step)
-    was_training = student.training
-    student.eval()
-    try:
-        with observing(act_quantizers):
-            student(x_t, t, **pl_module.condition(batch))
-    finally:
-        student.train(was_training)
+    calibrate_quantizers_(pl_module.student, act_quantizers, x_t, t, **pl_module.condition(batch))
     _broadcast_from_rank0([p for q in act_quantizers for p in q.parameters()])
 
 
