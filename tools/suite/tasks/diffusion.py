@@ -132,7 +132,7 @@ def _paired(model, module, cfg, num: int) -> dict[str, float]:
         return {}
     held_out = build_dataset(DataConfig(**{**to_container(cfg.data), "seed": 0}), train=False)
     x0 = torch.stack([held_out[i] for i in range(min(num, len(held_out)))])
-    teacher = module.teacher if module.teacher is not None else None
+    teacher = module.teacher
     if teacher is None and cfg.model.pretrained:  # the FP row: its teacher is the untouched pretrained model
         from binarydm.training.teacher import load_unet
 
