@@ -34,7 +34,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-CUDA_DIR = Path(__file__).resolve().parents[1] / "cuda"
+from binarydm.resources import cuda_dir
+
+CUDA_DIR = cuda_dir()
 MACS_REF = 4096  # one mma.m16n8k32
 
 _INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")

@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 
+from ..resources import cuda_dir
 from . import reference
 from .packing import (
     PackedActivation,
@@ -35,7 +36,7 @@ from .packing import (
     padded_channels,
 )
 
-SOURCE = Path(__file__).resolve().parents[2] / "cuda" / "w1a4_conv.cu"
+SOURCE = cuda_dir() / "w1a4_conv.cu"
 BMMA_SOURCE = SOURCE.parent / "w1a4_bmma.cu"
 CUBIN_DIR = SOURCE.parent / "build"
 MMA_KERNELS = tuple(f"w1a4_conv_mma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16", "f32"))

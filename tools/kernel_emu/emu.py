@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from binarydm.resources import cuda_dir
+
 HERE = Path(__file__).resolve().parent
-CUDA_DIR = HERE.parents[1] / "cuda"
+CUDA_DIR = cuda_dir()
 MMA_THREADS = 256
 
 
