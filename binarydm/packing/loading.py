@@ -266,6 +266,27 @@ def load_with_configs(path: PathLike, *, ema: bool = True, allow_fp: bool = Fals
     return model, {**configs, **found}
 
 
+def load_for_cli(ckpt: PathLike, key: str = "ckpt") -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_with_configs` of any form (a full-precision diffusers model directory too), with errors
+    as one-line user errors naming the command's argument ``key``."""
+    ckpt = Path(ckpt)
+    if ckpt.is_dir() and (ckpt / "student").is_dir():
+        ckpt = ckpt / "student"
+    try:
+        return load_with_configs(ckpt, allow_fp=True)
+    except UsageError as err:
+        raise UsageError(f"{key}={one_line(err)}") from None
+    except PackedFormatError as err:
+        raise UsageError(f"{key}={ckpt}: {one_line(err).removeprefix(str(ckpt) + ': ')}") from None
+    except FileNotFoundError as err:  # a directory that is no student directory
+        raise UsageError(f"{key}={ckpt}: {one_line(err).removeprefix(str(ckpt) + ': ')}") from None
+
+
+def load_student(path: PathLike) -> nn.Module:
+    """An exported student directory (either layout; checksums verified), or an FP diffusers model directory."""
+    return load_student_dir(path)[0]
+
+
 def load(path: PathLike, *, ema: bool = True) -> Union[nn.Module, Any]:
     """The binarized UNet (eval mode) stored at ``path``, or the pipeline for a pipeline directory.
 
@@ -286,5 +307,6 @@ def load(path: PathLike, *, ema: bool = True) -> Union[nn.Module, Any]:
     return load_packed(path)
 
 
-__all__ = ["ACCEPTED", "PackedFormatError", "is_packed_file", "load", "load_pipeline", "load_training_checkpoint",
-           "load_with_configs", "quant_config_from", "run_scheduler_config", "run_unet_config"]
+__all__ = ["ACCEPTED", "PackedFormatError", "is_packed_file", "load", "load_for_cli", "load_pipeline",
+           "load_student", "load_training_checkpoint", "load_with_configs", "quant_config_from",
+           "run_scheduler_config", "run_unet_config"]
