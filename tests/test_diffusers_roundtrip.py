@@ -338,7 +338,7 @@ def test_load_training_checkpoint_and_conditional_recipe_cli(tmp_path):
 
 
 def test_sampling_takes_the_label(tmp_path):
-    from binarydm.sample import sample_images
+    from binarydm.sampling import sample_images
 
     model = make_cond_unet(encoder_hid_dim_type="text_proj", encoder_hid_dim=10, in_channels=3, out_channels=3)
     a = sample_images(model, 2, steps=2, batch=2, labels=[3], progress=False)
@@ -377,21 +377,21 @@ def test_import_binarydm_registers_without_importing_diffusers_first(tmp_path):
 
 
 def test_sample_grid_and_config_are_written_atomically(tmp_path, monkeypatch):
-    import torchvision.utils
+    from PIL import Image
 
-    from binarydm.training.callbacks import save_grid
+    from binarydm.sampling import save_grid
     from binarydm.training.config import load_config, save_config
 
-    path = save_grid(torch.zeros(4, 3, 8, 8), tmp_path / "grid.png")
+    path = save_grid(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), tmp_path / "grid.png")
     before = path.read_bytes()
 
-    def broken(tensor, fp, **kwargs):
+    def broken(image, fp, *args, **kwargs):
         Path(fp).write_bytes(b"half a png")
         raise OSError("disk full")
 
-    monkeypatch.setattr(torchvision.utils, "save_image", broken)
+    monkeypatch.setattr(Image.Image, "save", broken)
     with pytest.raises(OSError):
-        save_grid(torch.ones(4, 3, 8, 8), path)
+        save_grid(torch.full((4, 3, 8, 8), 255, dtype=torch.uint8), path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
     cfg = load_config("tiny")
     save_config(cfg, tmp_path / "c" / "config.yaml")

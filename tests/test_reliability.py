@@ -305,9 +305,9 @@ def test_sample_refuses_foreign_files_and_clears_them_on_request(packed, tmp_pat
 
 
 def test_sample_checks_out_before_sampling(packed, tmp_path, capsys, monkeypatch):
-    import binarydm.sample as sample
+    import binarydm.sampling as sampling
 
-    monkeypatch.setattr(sample, "sample_images", lambda *a, **k: pytest.fail("sampled before checking out="))
+    monkeypatch.setattr(sampling, "sample_images", lambda *a, **k: pytest.fail("sampled before checking out="))
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(CLIExit):
@@ -316,9 +316,9 @@ def test_sample_checks_out_before_sampling(packed, tmp_path, capsys, monkeypatch
 
 
 def test_killed_sampling_is_refused_by_fid(packed, tmp_path, capsys, monkeypatch):
-    import binarydm.sample as sample
+    import binarydm.sampling as sampling
 
-    real = sample._save_png
+    real = sampling.save_png
     calls = []
 
     def die_after_two(img, path):
@@ -327,7 +327,7 @@ def test_killed_sampling_is_refused_by_fid(packed, tmp_path, capsys, monkeypatch
             raise KeyboardInterrupt  # stands for a kill in the middle of the sampling
         real(img, path)
 
-    monkeypatch.setattr(sample, "_save_png", die_after_two)
+    monkeypatch.setattr(sampling, "save_png", die_after_two)
     with pytest.raises(CLIExit):
         sample_main(f"ckpt={packed}", "num=4", "steps=2", "batch=1", f"out={tmp_path / 's'}")
     capsys.readouterr()
@@ -339,7 +339,7 @@ def test_killed_sampling_is_refused_by_fid(packed, tmp_path, capsys, monkeypatch
 
 
 def _images(folder, n):
-    from binarydm.sample import save_images
+    from binarydm.sampling import save_images
 
     save_images(torch.randint(0, 255, (n, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(n)),
                 folder)

@@ -24,7 +24,7 @@ TEACHER = ROOT / "binarydm" / "assets" / "fmnist_teacher"
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
-    from binarydm.sample import save_images
+    from binarydm.sampling import save_images
     from binarydm.training import load_config
     from binarydm.training.runner import run
 

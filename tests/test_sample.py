@@ -9,7 +9,8 @@ from PIL import Image
 
 import binarydm
 from binarydm.packing import export_packed, load_packed, save_student_dir
-from binarydm.sample import main, sample_images, scheduler_for
+from binarydm.sample import main
+from binarydm.sampling import sample_images, scheduler_for
 from conftest import make_tiny_unet
 
 
@@ -64,12 +65,22 @@ def test_cli_writes_pngs_grid_and_info(checkpoints, tmp_path):
 
 
 def test_cli_rejects_unknown_arguments(checkpoints):
-    with pytest.raises(SystemExit, match="unknown argument 'nmu'"):
+    with pytest.raises(SystemExit, match="unknown key 'nmu'.*valid keys.*num"):
         main([f"ckpt={checkpoints[0]}", "nmu=3"])
     with pytest.raises(SystemExit, match="ckpt=PATH is required"):
         main(["num=3"])
-    with pytest.raises(SystemExit, match="num=.*expected a int"):
+    with pytest.raises(SystemExit, match="num .*'many'.*Integer"):
         main([f"ckpt={checkpoints[0]}", "num=many"])
+    with pytest.raises(SystemExit, match="label=0,x: expected a class number"):
+        main([f"ckpt={checkpoints[0]}", "label=0,x"])
+
+
+@pytest.mark.parametrize("value, labels", [("3", [3]), ("0,1,2", [0, 1, 2]), ("[4, 5]", [4, 5]), ("", None)])
+def test_label_argument_forms(value, labels):
+    from binarydm.cli import parse
+    from binarydm.sampling import SampleArgs, parse_labels
+
+    assert parse_labels(parse(SampleArgs, [f"label={value}"]).label) == labels
 
 
 def test_fid_cli_samples_a_checkpoint_first(checkpoints, tmp_path, capsys):

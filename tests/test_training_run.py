@@ -192,7 +192,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
 
 
 def test_report_gains_teacher_and_student_fid_packed_size_and_side_by_side(tmp_path):
-    from binarydm.sample import save_images
+    from binarydm.sampling import save_images
     from binarydm.training.data import synthetic
 
     ref = tmp_path / "ref"

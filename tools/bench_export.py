@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import binarydm
-from binarydm.export import example_inputs, fp32_checkpoint_bytes
 from binarydm.packing import export_packed, file_sizes, load_packed
+from binarydm.packing.export import example_inputs, fp32_checkpoint_bytes
 from binarydm.quant import LMB, weight_quantizers
 from binarydm.unets import build_unet
 

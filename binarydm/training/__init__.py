@@ -15,7 +15,7 @@ import importlib
 from typing import Any
 
 _NAMES = {
-    "callbacks": ("EMA", "EBBTransition", "ProgressiveInit", "ProgressiveSchedule", "SampleGrid", "ddim_sample"),
+    "callbacks": ("EMA", "EBBTransition", "ProgressiveInit", "ProgressiveSchedule", "SampleGrid"),
     "config": ("ConfigError", "load_config"),
     "data": ("DataConfig", "DatasetNotFoundError", "DiffusionDataModule"),
     "lrm": ("LRM", "FeatureTap", "lrm_block_names"),

@@ -8,10 +8,9 @@ the checkpoint through ``state_dict`` so a resumed run continues where it stoppe
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import lightning as L
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 from ..quant.attention import QuantAttnProcessor
 from ..quant.convert import activation_quantizers, calibrate_, calibrate_quantizers_, progressive_groups, quant_layers
 from ..quant.layers import QUANT_LAYERS
-from ..unets import condition_kwargs
+from ..sampling import sample_images, save_grid
 from .module import two_basis_lmbs
 
 
@@ -292,37 +291,6 @@ class EMA(L.Callback):
 
 
 # ---- samples --------------------------------------------------------------------------------
-@torch.no_grad()
-def ddim_sample(unet: nn.Module, train_scheduler, shape, num_inference_steps: int = 50,
-                generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
-    """Deterministic DDIM sampling (Song et al. 2021, eta = 0) with diffusers' DDIMScheduler; returns x_0 in [-1, 1]."""
-    from diffusers import DDIMScheduler
-
-    device = device or next(unet.parameters()).device
-    # A class-conditional UNet draws labels 0, 1, 2, ... (mod its classes): one row per class in the grid.
-    cond = condition_kwargs(unet.config, batch=shape[0], device=device) if hasattr(unet, "config") else {}
-    sched = DDIMScheduler.from_config(train_scheduler.config)
-    sched.set_timesteps(num_inference_steps, device=device)
-    x = torch.randn(shape, generator=generator, device="cpu").to(device)
-    for t in sched.timesteps:
-        eps = unet(x, t.expand(shape[0]).to(device), **cond).sample
-        x = sched.step(eps, t, x, eta=0.0).prev_sample
-    return x.clamp(-1, 1)
-
-
-def save_grid(images: torch.Tensor, path, nrow: Optional[int] = None) -> Path:
-    """Write images in [-1, 1] (N, C, H, W) as one PNG grid, atomically (a kill leaves no half file)."""
-    from torchvision.utils import save_image
-
-    from ..packing.format import atomic_path
-
-    path = Path(path)
-    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
-    with atomic_path(path) as tmp:
-        save_image((images.float().cpu() + 1) / 2, tmp, nrow=nrow, padding=1, format="PNG")
-    return path
-
-
 class SampleGrid(L.Callback):
     """A PNG grid of DDIM samples of the student after each validation (rank 0 only: it changes no state)."""
 
@@ -337,15 +305,15 @@ class SampleGrid(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or self.num_images <= 0:
             return
         student = pl_module.student
-        cfg = student.config
-        shape = (self.num_images, cfg.in_channels, cfg.sample_size, cfg.sample_size)
         ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
         was_training = student.training
-        student.eval()
         try:
             with ema.applied(student) if ema is not None else contextlib.nullcontext():
-                images = ddim_sample(student, pl_module.noise_scheduler, shape, self.num_inference_steps,
-                                     generator=torch.Generator().manual_seed(self.seed), device=pl_module.device)
+                # One batch of DDIM (eta = 0) seeded with ``seed``; a class-conditional UNet draws labels
+                # 0, 1, 2, ... (mod its classes): one row per class in the grid.
+                images = sample_images(student, self.num_images, self.num_inference_steps, "ddim",
+                                       batch=self.num_images, seed=self.seed,
+                                       scheduler_config=dict(pl_module.noise_scheduler.config), progress=False)
         finally:
             student.train(was_training)
         path = save_grid(images, self.out_dir / f"step_{trainer.global_step:07d}.png")
@@ -364,4 +332,4 @@ class StopAtStep(L.Callback):
 
 
 __all__ = ["ProgressiveSchedule", "ProgressiveInit", "Calibrate", "EBBTransition", "EMA", "SampleGrid",
-           "StopAtStep", "ddim_sample", "save_grid", "all_quantizers_off_"]
+           "StopAtStep", "all_quantizers_off_"]

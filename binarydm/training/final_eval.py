@@ -3,11 +3,11 @@
 - FID (and KID) of the full-precision teacher and of the trained student, each on
   ``eval.fid_samples`` DDIM samples drawn with the same seeds, against the same reference images
   (``binarydm.evaluation``: clean-fid path, offline Inception weights);
-- the packed 1-bit checkpoint (``binarydm.export``): its size and ratio against the FP32 model;
+- the packed 1-bit checkpoint (``binarydm.packing.export``): its size and ratio against the FP32 model;
 - the teacher's and the student's first samples side by side in one picture.
 
-Sampling uses diffusers' DDIMPipeline (``binarydm.sample.sample_images``). Without a reference
-(synthetic data and no ``eval.reference``) the FID is skipped and the report says so.
+Sampling is the one DDIM path (``binarydm.sampling.sample_images``, diffusers' DDIMPipeline). Without a
+reference (synthetic data and no ``eval.reference``) the FID is skipped and the report says so.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 from torch import nn
+
+from ..evaluation import evaluate, get_extractor
+from ..packing.export import export
+from ..packing.loading import load_student
+from ..sampling import grid_image, sample_images, save_images
 
 _REFERENCES = {"fashion_mnist": ("fashion-mnist", "test"), "cifar10": ("cifar10", "train")}
 
@@ -38,15 +43,10 @@ def reference_of(cfg: DictConfig) -> Optional[tuple[str, str, Optional[str]]]:
 
 def side_by_side(left: torch.Tensor, right: torch.Tensor, path: Path, labels=("teacher", "student")) -> Path:
     """Two uint8 image sets [N, C, H, W] as two square grids next to each other, captioned."""
-    import math
-
     from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
 
     def grid(x: torch.Tensor) -> Image.Image:
-        g = make_grid(x, nrow=max(1, int(math.ceil(math.sqrt(x.shape[0])))), padding=1, pad_value=255)
-        arr = g.permute(1, 2, 0).numpy()
-        return Image.fromarray(arr).convert("RGB")
+        return Image.fromarray(grid_image(x, pad_value=255).permute(1, 2, 0).numpy()).convert("RGB")
 
     a, b = grid(left), grid(right)
     scale = max(1, 256 // max(a.height, 1))  # small images: enlarge so the picture can be looked at
@@ -67,16 +67,10 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, path: Path, labels=("t
 def evaluate_run(cfg: DictConfig, teacher: Optional[nn.Module], student_dir: Path, run_dir: Path,
                  scheduler_config: Optional[dict] = None) -> dict[str, Any]:
     """FIDs, packed size and the side-by-side picture of a finished run; returns what the report shows."""
-    from ..evaluation import evaluate, get_extractor
-    from ..sample import sample_images, save_images
-    from .runner import load_student
-
     e = cfg.eval
     out: dict[str, Any] = {}
     student = load_student(student_dir).eval()
     if e.packed and getattr(student, "config", {}).get("quantization_config") is not None:
-        from ..export import export
-
         packed = export(student_dir, run_dir / "student.packed.safetensors")
         out["packed"] = {"file": packed["file"], "bytes": packed["bytes"], "fp32_bytes": packed["fp32_bytes"],
                          "ratio": packed["ratio"]}

@@ -26,8 +26,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ..errors import UsageError, one_line
-from ..packing.format import atomic_write, load_student_dir, save_student_dir, write_checksums
-from ..packing.loading import quant_config_from
+from ..packing.format import atomic_write, save_student_dir, write_checksums
+from ..packing.loading import load_student, quant_config_from
 from ..quant.config import QuantConfig
 from ..quant.convert import binarize_
 from .callbacks import (
@@ -41,6 +41,7 @@ from .callbacks import (
 )
 from .config import to_container
 from .data import DataConfig, DiffusionDataModule
+from .final_eval import evaluate_run, report_lines
 from .guards import (
     AtomicCheckpointIO,
     DivergenceError,
@@ -220,11 +221,6 @@ def export_student(student: nn.Module, quant: Optional[QuantConfig], scheduler, 
     return save_student_dir(student, None, None, out, scheduler_config=scheduler)
 
 
-def load_student(path) -> nn.Module:
-    """Rebuild an exported student (either layout; checksums verified), or load an FP model directory."""
-    return load_student_dir(path)[0]
-
-
 # ---- the whole run ----------------------------------------------------------------------------
 def _last_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
@@ -261,8 +257,6 @@ def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, 
         lines += ["", "## Progressive initialisation", "",
                   *[f"- step {s}: {name}" for s, name in built.progressive.history]]
     if evaluation:
-        from .final_eval import report_lines
-
         lines += report_lines(evaluation, cfg)
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -322,8 +316,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence = (), overwrite: bool = False
                     student_dir = export_student(student, built.quant, built.module.noise_scheduler,
                                                  built.run_dir / "student")
             if student_dir is not None and (cfg.eval.packed or cfg.eval.fid_samples > 0):
-                from .final_eval import evaluate_run
-
                 evaluation = evaluate_run(cfg, built.module.teacher, student_dir, built.run_dir,
                                           dict(built.module.noise_scheduler.config))
             if cfg.report:

@@ -110,7 +110,7 @@ def _reference(spec: RunSpec, opts: dict[str, Any], cfg, ctx: Context) -> tuple[
     info = _BY_DATASET[spec.dataset]
     if info["ref"] is not None:
         return (str(opts["data_root"]) if spec.dataset == "cifar10" and opts["data_root"] else info["ref"]), info["split"]
-    from binarydm.sample import save_images
+    from binarydm.sampling import save_images
     from binarydm.training.data import synthetic
 
     folder = ctx.cache_dir / f"synthetic_ref_{cfg.data.image_size}_{cfg.data.channels}_{spec.seed}"
@@ -142,8 +142,8 @@ def _paired(model, module, cfg, num: int) -> dict[str, float]:
 
 def run(spec: RunSpec, ctx: Context) -> RunResult:
     from binarydm.evaluation import evaluate, get_extractor
-    from binarydm.sample import sample_images, save_images
-    from binarydm.training.runner import load_student
+    from binarydm.packing.loading import load_student
+    from binarydm.sampling import sample_images, save_images
     from binarydm.training.runner import run as train_run
 
     opts = options_of(spec)
