@@ -148,14 +148,14 @@ def _check_names(cfg: DictConfig) -> None:
 
 
 def _check_quant(cfg: DictConfig) -> None:
-    from .runner import quant_config_of
+    from ..packing.loading import quant_config_from  # what runner.quant_config_of builds the run's QuantConfig with
 
+    options = OmegaConf.to_container(cfg.quant_options) if cfg.quant_options is not None else {}
     try:
-        quant_config_of(cfg)
+        quant_config_from(cfg.quant, options)
     except UsageError:
         raise
     except (ValueError, TypeError, KeyError) as err:
-        options = OmegaConf.to_container(cfg.quant_options) if cfg.quant_options is not None else {}
         where = f"quant={cfg.quant}" + (f" with quant_options={options}" if options else "")
         raise UsageError(f"{where}: {one_line(err)}") from None
 
