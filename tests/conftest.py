@@ -1,9 +1,17 @@
 """Shared fixtures: tiny diffusers UNets built from a config (no download), offline by default."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# binarydm's disk cache (FID reference features: binarydm.evaluation.fid.default_cache_dir) goes to a
+# directory of this test session, for the subprocesses the tests start too: never ~/.cache/binarydm.
+TEST_CACHE = tempfile.mkdtemp(prefix="binarydm-test-cache-")
+os.environ["BINARYDM_CACHE"] = TEST_CACHE
+atexit.register(shutil.rmtree, TEST_CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -22,6 +22,12 @@ head, which IS needs. Neither library offers precision/recall for images.
 
 Reference features are computed once and cached on disk (``.npy``), keyed by dataset, split, image
 count, image size and the feature extractor's identity (the SHA-1 of the Inception weights).
+
+An image folder as the reference: ``num`` of its images drawn at random without replacement with a
+seed (:func:`folder_subset`: the same seed, the same files; default seed 0), not its first ``num`` in
+path order, which in a folder of patches cut from a few photos are the patches of one photo. Each
+image is resized (shorter side) and centre-cropped to ``size`` x ``size`` as the training data module
+does (a no-op for images of that size), so a folder of photos of mixed sizes is a reference too.
 """
 
 from __future__ import annotations
@@ -69,20 +75,57 @@ def image_files(folder: PathLike) -> list[Path]:
     return files
 
 
-def load_folder(folder: PathLike, num: Optional[int] = None) -> torch.Tensor:
-    """The images of a folder (recursively, sorted by path) as uint8 [N, 3, H, W] (grey -> RGB)."""
+def folder_subset(files: Sequence[Path], num: Optional[int], seed: int = 0) -> list[Path]:
+    """``num`` of ``files`` drawn at random without replacement (numpy's ``default_rng(seed)``), kept in
+    their order; all of them where ``num`` is None. The same files and seed give the same subset."""
+    files = list(files)
+    if num is None:
+        return files
+    if len(files) < num:
+        raise ValueError(f"{len(files)} images, {num} requested")
+    picked = np.random.default_rng(seed).choice(len(files), size=num, replace=False)
+    return [files[i] for i in sorted(picked.tolist())]
+
+
+def load_folder(folder: PathLike, num: Optional[int] = None, seed: Optional[int] = None,
+                size: Optional[int] = None) -> torch.Tensor:
+    """The images of a folder (recursively, sorted by path) as uint8 [N, 3, H, W] (grey -> RGB).
+
+    ``num``: the first ``num`` (generated images: the sampler's first seeds), or with ``seed`` a seeded
+    random subset (:func:`folder_subset`: a reference). ``size``: each image resized (shorter side) and
+    centre-cropped to ``size`` x ``size``, as the training data module does."""
     from PIL import Image
 
     files = image_files(folder)
-    if num is not None:
-        if len(files) < num:
-            raise ValueError(f"{folder}: {len(files)} images, {num} requested")
-        files = files[:num]
-    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    if num is not None and len(files) < num:
+        raise ValueError(f"{folder}: {len(files)} images, {num} requested")
+    files = folder_subset(files, num, seed) if seed is not None else files[:num]
+    fit = _fit_to(size) if size is not None else (lambda im: im)
+    arrays = []
+    for f in files:
+        with Image.open(f) as im:
+            arrays.append(np.asarray(fit(im.convert("RGB"))))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"{folder}: images of different sizes {sorted(shapes)[:3]}")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _square_size(folder: PathLike) -> Optional[int]:
+    """The side of the first image of ``folder`` where it is square (read from its header), else None."""
+    from PIL import Image
+
+    with Image.open(image_files(folder)[0]) as im:
+        w, h = im.size
+    return w if w == h else None
+
+
+def _fit_to(size: int):
+    """Resize (shorter side, bilinear with antialiasing) and centre crop to ``size``: the transform of
+    the training data's image folder (binarydm.training.data.ImageFolder)."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size)])
 
 
 def fashion_mnist(split: str = "test", root: PathLike = FASHION_MNIST_DIR, size: int = 32,
@@ -117,15 +160,18 @@ def cifar10(split: str = "train", root: PathLike = "data", num: Optional[int] = 
 
 
 def reference_images(ref: str, split: str = "test", num: Optional[int] = None, root: Optional[PathLike] = None,
-                     size: int = 32, download: bool = False) -> torch.Tensor:
-    """Reference images by name (``fashion-mnist``, ``cifar10``) or from a folder, uint8 [N, 3, H, W]."""
+                     size: int = 32, download: bool = False, seed: int = 0) -> torch.Tensor:
+    """Reference images by name (``fashion-mnist``, ``cifar10``) or from a folder, uint8 [N, 3, H, W].
+
+    A folder gives ``num`` images drawn with ``seed`` (:func:`folder_subset`), each brought to ``size``
+    x ``size`` as for training; a named set its first ``num`` images of ``split``."""
     name = ref.lower().replace("_", "-")
     if name == "fashion-mnist":
         return fashion_mnist(split, root or FASHION_MNIST_DIR, size, num)
     if name == "cifar10":
         return cifar10(split, root or "data", num, download)
     if Path(ref).is_dir():
-        return load_folder(resolve_folder(ref), num)
+        return load_folder(resolve_folder(ref), num, seed=seed, size=size)
     raise DatasetNotFound(f"reference {ref!r} is neither 'fashion-mnist', 'cifar10' nor an image folder")
 
 
@@ -227,26 +273,31 @@ def _folder_fingerprint(folder: PathLike) -> str:
     return h.hexdigest()[:12]
 
 
-def reference_key(ref: str, split: str, num: Optional[int], size: int, extractor: FeatureExtractor) -> str:
-    """File name of the cached reference features: dataset, split, count, size, extractor identity."""
+def reference_key(ref: str, split: str, num: Optional[int], size: int, extractor: FeatureExtractor,
+                  seed: int = 0) -> str:
+    """File name of the cached reference features: dataset, split, count, size, extractor identity (and
+    for a folder subset, its seed)."""
     name = ref.lower().replace("_", "-")
+    count = "all" if num is None else str(num)
     if name not in ("fashion-mnist", "cifar10"):
         folder = resolve_folder(ref)
         name = f"folder-{folder.parent.name if folder.name == 'images' else folder.name}-{_folder_fingerprint(folder)}"
-        split = "all"
-    count = "all" if num is None else str(num)
+        split = "fitted"  # the images resized and cropped to size (keys of unfitted folders do not match)
+        if num is not None:
+            count += f"-seed{seed}"
     return f"{name}_{split}_n{count}_s{size}_{extractor.identity}.npy"
 
 
 def reference_features(ref: str, extractor: FeatureExtractor, split: str = "test", num: Optional[int] = None,
                        root: Optional[PathLike] = None, size: int = 32, cache_dir: Optional[PathLike] = None,
-                       batch_size: int = 64, download: bool = False, progress: bool = False) -> np.ndarray:
+                       batch_size: int = 64, download: bool = False, progress: bool = False,
+                       seed: int = 0) -> np.ndarray:
     """Features of a reference set, computed once and then read from ``cache_dir``."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache_dir / reference_key(ref, split, num, size, extractor)
+    path = cache_dir / reference_key(ref, split, num, size, extractor, seed)
     if path.is_file():
         return np.load(path)
-    images = reference_images(ref, split, num, root, size, download)
+    images = reference_images(ref, split, num, root, size, download, seed)
     feats = extract_features(images, extractor, batch_size, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
@@ -259,11 +310,16 @@ def evaluate(fake_folder: PathLike, ref: str, extractor: FeatureExtractor, split
              num: Optional[int] = None, ref_num: Optional[int] = None, root: Optional[PathLike] = None,
              size: int = 32, cache_dir: Optional[PathLike] = None,
              backends: Sequence[str] = ("cleanfid", "torchmetrics"),
-             kid: bool = True, batch_size: int = 64, progress: bool = False) -> dict[str, float]:
-    """FID (each backend) and KID of the images of ``fake_folder`` against a reference."""
+             kid: bool = True, batch_size: int = 64, progress: bool = False, ref_seed: int = 0) -> dict[str, float]:
+    """FID (each backend) and KID of the images of ``fake_folder`` against a reference. A folder
+    reference gives ``ref_num`` images drawn with ``ref_seed``, fitted to the generated images' size
+    (``size`` where they are not square)."""
     fake_folder = resolve_folder(fake_folder)
+    if ref.lower().replace("_", "-") not in ("fashion-mnist", "cifar10"):
+        size = _square_size(fake_folder) or size
     results: dict[str, float] = {}
-    real = reference_features(ref, extractor, split, ref_num, root, size, cache_dir, batch_size, progress=progress)
+    real = reference_features(ref, extractor, split, ref_num, root, size, cache_dir, batch_size, progress=progress,
+                              seed=ref_seed)
     results["num_real"] = int(real.shape[0])
     fake_feats = None
     if "cleanfid" in backends:
@@ -283,7 +339,7 @@ def evaluate(fake_folder: PathLike, ref: str, extractor: FeatureExtractor, split
 
 __all__ = [
     "DatasetNotFound", "cifar10", "cleanfid_compare_folders", "cleanfid_folder_features", "default_cache_dir",
-    "evaluate", "extract_features", "fashion_mnist", "fid_from_features", "image_files", "kid_from_features",
-    "load_folder", "reference_features", "reference_images", "reference_key", "resolve_folder", "stats",
-    "torchmetrics_fid",
+    "evaluate", "extract_features", "fashion_mnist", "fid_from_features", "folder_subset", "image_files",
+    "kid_from_features", "load_folder", "reference_features", "reference_images", "reference_key", "resolve_folder",
+    "stats", "torchmetrics_fid",
 ]

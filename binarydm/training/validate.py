@@ -172,6 +172,37 @@ def _check_model_keys(cfg: DictConfig) -> None:
                          "(model.pretrained=...) or give a UNet2DModel config (model.config={...})")
 
 
+def _check_conflicting_keys(cfg: DictConfig) -> None:
+    """Keys that another key makes meaningless, which a run would otherwise ignore without a word (the
+    own-data recipe, configs/folder_*.yaml, is where they are easiest to combine), and an image-folder
+    FID reference smaller than the samples it is compared with (else the run fails after training)."""
+    from ..packing.loading import quant_config_from
+
+    if _get(cfg, "model.config") is not None and _get(cfg, "model.subfolder"):
+        raise UsageError(f"model.subfolder={_get(cfg, 'model.subfolder')!r} and model.config are both set; a subfolder "
+                         "is read from model.pretrained, model.config builds a fresh UNet: set model.subfolder=null")
+    if quant_config_from(_get(cfg, "quant")) is None:  # full precision: no quantizers to configure
+        options = _get(cfg, "quant_options")
+        if options:
+            raise UsageError(f"quant={_get(cfg, 'quant')} trains in full precision, so quant_options="
+                             f"{OmegaConf.to_container(options)} would be ignored; drop quant_options or name a "
+                             "quantization (quant=w1a4, ...)")
+        if _get(cfg, "ebb.enabled"):
+            raise UsageError(f"ebb.enabled=true binarizes with two bases, but quant={_get(cfg, 'quant')} trains in full "
+                             "precision; set ebb.enabled=false or name a quantization (quant=w1a4)")
+    reference, samples = _get(cfg, "eval.reference"), _get(cfg, "eval.fid_samples")
+    if cfg.export and samples and reference and Path(str(reference)).is_dir():
+        from ..evaluation.fid import DatasetNotFound, image_files, resolve_folder
+
+        try:
+            count = len(image_files(resolve_folder(str(reference))))
+        except DatasetNotFound as err:
+            raise UsageError(f"eval.reference={reference}: {one_line(err)}") from None
+        if count < samples:
+            raise UsageError(f"eval.fid_samples={samples}: the reference folder eval.reference={reference} holds only "
+                             f"{count} images (FID draws as many as the samples); lower eval.fid_samples")
+
+
 def _check_paths(cfg: DictConfig) -> None:
     from ..packing.format import check_output_path
 
@@ -225,6 +256,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_names(cfg)
     _check_model_keys(cfg)
     _check_quant(cfg)
+    _check_conflicting_keys(cfg)
     _check_paths(cfg)
     check_model(cfg)  # a local or given UNet config: before its weights are loaded
     _check_eval(cfg)
