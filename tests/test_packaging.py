@@ -61,7 +61,7 @@ def test_wheel_outside_the_checkout_trains_and_finds_the_cuda_sources(tmp_path):
     assert Path(found["configs"]).resolve() == (package / "configs").resolve()
     assert Path(found["cuda"]).resolve() == (package / "cuda").resolve()
     assert {"w1a4_conv.cu", "w1a4_bmma.cu"} <= set(found["cu"])
-    assert {"base.yaml", "tiny.yaml", "demo.yaml"} <= set(found["yaml"])
+    assert {"tiny.yaml", "demo.yaml", "folder_teacher.yaml"} <= set(found["yaml"])
     assert found["source_chars"] > 1000 and found["bmma_chars"] > 1000
     assert not list(package.glob("cuda/build")), "cubins of the build machine must not ship"
 
