@@ -17,7 +17,7 @@ from binarydm.training.data import (
     fashion_mnist,
     synthetic,
 )
-from binarydm.training.module import DiffusionQAT, LossConfig, OptimConfig, lr_factor, parameter_groups
+from binarydm.training.module import DiffusionQAT, OptimConfig, lr_factor, parameter_groups
 
 
 def test_step_sampler_is_a_function_of_the_step_and_shards_global_batches():
@@ -63,6 +63,8 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(9, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_factor(14, cfg) == pytest.approx(0.1)
     assert lr_factor(100, OptimConfig(schedule="constant", warmup_steps=0)) == 1.0
+    with pytest.raises(ValueError, match="total_steps"):  # a cosine needs its length (runs: trainer.max_steps)
+        lr_factor(5, OptimConfig(warmup_steps=2))
 
 
 def test_parameter_groups_keep_scales_biases_norms_out_of_weight_decay(tiny_unet):
@@ -98,7 +100,7 @@ def test_ebb_penalty_in_the_loss_and_transition_drops_s2(tiny_unet, unet_batch):
     two = [m for m in student.modules() if isinstance(m, LMB) and m.n_bases == 2]
     assert two
     tau = 0.09
-    module = DiffusionQAT(student, DDPMScheduler(), teacher=None, loss=LossConfig(ebb_tau=tau))
+    module = DiffusionQAT(student, DDPMScheduler(), teacher=None, ebb_tau=tau)
     x, t = unet_batch
     losses = module.compute_losses(x, t, torch.zeros_like(x))
     expected = torch.stack([m.s2.mean() for m in two]).mean()

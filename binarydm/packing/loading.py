@@ -69,16 +69,17 @@ def is_packed_file(path: Path) -> bool:
 
 
 def quant_config_from(name: Any, options: Optional[Mapping[str, Any]] = None) -> Optional[QuantConfig]:
-    """A training config's ``quant`` and ``quant_options`` as a QuantConfig (None for ``none``): a preset
-    (w1a4, ...) or an algorithm of the comparison suite (xnor, reactnet, ...), options overriding fields."""
+    """A training config's ``quant`` and ``quant_options`` as a QuantConfig (None for ``none``): an algorithm
+    (``binarydm.algorithms.preset``: QuantConfig fields and the algorithm's own parameters, e.g. BiPer's
+    ``omega``) or a preset (w1a4, w1a8, w1a32: QuantConfig fields)."""
     name = str(name)
     if name.lower() in ("none", "fp", "fp32"):
         return None
     options = dict(options or {})
-    if name in PRESETS:
+    if name.replace("_", "-") in algorithms.available():  # QuantConfig fields and the algorithm's parameters
+        return algorithms.preset(name, **options)
+    if name in PRESETS:  # w1a4, w1a8, w1a32: QuantConfig fields
         return QuantConfig.from_dict({"preset": name, **options})
-    if name.replace("_", "-") in algorithms.available():
-        return algorithms.preset(name).replace(**options)
     raise ValueError(f"unknown quant {name!r}; valid: none, the presets {sorted(PRESETS)} or the algorithms "
                      f"{algorithms.available()}")
 

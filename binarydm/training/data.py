@@ -8,7 +8,6 @@ its own slice of every global batch (no DistributedSampler needed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -18,31 +17,10 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..datasets import DatasetNotFoundError, read_cifar10, read_idx
+from .config import DATASETS, DataConfig
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
-@dataclass
-class DataConfig:
-    name: str = "cifar10"
-    root: str = "data"
-    download: bool = False
-    image_size: int = 32
-    channels: int = 3
-    random_flip: bool = True
-    batch_size: int = 64
-    num_workers: int = 2
-    val_size: int = 256
-    synthetic_size: int = 64
-    labels: bool = False  # yield (image, class label) pairs: the class-conditional recipe
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.name not in DATASETS:
-            raise ValueError(f"data.name must be one of {sorted(DATASETS)}, got {self.name!r}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
 
 
 # ---- datasets -------------------------------------------------------------------------------
@@ -155,10 +133,8 @@ def synthetic(n: int, image_size: int, channels: int, seed: int = 0, labels: boo
     return out.with_labels(torch.arange(n) % SYNTHETIC_CLASSES) if labels else out
 
 
-DATASETS = ("cifar10", "fashion_mnist", "folder", "synthetic")
-
-
-def build_dataset(cfg: DataConfig, train: bool) -> Dataset:
+def build_dataset(cfg: DataConfig, train: bool, seed: int = 0) -> Dataset:
+    """The training (``train``) or held-out images of ``cfg``; ``seed`` draws the synthetic ones."""
     if cfg.labels and cfg.name not in ("fashion_mnist", "synthetic"):
         raise ValueError(f"data.labels=true: class labels are read for fashion_mnist and synthetic, not {cfg.name}")
     if cfg.name == "cifar10":
@@ -170,7 +146,7 @@ def build_dataset(cfg: DataConfig, train: bool) -> Dataset:
     elif cfg.name == "folder":
         ds = ImageFolder(cfg.root, cfg.image_size, cfg.channels)
     else:
-        ds = synthetic(cfg.synthetic_size, cfg.image_size, cfg.channels, seed=cfg.seed + (0 if train else 1),
+        ds = synthetic(cfg.synthetic_size, cfg.image_size, cfg.channels, seed=seed + (0 if train else 1),
                        labels=cfg.labels)
     return ds
 
@@ -236,18 +212,21 @@ def collate(items):
 
 
 class DiffusionDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig):
+    """``cfg``'s images; ``seed`` (the run's) orders the batches and draws the synthetic images."""
+
+    def __init__(self, cfg: DataConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.seed = seed
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        self.train_set = build_dataset(self.cfg, train=True)
+        self.train_set = build_dataset(self.cfg, train=True, seed=self.seed)
         if self.cfg.name in ("cifar10", "fashion_mnist", "synthetic"):
-            val = build_dataset(self.cfg, train=False)
+            val = build_dataset(self.cfg, train=False, seed=self.seed)
         else:  # a folder has no split: validate on its first images
             val = self.train_set
         self.val_set = Subset(val, range(min(self.cfg.val_size, len(val))))
@@ -257,7 +236,7 @@ class DiffusionDataModule(L.LightningDataModule):
         start = trainer.global_step if trainer is not None else 0
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
-        sampler = StepBatchSampler(len(self.train_set), self.cfg.batch_size, self.cfg.seed, start, rank, world,
+        sampler = StepBatchSampler(len(self.train_set), self.cfg.batch_size, self.seed, start, rank, world,
                                    random_flip=self.cfg.random_flip)
         return DataLoader(_Indexed(self.train_set), batch_sampler=sampler, num_workers=self.cfg.num_workers,
                           collate_fn=collate)

@@ -13,8 +13,8 @@ resumed run draws exactly what the uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import lightning as L
@@ -26,47 +26,24 @@ from ..quant.attention import QuantAttnProcessor
 from ..quant.base import Quantizer
 from ..quant.lmb import LMB
 from ..unets import condition_kwargs
+from .config import LossConfig, OptimConfig
 from .lrm import LRM, FeatureTap, lrm_block_names
-
-
-@dataclass
-class OptimConfig:
-    """AdamW and its learning-rate schedule (linear warm-up, then cosine or constant)."""
-
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    total_steps: int = 200_000
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        self.betas = tuple(float(b) for b in self.betas)
-
-
-@dataclass
-class LossConfig:
-    lrm_weight: float = 1e-4
-    lrm_rank_divisor: int = 4
-    lrm_normalize: bool = True  # each block's term relative to the teacher's variance in its subspace
-    lrm_taps: str = "blocks"    # blocks | all (every stage the authors' code hooks)
-    ebb_tau: float = 0.0  # 0 = no EBB penalty
 
 
 def lr_factor(step: int, cfg: OptimConfig) -> float:
     """Multiplier of the base learning rate at ``step``.
 
     warm-up: (step + 1) / warmup_steps; then constant 1, or cosine
-    m + (1 - m) * (1 + cos(pi * p)) / 2 with p the fraction of the post-warm-up steps done.
+    m + (1 - m) * (1 + cos(pi * p)) / 2 with p the fraction of the post-warm-up steps done
+    (of ``total_steps - warmup_steps``).
     """
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.total_steps is None or cfg.total_steps < 1:
+        raise ValueError(f"optim.total_steps={cfg.total_steps}: the cosine schedule needs its length (set it, or "
+                         "the trainer's max_steps)")
     span = max(cfg.total_steps - cfg.warmup_steps, 1)
     p = min((step - cfg.warmup_steps) / span, 1.0)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
@@ -123,7 +100,10 @@ class DiffusionQAT(L.LightningModule):
         loss: LossConfig = LossConfig(),
         optim: OptimConfig = OptimConfig(),
         seed: int = 0,
+        ebb_tau: float = 0.0,
     ):
+        """``ebb_tau``: weight of EBB's penalty on the second bases (0: none); ``optim.total_steps`` None:
+        the trainer's ``max_steps``."""
         super().__init__()
         if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon":
             raise ValueError(
@@ -134,6 +114,7 @@ class DiffusionQAT(L.LightningModule):
         self.loss_cfg = loss
         self.optim_cfg = optim
         self.seed = seed
+        self.ebb_tau = ebb_tau
         # The teacher is frozen and rebuilt from model.pretrained: kept out of the module tree so that it
         # is neither saved in checkpoints nor wrapped by DDP (moved to the device in on_fit_start).
         object.__setattr__(self, "teacher", teacher)
@@ -199,11 +180,11 @@ class DiffusionQAT(L.LightningModule):
         total = losses["simple"]
         if "lrm" in losses:
             total = total + self.loss_cfg.lrm_weight * losses["lrm"]
-        if self.loss_cfg.ebb_tau > 0:
+        if self.ebb_tau > 0:
             lmbs = two_basis_lmbs(self.student)
             if lmbs:
                 losses["ebb"] = torch.stack([m.ebb_penalty() for m in lmbs]).mean()
-                total = total + self.loss_cfg.ebb_tau * losses["ebb"]
+                total = total + self.ebb_tau * losses["ebb"]
         losses["loss"] = total
         return losses
 
@@ -234,6 +215,8 @@ class DiffusionQAT(L.LightningModule):
     # ---- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self):
         cfg = self.optim_cfg
+        if cfg.total_steps is None:
+            cfg = dataclasses.replace(cfg, total_steps=self.trainer.max_steps)
         opt = torch.optim.AdamW(parameter_groups(self.student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                 eps=cfg.eps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg))

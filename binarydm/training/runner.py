@@ -18,11 +18,11 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..errors import UsageError, one_line
@@ -35,12 +35,11 @@ from .callbacks import (
     Calibrate,
     EBBTransition,
     ProgressiveInit,
-    ProgressiveSchedule,
     SampleGrid,
     all_quantizers_off_,
 )
-from .config import to_container
-from .data import DataConfig, DiffusionDataModule
+from .config import RunConfig, save_config, structured
+from .data import DiffusionDataModule
 from .final_eval import evaluate_run, report_lines
 from .guards import (
     AtomicCheckpointIO,
@@ -51,21 +50,22 @@ from .guards import (
     first_non_finite,
     launcher_rank_zero,
 )
-from .module import DiffusionQAT, LossConfig, OptimConfig
+from .module import DiffusionQAT
 from .schedules import QuantScheduleCallback
 from .teacher import load_scheduler, load_unet, resolve_local
 from .validate import check_config, check_data, check_model, check_resume
 
 
 def quant_config_of(cfg: DictConfig) -> Optional[QuantConfig]:
-    """None for full-precision training (``quant: none``); else a QuantConfig preset (w1a4, ...) or an
-    algorithm of the comparison suite (xnor, reactnet, ...), with ``quant_options`` overriding its fields."""
-    return quant_config_from(cfg.quant, to_container(cfg.quant_options) or {})
+    """None for full-precision training (``quant: none``); else the algorithm or preset ``quant`` names
+    (``binarydm.algorithms.preset``) with ``quant_options``: QuantConfig fields and the algorithm's own
+    parameters (``quant=biper quant_options={omega: 10}``)."""
+    return quant_config_from(cfg.quant, OmegaConf.to_container(cfg.quant_options))
 
 
 def _scheduler(cfg: DictConfig):
     pretrained = cfg.model.pretrained if cfg.model.config is None else None
-    fallback = to_container(cfg.scheduler)
+    fallback = OmegaConf.to_container(cfg.scheduler)
     if pretrained and resolve_local(pretrained) is None:
         from diffusers import DDPMScheduler
 
@@ -89,18 +89,19 @@ class Built:
 
 
 def data_module(cfg: DictConfig) -> DiffusionDataModule:
-    return DiffusionDataModule(DataConfig(**{**to_container(cfg.data), "seed": int(cfg.seed)}))
+    return DiffusionDataModule(OmegaConf.to_object(cfg.data), seed=cfg.seed)
 
 
-def build(cfg: DictConfig, data: Optional[DiffusionDataModule] = None) -> Built:
+def build(cfg: Union[DictConfig, RunConfig], data: Optional[DiffusionDataModule] = None) -> Built:
     """The LightningModule, data module (``data``, or a new one) and callbacks of a run (nothing is
     trained yet)."""
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    run_dir = Path(cfg.out_dir) / str(cfg.name)
+    cfg = structured(cfg)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = Path(cfg.out_dir) / cfg.name
     quant = quant_config_of(cfg)
-    model_config = to_container(cfg.model.config)
+    model_config = OmegaConf.to_container(cfg.model.config) if cfg.model.config is not None else None
     try:
         fp = load_unet(cfg.model.pretrained, cfg.model.subfolder, model_config)
     except (ValueError, TypeError) as err:  # a model.config diffusers rejects (TeacherNotFoundError passes)
@@ -120,21 +121,17 @@ def build(cfg: DictConfig, data: Optional[DiffusionDataModule] = None) -> Built:
         binarize_(student, quant)
     student.train()
 
-    loss = LossConfig(lrm_weight=float(cfg.loss.lrm_weight), lrm_rank_divisor=int(cfg.loss.lrm_rank_divisor),
-                      lrm_normalize=bool(cfg.loss.lrm_normalize), lrm_taps=str(cfg.loss.lrm_taps),
-                      ebb_tau=float(cfg.ebb.tau) if (cfg.ebb.enabled and quant is not None) else 0.0)
-    optim = OptimConfig(lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
-                        betas=tuple(cfg.optim.betas), eps=float(cfg.optim.eps), schedule=str(cfg.optim.schedule),
-                        warmup_steps=int(cfg.optim.warmup_steps), min_lr_ratio=float(cfg.optim.min_lr_ratio),
-                        total_steps=int(cfg.trainer.max_steps))
-    module = DiffusionQAT(student, scheduler, teacher, loss=loss, optim=optim, seed=int(cfg.seed))
+    ebb_tau = cfg.ebb.tau if (cfg.ebb.enabled and quant is not None) else 0.0
+    # optim.total_steps null: the cosine ends at the trainer's max_steps (DiffusionQAT reads it there).
+    module = DiffusionQAT(student, scheduler, teacher, loss=OmegaConf.to_object(cfg.loss),
+                          optim=OmegaConf.to_object(cfg.optim), seed=cfg.seed, ebb_tau=ebb_tau)
     data = data if data is not None else data_module(cfg)
 
     # First, so that a diverged step stops before any other callback (or the checkpoint) sees it.
-    callbacks: list = [DivergenceGuard(lr=float(cfg.optim.lr))]
+    callbacks: list = [DivergenceGuard(lr=cfg.optim.lr)]
     progressive = None
     if quant is not None:
-        schedule = ProgressiveSchedule(**to_container(cfg.progressive))
+        schedule = OmegaConf.to_object(cfg.progressive)
         if schedule.enabled:
             all_quantizers_off_(student)
             progressive = ProgressiveInit(schedule)
@@ -142,17 +139,17 @@ def build(cfg: DictConfig, data: Optional[DiffusionDataModule] = None) -> Built:
         else:
             callbacks.append(Calibrate())
         if cfg.ebb.enabled:
-            callbacks.append(EBBTransition(int(cfg.ebb.transition_step)))
+            callbacks.append(EBBTransition(cfg.ebb.transition_step))
         callbacks.append(QuantScheduleCallback())  # ReCU's tau, FDA's alpha_t and n, BiPer's stages
     ema = None
     if cfg.ema.enabled:
-        start = int(cfg.ema.start_step)
+        start = cfg.ema.start_step
         if progressive is not None:
             start = max(start, progressive.last_event_step(student) + 1)
-        ema = EMA(float(cfg.ema.decay), start)
+        ema = EMA(cfg.ema.decay, start)
         callbacks.append(ema)
-    samples = SampleGrid(run_dir / "samples", int(cfg.sample.num_images), int(cfg.sample.num_inference_steps),
-                         int(cfg.sample.seed))
+    samples = SampleGrid(run_dir / "samples", cfg.sample.num_images, cfg.sample.num_inference_steps,
+                         cfg.sample.seed)
     callbacks.append(samples)
     return Built(module, data, callbacks, quant, run_dir, progressive, samples, ema)
 
@@ -173,9 +170,9 @@ def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    t = cfg.trainer
+    t = OmegaConf.to_object(cfg.trainer)  # a TrainerConfig: plain values (devices may be a list)
     ckpt = ModelCheckpoint(dirpath=built.run_dir / "checkpoints", filename="step={step}",
-                           auto_insert_metric_name=False, every_n_train_steps=int(t.checkpoint_every_n_steps),
+                           auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every_n_steps,
                            save_top_k=-1, save_last=True, enable_version_counter=False)
     loggers = [CSVLogger(built.run_dir, name="csv"), TensorBoardLogger(built.run_dir, name="tensorboard")]
     val_interval = t.val_check_interval
@@ -183,11 +180,11 @@ def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) 
 
     try:
         return L.Trainer(
-            accelerator=t.accelerator, devices=t.devices, num_nodes=int(t.num_nodes),
-            strategy=_strategy(cfg, built.quant is not None), precision=t.precision, max_steps=int(t.max_steps),
+            accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+            strategy=_strategy(cfg, built.quant is not None), precision=t.precision, max_steps=t.max_steps,
             val_check_interval=val_interval, check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
-            gradient_clip_val=t.gradient_clip_val, log_every_n_steps=int(t.log_every_n_steps),
-            enable_progress_bar=bool(t.enable_progress_bar), deterministic=bool(t.deterministic),
+            gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
+            enable_progress_bar=t.enable_progress_bar, deterministic=t.deterministic,
             callbacks=[*built.callbacks, *extra_callbacks, ckpt], logger=loggers, default_root_dir=built.run_dir,
             use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
             # Lightning's own save goes through fsspec's temporary file in $TMPDIR (see guards.py).
@@ -263,17 +260,10 @@ def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, 
     return path
 
 
-def _save_config(cfg: DictConfig, path: Path) -> Path:
-    from omegaconf import OmegaConf
-
-    with atomic_write(path, "w") as f:
-        f.write(OmegaConf.to_yaml(cfg, resolve=True))
-    return path
-
-
-def prepare(cfg: DictConfig, extra_callbacks: Sequence = ()) -> tuple[Built, L.Trainer]:
+def prepare(cfg: Union[DictConfig, RunConfig], extra_callbacks: Sequence = ()) -> tuple[Built, L.Trainer]:
     """Every check, the model, the data and the trainer: all that can fail on a bad input, before the
     run directory is touched."""
+    cfg = structured(cfg)
     check_config(cfg)
     data = data_module(cfg)
     check_data(cfg, data)  # the data set is read before the model is loaded: the cheaper failure first
@@ -283,21 +273,26 @@ def prepare(cfg: DictConfig, extra_callbacks: Sequence = ()) -> tuple[Built, L.T
     return built, make_trainer(cfg, built, extra_callbacks)
 
 
-def run(cfg: DictConfig, extra_callbacks: Sequence = (), overwrite: bool = False) -> dict[str, Any]:
-    """Train as ``cfg`` says; returns the trainer, module and output paths.
+def run(cfg: Union[DictConfig, RunConfig], extra_callbacks: Sequence = (), overwrite: bool = False) -> dict[str, Any]:
+    """Train as ``cfg`` (``config.load_config``'s result, or a :class:`config.RunConfig`) says; returns the
+    trainer, module and output paths.
 
     ``overwrite`` (or ``cfg.overwrite``): a run directory holding an earlier run's results is cleared
     instead of refused. A diverged run raises :class:`guards.DivergenceError` and exports nothing.
     """
     start = time.time()
-    overwrite = bool(overwrite or cfg.get("overwrite", False))
+    cfg = structured(cfg)
+    overwrite = overwrite or cfg.overwrite
     if launcher_rank_zero():  # a refused directory is said at once, before the model and data are loaded
         check_config(cfg)
-        check_run_dir_free(Path(cfg.out_dir) / str(cfg.name), cfg.resume, overwrite)
+        check_run_dir_free(Path(cfg.out_dir) / cfg.name, cfg.resume, overwrite)
     built, trainer = prepare(cfg, extra_callbacks)
     with claim_run_dir(built.run_dir, cfg.resume, overwrite):
         if trainer.is_global_zero:
-            _save_config(cfg, built.run_dir / "config.yaml")
+            # The action, not a setting of the run: running its config.yaml again must not clear it.
+            saved = cfg.copy()
+            saved.overwrite = False
+            save_config(saved, built.run_dir / "config.yaml")
         trainer.fit(built.module, datamodule=built.data, ckpt_path=cfg.resume)
         student_dir = report = evaluation = None
         if trainer.is_global_zero:

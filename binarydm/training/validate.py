@@ -37,6 +37,7 @@ _INT_MIN = {
     "data.val_size": 1,
     "data.synthetic_size": 1,
     "optim.warmup_steps": 0,
+    "optim.total_steps": 1,
     "loss.lrm_rank_divisor": 1,
     "progressive.start_step": 0,
     "progressive.every": 1,
@@ -87,11 +88,9 @@ def _check_numbers(cfg: DictConfig) -> None:
         if not ok:
             hint = " (a learning rate this large diverges)" if key == "optim.lr" and v > 1 else ""
             raise UsageError(f"{key}={value!r}: must be a finite number {_interval(lo, hi, lo_in, hi_in)}{hint}")
-    betas = _get(cfg, "optim.betas")
-    if (not isinstance(betas, (list, tuple)) and not OmegaConf.is_list(betas)) or len(betas) != 2 or not all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
-        raise UsageError(f"optim.betas={OmegaConf.to_container(betas) if OmegaConf.is_list(betas) else betas!r}: must "
-                         "be two numbers in [0, 1), e.g. optim.betas=[0.9,0.999]")
+    betas = list(_get(cfg, "optim.betas"))  # two floats: OmegaConf checked the type and the length
+    if not all(0 <= b < 1 for b in betas):
+        raise UsageError(f"optim.betas={betas}: must be two numbers in [0, 1), e.g. optim.betas=[0.9,0.999]")
     if _get(cfg, "optim.warmup_steps") >= _get(cfg, "trainer.max_steps") and _get(cfg, "optim.warmup_steps") > 0:
         raise UsageError(f"optim.warmup_steps={_get(cfg, 'optim.warmup_steps')}: must be smaller than "
                          f"trainer.max_steps={_get(cfg, 'trainer.max_steps')}")
