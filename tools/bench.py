@@ -8,7 +8,8 @@
 
 Writes <out>/runs.csv, tracks.csv, overall.csv, report.md and PNG plots; every run is cached in
 <out>/runs/<hash>/, so the same command after a kill (or with more methods) runs only what is missing.
-Options (key=value, values parsed as YAML): see DEFAULTS below and docs/bench.md.
+Arguments (key=value, values read as YAML, the grammar of binarydm's entry points): BenchArgs below and
+docs/bench.md. A bad argument prints one line, ``error: ...``, and exits 2.
 """
 
 from __future__ import annotations
@@ -16,49 +17,41 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `suite` is a package next to this file
 
-DEFAULTS: dict[str, Any] = {
-    "suite": "smoke",          # smoke | paper | full
-    "out": None,               # report directory (default bench/<suite>)
-    "steps": None,             # training steps of every run (default: the suite's per task)
-    "fid_samples": None,       # diffusion: generated images per FID (default: the suite's)
-    "tasks": None,             # a subset of the suite's tasks, e.g. [classification]
-    "methods": None,           # a subset of the suite's methods (fp is always kept)
-    "dataset": {},             # task -> dataset, e.g. dataset.classification=cifar10
-    "options": {},             # task -> options, e.g. options.language={corpus:wiki.txt}
-    "seed": 0,
-    "seeds": None,             # e.g. [0,1,2]: every run once per seed; tables show mean +- std
-    "threads": None,           # torch.set_num_threads
-    "progress": True,
-    "plots": True,
-    "kernel_results": None,    # JSON from tools/bench_kernel.py (a GPU run): the hardware track
-}
+from binarydm import cli  # noqa: E402
+from binarydm.errors import UsageError, one_line, run_main  # noqa: E402
 
 
-def parse(argv: Sequence[str]) -> dict[str, Any]:
-    import yaml
+@dataclass
+class BenchArgs:
+    """The arguments of ``tools/bench.py`` (``key=value``, values read as YAML)."""
 
-    args = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
-    for item in argv:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise SystemExit(f"argument {item!r} is not key=value; valid keys: {sorted(DEFAULTS)}")
-        top, _, sub = key.partition(".")
-        if top not in DEFAULTS:
-            raise SystemExit(f"unknown option {top!r}; valid keys: {sorted(DEFAULTS)}")
-        parsed = yaml.safe_load(value) if value else None
-        if sub:
-            if not isinstance(DEFAULTS[top], dict):
-                raise SystemExit(f"option {top!r} has no sub-keys (got {key!r})")
-            args[top][sub] = parsed
-        else:
-            args[top] = parsed
-    if args["out"] is None:
-        args["out"] = f"bench/{args['suite']}"
+    suite: str = "smoke"  # smoke | paper | full
+    out: Optional[str] = None  # report directory (default bench/<suite>)
+    steps: Optional[int] = None  # training steps of every run (default: the suite's per task)
+    fid_samples: Optional[int] = None  # diffusion: generated images per FID (default: the suite's)
+    tasks: Optional[List[str]] = None  # a subset of the suite's tasks, e.g. [classification]
+    methods: Optional[List[str]] = None  # a subset of the suite's methods (fp is always kept)
+    dataset: Dict[str, str] = field(default_factory=dict)  # task -> dataset, e.g. dataset.classification=cifar10
+    options: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # task -> options, e.g. options.language={corpus:wiki.txt}
+    seed: int = 0
+    seeds: Optional[List[int]] = None  # e.g. [0,1,2]: every run once per seed; tables show mean +- std
+    threads: Optional[int] = None  # torch.set_num_threads
+    progress: bool = True
+    plots: bool = True
+    kernel_results: Optional[str] = None  # JSON from tools/bench_kernel.py (a GPU run): the hardware track
+
+
+def parse(argv: Sequence[str]) -> BenchArgs:
+    """``argv`` as BenchArgs; an unknown key or a badly typed value is a one-line UsageError."""
+    args = cli.parse(BenchArgs, argv, usage=__doc__)
+    if args.out is None:
+        args.out = f"bench/{args.suite}"
     return args
 
 
@@ -82,21 +75,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     from suite.tracks import task_tracks
 
     args = parse(sys.argv[1:] if argv is None else argv)
-    options = {t: dict(v or {}) for t, v in (args["options"] or {}).items()}
-    if args["fid_samples"]:
-        options.setdefault("diffusion", {})["fid_samples"] = int(args["fid_samples"])
-    specs = suites.build(args["suite"], steps=args["steps"], tasks=args["tasks"], methods=args["methods"],
-                         options=options, datasets=args["dataset"], seed=int(args["seed"]),
-                         seeds=args["seeds"])
-    out = Path(args["out"])
+    options = {t: dict(v) for t, v in args.options.items()}
+    if args.fid_samples:
+        options.setdefault("diffusion", {})["fid_samples"] = args.fid_samples
+    try:
+        specs = suites.build(args.suite, steps=args.steps, tasks=args.tasks, methods=args.methods, options=options,
+                             datasets=args.dataset, seed=args.seed, seeds=args.seeds)
+    except ValueError as err:  # an unknown suite, task or method: the message names the valid ones
+        raise UsageError(one_line(err)) from None
+    out = Path(args.out)
     start = time.time()
-    done, failed = run_all(specs, out, progress=bool(args["progress"]), num_threads=args["threads"])
-    latency, source = latency_from(args["kernel_results"])
+    done, failed = run_all(specs, out, progress=args.progress, num_threads=args.threads)
+    latency, source = latency_from(args.kernel_results)
     tracks = task_tracks(done, latency)
-    path = report.write(out, args["suite"], done, failed, tracks, time.time() - start, source, bool(args["plots"]))
+    path = report.write(out, args.suite, done, failed, tracks, time.time() - start, source, args.plots)
     print(f"report: {path}")
     return path
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, None, raise_exit=True)  # a bad argument: one line, `error: ...`, exit status 2

@@ -3,9 +3,13 @@
 import csv
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from binarydm import algorithms
 from suite import suites, tracks
 from suite.tasks.base import FP, RunResult, RunSpec
 
@@ -75,7 +79,7 @@ def test_paper_suite_is_binarydms_w1a4_comparison():
     assert by["ebb"].train_dict["ebb.enabled"] is True
     from binarydm.training.config import load_config
 
-    assert load_config("base", []).loss.lrm_weight == suites.LRM_WEIGHT  # one lambda for the suite and training
+    assert load_config().loss.lrm_weight == suites.LRM_WEIGHT  # one lambda for the suite and training
 
 
 def test_seeds_repeat_every_run():
@@ -120,12 +124,32 @@ def test_smoke_suite_end_to_end_then_cached(tmp_path, capsys):
     assert f"{len(specs)} already done" in capsys.readouterr().out
 
 
-def test_bench_cli_rejects_unknown_keys():
+def test_bench_arguments_are_typed_and_bad_ones_are_one_line_errors():
     import bench
 
-    with pytest.raises(SystemExit, match="valid keys"):
+    from binarydm.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"unknown key 'suits'.*valid keys in the top level: suite, out"):
         bench.parse(["suits=smoke"])
-    assert bench.parse(["dataset.classification=cifar10"])["dataset"] == {"classification": "cifar10"}
+    with pytest.raises(UsageError, match=r"^steps \(from the command line\): .*'many'"):
+        bench.parse(["steps=many"])
+    with pytest.raises(UsageError, match=r"^options.diffusion .*Dict"):
+        bench.parse(["options.diffusion=3"])
+    args = bench.parse(["dataset.classification=cifar10", "methods=[binarydm,xnor]", "seeds=[0,1]",
+                        "options.diffusion={fid_samples: 300, overrides: [optim.lr=0.1]}"])
+    assert args.dataset == {"classification": "cifar10"} and args.methods == ["binarydm", "xnor"]
+    assert args.seeds == [0, 1] and args.out == "bench/smoke"
+    assert args.options == {"diffusion": {"fid_samples": 300, "overrides": ["optim.lr=0.1"]}}
+
+
+def test_bench_cli_bad_argument_exits_2_with_one_line():
+    root = Path(__file__).resolve().parents[2]
+    for argv, token in ((["suits=smoke"], "suits"), (["suite=nope"], "nope"), (["progress=maybe"], "progress")):
+        proc = subprocess.run([sys.executable, str(root / "tools" / "bench.py"), *argv], capture_output=True,
+                              text=True, cwd=root, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+        assert token in lines[0]
 
 
 def test_failed_run_is_recorded_and_retried(tmp_path, monkeypatch):
@@ -168,6 +192,11 @@ def test_diffusion_run_config_carries_the_quantization_and_the_binarydm_switches
     ebb = diffusion.run_config(specs["ebb"], ctx)  # EBB's two stages: the transition half-way through the run
     assert ebb.ebb.enabled and ebb.ebb.transition_step == 3 and quant_config_of(ebb).weight == "ebb"
     assert diffusion.run_config(specs["+lrm"], ctx).loss.lrm_weight == suites.LRM_WEIGHT
+    assert isinstance(xnor.optim.lr, float) and xnor.quant_options == {"act": "lsq", "a_bits": 4, "attention": True}
+    biper = RunSpec.make(**{**specs["biper"].to_dict(), "quant": {"omega": 10, "act": "lsq", "a_bits": 4},
+                            "options": {"overrides": ["optim.lr=0.5"]}})
+    cfg = diffusion.run_config(biper, ctx)
+    assert quant_config_of(cfg) == algorithms.preset("biper", omega=10, act="lsq", a_bits=4) and cfg.optim.lr == 0.5
 
 
 def _paired_result(metric, mse_noise, mse_teacher, wall=10.0):

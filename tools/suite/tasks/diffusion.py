@@ -66,43 +66,35 @@ def options_of(spec: RunSpec) -> dict[str, Any]:
 
 
 def run_config(spec: RunSpec, ctx: Context):
-    """The binarydm.train configuration of this run."""
+    """The binarydm.train configuration of this run (typed values, checked against RunConfig)."""
     from binarydm.training.config import load_config
 
     opts = options_of(spec)
-    over = ["name=run", f"out_dir={ctx.work_dir}", f"seed={spec.seed}", f"trainer.max_steps={spec.steps}",
-            f"optim.lr={spec.lr}", "report=true", "export=true",
-            "eval.fid_samples=0"]  # the suite measures FID itself, on its own sample count
+    values: dict[str, Any] = {
+        "name": "run", "out_dir": str(ctx.work_dir), "seed": spec.seed, "trainer.max_steps": spec.steps,
+        "optim.lr": spec.lr, "report": True, "export": True,
+        "eval.fid_samples": 0,  # the suite measures FID itself, on its own sample count
+    }
     if ctx.num_threads:
-        over.append(f"num_threads={ctx.num_threads}")
+        values["num_threads"] = ctx.num_threads
     if opts["pretrained"] is not None:
-        over.append(f"model.pretrained={opts['pretrained']}")
+        values["model.pretrained"] = opts["pretrained"]
     if opts["batch_size"]:
-        over.append(f"data.batch_size={opts['batch_size']}")
+        values["data.batch_size"] = opts["batch_size"]
     if opts["data_root"]:
-        over.append(f"data.root={opts['data_root']}")
+        values["data.root"] = opts["data_root"]
     if not ctx.progress:
-        over.append("trainer.enable_progress_bar=false")
+        values["trainer.enable_progress_bar"] = False
     if spec.algorithm == FP:
-        over.append("quant=none")
+        values["quant"] = "none"
     else:
-        over.append(f"quant={spec.algorithm}")
+        values["quant"] = spec.algorithm
         # Only the BinaryDM rows use LRM and progressive initialisation; they say so in spec.train.
-        over += ["loss.lrm_weight=0.0", "progressive.enabled=false"]
-        over += [f"quant_options.{k}={_yaml(v)}" for k, v in spec.quant_dict.items()]
+        values.update({"loss.lrm_weight": 0.0, "progressive.enabled": False, "quant_options": spec.quant_dict})
     if spec.train_dict.get("ebb.enabled"):
-        over.append(f"ebb.transition_step={spec.steps // 2}")  # EBB's two stages: half the run each
-    over += [f"{k}={_yaml(v)}" for k, v in spec.train_dict.items()]
-    over += list(opts["overrides"])
-    return load_config(opts["config"], over)
-
-
-def _yaml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_yaml(x) for x in v) + "]"
-    return str(v)
+        values["ebb.transition_step"] = spec.steps // 2  # EBB's two stages: half the run each
+    values.update(spec.train_dict)
+    return load_config(opts["config"], overrides=list(opts["overrides"]), values=values)
 
 
 def _reference(spec: RunSpec, opts: dict[str, Any], cfg, ctx: Context) -> tuple[str, str]:
@@ -124,13 +116,14 @@ def _reference(spec: RunSpec, opts: dict[str, Any], cfg, ctx: Context) -> tuple[
 def _paired(model, module, cfg, num: int) -> dict[str, float]:
     """The paired fidelity metric (``binarydm.evaluation.paired_mse``) on the first ``num`` held-out
     images with t and noise from seed 0 for every run and seed, so that all rows see the same inputs."""
+    from omegaconf import OmegaConf
+
     from binarydm.evaluation import paired_mse
-    from binarydm.training.config import to_container
-    from binarydm.training.data import DataConfig, build_dataset
+    from binarydm.training.data import build_dataset
 
     if num <= 0:
         return {}
-    held_out = build_dataset(DataConfig(**{**to_container(cfg.data), "seed": 0}), train=False)
+    held_out = build_dataset(OmegaConf.to_object(cfg.data), train=False, seed=0)
     x0 = torch.stack([held_out[i] for i in range(min(num, len(held_out)))])
     teacher = module.teacher
     if teacher is None and cfg.model.pretrained:  # the FP row: its teacher is the untouched pretrained model
