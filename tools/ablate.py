@@ -17,34 +17,44 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-DEFAULTS: dict[str, Any] = {
-    "config": "demo",
-    "steps": 200,
-    "seeds": [0],
-    "out": "runs/ablate",
-    "variants": {"default": []},   # name -> list of overrides; or @file.yaml
-    "common": [],                  # overrides for every variant
-    "threads": 1,
-}
+from binarydm import cli
+from binarydm.errors import UsageError, run_main
+
 METRICS = ("val/simple", "val/mse_teacher")
 
 
-def parse(argv: Sequence[str]) -> dict[str, Any]:
-    import yaml
+@dataclass
+class AblateArgs:
+    """``python tools/ablate.py [config=demo] [steps=200] [seeds=[0]] [out=runs/ablate] [variants={name: [overrides]}
+    | variants=@file.yaml] [common=[overrides]] [threads=1]`` (see the module's docstring)."""
 
-    args = dict(DEFAULTS)
+    config: str = "demo"
+    steps: int = 200
+    seeds: List[int] = field(default_factory=lambda: [0])
+    out: str = "runs/ablate"
+    variants: Dict[str, Optional[List[str]]] = field(default_factory=dict)  # name -> overrides (null: none)
+    common: List[str] = field(default_factory=list)  # overrides for every variant
+    threads: int = 1
+
+
+def parse(argv: Sequence[str]) -> AblateArgs:
+    """The shared ``key=value`` grammar (binarydm.cli); ``variants=@file.yaml`` reads the variants from a file."""
+    items = []
     for item in argv:
-        key, eq, value = item.partition("=")
-        if not eq or key not in DEFAULTS:
-            raise SystemExit(f"error: argument {item!r} is not key=value with a key in {sorted(DEFAULTS)}")
+        key, sep, value = item.partition("=")
         if key == "variants" and value.startswith("@"):
-            value = Path(value[1:]).read_text()
-        args[key] = yaml.safe_load(value)
+            try:
+                value = Path(value[1:]).read_text()
+            except OSError as err:
+                raise UsageError(f"variants={value}: cannot read it ({err.strerror})") from None
+        items.append(f"{key}={value}" if sep else item)
+    args = cli.parse(AblateArgs, items, AblateArgs.__doc__)
+    args.variants = {name: list(v or []) for name, v in args.variants.items()} or {"default": []}
     return args
 
 
@@ -93,25 +103,30 @@ def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> list[str]:
     return lines
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Path:
-    args = parse(sys.argv[1:] if argv is None else argv)
-    out = Path(args["out"])
-    seeds = [int(s) for s in args["seeds"]]
+def _main(argv: list[str]) -> Path:
+    args = parse(argv)
+    out = Path(args.out)
+    seeds = args.seeds
     results: dict[str, dict[int, dict]] = {}
-    for name, overrides in args["variants"].items():
+    for name, overrides in args.variants.items():
         results[name] = {}
         for seed in seeds:
-            results[name][seed] = run_one(args["config"], list(args["common"]) + list(overrides or []),
-                                          out / name / f"seed{seed}", int(args["steps"]), seed, int(args["threads"]))
+            results[name][seed] = run_one(args.config, args.common + overrides, out / name / f"seed{seed}",
+                                          args.steps, seed, args.threads)
             print(f"{name} seed {seed}: {results[name][seed]}", flush=True)
-    lines = [f"# Ablation: config={args['config']}, {args['steps']} steps, seeds {seeds}", "",
-             "Common overrides: " + (" ".join(args["common"]) or "none"), "",
+    lines = [f"# Ablation: config={args.config}, {args.steps} steps, seeds {seeds}", "",
+             "Common overrides: " + (" ".join(args.common) or "none"), "",
              *table(results, seeds), "", "Variants:", "",
-             *[f"- {n}: {' '.join(v or []) or '(config as is)'}" for n, v in args["variants"].items()]]
+             *[f"- {n}: {' '.join(v) or '(config as is)'}" for n, v in args.variants.items()]]
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return out / "ablation.md"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    """A bad argument prints one line, ``error: ...``, and exits 2."""
+    return run_main(_main, argv, raise_exit=True)
 
 
 if __name__ == "__main__":
