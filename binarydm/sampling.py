@@ -260,7 +260,8 @@ def sample_to_folder(args: SampleArgs) -> dict[str, Any]:
     check_condition(model, labels)
     model.to(args.device)
     prepare_out(out, args.overwrite)
-    info = {**asdict(args), "torch_threads": torch.get_num_threads(), "complete": False}
+    info = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
+            "torch_threads": torch.get_num_threads(), "complete": False}
     with atomic_write(out / "sample_info.json", "w") as f:  # marks the folder as ours from the start
         json.dump(info, f, indent=1)
     folder = out / "images"
