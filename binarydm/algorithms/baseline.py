@@ -21,7 +21,7 @@ def _weight(layer, spec: LayerSpec) -> LMB:
 
 # EBB (ICLR 2025 BinaryDM) is LMB plus a loss term and a transition step: the same quantizer, so
 # ``weight='ebb'`` builds the LMB the layer would get under ``weight='lmb'``. The loss term is
-# LMB.ebb_penalty (weighted by LossConfig.ebb_tau), the transition LMB.drop_second_basis_, called by
+# LMB.ebb_penalty (weighted by the config key ebb.tau), the transition LMB.drop_second_basis_, called by
 # binarydm.training.callbacks.EBBTransition.
 @register_weight("ebb")
 def _ebb(layer, spec: LayerSpec) -> LMB:
