@@ -8,7 +8,6 @@ the checkpoint through ``state_dict`` so a resumed run continues where it stoppe
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +19,7 @@ from ..quant.attention import QuantAttnProcessor
 from ..quant.convert import activation_quantizers, calibrate_, calibrate_quantizers_, progressive_groups, quant_layers
 from ..quant.layers import QUANT_LAYERS
 from ..sampling import sample_images, save_grid
+from .config import ProgressiveSchedule
 from .module import two_basis_lmbs
 
 
@@ -58,32 +58,6 @@ def calibrate_once(pl_module, batch) -> None:
 
 
 # ---- progressive initialisation -------------------------------------------------------------
-@dataclass
-class ProgressiveSchedule:
-    """BinaryDM's warm-up: event k (k = 0 .. G-1) switches group k of ``progressive_groups`` to
-    binary at step ``start_step + k * every``; event G switches on the attention operands.
-
-    ``reset_optimizer`` drops the optimizer state (AdamW's moments and step count) of the switched
-    layers' parameters at their switch; ``recalibrate`` re-initialises their activation steps on the
-    switch's batch, from the network as it is then (inner groups already binary). Both defaults were
-    chosen by paired measurement (docs/training.md, "Progressive initialisation").
-    """
-
-    enabled: bool = True
-    start_step: int = 0
-    every: int = 1
-    attention: bool = True
-    reset_optimizer: bool = True
-    recalibrate: bool = True
-
-    def __post_init__(self) -> None:
-        if self.every < 1 or self.start_step < 0:
-            raise ValueError(f"progressive: every >= 1 and start_step >= 0 required, got {self}")
-
-    def event_step(self, k: int) -> int:
-        return self.start_step + k * self.every
-
-
 def reset_optimizer_state_(optimizers, params) -> int:
     """Forget the optimizer state of ``params`` (AdamW: exp_avg, exp_avg_sq, step); returns how many.
 
