@@ -12,7 +12,9 @@ key and, for an unknown key, the valid ones::
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+import dataclasses
+import typing
+from typing import Any, FrozenSet, Iterable, Mapping, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -20,10 +22,27 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from .errors import UsageError
 
 
-def dotlist(items: Union[Iterable[str], Mapping[str, Any]], source: str = "the command line") -> DictConfig:
+def string_keys(schema: Any, prefix: str = "") -> FrozenSet[str]:
+    """The dotted keys of the dataclass ``schema`` declared ``str`` or ``Optional[str]``."""
+    keys: set[str] = set()
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if hint is str or (typing.get_origin(hint) is Union and args == [str]):
+            keys.add(prefix + f.name)
+        elif dataclasses.is_dataclass(hint):
+            keys |= string_keys(hint, f"{prefix}{f.name}.")
+    return frozenset(keys)
+
+
+def dotlist(items: Union[Iterable[str], Mapping[str, Any]], source: str = "the command line",
+            strings: FrozenSet[str] = frozenset()) -> DictConfig:
     """``["a.b=1", "c=x"]`` (values read as YAML), or a mapping of dotted keys to values
     (``{"a.b": 1, "c": [1, 2]}``, values kept as they are), as a DictConfig; an item that is not
-    ``key=value`` is a UsageError."""
+    ``key=value`` is a UsageError. Keys in ``strings`` (see :func:`string_keys`) keep their text as
+    typed (``out=0755`` stays ``"0755"``, ``ckpt=yes`` stays ``"yes"``; YAML would make them 493 and
+    True); ``null`` still means None there."""
     if isinstance(items, Mapping):
         out = OmegaConf.create()
         try:
@@ -37,8 +56,17 @@ def dotlist(items: Union[Iterable[str], Mapping[str, Any]], source: str = "the c
         key, sep, _ = item.partition("=")
         if not sep or not key:
             raise UsageError(f"argument {item!r} (from {source}) is not of the form key=value (e.g. num=64)")
+    raw = {}
+    for item in [i for i in items if i.partition("=")[0] in strings]:
+        key, _, value = item.partition("=")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        raw[key] = None if value in ("null", "~") else value
     try:
-        return OmegaConf.from_dotlist(items)
+        out = OmegaConf.from_dotlist([i for i in items if i.partition("=")[0] not in strings])
+        for key, value in raw.items():
+            OmegaConf.update(out, key, value, merge=True, force_add=True)
+        return out
     except OmegaConfBaseException as err:
         raise UsageError(f"cannot read {source}: {first_line(err)}") from None
 
@@ -63,7 +91,7 @@ def parse(schema: Any, argv: Sequence[str], usage: Optional[str] = None) -> Any:
     if any(a in ("-h", "--help") for a in argv):
         print(usage or schema.__doc__ or "")
         raise SystemExit(0)
-    cfg = merge(OmegaConf.structured(schema), dotlist(argv))
+    cfg = merge(OmegaConf.structured(schema), dotlist(argv, strings=string_keys(schema)))
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:  # a missing mandatory value (???), the dataclass's own check
@@ -125,4 +153,4 @@ def _culprit(base: Any, layer: Any, prefix: str = "") -> Optional[str]:
     return None
 
 
-__all__ = ["dotlist", "first_line", "merge", "parse"]
+__all__ = ["dotlist", "first_line", "merge", "parse", "string_keys"]
