@@ -17,7 +17,7 @@
 // popc(B_k & S_b) is the tensor core's and.popc product (one MMA per plane); the per-input-pixel sums
 // of (q - z) are written by the pack kernel and added over the pixel's taps once per block.
 //
-// Kernels (extern "C", no headers: NVRTC compiles the file as it is):
+// Kernels (extern "C"; the one include, w1a4_common.cuh, holds the code shared with w1a4_conv.cu):
 //   w1a4_conv_bmma_nb{1,2}_{f16,f32}   the conv (block 128 pixels x 64 columns, 8 warps of 32 x 32,
 //                                       4-stage cp.async pipeline, 256-bit K chunks)
 //   w1a4_planes_codes                   packed nibble codes (binarydm.kernels.packing) -> planes + sums
@@ -36,8 +36,7 @@
 //                                 K words past the end are 0.
 //   GEMM column j = base j % NB of output channel j / NB (as in w1a4_conv.cu).
 
-typedef unsigned int u32;
-typedef unsigned short u16;
+#include "w1a4_common.cuh"
 
 #define BM_BM 128       // output pixels per block
 #define BM_BN 64        // GEMM columns per block
@@ -127,38 +126,6 @@ __device__ __forceinline__ void bmma(int (&c)[4], const u32 (&a)[4], u32 b0, u32
 #endif
 }
 
-__device__ __forceinline__ u16 f32_to_f16_bits(float f) {
-#ifdef W1A4_HOST_EMU
-    return w1a4_emu_f32_to_f16_bits(f);
-#else
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-#endif
-}
-
-enum { IN_F32 = 0, IN_F16 = 1, IN_BF16 = 2, IN_CODES = 3 };
-
-template <int IN>
-__device__ __forceinline__ float load_as_f32(const void* __restrict__ x, long long i) {
-    if (IN == IN_F32) return reinterpret_cast<const float*>(x)[i];
-    const u16 h = reinterpret_cast<const u16*>(x)[i];
-    if (IN == IN_BF16) return __uint_as_float((u32)h << 16);
-#ifdef W1A4_HOST_EMU
-    return w1a4_emu_f16_bits_to_f32(h);
-#else
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-
-// Sum of the eight nibbles of x.
-__host__ __device__ __forceinline__ int nibble_sum(u32 x) {
-    const u32 bytes = (x & 0x0F0F0F0Fu) + ((x >> 4) & 0x0F0F0F0Fu);
-    return (int)((bytes * 0x01010101u) >> 24);
-}
-
 // Bit k of each of the 8 nibbles of x -> bits 0..7.
 __host__ __device__ __forceinline__ u32 nibble_bit_plane(u32 x, int k) {
     u32 y = (x >> k) & 0x11111111u;
@@ -192,16 +159,6 @@ struct Shape {
     int KH, KW, SH, SW, PH, PW;
     int z, nchunks;  // nchunks = ceil(KH * KW * G / 8): 256-bit K chunks
 };
-
-// The epilogue of cuda/w1a4_conv.cu: one correctly rounded float32 operation at a time.
-template <int NB>
-__device__ __forceinline__ float epilogue(int v0, int v1, int o, int C_out, const float* __restrict__ scale,
-                                          const float* __restrict__ bias) {
-    float y = __fmul_rn(__int2float_rn(v0), scale[o]);
-    if (NB == 2) y = __fadd_rn(y, __fmul_rn(__int2float_rn(v1), scale[C_out + o]));
-    if (bias != nullptr) y = __fadd_rn(y, bias[o]);
-    return y;
-}
 
 // ---- the conv ----------------------------------------------------------------------------------
 // Shared memory per stage: A as 128 rows (pixels) x 8 units of 16 bytes, unit (plane p, half h) = K
@@ -401,15 +358,7 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     for (int idx = tid; idx < BM_BM * nch; idx += BM_THREADS) {
         const int rl = idx >> shift, ch = idx & (nch - 1);
         const int m = m0 + rl, o = cb * nch + ch;
-        if (m < M && o < s.C_out) {
-            const long long at = (long long)m * s.C_out + o;
-            const float y = Ys[rl * BM_YS_STRIDE + ch];
-            if (F16) {
-                reinterpret_cast<u16*>(out)[at] = f32_to_f16_bits(y);
-            } else {
-                reinterpret_cast<float*>(out)[at] = y;
-            }
-        }
+        if (m < M && o < s.C_out) store_out<F16>(out, (long long)m * s.C_out + o, Ys[rl * BM_YS_STRIDE + ch]);
     }
 }
 
@@ -418,7 +367,7 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
 // over a pixel's groups is made in shared memory. From packed nibble codes (IN_CODES: Gc = C_pad / 32
 // groups of 4 words per pixel, zero point z) or from a float tensor of any strides (LSQ: code =
 // rint(clamp(x / d, qn, qp)) - qn, z = -qn, the rounding and float32 division of
-// binarydm.kernels.packing.pack_activation). Groups past the channels (up to G) are written as 0.
+// binarydm.kernels.packing.pack_activation: lsq_code). Groups past the channels (up to G) are written as 0.
 template <int IN>
 __device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes, int* __restrict__ sums, int N,
                             int C, int H, int W, long long sN, long long sC, long long sH, long long sW, int G,
@@ -446,11 +395,7 @@ __device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes
 #pragma unroll
             for (int jj = 0; jj < 32; ++jj) {
                 const int c = grp * 32 + jj;
-                if (c < C) {
-                    const float v = __fdiv_rn(load_as_f32<IN>(x, base + c * sC), step);
-                    const float q = rintf(fminf(fmaxf(v, (float)qn), (float)qp));
-                    wd[jj >> 3] |= (u32)((int)q - qn) << (4 * (jj & 7));
-                }
+                if (c < C) wd[jj >> 3] |= lsq_code<IN>(x, base + c * sC, step, qn, qp) << (4 * (jj & 7));
             }
         }
         u32 pl[4];
@@ -491,7 +436,7 @@ W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f32, 2, false)
          long long sH, long long sW, int G, int Gc, const float* step, int qn, int qp, int z) {           \
         w1a4_bmma::pack_planes<IN>(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, Gc, step, qn, qp, z);  \
     }
-W1A4_PLANES_ENTRY(w1a4_planes_codes, w1a4_bmma::IN_CODES)
-W1A4_PLANES_ENTRY(w1a4_planes_f32, w1a4_bmma::IN_F32)
-W1A4_PLANES_ENTRY(w1a4_planes_f16, w1a4_bmma::IN_F16)
-W1A4_PLANES_ENTRY(w1a4_planes_bf16, w1a4_bmma::IN_BF16)
+W1A4_PLANES_ENTRY(w1a4_planes_codes, IN_CODES)
+W1A4_PLANES_ENTRY(w1a4_planes_f32, IN_F32)
+W1A4_PLANES_ENTRY(w1a4_planes_f16, IN_F16)
+W1A4_PLANES_ENTRY(w1a4_planes_bf16, IN_BF16)

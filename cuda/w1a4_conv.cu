@@ -7,7 +7,7 @@
 //   v_b        = acc_b - z * sum_{t in valid(p)} R_b[o,t]                     (border correction)
 //   y[p,o]     = fl(fl(fl(v_0 * s_0[o]) + fl(v_1 * s_1[o])) + bias[o])        (s_b = fl(alpha_b * d))
 //
-// Kernels (extern "C", no headers so that NVRTC compiles the file as it is):
+// Kernels (extern "C"; the one include, w1a4_common.cuh, holds the code shared with w1a4_bmma.cu):
 //   w1a4_conv_mma_nb{1,2}_{f16,f32}   integer tensor cores, mma.sync m16n8k32 u8 x s8 -> s32 (sm_80+;
 //                                      on Hopper the 8-bit path is the dense integer one, there is no
 //                                      4-bit mma throughput published for sm_90)
@@ -18,8 +18,7 @@
 // base j % NB of output channel j / NB, so with two bases a thread's accumulator pair (c0, c1) -- two
 // adjacent columns in the mma C fragment -- is both bases of one output channel.
 
-typedef unsigned int u32;
-typedef unsigned short u16;
+#include "w1a4_common.cuh"
 
 // The integer helpers are host functions too, so that a host program can check them exhaustively
 // (tests/test_kernels.py) without a GPU.
@@ -59,34 +58,6 @@ W1A4_HD u32 bits_to_nibble_mask(u32 b) {
     return b * 0xFu;
 }
 
-// Sum of the eight nibbles of x (at most 120).
-W1A4_HD int nibble_sum(u32 x) {
-    u32 bytes = (x & 0x0F0F0F0Fu) + ((x >> 4) & 0x0F0F0F0Fu);
-    return (int)((bytes * 0x01010101u) >> 24);
-}
-
-// The three places that use PTX directly (this conversion, its inverse in load_as_f32, and the mma)
-// have a host branch: tools/kernel_emu/ compiles this file with g++ and -DW1A4_HOST_EMU, its shim
-// emulating them, to run the kernels bit for bit on the CPU (tests/test_kernel_emu.py).
-__device__ __forceinline__ u16 f32_to_f16_bits(float f) {
-#ifdef W1A4_HOST_EMU
-    return w1a4_emu_f32_to_f16_bits(f);
-#else
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-#endif
-}
-
-template <bool F16>
-__device__ __forceinline__ void store_out(void* out, long long idx, float y) {
-    if (F16) {
-        reinterpret_cast<u16*>(out)[idx] = f32_to_f16_bits(y);
-    } else {
-        reinterpret_cast<float*>(out)[idx] = y;
-    }
-}
-
 // Sum of R_b[o, t] over the taps of pixel (ih0, iw0) (top-left input coordinate) inside the image.
 __device__ __forceinline__ int valid_row_sum(const int* __restrict__ rs, int ih0, int iw0, int H, int W,
                                              int KH, int KW) {
@@ -103,17 +74,6 @@ __device__ __forceinline__ int valid_row_sum(const int* __restrict__ rs, int ih0
         }
     }
     return s;
-}
-
-// The epilogue shared by every kernel: one correctly rounded float32 operation at a time (explicit
-// _rn intrinsics, so that no fused multiply-add changes the rounding against the PyTorch reference).
-template <int NB>
-__device__ __forceinline__ float epilogue(int v0, int v1, int o, int C_out, const float* __restrict__ scale,
-                                          const float* __restrict__ bias) {
-    float y = __fmul_rn(__int2float_rn(v0), scale[o]);
-    if (NB == 2) y = __fadd_rn(y, __fmul_rn(__int2float_rn(v1), scale[C_out + o]));
-    if (bias != nullptr) y = __fadd_rn(y, bias[o]);
-    return y;
 }
 
 // Kernel entry points take the shape as 14 plain ints (CONV_SHAPE_PARAMS), the simplest thing for
@@ -416,26 +376,9 @@ W1A4_MMA_ENTRY(w1a4_conv_mma_nb2_f16, 2, true)
 W1A4_MMA_ENTRY(w1a4_conv_mma_nb2_f32, 2, false)
 
 // ---- activation quantization and packing --------------------------------------------------------
-// One thread per packed word (8 channels of one pixel): code = rint(clamp(x / d, qn, qp)) - qn, the
-// rounding of torch.round (half to even) and the same float32 division as the PyTorch packer. The
-// input is read in its own dtype (converting fp16/bf16 to float32 is exact), so the launcher makes no
-// float32 copy of it; the step is read from device memory, so the launcher never syncs to fetch it.
-enum { IN_F32 = 0, IN_F16 = 1, IN_BF16 = 2 };
-
-template <int IN>
-__device__ __forceinline__ float load_as_f32(const void* __restrict__ x, long long i) {
-    if (IN == IN_F32) return reinterpret_cast<const float*>(x)[i];
-    const u16 h = reinterpret_cast<const u16*>(x)[i];
-    if (IN == IN_BF16) return __uint_as_float((u32)h << 16);
-#ifdef W1A4_HOST_EMU
-    return w1a4_emu_f16_bits_to_f32(h);
-#else
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-
+// One thread per packed word (8 channels of one pixel), each code lsq_code (w1a4_common.cuh). The
+// input is read in its own dtype, so the launcher makes no float32 copy of it; the step is read from
+// device memory, so the launcher never syncs to fetch it.
 template <int IN>
 __device__ void quantize_pack(const void* __restrict__ x, u32* __restrict__ out, int N, int C, int H, int W,
                               long long sN, long long sC, long long sH, long long sW, int words_per_pixel,
@@ -453,11 +396,7 @@ __device__ void quantize_pack(const void* __restrict__ x, u32* __restrict__ out,
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         const int c = word * 8 + j;
-        if (c < C) {
-            const float v = __fdiv_rn(load_as_f32<IN>(x, n * sN + c * sC + h * sH + w * sW), step);
-            const float q = rintf(fminf(fmaxf(v, (float)qn), (float)qp));
-            packed |= (u32)((int)q - qn) << (4 * j);
-        }
+        if (c < C) packed |= lsq_code<IN>(x, n * sN + c * sC + h * sH + w * sW, step, qn, qp) << (4 * j);
     }
     out[idx] = packed;
 }

@@ -399,24 +399,18 @@ def test_sample_grid_and_config_are_written_atomically(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "c").iterdir()] == ["config.yaml"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.labels=false"], "class-conditional (10 classes); set data.labels=true"),
-    (["model.config.encoder_hid_dim_type=null", "model.config.encoder_hid_dim=null"], "conditioned on text"),
+@pytest.mark.parametrize("config, overrides, message", [
+    ("tiny_cond", ["data.labels=false"], "class-conditional (10 classes); set data.labels=true"),
+    ("tiny_cond", ["model.config.encoder_hid_dim_type=null", "model.config.encoder_hid_dim=null"],
+     "conditioned on text"),
+    ("tiny", ["data.labels=true"], "takes no class labels"),
 ])
-def test_conditional_config_mismatches_fail_before_training(tmp_path, overrides, message):
+def test_condition_and_label_mismatches_fail_before_training(tmp_path, config, overrides, message):
     from binarydm.training.config import load_config
     from binarydm.training.validate import check_config
 
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        check_config(load_config("tiny_cond", [f"out_dir={tmp_path}", *overrides]))
-
-
-def test_labels_for_an_unconditional_unet_fail(tmp_path):
-    from binarydm.training.config import load_config
-    from binarydm.training.validate import check_config
-
-    with pytest.raises(UsageError, match="takes no class labels"):
-        check_config(load_config("tiny", [f"out_dir={tmp_path}", "data.labels=true"]))
+        check_config(load_config(config, [f"out_dir={tmp_path}", *overrides]))
 
 
 def test_fashion_mnist_labels_are_read(tmp_path):

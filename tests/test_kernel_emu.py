@@ -78,23 +78,15 @@ def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_d
     assert torch.equal(_bits(y), _bits(expected))
 
 
+@pytest.mark.parametrize("variant, agrees", [("mma", False), ("bmma", False), ("simt", True)])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[9]])
-def test_a_wrong_fragment_mapping_is_caught(mutant, shape):
-    # The mutant emulator reads A register 1 as k + 16 and register 2 as row + 8 (swapped): the mma
-    # kernel must now disagree with the reference, while the CUDA-core kernel, which uses no mma, agrees.
+def test_a_wrong_fragment_mapping_is_caught(mutant, shape, variant, agrees):
+    # The mutant emulator swaps the roles of A registers 1 and 2 (row + 8 and the second K half) in both
+    # tensor-core emulations, m16n8k32 u8 x s8 and m16n8k256 b1: each tensor-core kernel must now
+    # disagree with the reference, while the CUDA-core kernel, which uses no mma, still agrees.
     x, w = _operands(shape, seed=7)
     expected = reference.w1a4_conv2d(x, w, torch.float32)
-    assert not torch.equal(emu.run_conv(mutant, x, w, torch.float32, "mma"), expected)
-    assert torch.equal(emu.run_conv(mutant, x, w, torch.float32, "simt"), expected)
-
-
-@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[9]])
-def test_a_wrong_bit_mma_fragment_mapping_is_caught(mutant, shape):
-    # Same mutation in the m16n8k256 b1 emulation (A register 1 read as k + 128, register 2 as row + 8):
-    # the bit-plane kernel must disagree with the reference.
-    x, w = _operands(shape, seed=7)
-    expected = reference.w1a4_conv2d(x, w, torch.float32)
-    assert not torch.equal(emu.run_conv(mutant, x, w, torch.float32, "bmma"), expected)
+    assert torch.equal(emu.run_conv(mutant, x, w, torch.float32, variant), expected) == agrees
 
 
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], SHAPES[6], SHAPES[12]],
@@ -107,33 +99,26 @@ def test_emulated_plane_pack_from_codes_equals_the_torch_planes(exe, shape):
     assert torch.equal(planes, expected_planes) and torch.equal(sums, expected_sums)
 
 
+@pytest.mark.parametrize("kernel, shape, seed", [("quantize_pack", (2, 45, 5, 7), 29),
+                                                 ("planes", (2, 150, 4, 5), 31)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_emulated_plane_pack_from_float_equals_packer(exe, dtype, channels_last):
-    # The fused quantize + bit-plane pack gives the planes of pack_activation's codes (LSQ rounding).
-    gen = torch.Generator().manual_seed(31)
+def test_emulated_quantize_kernels_equal_the_packer(exe, kernel, shape, seed, dtype, channels_last):
+    # Both kernels quantize with lsq_code (cuda/w1a4_common.cuh) from the input in its own dtype and
+    # strides: the codes of pack_activation (LSQ rounding), as nibbles (quantize_pack) or as bit-planes
+    # with per-pixel sums (the fused quantize + bit-plane pack).
+    gen = torch.Generator().manual_seed(seed)
     step = 0.375
-    x = torch.randn(2, 150, 4, 5, generator=gen) * 4
+    x = torch.randn(*shape, generator=gen) * 4
     x[0, :8, 0, 0] = step * torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 6.5, -7.5, 7.5])  # ties: half to even
     x[1, :4, 0, 0] = torch.tensor([100.0, -100.0, 0.0, -0.0])  # clamped, zeros
     x = x.to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    planes, sums = emu.run_planes(exe, x, step, -8, 7)
-    expected_planes, expected_sums = bmma_planes_reference(pack_activation(x, step))
-    assert torch.equal(planes, expected_planes) and torch.equal(sums, expected_sums)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_emulated_quantize_pack_equals_packer(exe, dtype, channels_last):
-    gen = torch.Generator().manual_seed(29)
-    step = 0.375
-    x = torch.randn(2, 45, 5, 7, generator=gen) * 4
-    x[0, :8, 0, 0] = step * torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 6.5, -7.5, 7.5])  # ties: half to even
-    x[1, :4, 0, 0] = torch.tensor([100.0, -100.0, 0.0, -0.0])  # clamped, zeros
-    x = x.to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    codes = emu.run_pack(exe, x, step)
-    assert torch.equal(codes, pack_activation(x, step).codes)
+    packed = pack_activation(x, step)
+    if kernel == "quantize_pack":
+        assert torch.equal(emu.run_pack(exe, x, step), packed.codes)
+    else:
+        planes, sums = emu.run_planes(exe, x, step, -8, 7)
+        expected_planes, expected_sums = bmma_planes_reference(packed)
+        assert torch.equal(planes, expected_planes) and torch.equal(sums, expected_sums)

@@ -84,9 +84,11 @@ def test_quantize_pack_reads_the_input_in_place_and_the_step_by_pointer(dtype):
         kcuda._quantize_pack_args(x.double(), codes, step, -8, 7)
 
 
-def test_cubin_of_an_edited_source_is_not_loaded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("edited", ["w1a4_conv.cu", "w1a4_common.cuh"])
+def test_cubin_of_an_edited_source_is_not_loaded(tmp_path, monkeypatch, edited):
+    for name in ("w1a4_conv.cu", "w1a4_common.cuh"):
+        (tmp_path / name).write_text((kcuda.SOURCE.parent / name).read_text())
     source = tmp_path / "w1a4_conv.cu"
-    source.write_text(kcuda.SOURCE.read_text())
     monkeypatch.setattr(kcuda, "SOURCE", source)
     monkeypatch.setattr(kcuda, "CUBIN_DIR", tmp_path / "build")
     monkeypatch.delenv("BINARYDM_W1A4_CUBIN", raising=False)
@@ -99,7 +101,7 @@ def test_cubin_of_an_edited_source_is_not_loaded(tmp_path, monkeypatch):
     monkeypatch.setattr(kcuda, "shutil", types.SimpleNamespace(which=lambda _: "/usr/bin/nvcc"))
     built = kcuda.build_cubin("sm_90a")
     assert kcuda._cubin_for(9, 0) == built
-    source.write_text(source.read_text() + "\n// edited\n")
+    (tmp_path / edited).write_text((tmp_path / edited).read_text() + "\n// edited\n")
     assert kcuda._cubin_for(9, 0) is None  # the old cubin is stale: compile the source instead
 
 

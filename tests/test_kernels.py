@@ -206,31 +206,34 @@ def test_pack_quant_conv_rejects_what_the_kernel_cannot_run():
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 
 
-@needs_nvcc
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_90a"])
-def test_cuda_source_compiles_with_nvcc(arch, tmp_path):
-    cubin = kcuda.build_cubin(arch, tmp_path)
-    assert cubin.stat().st_size > 0
-    names = cubin.read_bytes()
-    for kernel in kcuda.MMA_KERNELS + kcuda.SIMT_KERNELS + tuple(kcuda.PACK_KERNELS.values()):
-        assert kernel.encode() in names
+# Per source: the kernels its cubin must hold, and the PTX instructions (with their least count) that
+# show which tensor cores it uses.
+SOURCE_KERNELS = {
+    "w1a4_conv.cu": (kcuda.MMA_KERNELS + kcuda.SIMT_KERNELS + tuple(kcuda.PACK_KERNELS.values()),
+                     {"mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32": 4}),
+    "w1a4_bmma.cu": (kcuda.BMMA_KERNELS + tuple(kcuda.PLANES_KERNELS.values()) + (kcuda.PLANES_CODES_KERNEL,),
+                     {"mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc": 4, "cp.async.cg.shared.global": 1,
+                      "ldmatrix.sync.aligned.m8n8.x4.shared.b16": 1}),
+}
 
 
 @needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90", "sm_90a"])
-def test_bit_plane_source_compiles_with_nvcc(arch, tmp_path):
-    cubin = kcuda.build_cubin(arch, tmp_path, source=kcuda.BMMA_SOURCE)
-    assert cubin.name.startswith("w1a4_bmma.") and cubin.stat().st_size > 0
+@pytest.mark.parametrize("source", list(SOURCE_KERNELS))
+def test_cuda_source_compiles_with_nvcc(source, arch, tmp_path):
+    cubin = kcuda.build_cubin(arch, tmp_path, source=kcuda.SOURCE.parent / source)
+    assert cubin.name.startswith(source.removesuffix(".cu") + ".") and cubin.stat().st_size > 0
     names = cubin.read_bytes()
-    for kernel in kcuda.BMMA_KERNELS + tuple(kcuda.PLANES_KERNELS.values()) + (kcuda.PLANES_CODES_KERNEL,):
+    for kernel in SOURCE_KERNELS[source][0]:
         assert kernel.encode() in names
 
 
 @needs_nvcc
-def test_bit_plane_ptx_uses_the_one_bit_tensor_cores(tmp_path):
-    ptx = kcuda.build_cubin("sm_80", tmp_path, kind="ptx", source=kcuda.BMMA_SOURCE).read_text()
-    assert ptx.count("mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc") >= 4
-    assert "cp.async.cg.shared.global" in ptx and "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in ptx
+@pytest.mark.parametrize("source", list(SOURCE_KERNELS))
+def test_ptx_uses_the_tensor_cores(source, tmp_path):
+    ptx = kcuda.build_cubin("sm_80", tmp_path, kind="ptx", source=kcuda.SOURCE.parent / source).read_text()
+    for instruction, least in SOURCE_KERNELS[source][1].items():
+        assert ptx.count(instruction) >= least, instruction
 
 
 def test_bit_plane_constants_match_the_source():
@@ -242,19 +245,17 @@ def test_bit_plane_constants_match_the_source():
     assert kcuda.BMMA_SMEM_BYTES == stages * (kcuda.BMMA_BM * 8 + 128) * 16
 
 
-@needs_nvcc
-def test_ptx_uses_integer_tensor_cores(tmp_path):
-    ptx = kcuda.build_cubin("sm_80", tmp_path, kind="ptx").read_text()
-    assert ptx.count("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32") >= 4
-
-
-@pytest.mark.parametrize("source", ["w1a4_conv.cu", "w1a4_bmma.cu"])
+@pytest.mark.parametrize("source", list(SOURCE_KERNELS))
 def test_cuda_source_compiles_with_nvrtc(source):
-    # CuPy's path: NVRTC with no include directories (CuPy adds -arch itself).
+    # CuPy's path: NVRTC on the loader's text (the header spliced in), no include directories (CuPy
+    # adds -arch itself).
     nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
     path = kcuda.SOURCE.parent / source
+    text = kcuda.cuda_source(path)
+    assert not [line for line in text.splitlines() if line.lstrip().startswith("#include")]
+    assert text.count("#define W1A4_COMMON_CUH") == 1
     for arch in (b"compute_80", b"compute_90"):
-        _, prog = nvrtc.nvrtcCreateProgram(path.read_text().encode(), source.encode(), 0, [], [])
+        _, prog = nvrtc.nvrtcCreateProgram(text.encode(), source.encode(), 0, [], [])
         opts = [b"--gpu-architecture=" + arch, b"--std=c++17"]
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -481,60 +482,19 @@ def test_quantize_planes_kernel_equals_the_torch_planes(dtype):
 
 
 @pytest.mark.gpu
-def test_bit_plane_path_replays_in_a_cuda_graph():
-    if not kcuda.is_available():
-        pytest.skip("CuPy cannot load the kernel here")
-    gen = torch.Generator().manual_seed(47)
-    _, w, _, _ = _random_operands(128, 96, 3, 1, 1, 2, 8, gen, device="cuda")
-    x = torch.randn(2, 128, 9, 11, generator=gen).cuda().half()
-    step = torch.tensor(0.2, device="cuda")
-    planes = (torch.empty(2, 9, 11, 1, 4, 4, dtype=torch.int32, device="cuda"),
-              torch.empty(2, 9, 11, dtype=torch.int32, device="cuda"))
-    out = torch.empty(2, 9, 11, 96, dtype=torch.float16, device="cuda")
-
-    def run():
-        kcuda.launch_bmma(kcuda.quantize_planes(x, step, out=planes), w, torch.float16, out=out)
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    x.copy_(torch.randn(2, 128, 9, 11, generator=gen).half())
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    expected = reference.w1a4_conv2d(pack_activation(x, step), w)
-    assert torch.equal(out.permute(0, 3, 1, 2), expected)
-
-
-@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_quantize_pack_kernel_equals_packer(channels_last):
-    if not kcuda.is_available():
-        pytest.skip("CuPy cannot load the kernel here")
-    gen = torch.Generator().manual_seed(17)
-    x = (torch.randn(4, 45, 7, 9, generator=gen) * 3).cuda()
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    packed = kcuda.quantize_pack(x, 0.3)
-    torch.cuda.synchronize()
-    assert torch.equal(packed.codes, pack_activation(x, 0.3).codes)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_quantize_pack_reads_half_inputs_in_place(dtype):
-    # fp16/bf16 are read as they are (no float32 copy); converting them to float32 is exact, so the
-    # codes equal the packer's on the same values.
+def test_quantize_pack_kernel_equals_packer(dtype, channels_last):
+    # Any strides; fp16/bf16 are read as they are (no float32 copy; converting them to float32 is
+    # exact), so the codes equal the packer's on the same values; written into the given buffer. The
+    # step as a number (float32) or as a device tensor (read by pointer).
     if not kcuda.is_available():
         pytest.skip("CuPy cannot load the kernel here")
     gen = torch.Generator().manual_seed(19)
-    x = (torch.randn(3, 70, 5, 6, generator=gen) * 3).to(dtype).cuda().contiguous(memory_format=torch.channels_last)
-    step = torch.tensor(0.37, device="cuda")
+    x = (torch.randn(3, 70, 5, 6, generator=gen) * 3).to(dtype).cuda()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    step = 0.37 if dtype == torch.float32 else torch.tensor(0.37, device="cuda")
     codes = torch.full((3, 5, 6, 12), -1, dtype=torch.int32, device="cuda")  # poisoned
     packed = kcuda.quantize_pack(x, step, out=codes)
     torch.cuda.synchronize()
@@ -543,20 +503,30 @@ def test_quantize_pack_reads_half_inputs_in_place(dtype):
 
 
 @pytest.mark.gpu
-def test_quantize_pack_and_launch_replay_in_a_cuda_graph():
-    # No host sync in either launcher (a .item() would make the capture fail), so a graph can hold them.
+@pytest.mark.parametrize("variant", ["mma", "bmma"])
+def test_quantize_and_launch_replay_in_a_cuda_graph(variant):
+    # No host sync in the quantizer or the launcher (a .item() would make the capture fail), so a graph
+    # can hold them: quantize_pack + launch (mma), quantize_planes + launch_bmma (bit planes).
     if not kcuda.is_available():
         pytest.skip("CuPy cannot load the kernel here")
     gen = torch.Generator().manual_seed(23)
-    _, w, _, _ = _random_operands(64, 40, 3, 1, 1, 2, 8, gen, device="cuda")
-    x = torch.randn(2, 64, 9, 11, generator=gen).cuda().half()
+    cin, cout = 128, 96
+    _, w, _, _ = _random_operands(cin, cout, 3, 1, 1, 2, 8, gen, device="cuda")
+    x = torch.randn(2, cin, 9, 11, generator=gen).cuda().half()
     step = torch.tensor(0.2, device="cuda")
-    codes = torch.empty(2, 9, 11, 8, dtype=torch.int32, device="cuda")
-    out = torch.empty(2, 9, 11, 40, dtype=torch.float16, device="cuda")
-    scale = reference.epilogue_scale(w, PackedActivation(codes, step, 8, 64))
+    out = torch.empty(2, 9, 11, cout, dtype=torch.float16, device="cuda")
+    if variant == "mma":
+        codes = torch.empty(2, 9, 11, cin // 8, dtype=torch.int32, device="cuda")
+        scale = reference.epilogue_scale(w, PackedActivation(codes, step, 8, cin))
 
-    def run():
-        kcuda.launch(kcuda.quantize_pack(x, step, out=codes), w, torch.float16, out=out, scale=scale)
+        def run():
+            kcuda.launch(kcuda.quantize_pack(x, step, out=codes), w, torch.float16, out=out, scale=scale)
+    else:
+        planes = (torch.empty(2, 9, 11, 1, 4, 4, dtype=torch.int32, device="cuda"),
+                  torch.empty(2, 9, 11, dtype=torch.int32, device="cuda"))
+
+        def run():
+            kcuda.launch_bmma(kcuda.quantize_planes(x, step, out=planes), w, torch.float16, out=out)
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -566,7 +536,7 @@ def test_quantize_pack_and_launch_replay_in_a_cuda_graph():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         run()
-    x.copy_(torch.randn(2, 64, 9, 11, generator=gen).half())  # new input, same buffer
+    x.copy_(torch.randn(2, cin, 9, 11, generator=gen).half())  # new input, same buffer
     out.fill_(float("nan"))
     graph.replay()
     torch.cuda.synchronize()

@@ -17,7 +17,8 @@ PROBE = """
 import json, binarydm, binarydm.resources as r
 from binarydm.kernels import cuda
 print(json.dumps(dict(file=binarydm.__file__, configs=str(r.config_dir()), cuda=str(r.cuda_dir()),
-                      cu=sorted(p.name for p in r.cuda_dir().glob("*.cu")),
+                      cu=sorted(p.name for p in r.cuda_dir().glob("*.cu*")),
+                      spliced=not [l for l in cuda.cuda_source().splitlines() if l.lstrip().startswith("#include")],
                       yaml=sorted(p.name for p in r.config_dir().glob("*.yaml")),
                       source_chars=len(cuda.cuda_source()), bmma_chars=len(cuda.cuda_source(cuda.BMMA_SOURCE)))))
 """
@@ -60,7 +61,8 @@ def test_wheel_outside_the_checkout_trains_and_finds_the_cuda_sources(tmp_path):
     assert Path(found["file"]).resolve().is_relative_to(package.resolve()), found["file"]
     assert Path(found["configs"]).resolve() == (package / "configs").resolve()
     assert Path(found["cuda"]).resolve() == (package / "cuda").resolve()
-    assert {"w1a4_conv.cu", "w1a4_bmma.cu"} <= set(found["cu"])
+    assert {"w1a4_conv.cu", "w1a4_bmma.cu", "w1a4_common.cuh"} <= set(found["cu"])
+    assert found["spliced"]  # the header is there for the NVRTC text to take it in
     assert {"tiny.yaml", "demo.yaml", "folder_teacher.yaml"} <= set(found["yaml"])
     assert found["source_chars"] > 1000 and found["bmma_chars"] > 1000
     assert not list(package.glob("cuda/build")), "cubins of the build machine must not ship"

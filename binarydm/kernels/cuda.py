@@ -3,11 +3,13 @@
 :func:`w1a4_conv2d` has the signature of :func:`binarydm.kernels.reference.w1a4_conv2d` and returns
 the same numbers bit for bit. It runs the bit-plane kernel (``"bmma"``: 1-bit tensor cores, sm_80+)
 where that kernel passed a bit-exactness self-check on the device, else the u8 x s8 tensor-core
-kernel (``"mma"``), else the CUDA-core one (``"simt"``); ``BINARYDM_W1A4_VARIANT`` forces one. The module is compiled with NVRTC (``cupy.RawModule``) at first use and
-cached for the process; where a cubin built by nvcc for the device's architecture is present (see
-:func:`build_cubin`, or the ``BINARYDM_W1A4_CUBIN`` environment variable) it is loaded instead. A
-built cubin's name carries a hash of the source it was built from, so an edited source never runs an
-old cubin.
+kernel (``"mma"``), else the CUDA-core one (``"simt"``); ``BINARYDM_W1A4_VARIANT`` forces one. Each
+source is compiled with NVRTC (``cupy.RawModule``) at first use and cached for the process
+(:func:`load_module`); where a cubin built by nvcc for the device's architecture is present (see
+:func:`build_cubin`, or the ``BINARYDM_W1A4_CUBIN`` / ``BINARYDM_W1A4_BMMA_CUBIN`` environment
+variables) it is loaded instead. NVRTC gets the source with its include (cuda/w1a4_common.cuh) spliced
+in (:func:`cuda_source`), and a built cubin's name carries a hash of that text, so an edited source or
+header never runs an old cubin.
 Where CUDA or CuPy is missing, or the operands live on the CPU, the call falls back to the PyTorch
 reference and warns once per process.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import warnings
@@ -54,10 +57,12 @@ BMMA_BM, BMMA_BN, BMMA_THREADS, BMMA_SMEM_BYTES, BMMA_PACK_THREADS = 128, 64, 25
 VARIANTS = ("bmma", "mma", "simt")
 VARIANT_ENV = "BINARYDM_W1A4_VARIANT"
 
-_state: dict = {"module": None, "error": None, "warned": False, "variant": None}
-# The bit-plane module, which functions got their dynamic shared memory limit, and each device's
-# self-check result (True: bit for bit against the reference).
-_bmma_state: dict = {"module": None, "error": None, "smem_set": set(), "checked": {}, "warned": False}
+# The compiled modules and the load errors, by source file name; the fallback warning; a forced variant.
+_state: dict = {"modules": {}, "errors": {}, "warned": False, "variant": None}
+# Which bit-plane functions got their dynamic shared memory limit, and each device's self-check result
+# (True: bit for bit against the reference; "check_error" says why not).
+_bmma_state: dict = {"smem_set": set(), "checked": {}}
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 
 
 class KernelUnavailable(RuntimeError):
@@ -65,7 +70,25 @@ class KernelUnavailable(RuntimeError):
 
 
 def cuda_source(source: Optional[Path] = None) -> str:
-    return Path(source or SOURCE).read_text()
+    """The text NVRTC compiles: ``source`` (default cuda/w1a4_conv.cu) with each ``#include "file"`` of
+    a file beside it replaced by that file's text (once; the header guards stay). NVRTC is given no
+    include path, and CuPy's kernel cache is keyed by this text, so an edited header is a new key."""
+    source = Path(source or SOURCE)
+    seen: set = set()
+
+    def expand(path: Path) -> str:
+        def splice(match: re.Match) -> str:
+            included = path.parent / match.group(1)
+            if not included.is_file():
+                return match.group(0)
+            if included.name in seen:
+                return ""
+            seen.add(included.name)
+            return f"// ---- {included.name} ----\n{expand(included)}// ---- end of {included.name} ----"
+
+        return _INCLUDE.sub(splice, path.read_text())
+
+    return expand(source)
 
 
 def nvcc_command(arch: str, output: Path, kind: str = "cubin", source: Optional[Path] = None) -> list[str]:
@@ -79,8 +102,9 @@ def nvcc_command(arch: str, output: Path, kind: str = "cubin", source: Optional[
 
 
 def source_hash(source: Optional[Path] = None) -> str:
-    """The first 12 hex digits of the source's SHA-256: part of every built cubin's name."""
-    return hashlib.sha256(Path(source or SOURCE).read_bytes()).hexdigest()[:12]
+    """The first 12 hex digits of the SHA-256 of :func:`cuda_source` (the source with its includes): part
+    of every built cubin's name."""
+    return hashlib.sha256(cuda_source(source).encode()).hexdigest()[:12]
 
 
 def cubin_name(arch: str, kind: str = "cubin", source: Optional[Path] = None) -> str:
@@ -116,70 +140,67 @@ def _cubin_for(major: int, minor: int, source: Optional[Path] = None) -> Optiona
     return None
 
 
-def load_module():
-    """The compiled ``cupy.RawModule`` (built once per process); raises :class:`KernelUnavailable`."""
-    if _state["module"] is not None:
-        return _state["module"]
-    if _state["error"] is not None:
-        raise KernelUnavailable(_state["error"])
-    try:
-        try:
-            import cupy
-        except ImportError:
-            raise KernelUnavailable("CuPy is not installed (pip install cupy-cuda13x)") from None
-        if not torch.cuda.is_available():
-            raise KernelUnavailable("PyTorch sees no CUDA device")
-        try:
-            if cupy.cuda.runtime.getDeviceCount() < 1:
-                raise KernelUnavailable("CuPy sees no CUDA device")
-        except cupy.cuda.runtime.CUDARuntimeError as err:
-            raise KernelUnavailable(f"CuPy cannot reach the CUDA runtime: {err}") from None
-        major, minor = torch.cuda.get_device_capability()
-        cubin = _cubin_for(major, minor)
-        if cubin is not None:
-            module = cupy.RawModule(path=str(cubin))
-        else:
-            module = cupy.RawModule(code=cuda_source(), options=("--std=c++17",))
-        module.get_function(SIMT_KERNELS[0])  # compiles now, so that a build error surfaces here
-        _state["module"] = module
-        return module
-    except KernelUnavailable as err:
-        _state["error"] = str(err)
-        raise
+# Per source: the kernel the module is probed with at load (compiling it now, so that a build error
+# surfaces here), the smallest compute capability it runs on, and whether a build error is kept as a
+# load error (the bit-plane module: the other kernels still run) or raised as it is (the main module:
+# a broken source fails loudly, and the GPU tests fail instead of skipping).
+_MODULES = {SOURCE.name: (SIMT_KERNELS[0], 0, False), BMMA_SOURCE.name: (BMMA_KERNELS[0], 8, True)}
 
 
-def load_bmma_module():
-    """The compiled bit-plane module (cuda/w1a4_bmma.cu; sm_80+), built once per process."""
-    if _bmma_state["module"] is not None:
-        return _bmma_state["module"]
-    if _bmma_state["error"] is not None:
-        raise KernelUnavailable(_bmma_state["error"])
+def _cupy():
+    """CuPy, where it is installed and sees a CUDA device that PyTorch sees too."""
     try:
-        load_module()  # CuPy, a device: the same checks
         import cupy
+    except ImportError:
+        raise KernelUnavailable("CuPy is not installed (pip install cupy-cuda13x)") from None
+    if not torch.cuda.is_available():
+        raise KernelUnavailable("PyTorch sees no CUDA device")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise KernelUnavailable("CuPy sees no CUDA device")
+    except cupy.cuda.runtime.CUDARuntimeError as err:
+        raise KernelUnavailable(f"CuPy cannot reach the CUDA runtime: {err}") from None
+    return cupy
 
+
+def load_module(source: Optional[Path] = None):
+    """The compiled ``cupy.RawModule`` of ``source`` (default cuda/w1a4_conv.cu; :data:`BMMA_SOURCE`: the
+    bit-plane kernels, sm_80+), built once per process: from a matching cubin where there is one
+    (:func:`_cubin_for`), else with NVRTC. Raises :class:`KernelUnavailable`, also on a build error,
+    which for the bit-plane module is kept: the next call raises it again without another compile."""
+    path = Path(source or SOURCE)
+    name = path.name
+    if name in _state["modules"]:
+        return _state["modules"][name]
+    if name in _state["errors"]:
+        raise KernelUnavailable(_state["errors"][name])
+    probe, min_major, keep_build_error = _MODULES[name]
+    try:
+        cupy = _cupy()
         major, minor = torch.cuda.get_device_capability()
-        if major < 8:
-            raise KernelUnavailable("the bit-plane kernel needs sm_80 or newer")
-        cubin = _cubin_for(major, minor, BMMA_SOURCE)
+        if major < min_major:
+            raise KernelUnavailable(f"{name} needs sm_{min_major}0 or newer")
+        cubin = _cubin_for(major, minor, path)
         if cubin is not None:
             module = cupy.RawModule(path=str(cubin))
         else:
-            module = cupy.RawModule(code=cuda_source(BMMA_SOURCE), options=("--std=c++17",))
-        module.get_function(BMMA_KERNELS[0])  # compiles now, so that a build error surfaces here
-        _bmma_state["module"] = module
-        return module
+            module = cupy.RawModule(code=cuda_source(path), options=("--std=c++17",))
+        module.get_function(probe)
     except KernelUnavailable as err:
-        _bmma_state["error"] = str(err)
+        _state["errors"][name] = str(err)
         raise
-    except Exception as err:  # noqa: BLE001 -- a compile or load error: the other kernels still run
-        _bmma_state["error"] = f"{type(err).__name__}: {err}"
-        raise KernelUnavailable(_bmma_state["error"]) from err
+    except Exception as err:  # noqa: BLE001 -- a compile or load error
+        if not keep_build_error:
+            raise
+        _state["errors"][name] = f"{name}: {type(err).__name__}: {err}"
+        raise KernelUnavailable(_state["errors"][name]) from err
+    _state["modules"][name] = module
+    return module
 
 
 def _bmma_function(name: str):
     """A bit-plane conv kernel with its dynamic shared memory limit raised to BMMA_SMEM_BYTES (once)."""
-    fn = load_bmma_module().get_function(name)
+    fn = load_module(BMMA_SOURCE).get_function(name)
     if name not in _bmma_state["smem_set"]:
         try:
             fn.max_dynamic_shared_size_bytes = BMMA_SMEM_BYTES
@@ -203,8 +224,9 @@ def is_available() -> bool:
 
 def _reset_state() -> None:
     """Forget the modules, the load errors, the self-checks and the warnings (for tests)."""
-    _state.update(module=None, error=None, warned=False, variant=None)
-    _bmma_state.update(module=None, error=None, smem_set=set(), checked={}, warned=False)
+    _state.update(modules={}, errors={}, warned=False, variant=None)
+    _bmma_state.clear()
+    _bmma_state.update(smem_set=set(), checked={})
 
 
 def _warn_fallback(reason: str) -> None:
@@ -317,7 +339,7 @@ def _launch_planes(name: str, x_ptr: int, planes, sums, n, c, h, wd, strides, gc
             np.uint64(step.data_ptr()), np.int32(qn), np.int32(qp), np.int32(z))
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device.index or 0), stream:
-        load_bmma_module().get_function(name)((-(-(n * h * wd) // per_block),), (BMMA_PACK_THREADS,), args)
+        load_module(BMMA_SOURCE).get_function(name)((-(-(n * h * wd) // per_block),), (BMMA_PACK_THREADS,), args)
 
 
 def to_planes(x: PackedActivation, out: Optional[tuple] = None) -> PlanarActivation:

@@ -1,4 +1,4 @@
-"""Build and run the host emulation of cuda/w1a4_conv.cu (shim.h, emu_main.cpp) from Python.
+"""Build and run the host emulation of cuda/w1a4_conv.cu and cuda/w1a4_bmma.cu (shim.h, emu_main.cpp).
 
     exe = build(tmp_dir)                                  # g++ -fsanitize=address,undefined
     y = run_conv(exe, x, w, torch.float16, "mma")         # same result as binarydm.kernels.reference
@@ -18,11 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from binarydm.kernels import reference
+from binarydm.kernels.packing import (
+    PackedActivation,
+    bmma_chunks,
+    bmma_groups,
+    bmma_weight_fragments,
+    padded_channels,
+)
 from binarydm.resources import cuda_dir
 
 HERE = Path(__file__).resolve().parent
 CUDA_DIR = cuda_dir()
 MMA_THREADS = 256
+_IN_KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # IN_F32, IN_F16, IN_BF16 of w1a4_common.cuh
 
 
 def build(out_dir: Path, mutate: bool = False, sanitize: bool = True) -> Path:
@@ -63,73 +72,70 @@ def _run(exe: Path, arrays, out_bytes: int) -> bytes:
     return data
 
 
+def _i32(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().contiguous().numpy().astype(np.int32)
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().contiguous().numpy().astype(np.float32)
+
+
+def _raw(x: torch.Tensor) -> np.ndarray:
+    """The strided tensor's storage from its first element to its last, raw (fp16 / bf16 as their 16 bits):
+    what a kernel reading ``x`` in place with ``x.stride()`` sees."""
+    flat = x.detach().cpu()
+    extent = sum((size - 1) * stride for size, stride in zip(flat.shape, flat.stride())) + 1
+    raw = torch.as_strided(flat, (extent,), (1,), flat.storage_offset())
+    return raw.view(torch.int16).numpy() if x.dtype != torch.float32 else raw.numpy()
+
+
+def _conv(exe: Path, kind: int, header: list, operands: list, x, w, out_dtype: torch.dtype, oh: int,
+          ow: int) -> torch.Tensor:
+    """Run conv kind ``kind`` on its header and operands, then the epilogue scales (computed by PyTorch,
+    as the launcher does) and the bias; the output as [N, C_out, OH, OW] (channels_last)."""
+
+    n, f16 = x.shape[0], out_dtype == torch.float16
+    arrays = [np.array([kind], np.int32), np.array(header, np.int32), *operands,
+              _f32(reference.epilogue_scale(w, x))] + ([_f32(w.bias)] if w.bias is not None else [])
+    data = _run(exe, arrays, n * oh * ow * w.out_channels * (2 if f16 else 4))
+    y = torch.from_numpy(np.frombuffer(data, np.float16 if f16 else np.float32).copy())
+    return y.reshape(n, oh, ow, w.out_channels).permute(0, 3, 1, 2)
+
+
 def run_conv(exe: Path, x, w, out_dtype: torch.dtype = torch.float16, variant: str = "mma") -> torch.Tensor:
     """The kernel's output as [N, C_out, OH, OW] (channels_last), like reference.w1a4_conv2d.
 
     ``variant``: "mma" (tensor cores, u8 x s8), "simt" (CUDA cores), or "bmma" (the bit-plane kernel of
     cuda/w1a4_bmma.cu: its pack kernel from the packed codes, then the conv)."""
-    from binarydm.kernels import reference
-    from binarydm.kernels.packing import padded_channels
-
     if variant == "bmma":
         return _run_bmma(exe, x, w, out_dtype)
-
     oh, ow = reference.check_operands(x, w, out_dtype)
     n, _, h, wd = x.shape
-    f16 = out_dtype == torch.float16
-    header = [w.n_bases, int(f16), int(w.bias is not None), n, h, wd, padded_channels(w.in_channels) // 32,
-              w.out_channels, oh, ow, *w.kernel_size, *w.stride, *w.padding, int(x.zero_point)]
-    i32 = lambda t: t.detach().cpu().contiguous().numpy().astype(np.int32)  # noqa: E731
-    f32 = lambda t: t.detach().cpu().contiguous().numpy().astype(np.float32)  # noqa: E731
-    arrays = [np.array([0 if variant == "mma" else 1], np.int32), np.array(header, np.int32), i32(x.codes),
-              i32(w.bits), i32(w.row_sums), f32(reference.epilogue_scale(w, x))]
-    if w.bias is not None:
-        arrays.append(f32(w.bias))
-    count = n * oh * ow * w.out_channels
-    data = _run(exe, arrays, count * (2 if f16 else 4))
-    y = torch.from_numpy(np.frombuffer(data, np.float16 if f16 else np.float32).copy())
-    return y.reshape(n, oh, ow, w.out_channels).permute(0, 3, 1, 2)
+    header = [w.n_bases, int(out_dtype == torch.float16), int(w.bias is not None), n, h, wd,
+              padded_channels(w.in_channels) // 32, w.out_channels, oh, ow, *w.kernel_size, *w.stride, *w.padding,
+              int(x.zero_point)]
+    return _conv(exe, 0 if variant == "mma" else 1, header, [_i32(x.codes), _i32(w.bits), _i32(w.row_sums)], x, w,
+                 out_dtype, oh, ow)
 
 
 def run_pack(exe: Path, x: torch.Tensor, step: float, qn: int = -8, qp: int = 7) -> torch.Tensor:
     """The quantize+pack kernel's codes, int32 [N, H, W, C_pad/8], for x of float32, float16 or bfloat16."""
-    from binarydm.kernels.packing import padded_channels
-
-    kinds = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
     n, c, h, wd = x.shape
     words = padded_channels(c) // 8
-    # The strided tensor's storage from its first element, raw (bf16 as its 16 bits).
-    flat = x.detach().cpu()
-    extent = sum((s - 1) * st for s, st in zip(flat.shape, flat.stride())) + 1
-    raw = torch.as_strided(flat, (extent,), (1,), flat.storage_offset())
-    raw = raw.view(torch.int16).numpy() if x.dtype != torch.float32 else raw.numpy()
-    header = [kinds[x.dtype], n, c, h, wd, *x.stride(), words, qn, qp]
-    data = _run(exe, [np.array([2], np.int32), np.array(header, np.int32), np.array([step], np.float32), raw],
+    header = [_IN_KINDS[x.dtype], n, c, h, wd, *x.stride(), words, qn, qp]
+    data = _run(exe, [np.array([2], np.int32), np.array(header, np.int32), np.array([step], np.float32), _raw(x)],
                 n * h * wd * words * 4)
     return torch.from_numpy(np.frombuffer(data, np.int32).copy()).reshape(n, h, wd, words)
 
 
 def _run_bmma(exe: Path, x, w, out_dtype: torch.dtype) -> torch.Tensor:
-    from binarydm.kernels import reference
-    from binarydm.kernels.packing import bmma_chunks, bmma_groups, bmma_weight_fragments, padded_channels
-
     oh, ow = reference.check_operands(x, w, out_dtype)
     n, c, h, wd = x.shape
-    f16 = out_dtype == torch.float16
     kh, kw = w.kernel_size
-    header = [w.n_bases, int(f16), int(w.bias is not None), n, h, wd, bmma_groups(c), w.out_channels, oh, ow,
-              kh, kw, *w.stride, *w.padding, int(x.zero_point), bmma_chunks(c, kh * kw), c,
+    header = [w.n_bases, int(out_dtype == torch.float16), int(w.bias is not None), n, h, wd, bmma_groups(c),
+              w.out_channels, oh, ow, kh, kw, *w.stride, *w.padding, int(x.zero_point), bmma_chunks(c, kh * kw), c,
               padded_channels(c) // 32]
-    i32 = lambda t: t.detach().cpu().contiguous().numpy().astype(np.int32)  # noqa: E731
-    f32 = lambda t: t.detach().cpu().contiguous().numpy().astype(np.float32)  # noqa: E731
-    arrays = [np.array([3], np.int32), np.array(header, np.int32), i32(x.codes), i32(bmma_weight_fragments(w)),
-              f32(reference.epilogue_scale(w, x))]
-    if w.bias is not None:
-        arrays.append(f32(w.bias))
-    count = n * oh * ow * w.out_channels
-    data = _run(exe, arrays, count * (2 if f16 else 4))
-    y = torch.from_numpy(np.frombuffer(data, np.float16 if f16 else np.float32).copy())
-    return y.reshape(n, oh, ow, w.out_channels).permute(0, 3, 1, 2)
+    return _conv(exe, 3, header, [_i32(x.codes), _i32(bmma_weight_fragments(w))], x, w, out_dtype, oh, ow)
 
 
 def run_planes(exe: Path, x, step: float = 1.0, qn: int = -8, qp: int = 7):
@@ -137,20 +143,11 @@ def run_planes(exe: Path, x, step: float = 1.0, qn: int = -8, qp: int = 7):
 
     ``x``: a PackedActivation (w1a4_planes_codes, its zero point) or a float32 / float16 / bfloat16
     tensor (w1a4_planes_<dtype>, LSQ with ``step``, ``qn``, ``qp``, zero point -qn)."""
-    from binarydm.kernels.packing import PackedActivation, bmma_groups, padded_channels
-
+    n, c, h, wd = x.shape
     if isinstance(x, PackedActivation):
-        n, c, h, wd = x.shape
-        z, kind, strides = int(x.zero_point), 3, (0, 0, 0, 0)
-        raw = x.codes.detach().cpu().contiguous().numpy().astype(np.int32)
+        z, kind, strides, raw = int(x.zero_point), 3, (0, 0, 0, 0), _i32(x.codes)
     else:
-        kinds = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-        n, c, h, wd = x.shape
-        z, kind, strides = -qn, kinds[x.dtype], x.stride()
-        flat = x.detach().cpu()
-        extent = sum((sz - 1) * st for sz, st in zip(flat.shape, flat.stride())) + 1
-        raw = torch.as_strided(flat, (extent,), (1,), flat.storage_offset())
-        raw = raw.view(torch.int16).numpy() if x.dtype != torch.float32 else raw.numpy()
+        z, kind, strides, raw = -qn, _IN_KINDS[x.dtype], x.stride(), _raw(x)
     g = bmma_groups(c)
     header = [kind, n, c, h, wd, *strides, g, qn, qp, z, padded_channels(c) // 32]
     p = n * h * wd

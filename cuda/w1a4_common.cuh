@@ -1,0 +1,85 @@
+// Device code shared by cuda/w1a4_conv.cu (u8 x s8 and CUDA-core kernels) and cuda/w1a4_bmma.cu
+// (the bit-plane kernel): the fp16 conversions, the float32 epilogue, the nibble sum, and the LSQ
+// quantization of an input element to its 4-bit code. One copy, so that both kernels round exactly as
+// binarydm/kernels/reference.py and binarydm/kernels/packing.py do.
+//
+// Included by both .cu files with #include "w1a4_common.cuh": nvcc finds it beside them; the CuPy
+// loader (binarydm/kernels/cuda.py) hands NVRTC the .cu text with this file spliced in; the host
+// emulation (tools/kernel_emu/) compiles both .cu files in one translation unit, hence the guard.
+//
+// The places that use PTX directly (these two conversions and the mma instructions of each kernel)
+// have a host branch: tools/kernel_emu/ compiles the kernels with g++ and -DW1A4_HOST_EMU, its shim
+// emulating them, to run the kernels bit for bit on the CPU (tests/test_kernel_emu.py).
+#ifndef W1A4_COMMON_CUH
+#define W1A4_COMMON_CUH
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+// Sum of the eight nibbles of x (at most 120). A host function too, so that a host program can check
+// it exhaustively (tests/test_kernels.py) without a GPU.
+__host__ __device__ __forceinline__ int nibble_sum(u32 x) {
+    const u32 bytes = (x & 0x0F0F0F0Fu) + ((x >> 4) & 0x0F0F0F0Fu);
+    return (int)((bytes * 0x01010101u) >> 24);
+}
+
+// cvt.rn.f16.f32: round to nearest even.
+__device__ __forceinline__ u16 f32_to_f16_bits(float f) {
+#ifdef W1A4_HOST_EMU
+    return w1a4_emu_f32_to_f16_bits(f);
+#else
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#endif
+}
+
+template <bool F16>
+__device__ __forceinline__ void store_out(void* out, long long idx, float y) {
+    if (F16) {
+        reinterpret_cast<u16*>(out)[idx] = f32_to_f16_bits(y);
+    } else {
+        reinterpret_cast<float*>(out)[idx] = y;
+    }
+}
+
+// The epilogue of every conv kernel: one correctly rounded float32 operation at a time (explicit _rn
+// intrinsics, so that no fused multiply-add changes the rounding against the PyTorch reference).
+//   y = fl(fl(fl(v_0 * s_0[o]) + fl(v_1 * s_1[o])) + bias[o])
+template <int NB>
+__device__ __forceinline__ float epilogue(int v0, int v1, int o, int C_out, const float* __restrict__ scale,
+                                          const float* __restrict__ bias) {
+    float y = __fmul_rn(__int2float_rn(v0), scale[o]);
+    if (NB == 2) y = __fadd_rn(y, __fmul_rn(__int2float_rn(v1), scale[C_out + o]));
+    if (bias != nullptr) y = __fadd_rn(y, bias[o]);
+    return y;
+}
+
+// What a pack kernel reads: a float tensor in its own dtype (converting fp16/bf16 to float32 is
+// exact, so the launcher makes no float32 copy), or packed nibble codes (the bit-plane pack kernel).
+enum { IN_F32 = 0, IN_F16 = 1, IN_BF16 = 2, IN_CODES = 3 };
+
+template <int IN>
+__device__ __forceinline__ float load_as_f32(const void* __restrict__ x, long long i) {
+    if (IN == IN_F32) return reinterpret_cast<const float*>(x)[i];
+    const u16 h = reinterpret_cast<const u16*>(x)[i];
+    if (IN == IN_BF16) return __uint_as_float((u32)h << 16);
+#ifdef W1A4_HOST_EMU
+    return w1a4_emu_f16_bits_to_f32(h);
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+// LSQ code of element i of x: rint(clamp(x / d, qn, qp)) - qn in 0 .. qp - qn, the rounding of
+// torch.round (half to even) and the same float32 division as the PyTorch packer.
+template <int IN>
+__device__ __forceinline__ u32 lsq_code(const void* __restrict__ x, long long i, float step, int qn, int qp) {
+    const float v = __fdiv_rn(load_as_f32<IN>(x, i), step);
+    const float q = rintf(fminf(fmaxf(v, (float)qn), (float)qp));
+    return (u32)((int)q - qn);
+}
+
+#endif  // W1A4_COMMON_CUH
