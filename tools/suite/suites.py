@@ -18,7 +18,7 @@ from binarydm import algorithms
 
 from .tasks.base import FP, RunSpec
 
-# LRM's weight on the normalised loss (configs/base.yaml's loss.lrm_weight; docs/training.md, "LRM").
+# LRM's weight on the normalised loss (RunConfig's loss.lrm_weight default; docs/training.md, "LRM").
 LRM_WEIGHT = 1.0
 _LRM = {"loss.lrm_weight": LRM_WEIGHT}
 _PROG = {"progressive.enabled": True}
