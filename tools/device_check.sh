@@ -72,10 +72,10 @@ if torch.cuda.is_available():
 try:
     from binarydm.kernels import cuda as kcuda
     info["kernel_loads"] = kcuda.is_available()
-    info["kernel_error"] = kcuda._state["error"]
+    info["kernel_error"] = kcuda.load_error()
     if info["kernel_loads"]:
         info["bmma_self_check"] = kcuda.bmma_self_check()  # bit for bit on 4 shapes: then the default
-        info["bmma_error"] = kcuda._bmma_state.get("check_error") or kcuda._bmma_state["error"]
+        info["bmma_error"] = kcuda._bmma_state.get("check_error") or kcuda.load_error(kcuda.BMMA_SOURCE)
         info["default_variant"] = kcuda.default_variant()
 except Exception as err:  # noqa: BLE001
     info["kernel_loads"] = f"{type(err).__name__}: {err}"

@@ -198,6 +198,11 @@ def load_module(source: Optional[Path] = None):
     return module
 
 
+def load_error(source: Optional[Path] = None) -> Optional[str]:
+    """Why :func:`load_module` of ``source`` failed in this process (None: it loaded, or was not tried)."""
+    return _state["errors"].get(Path(source or SOURCE).name)
+
+
 def _bmma_function(name: str):
     """A bit-plane conv kernel with its dynamic shared memory limit raised to BMMA_SMEM_BYTES (once)."""
     fn = load_module(BMMA_SOURCE).get_function(name)
