@@ -24,6 +24,15 @@ print(json.dumps(dict(file=binarydm.__file__, configs=str(r.config_dir()), cuda=
 """
 
 
+def test_the_checkout_finds_its_configs_and_cuda_sources():
+    # The editable install (install.sh) maps binarydm/ only: the files are the checkout's top-level ones.
+    from binarydm import resources
+
+    assert resources.config_dir().resolve() == (ROOT / "configs").resolve()
+    assert resources.cuda_dir().resolve() == (ROOT / "cuda").resolve()
+    assert (resources.cuda_dir() / "w1a4_conv.cu").is_file() and (resources.config_dir() / "tiny.yaml").is_file()
+
+
 def _copy_sources(dst: Path) -> None:
     """The build runs on a copy, so that setuptools' build/ and egg-info never land in the checkout."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info")
