@@ -1,7 +1,7 @@
 """Where the files that ship beside the code are: the run configs and the CUDA sources.
 
 In a checkout they are the top-level ``configs/`` and ``cuda/`` directories; in an installed wheel
-they are package data inside ``binarydm`` (pyproject.toml maps them there). One lookup for both, so
+they are package data inside ``binarydm`` (setup.py maps them there). One lookup for both, so
 no module walks up from ``__file__`` on its own.
 """
 
