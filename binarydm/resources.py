@@ -21,7 +21,7 @@ def _find(name: str) -> Path:
 
 
 def config_dir() -> Path:
-    """The directory holding ``base.yaml`` and the experiment configs."""
+    """The directory holding the experiment configs (``configs/NAME.yaml``)."""
     return _find("configs")
 
 
