@@ -283,7 +283,7 @@ _STRINGS = cli.string_keys(RunConfig)
 def _merged(cfg: DictConfig, layer: Any, source: str) -> DictConfig:
     try:
         if not isinstance(layer, DictConfig):  # key=value strings or a mapping of dotted keys
-            layer = cli.dotlist(layer, source, strings=_STRINGS if not isinstance(layer, Mapping) else frozenset())
+            layer = cli.dotlist(layer, source, strings=_STRINGS)  # a mapping keeps its values as given
         return cli.merge(cfg, layer, source=source)
     except UsageError as err:
         raise ConfigError(str(err)) from None
