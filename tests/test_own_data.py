@@ -120,6 +120,7 @@ def _cfg(tmp_path, folder, name, *overrides):
 @pytest.mark.parametrize("overrides, message", [
     (["quant_options={dual_levels: 2}"], "quant=none trains in full precision, so quant_options"),
     (["ebb.enabled=true"], "ebb.enabled=true binarizes with two bases, but quant=none"),
+    (["loss.kd_weight=1.0"], "loss.kd_weight=1.0 distils from a full-precision teacher, but quant=none"),
     (["model.subfolder=unet"], "model.subfolder='unet' and model.config are both set"),
     (["eval.fid_samples=13"], "eval.fid_samples=13: the reference folder .* holds only 12 images"),
     (["model.pretrained=some/dir"], "model.pretrained='some/dir' and model.config are both set"),

@@ -83,6 +83,38 @@ def test_parameter_groups_keep_scales_biases_norms_out_of_weight_decay(tiny_unet
     assert len(all_ids) == len(set(all_ids)) == len(list(tiny_unet.parameters()))
 
 
+@pytest.mark.parametrize("lrm_weight", [0.0, 1.0])
+def test_kd_weight_mixes_the_teachers_eps_into_the_target(tiny_unet, unet_batch, lrm_weight):
+    import copy
+
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    from binarydm.training.config import LossConfig
+
+    teacher = copy.deepcopy(tiny_unet).eval()
+    student = binarydm.binarize_(tiny_unet, binarydm.QuantConfig(a_bits=32, keep_bits=32))
+    x, t = unet_batch
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        teacher_eps = teacher(x, t).sample
+        pred = student(x, t).sample
+    for alpha in (0.0, 0.3, 1.0):
+        module = DiffusionQAT(student, DDPMScheduler(), teacher, loss=LossConfig(lrm_weight=lrm_weight, kd_weight=alpha))
+        with torch.no_grad():
+            losses = module.compute_losses(x, t, eps)
+        torch.testing.assert_close(losses["simple"], F.mse_loss(pred, eps))
+        lrm = lrm_weight * losses["lrm"] if lrm_weight else 0.0
+        if alpha == 0.0:  # the paper's loss, untouched: no teacher output is computed or logged
+            assert "kd" not in losses
+            torch.testing.assert_close(losses["loss"], losses["simple"] + lrm)
+            continue
+        torch.testing.assert_close(losses["kd"], F.mse_loss(pred, teacher_eps))
+        # Regressing the mixed target (1 - a) eps + a eps_T has the same gradient as this weighted sum.
+        torch.testing.assert_close(losses["loss"], (1 - alpha) * losses["simple"] + alpha * losses["kd"] + lrm)
+    assert losses["kd"] < losses["simple"]  # the teacher is far closer to the student than one noise draw
+
+
 class _FakeTrainer:
     def __init__(self, step):
         self.global_step = step

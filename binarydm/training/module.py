@@ -163,10 +163,12 @@ class DiffusionQAT(L.LightningModule):
     def compute_losses(self, x_t, t, eps, cond: Optional[dict] = None) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
         cond = cond or {}
+        kd = self.loss_cfg.kd_weight if self.teacher is not None else 0.0
+        teacher_eps = None
         if self.use_lrm:
-            # stop=True: the teacher's output head is never used, only its block features.
-            with torch.no_grad(), FeatureTap(self.teacher, self.blocks, stop=True) as ttap:
-                self.teacher(x_t, t, **cond)
+            # stop=True without KD: the teacher's output head is never used, only its block features.
+            with torch.no_grad(), FeatureTap(self.teacher, self.blocks, stop=not kd) as ttap:
+                teacher_eps = self.teacher(x_t, t, **cond).sample  # not reached when stopped early
             teacher_feats = ttap.ordered()
             if not self.lrm.is_fitted:
                 # Once, on the first training batch; then fixed (and saved with the checkpoint).
@@ -175,9 +177,17 @@ class DiffusionQAT(L.LightningModule):
                 pred = self.student(x_t, t, **cond).sample
             losses["lrm"] = self.lrm(teacher_feats, stap.ordered())
         else:
+            if kd:
+                with torch.no_grad():
+                    teacher_eps = self.teacher(x_t, t, **cond).sample
             pred = self.student(x_t, t, **cond).sample
         losses["simple"] = F.mse_loss(pred.float(), eps.float())
         total = losses["simple"]
+        if kd:
+            # The teacher's eps is its estimate of E[eps | x_t], the very minimiser of L_simple, without the
+            # noise of one eps draw: a target of far lower variance (docs/training.md, "Output distillation").
+            losses["kd"] = F.mse_loss(pred.float(), teacher_eps.float())
+            total = (1.0 - kd) * losses["simple"] + kd * losses["kd"]
         if "lrm" in losses:
             total = total + self.loss_cfg.lrm_weight * losses["lrm"]
         if self.ebb_tau > 0:

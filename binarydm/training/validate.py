@@ -58,6 +58,7 @@ _FLOAT_RANGE = {
     "optim.weight_decay": (0.0, math.inf, True, False),
     "optim.min_lr_ratio": (0.0, 1.0, True, True),
     "loss.lrm_weight": (0.0, math.inf, True, False),
+    "loss.kd_weight": (0.0, 1.0, True, True),
     "ebb.tau": (0.0, math.inf, True, False),
     "ema.decay": (0.0, 1.0, True, True),
 }
@@ -189,6 +190,10 @@ def _check_conflicting_keys(cfg: DictConfig) -> None:
         if _get(cfg, "ebb.enabled"):
             raise UsageError(f"ebb.enabled=true binarizes with two bases, but quant={_get(cfg, 'quant')} trains in full "
                              "precision; set ebb.enabled=false or name a quantization (quant=w1a4)")
+        if _get(cfg, "loss.kd_weight"):
+            raise UsageError(f"loss.kd_weight={_get(cfg, 'loss.kd_weight')} distils from a full-precision teacher, but "
+                             f"quant={_get(cfg, 'quant')} trains the full-precision model itself (it has no teacher); "
+                             "set loss.kd_weight=0 or name a quantization (quant=w1a4)")
     reference, samples = _get(cfg, "eval.reference"), _get(cfg, "eval.fid_samples")
     if cfg.export and samples and reference and Path(str(reference)).is_dir():
         from ..evaluation.fid import DatasetNotFound, image_files, resolve_folder
