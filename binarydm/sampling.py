@@ -137,7 +137,9 @@ class SampleArgs:
     full-precision diffusers model directory (the FP teacher). Writes ``DIR/images/*.png``, ``DIR/grid.png``
     (at most ``grid`` images) and ``DIR/sample_info.json``. ``overwrite=true`` deletes files in ``out`` that
     binarydm.sample did not write. A class-conditional UNet takes ``label=3`` (every image of class 3) or
-    ``label=0,1,2`` (cycled over the images); without ``label`` image i has class i mod the classes."""
+    ``label=0,1,2`` (cycled over the images); without ``label`` image i has class i mod the classes.
+    ``ema=false``: a training ``.ckpt`` of a run that kept an EMA samples its raw weights (docs/training.md:
+    the average is worse for a binarized student)."""
 
     ckpt: Optional[str] = None
     num: int = 16
@@ -151,6 +153,7 @@ class SampleArgs:
     grid: int = 64
     overwrite: bool = False
     label: Any = None
+    ema: bool = True
 
 
 OWN_FILES = ("images", "grid.png", "sample_info.json")
@@ -251,7 +254,7 @@ def sample_to_folder(args: SampleArgs) -> dict[str, Any]:
     check_args(args)
     out = Path(args.out)
     check_output_path(out, "out", directory=True)  # before the model is loaded and anything is sampled
-    model, configs = load_for_cli(Path(args.ckpt))
+    model, configs = load_for_cli(Path(args.ckpt), ema=args.ema)
     train_steps = int((configs.get("scheduler_config") or DEFAULT_SCHEDULER).get("num_train_timesteps", 1000))
     if args.steps > train_steps:
         raise UsageError(f"steps={args.steps}: more than the {train_steps} timesteps the model was trained with; "

@@ -311,6 +311,16 @@ def test_load_training_checkpoint_and_conditional_recipe_cli(tmp_path):
     assert torch.equal(output(ckpt, x, t, cond), ref)
     raw = binarydm.load(run_dir / "checkpoints" / "last.ckpt", ema=False)
     assert not torch.equal(output(raw, x, t, cond), ref)
+    # ... and the CLI's ema=false packs those raw weights; on a form with one set of weights it is refused
+    from binarydm.export import main as export_main
+
+    export_main([f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "ema=false", f"out={tmp_path / 'raw.safetensors'}"])
+    assert torch.equal(output(binarydm.load(tmp_path / "raw.safetensors"), x, t, cond), output(raw, x, t, cond))
+    refused = subprocess.run([sys.executable, "-m", "binarydm.sample", f"ckpt={run_dir / 'student'}", "ema=false",
+                              f"out={tmp_path / 's0'}"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: ema=false: ckpt={run_dir / 'student'} holds one set of weights (only a training .ckpt keeps raw "
+        "and averaged ones); drop ema=false or name a .ckpt of the run"]
     # a checkpoint away from its run directory: one line saying what is missing
     lone = tmp_path / "lone" / "last.ckpt"
     lone.parent.mkdir()

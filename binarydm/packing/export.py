@@ -30,13 +30,15 @@ from .loading import is_packed_file, load_for_cli
 
 @dataclass
 class ExportArgs:
-    """``python -m binarydm.export ckpt=PATH out=FILE [verify=true] [overwrite=true]``: write the packed 1-bit
-    checkpoint of a trained student (a student, run or pipeline directory, a .ckpt or a packed file)."""
+    """``python -m binarydm.export ckpt=PATH out=FILE [verify=true] [overwrite=true] [ema=false]``: write the
+    packed 1-bit checkpoint of a trained student (a student, run or pipeline directory, a .ckpt or a packed
+    file; ``ema=false``: a .ckpt's raw weights rather than its EMA)."""
 
     ckpt: Optional[str] = None
     out: Optional[str] = None
     verify: bool = False
     overwrite: bool = False
+    ema: bool = True
 
 
 def fp32_checkpoint_bytes(unet_config: Mapping[str, Any]) -> int:
@@ -86,7 +88,7 @@ def check_out(out: Path, overwrite: bool = False) -> None:
 
 
 def export(ckpt: Optional[PathLike], out: Optional[PathLike], verify: bool = False,
-           overwrite: bool = False) -> dict[str, Any]:
+           overwrite: bool = False, ema: bool = True) -> dict[str, Any]:
     """Write the packed file of ``ckpt`` to ``out``; returns the sizes (and ``verified_equal`` with ``verify``)."""
     if ckpt is None or out is None:
         raise UsageError("ckpt=PATH and out=FILE are both required (see --help)")
@@ -98,7 +100,7 @@ def export(ckpt: Optional[PathLike], out: Optional[PathLike], verify: bool = Fal
         ckpt = ckpt / "student"
     fp_dir = ckpt.is_dir() and not (ckpt / "quant_config.json").is_file() and (ckpt / "config.json").is_file() \
         and not _binarized_dir(ckpt)  # said before loading it (no loader warning before the error)
-    model, configs = (None, {"quant_config": None}) if fp_dir else load_for_cli(ckpt)
+    model, configs = (None, {"quant_config": None}) if fp_dir else load_for_cli(ckpt, ema=ema)
     if configs.get("quant_config") is None:
         raise UsageError(f"ckpt={ckpt}: a full-precision diffusers model (no binarydm quantization_config): nothing "
                          "to pack; export a binarized student")

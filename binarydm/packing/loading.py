@@ -267,14 +267,18 @@ def load_with_configs(path: PathLike, *, ema: bool = True, allow_fp: bool = Fals
     return model, {**configs, **found}
 
 
-def load_for_cli(ckpt: PathLike, key: str = "ckpt") -> tuple[nn.Module, dict[str, Any]]:
+def load_for_cli(ckpt: PathLike, key: str = "ckpt", ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`load_with_configs` of any form (a full-precision diffusers model directory too), with errors
-    as one-line user errors naming the command's argument ``key``."""
+    as one-line user errors naming the command's argument ``key``. ``ema=False``: a training .ckpt's raw
+    weights (refused for every other form: they hold one set of weights, which would be used silently)."""
     ckpt = Path(ckpt)
     if ckpt.is_dir() and (ckpt / "student").is_dir():
         ckpt = ckpt / "student"
+    if not ema and not (ckpt.is_file() and ckpt.suffix == ".ckpt"):
+        raise UsageError(f"ema=false: {key}={ckpt} holds one set of weights (only a training .ckpt keeps raw and "
+                         "averaged ones); drop ema=false or name a .ckpt of the run")
     try:
-        return load_with_configs(ckpt, allow_fp=True)
+        return load_with_configs(ckpt, ema=ema, allow_fp=True)
     except UsageError as err:
         raise UsageError(f"{key}={one_line(err)}") from None
     except PackedFormatError as err:
