@@ -139,7 +139,7 @@ class SampleArgs:
     binarydm.sample did not write. A class-conditional UNet takes ``label=3`` (every image of class 3) or
     ``label=0,1,2`` (cycled over the images); without ``label`` image i has class i mod the classes.
     ``ema=false``: a training ``.ckpt`` of a run that kept an EMA samples its raw weights (docs/training.md:
-    the average is worse for a binarized student)."""
+    for a binarized student the average is no reliable gain)."""
 
     ckpt: Optional[str] = None
     num: int = 16

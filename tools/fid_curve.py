@@ -1,6 +1,6 @@
 """FID against training steps for one run: the shipped student's curve in docs/.
 
-    python tools/fid_curve.py run=runs/fmnist_w1a4 config=fmnist_w1a4 steps=[500,1000,2000] num=2000
+    python tools/fid_curve.py run=runs/fmnist_w1a4 ema=false steps=[500,1000,2000] num=2000
 
 For every step N with a checkpoint ``<run>/checkpoints/step=N.ckpt``: ``num`` DDIM samples of the
 student of that checkpoint (``sample_steps`` steps, seed ``seed``; its EMA weights where the run keeps an

@@ -57,6 +57,11 @@ def _check_packed(path: Path) -> None:
     raise _refuse(path, "not a form binarydm writes")
 
 
+def is_training_checkpoint(path: Path) -> bool:
+    """A Lightning checkpoint of ``binarydm.train`` (by name: its contents are checked when it is read)."""
+    return path.is_file() and path.suffix == ".ckpt"
+
+
 def is_packed_file(path: Path) -> bool:
     """Whether ``path`` is a binarydm packed file (its header says so; the payload is not read)."""
     from safetensors import safe_open
@@ -241,7 +246,7 @@ def load_with_configs(path: PathLike, *, ema: bool = True, allow_fp: bool = Fals
     path = Path(path).expanduser()
     if not path.exists():
         raise _refuse(path, "no such file or directory")
-    if path.is_file() and path.suffix == ".ckpt":
+    if is_training_checkpoint(path):
         return _training_checkpoint(path, ema)
     if path.is_file():
         _check_packed(path)
@@ -274,7 +279,7 @@ def load_for_cli(ckpt: PathLike, key: str = "ckpt", ema: bool = True) -> tuple[n
     ckpt = Path(ckpt)
     if ckpt.is_dir() and (ckpt / "student").is_dir():
         ckpt = ckpt / "student"
-    if not ema and not (ckpt.is_file() and ckpt.suffix == ".ckpt"):
+    if not ema and not is_training_checkpoint(ckpt):
         raise UsageError(f"ema=false: {key}={ckpt} holds one set of weights (only a training .ckpt keeps raw and "
                          "averaged ones); drop ema=false or name a .ckpt of the run")
     try:
