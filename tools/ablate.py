@@ -10,6 +10,11 @@ triples (the first ``val_size`` test images; noise and t drawn from the seed), w
 of one seed paired: the differences between variants are not drowned in sampling noise. Prints and
 writes <out>/ablation.md: val/simple (MSE to the true noise) and val/mse_teacher (MSE to the teacher's
 prediction), mean +- std over seeds, and each variant's paired difference to the first variant.
+
+``fid=N`` also scores each run's last checkpoint by FID against N Fashion-MNIST test images (N DDIM
+samples, ``sample_steps`` steps, sample seed = the run's seed; ``tools/fid_curve.py``'s stages, kept in
+<out>/<variant>/seed<k>/fid<N>/), cached in metrics.json as ``fid@N``: the trained runs are reused, so the
+paired metric and FID rank the same networks. ``per_run=FILE.csv`` writes one row per run.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ class AblateArgs:
     variants: Dict[str, Optional[List[str]]] = field(default_factory=dict)  # name -> overrides (null: none)
     common: List[str] = field(default_factory=list)  # overrides for every variant
     threads: int = 1
+    fid: int = 0  # FID samples per run (0: no FID)
+    sample_steps: int = 25  # DDIM steps of the FID samples
+    per_run: Optional[str] = None  # CSV with one row per variant and seed
 
 
 def parse(argv: Sequence[str]) -> AblateArgs:
@@ -75,7 +83,34 @@ def run_one(config: str, overrides: list[str], run_dir: Path, steps: int, seed: 
     rows = list(csv.DictReader(open(next((run_dir / "csv").glob("version_*/metrics.csv")))))
     metrics = {m: float(r[m]) for r in rows for m in METRICS if r.get(m)}
     metrics["wall_s"] = time.perf_counter() - start
-    done.write_text(json.dumps(metrics))
+    _write(done, metrics)
+    return metrics
+
+
+def _write(path: Path, metrics: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(metrics))
+    tmp.replace(path)  # atomic: a killed run never leaves half a cache entry
+
+
+def add_fid(metrics: dict, run_dir: Path, steps: int, num: int, sample_steps: int, seed: int) -> dict:
+    """``metrics`` with ``fid@num`` of the run's ``step=<steps>.ckpt`` (computed once, cached in metrics.json)."""
+    key = f"fid@{num}"
+    if key in metrics:
+        return metrics
+    from omegaconf import OmegaConf
+
+    from fid_curve import CurveArgs, point
+
+    dataset = OmegaConf.load(run_dir / "config.yaml").data.name
+    if dataset != "fashion_mnist":  # fid_curve's reference set; another dataset would be scored against the wrong one
+        raise UsageError(f"fid={num}: runs of data.name={dataset} cannot be scored here (the FID reference is the "
+                         "Fashion-MNIST test set); drop fid= or use a fashion_mnist config")
+
+    args = CurveArgs(run=str(run_dir), steps=[steps], num=num, sample_steps=sample_steps, seed=seed, ema=False,
+                     out=str(run_dir / f"fid{num}"))
+    metrics = {**metrics, key: point(args, steps)}
+    _write(run_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -83,22 +118,27 @@ def _fmt(values: list[float]) -> str:
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.5f}"
-    return f"{statistics.mean(values):.5f} ± {statistics.stdev(values):.5f}"
+        return f"{values[0]:.5g}"
+    return f"{statistics.mean(values):.5g} ± {statistics.stdev(values):.2g}"
 
 
-def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> list[str]:
+def table(results: dict[str, dict[int, dict]], seeds: list[int], fid: int = 0) -> list[str]:
+    """Markdown rows: each metric's mean +- std over seeds, then each variant's paired difference to the
+    first variant (same seeds, hence same validation triples and sampling noise) for the ranking metrics."""
     names = list(results)
     first = names[0]
-    lines = ["| variant | val/simple | val/mse_teacher | Δ mse_teacher vs " + first + " (paired) |", "|---|---|---|---|"]
+    metrics = METRICS + ((f"fid@{fid}",) if fid else ())
+    paired = metrics[1:]
+    lines = ["| variant | " + " | ".join(metrics) + " | " + " | ".join(f"Δ {m} vs {first} (paired)" for m in paired)
+             + " |", "|---|" + "---|" * (len(metrics) + len(paired))]
     for name in names:
         cols = []
-        for m in METRICS:
+        for m in metrics:
             cols.append(_fmt([results[name][s][m] for s in seeds if m in results[name].get(s, {})]))
-        diffs = [results[name][s]["val/mse_teacher"] - results[first][s]["val/mse_teacher"]
-                 for s in seeds if "val/mse_teacher" in results[name].get(s, {})
-                 and "val/mse_teacher" in results[first].get(s, {})]
-        cols.append(_fmt(diffs) if name != first else "")
+        for m in paired:
+            diffs = [results[name][s][m] - results[first][s][m]
+                     for s in seeds if m in results[name].get(s, {}) and m in results[first].get(s, {})]
+            cols.append(_fmt(diffs) if name != first else "")
         lines.append(f"| {name} | " + " | ".join(cols) + " |")
     return lines
 
@@ -111,15 +151,25 @@ def _main(argv: list[str]) -> Path:
     for name, overrides in args.variants.items():
         results[name] = {}
         for seed in seeds:
-            results[name][seed] = run_one(args.config, args.common + overrides, out / name / f"seed{seed}",
-                                          args.steps, seed, args.threads)
+            run_dir = out / name / f"seed{seed}"
+            results[name][seed] = run_one(args.config, args.common + overrides, run_dir, args.steps, seed, args.threads)
+            if args.fid:
+                results[name][seed] = add_fid(results[name][seed], run_dir, args.steps, args.fid, args.sample_steps,
+                                              seed)
             print(f"{name} seed {seed}: {results[name][seed]}", flush=True)
     lines = [f"# Ablation: config={args.config}, {args.steps} steps, seeds {seeds}", "",
              "Common overrides: " + (" ".join(args.common) or "none"), "",
-             *table(results, seeds), "", "Variants:", "",
+             *table(results, seeds, args.fid), "", "Variants:", "",
              *[f"- {n}: {' '.join(v) or '(config as is)'}" for n, v in args.variants.items()]]
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
+    if args.per_run:
+        keys = sorted({k for runs in results.values() for m in runs.values() for k in m})
+        with open(args.per_run, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["variant", "seed", *keys])
+            writer.writerows([name, seed, *(m.get(k, "") for k in keys)]
+                             for name, runs in results.items() for seed, m in runs.items())
     print("\n".join(lines))
     return out / "ablation.md"
 
