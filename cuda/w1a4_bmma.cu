@@ -51,60 +51,7 @@
 
 namespace w1a4_bmma {
 
-// ---- PTX, each with the host branch that tools/kernel_emu/shim.h provides ----------------------
-// A shared-memory location: its 32-bit shared-window address on the GPU (so that address arithmetic
-// stays 32-bit), a pointer on the host.
-#ifdef W1A4_HOST_EMU
-typedef uint4* sref;
-__device__ __forceinline__ sref sref_of(uint4* p) { return p; }
-__device__ __forceinline__ sref sref_add(sref r, int units) { return r + units; }
-#else
-typedef u32 sref;
-__device__ __forceinline__ sref sref_of(uint4* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-__device__ __forceinline__ sref sref_add(sref r, int units) { return r + 16u * (u32)units; }
-#endif
-
-__device__ __forceinline__ void cp_async16(sref smem, const void* gmem, bool valid) {
-#ifdef W1A4_HOST_EMU
-    w1a4_emu_cp_async16(smem, gmem, valid);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    // src-size 0 reads nothing and fills the 16 bytes with zeros (taps outside the image, K padding).
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0));
-#else
-    (void)smem; (void)gmem; (void)valid; __trap();
-#endif
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-#if !defined(W1A4_HOST_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if !defined(W1A4_HOST_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-
-// ldmatrix.m8n8.x4.b16: lane l gives the address of row l % 8 of matrix l / 8 (16 bytes each) and
-// receives word l % 4 of row l / 4 of each of the four matrices.
-__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], sref row) {
-#ifdef W1A4_HOST_EMU
-    w1a4_emu_ldmatrix_x4(r, row);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(row));
-#else
-    (void)row; r[0] = r[1] = r[2] = r[3] = 0u; __trap();
-#endif
-}
+// The PTX helpers (shared-memory references, cp.async, ldmatrix) are in w1a4_common.cuh.
 
 // Fragments of mma.m16n8k256.row.col.s32.b1.b1.s32 (PTX ISA, "Matrix Fragments for mma.m16n8k256"),
 // g = lane / 4, t = lane % 4, 32 one-bit elements per register:

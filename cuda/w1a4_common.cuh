@@ -3,6 +3,9 @@
 // quantization of an input element to its 4-bit code. One copy, so that both kernels round exactly as
 // binarydm/kernels/reference.py and binarydm/kernels/packing.py do.
 //
+// It also holds the PTX helpers of both tensor-core kernels (32-bit shared addresses, cp.async,
+// ldmatrix, 16-byte shared loads and stores), each with its host-emulation branch.
+//
 // Included by both .cu files with #include "w1a4_common.cuh": nvcc finds it beside them; the CuPy
 // loader (binarydm/kernels/cuda.py) hands NVRTC the .cu text with this file spliced in; the host
 // emulation (tools/kernel_emu/) compiles both .cu files in one translation unit, hence the guard.
@@ -80,6 +83,94 @@ __device__ __forceinline__ u32 lsq_code(const void* __restrict__ x, long long i,
     const float v = __fdiv_rn(load_as_f32<IN>(x, i), step);
     const float q = rintf(fminf(fmaxf(v, (float)qn), (float)qp));
     return (u32)((int)q - qn);
+}
+
+// ---- PTX of both conv kernels, each with the host branch that tools/kernel_emu/shim.h provides ----
+// A shared-memory location: its 32-bit shared-window address on the GPU (so that address arithmetic
+// stays 32-bit), a pointer on the host.
+#ifdef W1A4_HOST_EMU
+typedef uint4* sref;
+__device__ __forceinline__ sref sref_of(uint4* p) { return p; }
+__device__ __forceinline__ sref sref_add(sref r, int units) { return r + units; }
+#else
+typedef u32 sref;
+__device__ __forceinline__ sref sref_of(uint4* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ sref sref_add(sref r, int units) { return r + 16u * (u32)units; }
+#endif
+
+__device__ __forceinline__ void cp_async16(sref smem, const void* gmem, bool valid) {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_cp_async16(smem, gmem, valid);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    // src-size 0 reads nothing and fills the 16 bytes with zeros (taps outside the image, K padding).
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0));
+#else
+    (void)smem; (void)gmem; (void)valid; __trap();
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if !defined(W1A4_HOST_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if !defined(W1A4_HOST_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// The same reference, opaque to the compiler: it is kept in a register instead of being recomputed
+// from threadIdx inside the main loop (ptxas rematerializes such addresses when registers run high).
+__device__ __forceinline__ sref sref_pin(sref r) {
+#ifndef W1A4_HOST_EMU
+    asm volatile("mov.b32 %0, %0;" : "+r"(r));
+#endif
+    return r;
+}
+
+// 16-byte shared-memory store and load through a 32-bit shared address (one register, immediate
+// offsets), so that the compiler need not rebuild a generic pointer inside the main loop.
+__device__ __forceinline__ void sts128(sref a, const uint4& v) {
+#ifdef W1A4_HOST_EMU
+    *a = v;
+#else
+    asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"r"(a), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ uint4 lds128(sref a) {
+#ifdef W1A4_HOST_EMU
+    return *a;
+#else
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(a)
+                 : "memory");
+    return v;
+#endif
+}
+
+// ldmatrix.m8n8.x4.b16: lane l gives the address of row l % 8 of matrix l / 8 (16 bytes each) and
+// receives word l % 4 of row l / 4 of each of the four matrices.
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], sref row) {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_ldmatrix_x4(r, row);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(row));
+#else
+    (void)row; r[0] = r[1] = r[2] = r[3] = 0u; __trap();
+#endif
 }
 
 #endif  // W1A4_COMMON_CUH

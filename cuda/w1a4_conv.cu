@@ -9,8 +9,9 @@
 //
 // Kernels (extern "C"; the one include, w1a4_common.cuh, holds the code shared with w1a4_bmma.cu):
 //   w1a4_conv_mma_nb{1,2}_{f16,f32}   integer tensor cores, mma.sync m16n8k32 u8 x s8 -> s32 (sm_80+;
-//                                      on Hopper the 8-bit path is the dense integer one, there is no
-//                                      4-bit mma throughput published for sm_90)
+//                                      on Hopper the 8-bit path is the dense integer one: 4-bit mma is
+//                                      emulated there). Its weight operand is the s8 +-1 fragments of
+//                                      binarydm.kernels.packing.mma_weight_fragments, made at pack time.
 //   w1a4_conv_simt_{f16,f32}           CUDA cores, one thread per output; the first correctness target
 //   w1a4_quantize_pack_{f32,f16,bf16}  x (any strides) -> packed 4-bit NHWC codes (LSQ rounding)
 //
@@ -24,29 +25,36 @@
 // (tests/test_kernels.py) without a GPU.
 #define W1A4_HD __host__ __device__ __forceinline__
 
-#define MMA_BM 128   // output pixels per block
-#define MMA_BN 64    // GEMM columns per block
-#define MMA_THREADS 256
-#define SMEM_ROW 12  // u32 words per shared row: 8 data (32 bytes) + 4 pad, so the fragment reads
-                     // (row g, word t) of a warp hit 32 distinct banks: (12 g + t) mod 32.
+#define MMA_BM 128       // output pixels per block
+#define MMA_BN 128       // GEMM columns per block
+#define MMA_THREADS 128  // 4 warps: 2 (M) x 2 (N), warp tile 64 x 64 = 4 x 8 mma m16n8k32
+#define MMA_A_UNITS (MMA_BM * 2)  // 16-byte units of A per stage: 128 pixels x 32 one-byte codes
+#define MMA_B_UNITS 256           // 16-byte units of B per stage: 128 columns x 32 s8 weights, fragment order
+#define MMA_STAGE_UNITS (MMA_A_UNITS + MMA_B_UNITS)
+#define MMA_MAX_STEPS 1023        // K steps (KH KW C_pad / 32) a block tables; the launcher checks
+#define MMA_MAX_TAPS 31           // KH KW: one bit per tap in a 32-bit mask, bit 31 kept for "past the end"
 
 // ---- small integer helpers ----------------------------------------------------------------------
 
-// Four nibbles (bits 0..15 of x, channel order) -> four bytes, one code per byte.
-W1A4_HD u32 nibbles_to_bytes(u32 x) {
-    x &= 0xFFFFu;
-    x = (x | (x << 8)) & 0x00FF00FFu;
-    x = (x | (x << 4)) & 0x0F0F0F0Fu;
-    return x;
+// PRMT: byte i of the result is byte (s >> 4 i) & 7 of the pair (x: bytes 0..3, y: bytes 4..7).
+W1A4_HD u32 byte_perm(u32 x, u32 y, u32 sel) {
+#ifdef __CUDA_ARCH__
+    return __byte_perm(x, y, sel);
+#else
+    const unsigned long long xy = ((unsigned long long)y << 32) | x;
+    u32 r = 0u;
+    for (int i = 0; i < 4; ++i) r |= (u32)((xy >> (8 * ((sel >> (4 * i)) & 7u))) & 0xFFu) << (8 * i);
+    return r;
+#endif
 }
 
-// Four weight bits (bit k = channel k) -> four signed bytes, +1 for bit 1 and -1 (0xFF) for bit 0.
-W1A4_HD u32 bits_to_pm1_bytes(u32 b) {
-    b &= 0xFu;
-    b = (b | (b << 14)) & 0x00030003u;
-    b = (b | (b << 7)) & 0x01010101u;
-    // Each byte is 0 or 1; times 0xFE it is 0 or 0xFE with no carry between bytes.
-    return 0xFFFFFFFFu ^ (b * 0xFEu);
+// Eight nibbles (channel j in bits 4j..4j+3) -> eight bytes, one code per byte: lo holds channels 0..3,
+// hi channels 4..7. Five instructions for eight codes: the even and the odd nibbles masked into bytes,
+// then interleaved by two byte permutes.
+W1A4_HD void nibbles_to_byte_pair(u32 x, u32& lo, u32& hi) {
+    const u32 even = x & 0x0F0F0F0Fu, odd = (x >> 4) & 0x0F0F0F0Fu;  // byte i: channel 2i, channel 2i + 1
+    lo = byte_perm(even, odd, 0x5140u);
+    hi = byte_perm(even, odd, 0x7362u);
 }
 
 // Eight weight bits (bit j = channel j) -> a nibble mask, 0xF in nibble j where bit j is set.
@@ -153,168 +161,181 @@ extern "C" __global__ void w1a4_conv_simt_f32(const u32* act, const u32* wbits, 
 }
 
 // ---- tensor-core kernel -------------------------------------------------------------------------
-// Block tile 128 pixels x 64 columns, K step = one tap x 32 channels (one weight word per column, four
-// activation words per pixel). 8 warps as 4 (M) x 2 (N), warp tile 32 x 32 = 2 x 4 mma m16n8k32.
-// Two shared stages; the next step's global words are loaded into registers before the mma of the
-// current step, expanded (nibbles -> u8 codes, bits -> s8 +-1) and stored after it: one barrier a step.
+// Block tile 128 pixels x 128 GEMM columns, K step = one tap x 32 channels. 4 warps as 2 (M) x 2 (N),
+// warp tile 64 x 64 = 4 x 8 mma m16n8k32: per step a warp issues 32 mma against 4 ldmatrix.x4 (A) and
+// 4 16-byte shared loads (B), so the main loop spends few instructions per mma (tools/kernel_sass.py
+// counts them). Two shared stages, one barrier a step:
+//   A  each thread loads its pixel's 32 codes of the next step (one 16-byte global load of packed
+//      nibbles) before the mma of the current step, and stores them as bytes after it;
+//   B  the weights as s8 +-1 in fragment order, expanded once at pack time
+//      (binarydm.kernels.packing.mma_weight_fragments), copied with cp.async: nothing to expand here.
 //
 // Fragments of mma.m16n8k32.row.col.s32.u8.s8.s32 (PTX ISA, "Matrix Fragments for mma.m16n8k32"),
 // g = lane / 4, t = lane % 4:
 //   A 16x32 row-major: a0 row g, k 4t..4t+3 | a1 row g+8 | a2 row g, k 16+4t.. | a3 row g+8, k 16+4t..
 //   B 32x8 column-major: b0 col g, k 4t..4t+3 | b1 col g, k 16+4t..
 //   C 16x8: c0, c1 row g, cols 2t, 2t+1 | c2, c3 row g+8, cols 2t, 2t+1
-// Shared rows hold one pixel (A) or one column (B) with k contiguous, so every fragment register is one
-// aligned 32-bit shared load: word t (k 4t..) or word t+4 (k 16+4t..) of the row.
+// Shared A: pixel row r is 32 bytes, half h (k 16h .. 16h + 15) at unit 2r + (h ^ ((r >> 2) & 1)), so the
+// 8 rows one ldmatrix matrix reads fall in 8 distinct 16-byte bank groups. ldmatrix.x4 of m tile i:
+// lane l gives row 16i + (l % 8) + 8 ((l / 8) % 2), half l / 16, and receives a0, a1, a2, a3 above.
+// Shared B: unit u = (warp_n * 4 + p) * 32 + lane holds {b0, b1} of n tiles 2p and 2p + 1 of that lane.
 
-__device__ __forceinline__ void mma_u8s8(int (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+__device__ __forceinline__ void mma_u8s8(int (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 "
         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #elif defined(W1A4_HOST_EMU)
+    const u32 b[2] = {b0, b1};
     w1a4_emu_mma_m16n8k32_u8s8(c, a, b);  // a warp-collective emulation from the PTX fragment layouts
 #else
     // Never launched below sm_80 (the loader picks the CUDA-core kernel there); keeps the file building.
-    (void)a; (void)b; __trap();
+    (void)a; (void)b0; (void)b1; __trap();
 #endif
 }
 
 template <int NB, bool F16>
-__device__ void conv_mma(const u32* __restrict__ act, const u32* __restrict__ wbits, const int* __restrict__ rsum,
+__device__ void conv_mma(const u32* __restrict__ act, const uint4* __restrict__ wfrag, const int* __restrict__ rsum,
                          const float* __restrict__ scale, const float* __restrict__ bias, void* __restrict__ out,
                          ConvShape s) {
-    __shared__ __align__(16) u32 As[2][MMA_BM][SMEM_ROW];
-    __shared__ __align__(16) u32 Bs[2][MMA_BN][SMEM_ROW];
+    __shared__ __align__(16) uint4 sm[2 * MMA_STAGE_UNITS];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t4 = lane & 3;
-    const int warp_m = warp & 3, warp_n = warp >> 2;
+    const int warp_m = warp & 1, warp_n = warp >> 1;
     const long long M = (long long)s.N * s.OH * s.OW;
-    const int Ncols = NB * s.C_out;
     const long long m0 = (long long)blockIdx.x * MMA_BM;
-    const int j0 = blockIdx.y * MMA_BN;
+    const int cb = blockIdx.y;
     const int T = s.KH * s.KW;
     const int Ksteps = T * s.Cw;
     const int words_per_pixel = 4 * s.Cw;
 
-    // A loader: thread -> (pixel row tid / 2, half tid % 2 = 16 channels = 2 packed words).
-    const int a_row = tid >> 1, a_half = tid & 1;
-    const long long a_m = m0 + a_row;
-    int a_n = 0, a_ih0 = 0, a_iw0 = 0;
-    const bool a_in = a_m < M;
-    if (a_in) {
-        const int ow = (int)(a_m % s.OW);
-        const int oh = (int)((a_m / s.OW) % s.OH);
-        a_n = (int)(a_m / ((long long)s.OW * s.OH));
-        a_ih0 = oh * s.SH - s.PH;
-        a_iw0 = ow * s.SW - s.PW;
+    // The K steps' (tap, word offset from a pixel's top-left tap), tabled once per block so that the
+    // loop neither divides nor keeps counters: offset = (ky W + kx) words_per_pixel + 4 cw for step
+    // k = tap Cw + cw. Entry Ksteps is the pipeline's prefetch past the last step: tap 31, never valid.
+    __shared__ int2 tab[MMA_MAX_STEPS + 1];
+    for (int k = tid; k <= Ksteps; k += MMA_THREADS) {
+        const int tap = k / s.Cw, cw = k - tap * s.Cw;
+        const int ky = tap / s.KW, kx = tap - ky * s.KW;
+        tab[k] = k < Ksteps ? make_int2(tap, (ky * s.W + kx) * words_per_pixel + 4 * cw) : make_int2(31, 0);
     }
-    // B loader: threads 0..63 -> one GEMM column each.
-    const bool b_loader = tid < MMA_BN;
-    const int b_col = j0 + tid;
-    const bool b_in = b_loader && b_col < Ncols;
-    const u32* b_ptr = wbits;
-    if (b_in) {
-        const int b = b_col % NB, o = b_col / NB;
-        b_ptr = wbits + ((long long)b * s.C_out + o) * T * s.Cw;
+    // A loader: thread tid -> pixel row tid, its 32 codes of a step (4 packed words, 16 bytes). a_row
+    // points at the row's top-left tap (which may lie outside the image: it is only dereferenced at
+    // valid taps); bit t of tap_ok says whether tap t of the pixel lies inside the image (T <= 31).
+    u32 tap_ok = 0u;
+    const u32* a_row = act;
+    {
+        const long long m = m0 + tid;
+        if (m < M) {
+            const int ow = (int)(m % s.OW);
+            const int oh = (int)((m / s.OW) % s.OH);
+            const int n = (int)(m / ((long long)s.OW * s.OH));
+            const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
+            a_row = act + (((long long)n * s.H + ih0) * s.W + iw0) * words_per_pixel;
+            for (int ky = 0; ky < s.KH; ++ky)
+                for (int kx = 0; kx < s.KW; ++kx)
+                    if ((unsigned)(ih0 + ky) < (unsigned)s.H && (unsigned)(iw0 + kx) < (unsigned)s.W)
+                        tap_ok |= 1u << (ky * s.KW + kx);
+        }
     }
-
-    uint2 a_reg = make_uint2(0u, 0u);
-    u32 b_reg = 0u;
-    // The (tap, channel word) of the next load advance by one step per call, so the loop divides nothing:
-    // k = (ky * KW + kx) * Cw + cw, and the activation offset of the step is tap_off + 4 cw past the pixel.
-    const long long a_pix = (((long long)a_n * s.H + a_ih0) * s.W + a_iw0) * words_per_pixel + 2 * a_half;
-    int ld_cw = 0, ld_kx = 0, ld_ky = 0, ld_tap_off = 0;
-    auto load_global = [&](int k) {
-        const int ih = a_ih0 + ld_ky, iw = a_iw0 + ld_kx;
+    uint4 a_reg = make_uint4(0u, 0u, 0u, 0u);
+    auto load_a = [&](int k) {
+        const int2 e = tab[k];
         // Outside the image the code is 0: the epilogue's border correction accounts for it.
-        if (a_in && ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) {
-            a_reg = *reinterpret_cast<const uint2*>(act + a_pix + ld_tap_off + 4 * ld_cw);
-        } else {
-            a_reg = make_uint2(0u, 0u);
-        }
-        if (b_loader) b_reg = b_in ? b_ptr[k] : 0u;  // a column's words are contiguous in k
-        if (++ld_cw == s.Cw) {
-            ld_cw = 0;
-            ld_tap_off += words_per_pixel;
-            if (++ld_kx == s.KW) {
-                ld_kx = 0;
-                ++ld_ky;
-                ld_tap_off += (s.W - s.KW) * words_per_pixel;
-            }
-        }
+        a_reg = (tap_ok >> e.x) & 1u ? *reinterpret_cast<const uint4*>(a_row + e.y) : make_uint4(0u, 0u, 0u, 0u);
     };
-    auto store_shared = [&](int buf) {
+    const int a_swz = (tid >> 2) & 1;
+    const sref smem0 = sref_of(sm);
+    const sref a_dst0 = sref_pin(sref_add(smem0, 2 * tid + a_swz));  // stage 0, k 0..15; k 16..31 below
+    const sref a_dst1 = sref_pin(sref_add(smem0, 2 * tid + (a_swz ^ 1)));
+    auto store_a = [&](int buf) {
         uint4 lo, hi;
-        lo.x = nibbles_to_bytes(a_reg.x);
-        lo.y = nibbles_to_bytes(a_reg.x >> 16);
-        lo.z = nibbles_to_bytes(a_reg.y);
-        lo.w = nibbles_to_bytes(a_reg.y >> 16);
-        *reinterpret_cast<uint4*>(&As[buf][a_row][4 * a_half]) = lo;
-        if (b_loader) {
-            lo.x = bits_to_pm1_bytes(b_reg);
-            lo.y = bits_to_pm1_bytes(b_reg >> 4);
-            lo.z = bits_to_pm1_bytes(b_reg >> 8);
-            lo.w = bits_to_pm1_bytes(b_reg >> 12);
-            hi.x = bits_to_pm1_bytes(b_reg >> 16);
-            hi.y = bits_to_pm1_bytes(b_reg >> 20);
-            hi.z = bits_to_pm1_bytes(b_reg >> 24);
-            hi.w = bits_to_pm1_bytes(b_reg >> 28);
-            *reinterpret_cast<uint4*>(&Bs[buf][tid][0]) = lo;
-            *reinterpret_cast<uint4*>(&Bs[buf][tid][4]) = hi;
-        }
+        nibbles_to_byte_pair(a_reg.x, lo.x, lo.y);
+        nibbles_to_byte_pair(a_reg.y, lo.z, lo.w);
+        nibbles_to_byte_pair(a_reg.z, hi.x, hi.y);
+        nibbles_to_byte_pair(a_reg.w, hi.z, hi.w);
+        sts128(sref_add(a_dst0, buf * MMA_STAGE_UNITS), lo);
+        sts128(sref_add(a_dst1, buf * MMA_STAGE_UNITS), hi);
+    };
+    // B loader: units tid and tid + 128 of the step's 256 (contiguous in wfrag: coalesced). The prefetch
+    // past a block's last step reads the next block's first (or, for the last block, the zero step
+    // mma_weight_fragments appends): never used.
+    const uint4* b_src = wfrag + (long long)cb * Ksteps * MMA_B_UNITS + tid;
+    const sref b_dst = sref_pin(sref_add(smem0, MMA_A_UNITS + tid));
+    auto load_b = [&](int buf) {
+        cp_async16(sref_add(b_dst, buf * MMA_STAGE_UNITS), b_src, true);
+        cp_async16(sref_add(b_dst, buf * MMA_STAGE_UNITS + MMA_THREADS), b_src + MMA_THREADS, true);
+        b_src += MMA_B_UNITS;
     };
 
-    int acc[2][4][4];
+    int acc[4][8][4];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < 8; ++j)
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
 
-    load_global(0);
-    store_shared(0);
-    __syncthreads();
-    for (int k = 0; k < Ksteps; ++k) {
-        const int buf = k & 1;
-        if (k + 1 < Ksteps) load_global(k + 1);
-        u32 a[2][4], b[4][2];
+    // ldmatrix addresses: this lane's row of m tile 0 and its half (m tile i is 32 units further); the
+    // B units of this lane (n tile pair p is 32 units further).
+    const int lr = lane & 7;
+    const sref a_frag = sref_pin(sref_add(smem0, 2 * (warp_m * 64 + lr + 8 * ((lane >> 3) & 1)) +
+                                                      ((lane >> 4) ^ ((lr >> 2) & 1))));
+    const sref b_frag = sref_pin(sref_add(smem0, MMA_A_UNITS + warp_n * 128 + lane));
+
+    // Step k on stage buf (a constant after inlining, so every shared address is a register plus an
+    // immediate); step k + 1's operands go to the other stage, which was last read in the step before,
+    // ahead of the barrier that ended it. After the last step this prefetch loads data nobody reads,
+    // which costs less than a branch around it in every step.
+    auto step = [&](int buf, int k) {
+        load_a(k + 1);
+        load_b(buf ^ 1);
+        cp_async_commit();
+        u32 a[4][4];
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int r = warp_m * 32 + i * 16 + g;
-            a[i][0] = As[buf][r][t4];
-            a[i][1] = As[buf][r + 8][t4];
-            a[i][2] = As[buf][r][t4 + 4];
-            a[i][3] = As[buf][r + 8][t4 + 4];
+        for (int i = 0; i < 4; ++i) ldsm_x4(a[i], sref_add(a_frag, buf * MMA_STAGE_UNITS + 32 * i));
+        u32 b[8][2];
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            const uint4 q = lds128(sref_add(b_frag, buf * MMA_STAGE_UNITS + 32 * p));
+            b[2 * p][0] = q.x, b[2 * p][1] = q.y, b[2 * p + 1][0] = q.z, b[2 * p + 1][1] = q.w;
         }
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int c = warp_n * 32 + j * 8 + g;
-            b[j][0] = Bs[buf][c][t4];
-            b[j][1] = Bs[buf][c][t4 + 4];
-        }
+        for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) mma_u8s8(acc[i][j], a[i], b[j]);
-        // The other stage was last read in step k - 1, before the barrier that ended it.
-        if (k + 1 < Ksteps) store_shared(buf ^ 1);
+            for (int j = 0; j < 8; ++j) mma_u8s8(acc[i][j], a[i], b[j][0], b[j][1]);
+        store_a(buf ^ 1);
+        cp_async_wait<0>();
         __syncthreads();
+    };
+
+    __syncthreads();  // the step table
+    load_a(0);
+    load_b(0);
+    cp_async_commit();
+    store_a(0);
+    cp_async_wait<0>();
+    __syncthreads();
+    // Two steps per iteration, one per stage.
+#pragma unroll 1
+    for (int k = 0; k < Ksteps; k += 2) {
+        step(0, k);
+        if (k + 1 < Ksteps) step(1, k + 1);
     }
 
     // Epilogue: border correction, scales, bias, store NHWC. A pixel whose taps all lie inside the image
     // takes the full sum of R over the taps, made once per column here; only border pixels sum the valid
     // taps. The thread's column pair (col, col + 1) is both bases of channel col / 2 (two bases), or
     // channels col and col + 1 (one base).
-    int r_full[4][2];
+    const int col0 = cb * MMA_BN + warp_n * 64 + 2 * t4;  // even; n tile j adds 8 j
+    int r_full[8][2];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int col = j0 + warp_n * 32 + j * 8 + 2 * t4;  // even
+    for (int j = 0; j < 8; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
+            const int col = col0 + 8 * j;
             const int o = NB == 2 ? col >> 1 : col + e;
             r_full[j][e] = 0;
             if (o < s.C_out) {
@@ -325,18 +346,18 @@ __device__ void conv_mma(const u32* __restrict__ act, const u32* __restrict__ wb
         }
     }
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < 4; ++i) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const long long m = m0 + warp_m * 32 + i * 16 + g + 8 * h;
+            const long long m = m0 + warp_m * 64 + i * 16 + g + 8 * h;
             if (m >= M) continue;
             const int ow = (int)(m % s.OW);
             const int oh = (int)((m / s.OW) % s.OH);
             const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
             const bool inside = ih0 >= 0 && iw0 >= 0 && ih0 + s.KH <= s.H && iw0 + s.KW <= s.W;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int col = j0 + warp_n * 32 + j * 8 + 2 * t4;  // even
+            for (int j = 0; j < 8; ++j) {
+                const int col = col0 + 8 * j;
                 const int c0 = acc[i][j][2 * h], c1 = acc[i][j][2 * h + 1];
                 if (NB == 2) {
                     const int o = col >> 1;
@@ -366,9 +387,9 @@ __device__ void conv_mma(const u32* __restrict__ act, const u32* __restrict__ wb
 
 #define W1A4_MMA_ENTRY(NAME, NB, F16)                                                                   \
     extern "C" __global__ void __launch_bounds__(MMA_THREADS)                                           \
-    NAME(const u32* act, const u32* wbits, const int* rsum, const float* scale, const float* bias,      \
+    NAME(const u32* act, const uint4* wfrag, const int* rsum, const float* scale, const float* bias,    \
          void* out, CONV_SHAPE_PARAMS) {                                                                 \
-        conv_mma<NB, F16>(act, wbits, rsum, scale, bias, out, CONV_SHAPE_ARGS);                          \
+        conv_mma<NB, F16>(act, wfrag, rsum, scale, bias, out, CONV_SHAPE_ARGS);                          \
     }
 W1A4_MMA_ENTRY(w1a4_conv_mma_nb1_f16, 1, true)
 W1A4_MMA_ENTRY(w1a4_conv_mma_nb1_f32, 1, false)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from binarydm.kernels import cuda as kcuda
+from binarydm.kernels import packing
 from binarydm.kernels import reference
 from binarydm.kernels.packing import (
     PackedActivation,
@@ -210,7 +211,8 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is no
 # show which tensor cores it uses.
 SOURCE_KERNELS = {
     "w1a4_conv.cu": (kcuda.MMA_KERNELS + kcuda.SIMT_KERNELS + tuple(kcuda.PACK_KERNELS.values()),
-                     {"mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32": 4}),
+                     {"mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32": 4, "cp.async.cg.shared.global": 1,
+                      "ldmatrix.sync.aligned.m8n8.x4.shared.b16": 1}),
     "w1a4_bmma.cu": (kcuda.BMMA_KERNELS + tuple(kcuda.PLANES_KERNELS.values()) + (kcuda.PLANES_CODES_KERNEL,),
                      {"mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc": 4, "cp.async.cg.shared.global": 1,
                       "ldmatrix.sync.aligned.m8n8.x4.shared.b16": 1}),
@@ -234,6 +236,25 @@ def test_ptx_uses_the_tensor_cores(source, tmp_path):
     ptx = kcuda.build_cubin("sm_80", tmp_path, kind="ptx", source=kcuda.SOURCE.parent / source).read_text()
     for instruction, least in SOURCE_KERNELS[source][1].items():
         assert ptx.count(instruction) >= least, instruction
+
+
+def test_mma_constants_match_the_source():
+    src = kcuda.SOURCE.read_text()
+    for name, value in (("MMA_BM", kcuda.MMA_BM), ("MMA_BN", kcuda.MMA_BN), ("MMA_THREADS", kcuda.MMA_THREADS),
+                        ("MMA_MAX_STEPS", kcuda.MMA_MAX_STEPS), ("MMA_MAX_TAPS", kcuda.MMA_MAX_TAPS),
+                        ("MMA_B_UNITS", packing.MMA_STEP_UNITS)):
+        assert f"#define {name} {value} " in src, name
+    assert packing.MMA_BN == kcuda.MMA_BN
+
+
+def test_mma_refuses_what_its_tables_cannot_hold():
+    gen = torch.Generator().manual_seed(5)
+    small = pack_weight(torch.randint(0, 2, (1, 4, 64, 5, 5), generator=gen), torch.ones(1, 4), None, 1, 2)
+    assert kcuda.mma_shape_error(small) is None  # 25 taps, 50 steps
+    wide = pack_weight(torch.randint(0, 2, (1, 4, 8, 7, 7), generator=gen), torch.ones(1, 4), None, 1, 3)
+    assert "49 and 49" in kcuda.mma_shape_error(wide)  # 7x7: more taps than the mask holds
+    deep = pack_weight(torch.randint(0, 2, (1, 4, 3700, 3, 3), generator=gen), torch.ones(1, 4), None, 1, 1)
+    assert "variant='bmma' or 'simt'" in kcuda.mma_shape_error(deep)  # 9 x 116 = 1,044 steps
 
 
 def test_bit_plane_constants_match_the_source():
@@ -273,8 +294,11 @@ HOST_CHECK = r"""
 #include <cstdio>
 #include "w1a4_conv.cu"
 int main() {
-    for (u32 x = 0; x < 65536; ++x) printf("%u\n", nibbles_to_bytes(x));
-    for (u32 b = 0; b < 16; ++b) printf("%u\n", bits_to_pm1_bytes(b));
+    for (u32 x = 0; x < 65536; ++x) {
+        u32 lo, hi;
+        nibbles_to_byte_pair(x * 40503u + (x << 16), lo, hi);
+        printf("%u\n%u\n", lo, hi);
+    }
     for (u32 b = 0; b < 256; ++b) printf("%u\n", bits_to_nibble_mask(b));
     for (u32 x = 0; x < 65536; ++x) printf("%d\n", nibble_sum(x * 40503u + (x << 16)));
     return 0;
@@ -285,7 +309,8 @@ int main() {
 @needs_nvcc
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
 def test_kernel_bit_helpers_on_the_host(tmp_path):
-    # The helpers that expand nibbles and weight bits are host functions too: check them exhaustively.
+    # The helpers that expand nibbles to bytes (mma kernel) and weight bits to nibble masks (CUDA-core
+    # kernel) are host functions too: check them exhaustively (and the nibble sum on 65,536 words).
     src = tmp_path / "check.cu"
     src.write_text(HOST_CHECK)
     exe = tmp_path / "check"
@@ -295,9 +320,8 @@ def test_kernel_bit_helpers_on_the_host(tmp_path):
     bytes_of = lambda v: [(v >> (8 * i)) & 0xFF for i in range(4)]  # noqa: E731
     it = iter(out)
     for x in range(65536):
-        assert bytes_of(next(it)) == [(x >> (4 * i)) & 0xF for i in range(4)]
-    for b in range(16):
-        assert bytes_of(next(it)) == [1 if (b >> i) & 1 else 0xFF for i in range(4)]
+        v = (x * 40503 + (x << 16)) & 0xFFFFFFFF
+        assert bytes_of(next(it)) + bytes_of(next(it)) == [(v >> (4 * i)) & 0xF for i in range(8)]
     for b in range(256):
         assert next(it) == sum(0xF << (4 * j) for j in range(8) if (b >> j) & 1)
     for x in range(65536):
@@ -363,6 +387,37 @@ def test_bmma_weight_fragments_follow_the_ptx_b_layout(cin, cout, k, nb):
                     col = cb * 64 + warp_n * 32 + tile * 8 + lane // 4
                     kk = 8 * c + lane % 4 + 4 * (i % 2)
                     assert int(frag[cb, c, unit, i]) == word(col, kk), (cb, c, unit, i)
+
+
+@pytest.mark.parametrize("cin, cout, k, nb", [(40, 24, 3, 2), (70, 130, 1, 1), (1, 9, 5, 1)])
+def test_mma_weight_fragments_follow_the_ptx_b_layout(cin, cout, k, nb):
+    # Independently of the packer's reshapes: every byte of every unit must be the s8 weight (+-1, or 0 in
+    # padded channels and columns) of the column and k that the PTX B fragment of m16n8k32 puts there.
+    gen = torch.Generator().manual_seed(cin + cout)
+    bits = torch.randint(0, 2, (nb, cout, cin, k, k), generator=gen, dtype=torch.uint8)
+    w = pack_weight(bits, torch.ones(nb, cout))
+    frag = kcuda.mma_weight(w)
+    assert kcuda.mma_weight(w) is frag  # made once, kept on the weight
+    cw = padded_channels(cin) // 32
+    ksteps, ncb = k * k * cw, -(-nb * cout // 128)
+    assert frag.shape == (ncb * ksteps + 1, 256, 4) and frag.dtype == torch.int32
+    data = frag.contiguous().view(torch.int8).reshape(ncb * ksteps + 1, 256, 16)
+    assert not data[-1].any()  # the zero step the last block's prefetch reads
+    signs = bits.to(torch.int64) * 2 - 1  # [nb, C_out, C_in, KH, KW]
+    for row in range(ncb * ksteps):
+        cb, ks = divmod(row, ksteps)
+        tap, c32 = divmod(ks, cw)
+        ky, kx = divmod(tap, k)
+        expected = torch.zeros(256, 16, dtype=torch.int64)
+        for unit in range(256):
+            warp_n, pair, lane = unit // 128, (unit // 32) % 4, unit % 32
+            for byte in range(16):
+                tile, reg, j = 2 * pair + byte // 8, (byte // 4) % 2, byte % 4
+                col = cb * 128 + warp_n * 64 + tile * 8 + lane // 4
+                channel = 32 * c32 + 16 * reg + 4 * (lane % 4) + j
+                if col < nb * cout and channel < cin:
+                    expected[unit, byte] = signs[col % nb, col // nb, channel, ky, kx]
+        assert torch.equal(data[row].to(torch.int64), expected), row
 
 
 def test_default_variant_can_be_forced(monkeypatch):

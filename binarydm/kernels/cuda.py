@@ -36,6 +36,7 @@ from .packing import (
     bmma_chunks,
     bmma_groups,
     bmma_weight_fragments,
+    mma_weight_fragments,
     padded_channels,
 )
 
@@ -46,7 +47,8 @@ MMA_KERNELS = tuple(f"w1a4_conv_mma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16"
 SIMT_KERNELS = ("w1a4_conv_simt_f16", "w1a4_conv_simt_f32")
 PACK_KERNELS = {torch.float32: "w1a4_quantize_pack_f32", torch.float16: "w1a4_quantize_pack_f16",
                 torch.bfloat16: "w1a4_quantize_pack_bf16"}
-MMA_BM, MMA_BN, MMA_THREADS = 128, 64, 256  # must match cuda/w1a4_conv.cu
+MMA_BM, MMA_BN, MMA_THREADS = 128, 128, 128  # must match cuda/w1a4_conv.cu
+MMA_MAX_STEPS, MMA_MAX_TAPS = 1023, 31  # likewise: the mma kernel's step table and tap mask
 SIMT_THREADS = 256
 BMMA_KERNELS = tuple(f"w1a4_conv_bmma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16", "f32"))
 PLANES_KERNELS = {torch.float32: "w1a4_planes_f32", torch.float16: "w1a4_planes_f16",
@@ -286,8 +288,12 @@ def launch(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = to
         return launch_bmma(x, w, out_dtype, out=out, scale=scale)
     oh, ow = reference.check_operands(x, w, out_dtype)
     _check_device_operands(x, w)
-    if torch.cuda.get_device_capability(x.codes.device)[0] < 8 and variant == "mma":
-        raise KernelUnavailable("the mma kernel needs sm_80 or newer; use variant='simt'")
+    if variant == "mma":
+        why = mma_shape_error(w)
+        if why:
+            raise ValueError(why)
+        if torch.cuda.get_device_capability(x.codes.device)[0] < 8:
+            raise KernelUnavailable("the mma kernel needs sm_80 or newer; use variant='simt'")
     module = load_module()
     n = x.codes.shape[0]
     if out is None:
@@ -300,7 +306,8 @@ def launch(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = to
     bias_ptr = w.bias.data_ptr() if w.bias is not None else 0
     suffix = "f16" if out_dtype == torch.float16 else "f32"
     ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
-    args = (ptr(x.codes), ptr(w.bits), ptr(w.row_sums), ptr(scale), np.uint64(bias_ptr), ptr(out),
+    weight = mma_weight(w) if variant == "mma" else w.bits  # s8 fragments (mma), bits (simt)
+    args = (ptr(x.codes), ptr(weight), ptr(w.row_sums), ptr(scale), np.uint64(bias_ptr), ptr(out),
             *_shape_args(x, w, oh, ow))
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.codes.device).cuda_stream)
     with cupy.cuda.Device(x.codes.device.index or 0), stream:
@@ -316,6 +323,30 @@ def launch(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = to
         else:
             raise ValueError(f"variant must be 'bmma', 'mma' or 'simt', got {variant!r}")
     return out.permute(0, 3, 1, 2)
+
+
+def mma_shape_error(w: PackedConvWeight) -> Optional[str]:
+    """Why the u8 x s8 kernel cannot take ``w`` (None: it can). It tables its K steps (at most
+    MMA_MAX_STEPS) and keeps one bit per tap (at most MMA_MAX_TAPS)."""
+    steps = w.taps * padded_channels(w.in_channels) // 32
+    if w.taps > MMA_MAX_TAPS or steps > MMA_MAX_STEPS:
+        return (f"the mma kernel takes at most {MMA_MAX_TAPS} taps and {MMA_MAX_STEPS} K steps (KH*KW*C_pad/32); "
+                f"this convolution has {w.taps} and {steps}: use variant='bmma' or 'simt'")
+    return None
+
+
+def _fragments(w: PackedConvWeight, attr: str, make) -> torch.Tensor:
+    """A tensor-core kernel's weight operand: made once by ``make`` and kept on ``w`` as ``attr`` (its device)."""
+    frag = getattr(w, attr)
+    if frag is None or frag.device != w.bits.device:
+        frag = make(w)
+        setattr(w, attr, frag)
+    return frag
+
+
+def mma_weight(w: PackedConvWeight) -> torch.Tensor:
+    """The weight in the u8 x s8 kernel's fragment order (:func:`packing.mma_weight_fragments`)."""
+    return _fragments(w, "mma_frag", mma_weight_fragments)
 
 
 # ---- the bit-plane kernel ------------------------------------------------------------------------
@@ -376,12 +407,8 @@ def quantize_planes(x: torch.Tensor, step, qn: int = -8, qp: int = 7, out: Optio
 
 
 def bmma_weight(w: PackedConvWeight) -> torch.Tensor:
-    """The weight in the bit-plane kernel's fragment order, made once and kept on ``w`` (its device)."""
-    frag = w.bmma_frag
-    if frag is None or frag.device != w.bits.device:
-        frag = bmma_weight_fragments(w)
-        w.bmma_frag = frag
-    return frag
+    """The weight in the bit-plane kernel's fragment order (:func:`packing.bmma_weight_fragments`)."""
+    return _fragments(w, "bmma_frag", bmma_weight_fragments)
 
 
 def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
@@ -550,7 +577,10 @@ def w1a4_conv2d(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype
         return reference.w1a4_conv2d(x, w, out_dtype)
     try:
         load_module()
-        return launch(x, w, out_dtype, default_variant(x.codes.device), scale=scale)
+        variant = default_variant(x.codes.device)
+        if variant == "mma" and mma_shape_error(w):
+            variant = "simt"  # a convolution too large for the mma kernel's tables
+        return launch(x, w, out_dtype, variant, scale=scale)
     except KernelUnavailable as err:
         _warn_fallback(str(err))
         return reference.w1a4_conv2d(x, w, out_dtype)

@@ -82,8 +82,10 @@ class PackedConvWeight:
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
-    # The bit-plane kernel's weight operand (:func:`bmma_weight_fragments`), made once on first use.
+    # The tensor-core kernels' weight operands (:func:`bmma_weight_fragments`, :func:`mma_weight_fragments`),
+    # each made once on first use.
     bmma_frag: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
+    mma_frag: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
 
     @property
     def n_bases(self) -> int:
@@ -100,7 +102,8 @@ class PackedConvWeight:
     def to(self, device) -> "PackedConvWeight":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PackedConvWeight(move(self.bits), move(self.alpha), move(self.row_sums), move(self.bias),
-                                self.in_channels, self.kernel_size, self.stride, self.padding, move(self.bmma_frag))
+                                self.in_channels, self.kernel_size, self.stride, self.padding, move(self.bmma_frag),
+                                move(self.mma_frag))
 
     def signs(self) -> torch.Tensor:
         """The bases as +-1 float64 [n_bases, C_out, C_in, KH, KW] (unpacked, padding dropped)."""
@@ -296,6 +299,39 @@ def pack_quant_conv_input(layer: QuantConv2d, x: torch.Tensor) -> PackedActivati
     if aq.bits > CODE_BITS:
         raise ValueError(f"the W1A4 kernel takes codes of at most 4 bits, the quantizer has {aq.bits}")
     return pack_activation(x, aq.step.detach().reshape(()), aq.qn, aq.qp)
+
+
+# ---- the u8 x s8 tensor-core kernel (cuda/w1a4_conv.cu, w1a4_conv_mma_*) --------------------------
+MMA_BN = 128  # GEMM columns per block of the u8 x s8 kernel
+MMA_STEP_UNITS = 256  # 16-byte B units per K step (32 channels of one tap) and column block
+
+
+def mma_weight_fragments(w: PackedConvWeight) -> torch.Tensor:
+    """The weights as s8 +-1 (0 in padded channels and columns) in the B-fragment order of the u8 x s8
+    kernel: int32 [NCB * Ksteps + 1, 256, 4], Ksteps = KH KW C_pad / 32.
+
+    GEMM column j = base j % n_bases of channel j // n_bases; K step ks = tap * C_pad / 32 + cw (32
+    channels 32 cw ..). Row cb * Ksteps + ks holds column block cb (128 columns) and step ks: unit
+    u = (warp_n * 4 + p) * 32 + lane (lane = 4 g + t) is {b0, b1} of n tile 2p, then of n tile 2p + 1, of
+    column 64 warp_n + 8 tile + g: b0 = the 4 weights of k 4t .. 4t + 3, b1 of k 16 + 4t .. (the PTX ISA's
+    B fragment of mma.m16n8k32 .s8), byte j of a word = element j. The last row is zeros: the kernel's
+    prefetch past the last step of the last block reads it. Made once per weight (``w.mma_frag``)."""
+    nb, c_out, taps, cw = w.bits.shape
+    ncols = nb * c_out
+    ncb = -(-ncols // MMA_BN)
+    device = w.bits.device
+    shifts = torch.arange(32, device=device, dtype=torch.int64)
+    s = (_from_int32_words(w.bits)[..., None] >> shifts) & 1  # [nb, C_out, T, Cw, 32]
+    real = (torch.arange(cw * 32, device=device) < w.in_channels).reshape(cw, 32)
+    signs = torch.where(real, 2 * s - 1, 0).to(torch.int8)
+    cols = signs.permute(1, 0, 2, 3, 4).reshape(ncols, taps * cw, 32)  # column j = (channel j // nb, base j % nb)
+    full = torch.zeros(ncb * MMA_BN, taps * cw, 32, dtype=torch.int8, device=device)
+    full[:ncols] = cols
+    # column = 128 cb + 64 warp_n + 16 p + 8 (tile % 2) + g; k = 16 half + 4 t + j
+    f = full.reshape(ncb, 2, 4, 2, 8, taps * cw, 2, 4, 4)  # cb, warp_n, p, tile % 2, g, ks, half, t, j
+    f = f.permute(0, 5, 1, 2, 4, 7, 3, 6, 8).contiguous()  # cb, ks, warp_n, p, g, t, tile % 2, half, j
+    words = f.view(torch.int32).reshape(ncb * taps * cw, MMA_STEP_UNITS, 4)
+    return torch.cat([words, words.new_zeros(1, MMA_STEP_UNITS, 4)])
 
 
 # ---- the bit-plane kernel (cuda/w1a4_bmma.cu) ------------------------------------------------------

@@ -24,13 +24,13 @@ from binarydm.kernels.packing import (
     bmma_chunks,
     bmma_groups,
     bmma_weight_fragments,
+    mma_weight_fragments,
     padded_channels,
 )
 from binarydm.resources import cuda_dir
 
 HERE = Path(__file__).resolve().parent
 CUDA_DIR = cuda_dir()
-MMA_THREADS = 256
 _IN_KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # IN_F32, IN_F16, IN_BF16 of w1a4_common.cuh
 
 
@@ -114,7 +114,8 @@ def run_conv(exe: Path, x, w, out_dtype: torch.dtype = torch.float16, variant: s
     header = [w.n_bases, int(out_dtype == torch.float16), int(w.bias is not None), n, h, wd,
               padded_channels(w.in_channels) // 32, w.out_channels, oh, ow, *w.kernel_size, *w.stride, *w.padding,
               int(x.zero_point)]
-    return _conv(exe, 0 if variant == "mma" else 1, header, [_i32(x.codes), _i32(w.bits), _i32(w.row_sums)], x, w,
+    weight = mma_weight_fragments(w) if variant == "mma" else w.bits  # the s8 fragments, or the bits (simt)
+    return _conv(exe, 0 if variant == "mma" else 1, header, [_i32(x.codes), _i32(weight), _i32(w.row_sums)], x, w,
                  out_dtype, oh, ow)
 
 

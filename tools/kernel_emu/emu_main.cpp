@@ -5,8 +5,10 @@
 // Every array below (the kind, the header, each operand) starts on a 16-byte boundary of the file.
 // Header (int32): kind (0 conv mma, 1 conv simt, 2 quantize_pack), then
 //   conv: NB, F16, has_bias, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z;
-//         then act u32 [N*H*W*4Cw], wbits u32 [NB*C_out*KH*KW*Cw], rsum i32 [NB*C_out*KH*KW],
-//         scale f32 [NB*C_out], bias f32 [C_out] if has_bias. OUT: N*OH*OW*C_out fp16 bits or f32.
+//         then act u32 [N*H*W*4Cw], the weight (kind 0: wfrag u32 [(NCB*KH*KW*Cw + 1)*256*4], the s8
+//         fragments of mma_weight_fragments; kind 1: wbits u32 [NB*C_out*KH*KW*Cw]), rsum i32
+//         [NB*C_out*KH*KW], scale f32 [NB*C_out], bias f32 [C_out] if has_bias. OUT: N*OH*OW*C_out fp16
+//         bits or f32.
 //   pack: in_kind (0 f32, 1 f16, 2 bf16), N, C, H, W, sN, sC, sH, sW, words, qn, qp; then step f32,
 //         then x (elements up to the largest strided offset + 1). OUT: u32 [N*H*W*words].
 //   3, bit-plane conv (cuda/w1a4_bmma.cu): NB, F16, has_bias, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW,
@@ -67,7 +69,9 @@ int main(int argc, char** argv) {
                   OH = h[8], OW = h[9], KH = h[10], KW = h[11], SH = h[12], SW = h[13], PH = h[14], PW = h[15], z = h[16];
         const int T = KH * KW;
         const u32* act = take<u32>((size_t)N * H * W * 4 * Cw);
-        const u32* wbits = take<u32>((size_t)NB * C_out * T * Cw);
+        const int ncb = (NB * C_out + MMA_BN - 1) / MMA_BN;
+        const u32* wbits = take<u32>(kind == 0 ? ((size_t)ncb * T * Cw + 1) * MMA_B_UNITS * 4
+                                               : (size_t)NB * C_out * T * Cw);
         const int* rsum = take<int>((size_t)NB * C_out * T);
         const float* scale = take<float>((size_t)NB * C_out);
         const float* bias = has_bias ? take<float>(C_out) : nullptr;
@@ -76,11 +80,12 @@ int main(int argc, char** argv) {
         void* y = out.data();
         const long long M = (long long)N * OH * OW;
         if (kind == 0) {
-            const dim3 grid{(unsigned)((M + MMA_BM - 1) / MMA_BM), (unsigned)((NB * C_out + MMA_BN - 1) / MMA_BN), 1};
+            const dim3 grid{(unsigned)((M + MMA_BM - 1) / MMA_BM), (unsigned)ncb, 1};
+            const uint4* wfrag = reinterpret_cast<const uint4*>(wbits);
             auto k = NB == 1 ? (F16 ? w1a4_conv_mma_nb1_f16 : w1a4_conv_mma_nb1_f32)
                              : (F16 ? w1a4_conv_mma_nb2_f16 : w1a4_conv_mma_nb2_f32);
             w1a4_emu::launch(grid, dim3{MMA_THREADS, 1, 1}, [&] {
-                k(act, wbits, rsum, scale, bias, y, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z);
+                k(act, wfrag, rsum, scale, bias, y, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z);
             });
         } else {
             const long long total = M * C_out;
