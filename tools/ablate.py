@@ -88,9 +88,10 @@ def run_one(config: str, overrides: list[str], run_dir: Path, steps: int, seed: 
 
 
 def _write(path: Path, metrics: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics))
-    tmp.replace(path)  # atomic: a killed run never leaves half a cache entry
+    from binarydm.packing.format import atomic_write
+
+    with atomic_write(path, "w") as f:  # a killed run never leaves half a cache entry
+        f.write(json.dumps(metrics))
 
 
 def add_fid(metrics: dict, run_dir: Path, steps: int, num: int, sample_steps: int, seed: int) -> dict:

@@ -30,6 +30,7 @@ import torch
 from ..resources import cuda_dir
 from . import reference
 from .packing import (
+    MMA_BN,
     PackedActivation,
     PackedConvWeight,
     PlanarActivation,
@@ -47,7 +48,7 @@ MMA_KERNELS = tuple(f"w1a4_conv_mma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16"
 SIMT_KERNELS = ("w1a4_conv_simt_f16", "w1a4_conv_simt_f32")
 PACK_KERNELS = {torch.float32: "w1a4_quantize_pack_f32", torch.float16: "w1a4_quantize_pack_f16",
                 torch.bfloat16: "w1a4_quantize_pack_bf16"}
-MMA_BM, MMA_BN, MMA_THREADS = 128, 128, 128  # must match cuda/w1a4_conv.cu
+MMA_BM, MMA_THREADS = 128, 128  # must match cuda/w1a4_conv.cu (MMA_BN: packing's, the fragments' column block)
 MMA_MAX_STEPS, MMA_MAX_TAPS = 1023, 31  # likewise: the mma kernel's step table and tap mask
 SIMT_THREADS = 256
 BMMA_KERNELS = tuple(f"w1a4_conv_bmma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16", "f32"))

@@ -70,8 +70,8 @@ int main(int argc, char** argv) {
         const int T = KH * KW;
         const u32* act = take<u32>((size_t)N * H * W * 4 * Cw);
         const int ncb = (NB * C_out + MMA_BN - 1) / MMA_BN;
-        const u32* wbits = take<u32>(kind == 0 ? ((size_t)ncb * T * Cw + 1) * MMA_B_UNITS * 4
-                                               : (size_t)NB * C_out * T * Cw);
+        const u32* weight = take<u32>(kind == 0 ? ((size_t)ncb * T * Cw + 1) * MMA_B_UNITS * 4  // fragments
+                                                : (size_t)NB * C_out * T * Cw);                // bits (simt)
         const int* rsum = take<int>((size_t)NB * C_out * T);
         const float* scale = take<float>((size_t)NB * C_out);
         const float* bias = has_bias ? take<float>(C_out) : nullptr;
@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
         const long long M = (long long)N * OH * OW;
         if (kind == 0) {
             const dim3 grid{(unsigned)((M + MMA_BM - 1) / MMA_BM), (unsigned)ncb, 1};
-            const uint4* wfrag = reinterpret_cast<const uint4*>(wbits);
+            const uint4* wfrag = reinterpret_cast<const uint4*>(weight);
             auto k = NB == 1 ? (F16 ? w1a4_conv_mma_nb1_f16 : w1a4_conv_mma_nb1_f32)
                              : (F16 ? w1a4_conv_mma_nb2_f16 : w1a4_conv_mma_nb2_f32);
             w1a4_emu::launch(grid, dim3{MMA_THREADS, 1, 1}, [&] {
@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
             const long long total = M * C_out;
             auto k = F16 ? w1a4_conv_simt_f16 : w1a4_conv_simt_f32;
             w1a4_emu::launch(dim3{(unsigned)((total + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] {
-                k(act, wbits, rsum, scale, bias, y, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z, NB);
+                k(act, weight, rsum, scale, bias, y, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z, NB);
             });
         }
     } else if (kind == 2) {
