@@ -4,7 +4,7 @@
 //   nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -o mma_rates cuda/mma_rates.cu && ./mma_rates KIND
 //
 // KIND (one per process, so that a fault in one leaves the others their context):
-//   imma_u8s8   mma.sync m16n8k32 u8 x s8 -> s32         (IMMA.16832, today's kernel)
+//   imma_u8s8   mma.sync m16n8k32 u8 x s8 -> s32         (IMMA.16832, the rate of the s8 x s8 kernel)
 //   imma_s4s4   mma.sync m16n8k64 s4 x s4 -> s32         (emulated on sm_90: 2 IMMA.16832 + unpacking)
 //   bmma_and    mma.sync m16n8k256 b1 AND POPC -> s32    (BMMA.168256)
 //   hmma_f16    mma.sync m16n8k16 f16 x f16 -> f32       (HMMA.16816, the fp16 yardstick)

@@ -1,4 +1,4 @@
-// Device code shared by cuda/w1a4_conv.cu (u8 x s8 and CUDA-core kernels) and cuda/w1a4_bmma.cu
+// Device code shared by cuda/w1a4_conv.cu (s8 x s8 and CUDA-core kernels) and cuda/w1a4_bmma.cu
 // (the bit-plane kernel): the fp16 conversions, the float32 epilogue, the nibble sum, and the LSQ
 // quantization of an input element to its 4-bit code. One copy, so that both kernels round exactly as
 // binarydm/kernels/reference.py and binarydm/kernels/packing.py do.
@@ -43,6 +43,16 @@ __device__ __forceinline__ void store_out(void* out, long long idx, float y) {
         reinterpret_cast<u16*>(out)[idx] = f32_to_f16_bits(y);
     } else {
         reinterpret_cast<float*>(out)[idx] = y;
+    }
+}
+
+// Two adjacent outputs (idx even) in one store: 4 bytes (fp16) or 8 (float32).
+template <bool F16>
+__device__ __forceinline__ void store_out2(void* out, long long idx, float y0, float y1) {
+    if (F16) {
+        reinterpret_cast<u32*>(out)[idx >> 1] = (u32)f32_to_f16_bits(y0) | ((u32)f32_to_f16_bits(y1) << 16);
+    } else {
+        reinterpret_cast<float2*>(out)[idx >> 1] = make_float2(y0, y1);
     }
 }
 
@@ -114,14 +124,18 @@ __device__ __forceinline__ void cp_async16(sref smem, const void* gmem, bool val
 }
 
 __device__ __forceinline__ void cp_async_commit() {
-#if !defined(W1A4_HOST_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_cp_async_commit();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
 
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-#if !defined(W1A4_HOST_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_cp_async_wait(N);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }

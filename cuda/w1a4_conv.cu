@@ -3,17 +3,20 @@
 // epilogue. Arithmetic and layouts: docs/kernels.md and binarydm/kernels/packing.py; the PyTorch
 // reference binarydm/kernels/reference.py computes the same numbers bit for bit.
 //
-//   acc_b[o,p] = sum_{t in valid(p), c} (2 S_b[o,c,t] - 1) * q[p+t, c]      (codes 0 outside the image)
-//   v_b        = acc_b - z * sum_{t in valid(p)} R_b[o,t]                     (border correction)
-//   y[p,o]     = fl(fl(fl(v_0 * s_0[o]) + fl(v_1 * s_1[o])) + bias[o])        (s_b = fl(alpha_b * d))
+//   acc_b[o,p] = sum_{t in valid(p), c} (2 S_b[o,c,t] - 1) * (q[p+t, c] - z)   (taps outside the image: 0)
+//   y[p,o]     = fl(fl(fl(acc_0 * s_0[o]) + fl(acc_1 * s_1[o])) + bias[o])      (s_b = fl(alpha_b * d))
 //
 // Kernels (extern "C"; the one include, w1a4_common.cuh, holds the code shared with w1a4_bmma.cu):
-//   w1a4_conv_mma_nb{1,2}_{f16,f32}   integer tensor cores, mma.sync m16n8k32 u8 x s8 -> s32 (sm_80+;
+//   w1a4_conv_mma_nb{1,2}_{f16,f32}   integer tensor cores, mma.sync m16n8k32 s8 x s8 -> s32 (sm_80+;
 //                                      on Hopper the 8-bit path is the dense integer one: 4-bit mma is
-//                                      emulated there). Its weight operand is the s8 +-1 fragments of
-//                                      binarydm.kernels.packing.mma_weight_fragments, made at pack time.
-//   w1a4_conv_simt_{f16,f32}           CUDA cores, one thread per output; the first correctness target
+//                                      emulated there). Activation: s8 codes q - z, one byte per channel
+//                                      (w1a4_quantize_bytes_*, w1a4_bytes_codes); weight: the s8 fragments
+//                                      of binarydm.kernels.packing.mma_weight_fragments, made at pack time.
+//   w1a4_conv_simt_{f16,f32}           CUDA cores, one thread per output, on packed nibbles with the
+//                                      border correction z sum_{valid t} R_b[o,t]; the first correctness target
 //   w1a4_quantize_pack_{f32,f16,bf16}  x (any strides) -> packed 4-bit NHWC codes (LSQ rounding)
+//   w1a4_quantize_bytes_{f32,f16,bf16} x (any strides) -> s8 NHWC codes q - z (the mma kernel's operand)
+//   w1a4_bytes_codes                   packed 4-bit codes -> s8 NHWC codes q - z
 //
 // GEMM view: M = N*OH*OW output pixels, Ncols = n_bases*C_out columns, K = KH*KW*C_pad. Column j holds
 // base j % NB of output channel j / NB, so with two bases a thread's accumulator pair (c0, c1) -- two
@@ -28,11 +31,13 @@
 #define MMA_BM 128       // output pixels per block
 #define MMA_BN 128       // GEMM columns per block
 #define MMA_THREADS 128  // 4 warps: 2 (M) x 2 (N), warp tile 64 x 64 = 4 x 8 mma m16n8k32
+#define MMA_STAGES 3     // K steps in shared memory at once: two in flight while one is multiplied
 #define MMA_A_UNITS (MMA_BM * 2)  // 16-byte units of A per stage: 128 pixels x 32 one-byte codes
 #define MMA_B_UNITS 256           // 16-byte units of B per stage: 128 columns x 32 s8 weights, fragment order
 #define MMA_STAGE_UNITS (MMA_A_UNITS + MMA_B_UNITS)
 #define MMA_MAX_STEPS 1023        // K steps (KH KW C_pad / 32) a block tables; the launcher checks
 #define MMA_MAX_TAPS 31           // KH KW: one bit per tap in a 32-bit mask, bit 31 kept for "past the end"
+#define BYTES_THREADS 256         // threads per block of the byte-code kernels
 
 // ---- small integer helpers ----------------------------------------------------------------------
 
@@ -164,13 +169,15 @@ extern "C" __global__ void w1a4_conv_simt_f32(const u32* act, const u32* wbits, 
 // Block tile 128 pixels x 128 GEMM columns, K step = one tap x 32 channels. 4 warps as 2 (M) x 2 (N),
 // warp tile 64 x 64 = 4 x 8 mma m16n8k32: per step a warp issues 32 mma against 4 ldmatrix.x4 (A) and
 // 4 16-byte shared loads (B), so the main loop spends few instructions per mma (tools/kernel_sass.py
-// counts them). Two shared stages, one barrier a step:
-//   A  each thread loads its pixel's 32 codes of the next step (one 16-byte global load of packed
-//      nibbles) before the mma of the current step, and stores them as bytes after it;
+// counts them). Both operands arrive in shared memory by cp.async, MMA_STAGES steps in flight, one
+// barrier a step, nothing converted in the loop:
+//   A  the activation as s8 codes q - z (w1a4_quantize_bytes_* or w1a4_bytes_codes below), 32 bytes of
+//      a pixel per step; a tap outside the image is zero-filled by cp.async, which is exactly the zero
+//      padding of x (value d (q - z) = 0), so there is no border correction;
 //   B  the weights as s8 +-1 in fragment order, expanded once at pack time
-//      (binarydm.kernels.packing.mma_weight_fragments), copied with cp.async: nothing to expand here.
+//      (binarydm.kernels.packing.mma_weight_fragments).
 //
-// Fragments of mma.m16n8k32.row.col.s32.u8.s8.s32 (PTX ISA, "Matrix Fragments for mma.m16n8k32"),
+// Fragments of mma.m16n8k32.row.col.s32.s8.s8.s32 (PTX ISA, "Matrix Fragments for mma.m16n8k32"),
 // g = lane / 4, t = lane % 4:
 //   A 16x32 row-major: a0 row g, k 4t..4t+3 | a1 row g+8 | a2 row g, k 16+4t.. | a3 row g+8, k 16+4t..
 //   B 32x8 column-major: b0 col g, k 4t..4t+3 | b1 col g, k 16+4t..
@@ -180,16 +187,16 @@ extern "C" __global__ void w1a4_conv_simt_f32(const u32* act, const u32* wbits, 
 // lane l gives row 16i + (l % 8) + 8 ((l / 8) % 2), half l / 16, and receives a0, a1, a2, a3 above.
 // Shared B: unit u = (warp_n * 4 + p) * 32 + lane holds {b0, b1} of n tiles 2p and 2p + 1 of that lane.
 
-__device__ __forceinline__ void mma_u8s8(int (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+__device__ __forceinline__ void mma_s8s8(int (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 "
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #elif defined(W1A4_HOST_EMU)
     const u32 b[2] = {b0, b1};
-    w1a4_emu_mma_m16n8k32_u8s8(c, a, b);  // a warp-collective emulation from the PTX fragment layouts
+    w1a4_emu_mma_m16n8k32_s8s8(c, a, b);  // a warp-collective emulation from the PTX fragment layouts
 #else
     // Never launched below sm_80 (the loader picks the CUDA-core kernel there); keeps the file building.
     (void)a; (void)b0; (void)b1; __trap();
@@ -197,10 +204,10 @@ __device__ __forceinline__ void mma_u8s8(int (&c)[4], const u32 (&a)[4], u32 b0,
 }
 
 template <int NB, bool F16>
-__device__ void conv_mma(const u32* __restrict__ act, const uint4* __restrict__ wfrag, const int* __restrict__ rsum,
+__device__ void conv_mma(const uint4* __restrict__ act, const uint4* __restrict__ wfrag,
                          const float* __restrict__ scale, const float* __restrict__ bias, void* __restrict__ out,
                          ConvShape s) {
-    __shared__ __align__(16) uint4 sm[2 * MMA_STAGE_UNITS];
+    __shared__ __align__(16) uint4 sm[MMA_STAGES * MMA_STAGE_UNITS];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t4 = lane & 3;
@@ -210,22 +217,23 @@ __device__ void conv_mma(const u32* __restrict__ act, const uint4* __restrict__ 
     const int cb = blockIdx.y;
     const int T = s.KH * s.KW;
     const int Ksteps = T * s.Cw;
-    const int words_per_pixel = 4 * s.Cw;
+    const int units_per_pixel = 2 * s.Cw;  // C_pad bytes
 
-    // The K steps' (tap, word offset from a pixel's top-left tap), tabled once per block so that the
-    // loop neither divides nor keeps counters: offset = (ky W + kx) words_per_pixel + 4 cw for step
-    // k = tap Cw + cw. Entry Ksteps is the pipeline's prefetch past the last step: tap 31, never valid.
-    __shared__ int2 tab[MMA_MAX_STEPS + 1];
-    for (int k = tid; k <= Ksteps; k += MMA_THREADS) {
+    // The K steps' (tap, 16-byte unit offset from a pixel's top-left tap), tabled once per block so that
+    // the loop neither divides nor keeps counters: offset = (ky W + kx) units_per_pixel + 2 cw for step
+    // k = tap Cw + cw. Entries Ksteps .. are the pipeline's prefetches past the last step: tap 31, never
+    // valid, so they copy nothing and fill zeros.
+    __shared__ int2 tab[MMA_MAX_STEPS + MMA_STAGES - 1];
+    for (int k = tid; k < Ksteps + MMA_STAGES - 1; k += MMA_THREADS) {
         const int tap = k / s.Cw, cw = k - tap * s.Cw;
         const int ky = tap / s.KW, kx = tap - ky * s.KW;
-        tab[k] = k < Ksteps ? make_int2(tap, (ky * s.W + kx) * words_per_pixel + 4 * cw) : make_int2(31, 0);
+        tab[k] = k < Ksteps ? make_int2(tap, (ky * s.W + kx) * units_per_pixel + 2 * cw) : make_int2(31, 0);
     }
-    // A loader: thread tid -> pixel row tid, its 32 codes of a step (4 packed words, 16 bytes). a_row
-    // points at the row's top-left tap (which may lie outside the image: it is only dereferenced at
-    // valid taps); bit t of tap_ok says whether tap t of the pixel lies inside the image (T <= 31).
+    // A loader: thread tid -> pixel row tid, its 32 codes of a step (2 units). a_row points at the row's
+    // top-left tap (which may lie outside the image: it is only read at valid taps); bit t of tap_ok says
+    // whether tap t of the pixel lies inside the image (T <= 31).
     u32 tap_ok = 0u;
-    const u32* a_row = act;
+    const uint4* a_row = act;
     {
         const long long m = m0 + tid;
         if (m < M) {
@@ -233,34 +241,26 @@ __device__ void conv_mma(const u32* __restrict__ act, const uint4* __restrict__ 
             const int oh = (int)((m / s.OW) % s.OH);
             const int n = (int)(m / ((long long)s.OW * s.OH));
             const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
-            a_row = act + (((long long)n * s.H + ih0) * s.W + iw0) * words_per_pixel;
+            a_row = act + (((long long)n * s.H + ih0) * s.W + iw0) * units_per_pixel;
             for (int ky = 0; ky < s.KH; ++ky)
                 for (int kx = 0; kx < s.KW; ++kx)
                     if ((unsigned)(ih0 + ky) < (unsigned)s.H && (unsigned)(iw0 + kx) < (unsigned)s.W)
                         tap_ok |= 1u << (ky * s.KW + kx);
         }
     }
-    uint4 a_reg = make_uint4(0u, 0u, 0u, 0u);
-    auto load_a = [&](int k) {
-        const int2 e = tab[k];
-        // Outside the image the code is 0: the epilogue's border correction accounts for it.
-        a_reg = (tap_ok >> e.x) & 1u ? *reinterpret_cast<const uint4*>(a_row + e.y) : make_uint4(0u, 0u, 0u, 0u);
-    };
     const int a_swz = (tid >> 2) & 1;
     const sref smem0 = sref_of(sm);
     const sref a_dst0 = sref_pin(sref_add(smem0, 2 * tid + a_swz));  // stage 0, k 0..15; k 16..31 below
     const sref a_dst1 = sref_pin(sref_add(smem0, 2 * tid + (a_swz ^ 1)));
-    auto store_a = [&](int buf) {
-        uint4 lo, hi;
-        nibbles_to_byte_pair(a_reg.x, lo.x, lo.y);
-        nibbles_to_byte_pair(a_reg.y, lo.z, lo.w);
-        nibbles_to_byte_pair(a_reg.z, hi.x, hi.y);
-        nibbles_to_byte_pair(a_reg.w, hi.z, hi.w);
-        sts128(sref_add(a_dst0, buf * MMA_STAGE_UNITS), lo);
-        sts128(sref_add(a_dst1, buf * MMA_STAGE_UNITS), hi);
+    auto load_a = [&](int k, int buf) {
+        const int2 e = tab[k];
+        const bool ok = (tap_ok >> e.x) & 1u;
+        const uint4* src = ok ? a_row + e.y : act;  // a tap outside the image reads nothing: zeros
+        cp_async16(sref_add(a_dst0, buf * MMA_STAGE_UNITS), src, ok);
+        cp_async16(sref_add(a_dst1, buf * MMA_STAGE_UNITS), src + 1, ok);
     };
-    // B loader: units tid and tid + 128 of the step's 256 (contiguous in wfrag: coalesced). The prefetch
-    // past a block's last step reads the next block's first (or, for the last block, the zero step
+    // B loader: units tid and tid + 128 of the step's 256 (contiguous in wfrag: coalesced). The prefetches
+    // past a block's last step read the next block's first steps (or, for the last block, the zero steps
     // mma_weight_fragments appends): never used.
     const uint4* b_src = wfrag + (long long)cb * Ksteps * MMA_B_UNITS + tid;
     const sref b_dst = sref_pin(sref_add(smem0, MMA_A_UNITS + tid));
@@ -285,13 +285,17 @@ __device__ void conv_mma(const u32* __restrict__ act, const uint4* __restrict__ 
                                                       ((lane >> 4) ^ ((lr >> 2) & 1))));
     const sref b_frag = sref_pin(sref_add(smem0, MMA_A_UNITS + warp_n * 128 + lane));
 
-    // Step k on stage buf (a constant after inlining, so every shared address is a register plus an
-    // immediate); step k + 1's operands go to the other stage, which was last read in the step before,
-    // ahead of the barrier that ended it. After the last step this prefetch loads data nobody reads,
-    // which costs less than a branch around it in every step.
+    // Step k on stage buf = k % MMA_STAGES (a constant after inlining, so every shared address is a
+    // register plus an immediate). Its copies were issued MMA_STAGES - 1 steps ago: wait for this
+    // thread's, then the barrier makes everybody's visible and says that every warp is done with step
+    // k - 1, whose stage now receives step k + MMA_STAGES - 1. After the last steps these prefetches
+    // copy data nobody reads, which costs less than a branch around them in every step.
     auto step = [&](int buf, int k) {
-        load_a(k + 1);
-        load_b(buf ^ 1);
+        cp_async_wait<MMA_STAGES - 2>();
+        __syncthreads();
+        const int next = (buf + MMA_STAGES - 1) % MMA_STAGES;
+        load_a(k + MMA_STAGES - 1, next);
+        load_b(next);
         cp_async_commit();
         u32 a[4][4];
 #pragma unroll
@@ -305,80 +309,49 @@ __device__ void conv_mma(const u32* __restrict__ act, const uint4* __restrict__ 
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) mma_u8s8(acc[i][j], a[i], b[j][0], b[j][1]);
-        store_a(buf ^ 1);
-        cp_async_wait<0>();
-        __syncthreads();
+            for (int j = 0; j < 8; ++j) mma_s8s8(acc[i][j], a[i], b[j][0], b[j][1]);
     };
 
     __syncthreads();  // the step table
-    load_a(0);
-    load_b(0);
-    cp_async_commit();
-    store_a(0);
-    cp_async_wait<0>();
-    __syncthreads();
-    // Two steps per iteration, one per stage.
+#pragma unroll
+    for (int k = 0; k < MMA_STAGES - 1; ++k) {
+        load_a(k, k);
+        load_b(k);
+        cp_async_commit();
+    }
+    // MMA_STAGES steps per iteration, one per stage.
+    static_assert(MMA_STAGES == 3, "the loop below issues one step per stage");
 #pragma unroll 1
-    for (int k = 0; k < Ksteps; k += 2) {
+    for (int k = 0; k < Ksteps; k += MMA_STAGES) {
         step(0, k);
         if (k + 1 < Ksteps) step(1, k + 1);
+        if (k + 2 < Ksteps) step(2, k + 2);
     }
+    cp_async_wait<0>();  // no copy outlives the block
 
-    // Epilogue: border correction, scales, bias, store NHWC. A pixel whose taps all lie inside the image
-    // takes the full sum of R over the taps, made once per column here; only border pixels sum the valid
-    // taps. The thread's column pair (col, col + 1) is both bases of channel col / 2 (two bases), or
-    // channels col and col + 1 (one base).
+    // Epilogue: scales, bias, store NHWC. The thread's column pair (col, col + 1) is both bases of channel
+    // col / 2 (two bases), or channels col and col + 1 (one base: stored as one pair where C_out is even).
     const int col0 = cb * MMA_BN + warp_n * 64 + 2 * t4;  // even; n tile j adds 8 j
-    int r_full[8][2];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int col = col0 + 8 * j;
-            const int o = NB == 2 ? col >> 1 : col + e;
-            r_full[j][e] = 0;
-            if (o < s.C_out) {
-                const int* r = rsum + ((long long)(NB == 2 ? e * s.C_out : 0) + o) * T;
-#pragma unroll 1
-                for (int t = 0; t < T; ++t) r_full[j][e] += r[t];
-            }
-        }
-    }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const long long m = m0 + warp_m * 64 + i * 16 + g + 8 * h;
             if (m >= M) continue;
-            const int ow = (int)(m % s.OW);
-            const int oh = (int)((m / s.OW) % s.OH);
-            const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
-            const bool inside = ih0 >= 0 && iw0 >= 0 && ih0 + s.KH <= s.H && iw0 + s.KW <= s.W;
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const int col = col0 + 8 * j;
                 const int c0 = acc[i][j][2 * h], c1 = acc[i][j][2 * h + 1];
                 if (NB == 2) {
                     const int o = col >> 1;
-                    if (o >= s.C_out) continue;
-                    const int r0 = inside ? r_full[j][0]
-                                          : valid_row_sum(rsum + (long long)o * T, ih0, iw0, s.H, s.W, s.KH, s.KW);
-                    const int r1 = inside ? r_full[j][1]
-                                          : valid_row_sum(rsum + ((long long)s.C_out + o) * T, ih0, iw0, s.H, s.W,
-                                                          s.KH, s.KW);
-                    store_out<F16>(out, m * s.C_out + o,
-                                   epilogue<2>(c0 - s.z * r0, c1 - s.z * r1, o, s.C_out, scale, bias));
+                    if (o < s.C_out) store_out<F16>(out, m * s.C_out + o, epilogue<2>(c0, c1, o, s.C_out, scale, bias));
+                } else if ((s.C_out & 1) == 0 && col < s.C_out) {
+                    store_out2<F16>(out, m * s.C_out + col, epilogue<1>(c0, 0, col, s.C_out, scale, bias),
+                                    epilogue<1>(c1, 0, col + 1, s.C_out, scale, bias));
                 } else {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int o = col + e;
-                        if (o >= s.C_out) continue;
-                        const int r = inside ? r_full[j][e]
-                                             : valid_row_sum(rsum + (long long)o * T, ih0, iw0, s.H, s.W, s.KH, s.KW);
-                        store_out<F16>(out, m * s.C_out + o,
-                                       epilogue<1>((e ? c1 : c0) - s.z * r, 0, o, s.C_out, scale, bias));
-                    }
+                    if (col < s.C_out) store_out<F16>(out, m * s.C_out + col, epilogue<1>(c0, 0, col, s.C_out, scale, bias));
+                    if (col + 1 < s.C_out)
+                        store_out<F16>(out, m * s.C_out + col + 1, epilogue<1>(c1, 0, col + 1, s.C_out, scale, bias));
                 }
             }
         }
@@ -387,47 +360,86 @@ __device__ void conv_mma(const u32* __restrict__ act, const uint4* __restrict__ 
 
 #define W1A4_MMA_ENTRY(NAME, NB, F16)                                                                   \
     extern "C" __global__ void __launch_bounds__(MMA_THREADS)                                           \
-    NAME(const u32* act, const uint4* wfrag, const int* rsum, const float* scale, const float* bias,    \
-         void* out, CONV_SHAPE_PARAMS) {                                                                 \
-        conv_mma<NB, F16>(act, wfrag, rsum, scale, bias, out, CONV_SHAPE_ARGS);                          \
+    NAME(const uint4* act, const uint4* wfrag, const float* scale, const float* bias, void* out,        \
+         CONV_SHAPE_PARAMS) {                                                                            \
+        conv_mma<NB, F16>(act, wfrag, scale, bias, out, CONV_SHAPE_ARGS);                                \
     }
 W1A4_MMA_ENTRY(w1a4_conv_mma_nb1_f16, 1, true)
 W1A4_MMA_ENTRY(w1a4_conv_mma_nb1_f32, 1, false)
 W1A4_MMA_ENTRY(w1a4_conv_mma_nb2_f16, 2, true)
 W1A4_MMA_ENTRY(w1a4_conv_mma_nb2_f32, 2, false)
 
-// ---- activation quantization and packing --------------------------------------------------------
-// One thread per packed word (8 channels of one pixel), each code lsq_code (w1a4_common.cuh). The
-// input is read in its own dtype, so the launcher makes no float32 copy of it; the step is read from
-// device memory, so the launcher never syncs to fetch it.
-template <int IN>
-__device__ void quantize_pack(const void* __restrict__ x, u32* __restrict__ out, int N, int C, int H, int W,
-                              long long sN, long long sC, long long sH, long long sW, int words_per_pixel,
-                              const float* __restrict__ step_ptr, int qn, int qp) {
-    const long long total = (long long)N * H * W * words_per_pixel;
+// ---- activation quantization -------------------------------------------------------------------
+// One thread per output unit of one pixel: 8 channels in a packed word of nibbles (BYTES false: the
+// packed codes q), or 16 channels in a 16-byte unit of s8 codes q - z (BYTES true: the mma kernel's
+// operand, int8 [N, H, W, C_pad], binarydm.kernels.packing.ByteActivation). Each code is lsq_code
+// (w1a4_common.cuh). The input is read in its own dtype, so the launcher makes no float32 copy of it;
+// the step is read from device memory, so the launcher never syncs to fetch it. Padded channels: 0.
+template <int IN, bool BYTES>
+__device__ void quantize(const void* __restrict__ x, void* __restrict__ out, int N, int C, int H, int W, long long sN,
+                         long long sC, long long sH, long long sW, int units_per_pixel,
+                         const float* __restrict__ step_ptr, int qn, int qp) {
+    const long long total = (long long)N * H * W * units_per_pixel;
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
     const float step = *step_ptr;
-    const int word = (int)(idx % words_per_pixel);
-    const long long pix = idx / words_per_pixel;
+    const int unit = (int)(idx % units_per_pixel);
+    const long long pix = idx / units_per_pixel;
     const int w = (int)(pix % W);
     const int h = (int)((pix / W) % H);
     const int n = (int)(pix / ((long long)W * H));
-    u32 packed = 0u;
+    constexpr int PER_UNIT = BYTES ? 16 : 8, BITS = BYTES ? 8 : 4;
+    u32 word[4] = {};  // the nibbles use word 0
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int c = word * 8 + j;
-        if (c < C) packed |= lsq_code<IN>(x, n * sN + c * sC + h * sH + w * sW, step, qn, qp) << (4 * j);
+    for (int j = 0; j < PER_UNIT; ++j) {
+        const int c = unit * PER_UNIT + j;
+        if (c >= C) continue;
+        const u32 q = lsq_code<IN>(x, n * sN + c * sC + h * sH + w * sW, step, qn, qp);  // q - qn = q - (-z)
+        // bytes: the signed code q + qn itself, two's complement in 8 bits
+        const u32 code = BYTES ? (u32)((int)q + qn) & 0xFFu : q;
+        word[j * BITS / 32] |= code << (j * BITS % 32);
     }
-    out[idx] = packed;
+    if (BYTES) {
+        reinterpret_cast<uint4*>(out)[idx] = make_uint4(word[0], word[1], word[2], word[3]);
+    } else {
+        reinterpret_cast<u32*>(out)[idx] = word[0];
+    }
 }
 
-#define W1A4_PACK_ENTRY(NAME, IN)                                                                       \
-    extern "C" __global__ void NAME(const void* x, u32* out, int N, int C, int H, int W, long long sN,  \
-                                    long long sC, long long sH, long long sW, int words_per_pixel,       \
+#define W1A4_QUANTIZE_ENTRY(NAME, IN, BYTES)                                                            \
+    extern "C" __global__ void NAME(const void* x, void* out, int N, int C, int H, int W, long long sN,  \
+                                    long long sC, long long sH, long long sW, int units_per_pixel,       \
                                     const float* step, int qn, int qp) {                                 \
-        quantize_pack<IN>(x, out, N, C, H, W, sN, sC, sH, sW, words_per_pixel, step, qn, qp);            \
+        quantize<IN, BYTES>(x, out, N, C, H, W, sN, sC, sH, sW, units_per_pixel, step, qn, qp);          \
     }
-W1A4_PACK_ENTRY(w1a4_quantize_pack_f32, IN_F32)
-W1A4_PACK_ENTRY(w1a4_quantize_pack_f16, IN_F16)
-W1A4_PACK_ENTRY(w1a4_quantize_pack_bf16, IN_BF16)
+W1A4_QUANTIZE_ENTRY(w1a4_quantize_pack_f32, IN_F32, false)
+W1A4_QUANTIZE_ENTRY(w1a4_quantize_pack_f16, IN_F16, false)
+W1A4_QUANTIZE_ENTRY(w1a4_quantize_pack_bf16, IN_BF16, false)
+W1A4_QUANTIZE_ENTRY(w1a4_quantize_bytes_f32, IN_F32, true)
+W1A4_QUANTIZE_ENTRY(w1a4_quantize_bytes_f16, IN_F16, true)
+W1A4_QUANTIZE_ENTRY(w1a4_quantize_bytes_bf16, IN_BF16, true)
+
+// ---- s8 codes from packed codes -------------------------------------------------------------------
+// Four codes q (one per byte, 0..15) minus z, per byte: each byte is lifted by 0x80 first, so that no
+// borrow crosses into the next byte, and the XOR returns it to two's complement.
+W1A4_HD u32 bytes_minus(u32 q, u32 z4) { return ((q | 0x80808080u) - z4) ^ 0x80808080u; }
+
+// Packed nibbles [N, H, W, C_pad / 8] -> bytes q - z; padded channels hold code 0 in the nibbles and must
+// be 0 in the bytes (not -z): channels >= C are cleared.
+extern "C" __global__ void w1a4_bytes_codes(const uint2* __restrict__ codes, uint4* __restrict__ out, long long total,
+                                            int units_per_pixel, int C, int z) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    const uint2 q = codes[idx];  // 16 nibbles: channels 16 unit .. 16 unit + 15 of one pixel
+    const u32 z4 = (u32)z * 0x01010101u;
+    u32 b[4];
+    nibbles_to_byte_pair(q.x, b[0], b[1]);
+    nibbles_to_byte_pair(q.y, b[2], b[3]);
+    const int real = C - 16 * (int)(idx % units_per_pixel);  // channels of this unit that exist
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int keep = min(max(real - 4 * j, 0), 4);  // bytes of word j that are real channels
+        b[j] = bytes_minus(b[j], z4) & (keep == 4 ? 0xFFFFFFFFu : (1u << (8 * keep)) - 1u);
+    }
+    out[idx] = make_uint4(b[0], b[1], b[2], b[3]);
+}

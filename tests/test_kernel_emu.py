@@ -1,7 +1,8 @@
 """The CUDA kernels run on the CPU: cuda/w1a4_conv.cu and cuda/w1a4_bmma.cu compiled by g++ with
-tools/kernel_emu/shim.h (threads as std::threads, __syncthreads as a barrier, mma.sync (u8 x s8 and
-b1 AND POPC), ldmatrix and cp.async emulated from the PTX ISA), under AddressSanitizer and
-UndefinedBehaviorSanitizer, bit for bit against the PyTorch reference."""
+tools/kernel_emu/shim.h (threads as std::threads, __syncthreads as a barrier, mma.sync (s8 x s8 and
+b1 AND POPC), ldmatrix and cp.async emulated from the PTX ISA, cp.async copies landing as late as
+wait_group allows, or at once), under AddressSanitizer and UndefinedBehaviorSanitizer, bit for bit
+against the PyTorch reference."""
 
 import shutil
 
@@ -12,6 +13,7 @@ from binarydm.kernels import reference
 from binarydm.kernels.packing import (
     PackedActivation,
     bmma_planes_reference,
+    byte_codes,
     pack_activation,
     pack_codes,
     pack_weight,
@@ -51,6 +53,11 @@ def mutant(tmp_path_factory):
     return emu.build(tmp_path_factory.mktemp("emu_mutant"), mutate=True)
 
 
+@pytest.fixture(scope="module")
+def short_wait(tmp_path_factory):
+    return emu.build(tmp_path_factory.mktemp("emu_wait"), mutate_wait=True)
+
+
 def _operands(shape, seed):
     cin, cout, k, s, p, nb, z, bias, n, h, w = shape
     gen = torch.Generator().manual_seed(seed)
@@ -82,11 +89,34 @@ def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_d
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[9]])
 def test_a_wrong_fragment_mapping_is_caught(mutant, shape, variant, agrees):
     # The mutant emulator swaps the roles of A registers 1 and 2 (row + 8 and the second K half) in both
-    # tensor-core emulations, m16n8k32 u8 x s8 and m16n8k256 b1: each tensor-core kernel must now
+    # tensor-core emulations, m16n8k32 s8 x s8 and m16n8k256 b1: each tensor-core kernel must now
     # disagree with the reference, while the CUDA-core kernel, which uses no mma, still agrees.
     x, w = _operands(shape, seed=7)
     expected = reference.w1a4_conv2d(x, w, torch.float32)
     assert torch.equal(emu.run_conv(mutant, x, w, torch.float32, variant), expected) == agrees
+
+
+@pytest.mark.parametrize("variant", ["mma", "bmma"])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[11]])
+def test_the_cp_async_pipeline_is_checked(exe, short_wait, monkeypatch, shape, variant):
+    # Both tensor-core kernels keep MMA_STAGES / BM_STAGES K steps in flight with cp.async. The emulator
+    # lands each copy as late as wait_group allows, so a kernel that waited for one group too few would
+    # read a stage before its data arrives: the short_wait build (every wait one group short) must
+    # disagree. With copies landing at once (W1A4_EMU_CP_ASYNC=early) the kernel must still agree: a
+    # copy into a stage another warp still reads would show there.
+    x, w = _operands(shape, seed=11)
+    expected = reference.w1a4_conv2d(x, w, torch.float32)
+    assert not torch.equal(emu.run_conv(short_wait, x, w, torch.float32, variant), expected)
+    monkeypatch.setenv("W1A4_EMU_CP_ASYNC", "early")
+    assert torch.equal(emu.run_conv(exe, x, w, torch.float32, variant), expected)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5], SHAPES[6], SHAPES[12]],
+                         ids=["cin70_z8", "cin5_z3", "cin33_z15", "cin1", "cin256"])
+def test_emulated_byte_codes_equal_the_torch_bytes(exe, shape):
+    # q - z per byte (no borrow between bytes, z = 0..15), padded channels 0 (not -z).
+    x, _ = _operands(shape, seed=5)
+    assert torch.equal(emu.run_bytes(exe, x), byte_codes(x))
 
 
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[5], SHAPES[6], SHAPES[12]],
@@ -100,13 +130,14 @@ def test_emulated_plane_pack_from_codes_equals_the_torch_planes(exe, shape):
 
 
 @pytest.mark.parametrize("kernel, shape, seed", [("quantize_pack", (2, 45, 5, 7), 29),
-                                                 ("planes", (2, 150, 4, 5), 31)])
+                                                 ("planes", (2, 150, 4, 5), 31),
+                                                 ("quantize_bytes", (2, 37, 4, 6), 37)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_emulated_quantize_kernels_equal_the_packer(exe, kernel, shape, seed, dtype, channels_last):
-    # Both kernels quantize with lsq_code (cuda/w1a4_common.cuh) from the input in its own dtype and
-    # strides: the codes of pack_activation (LSQ rounding), as nibbles (quantize_pack) or as bit-planes
-    # with per-pixel sums (the fused quantize + bit-plane pack).
+    # The kernels quantize with lsq_code (cuda/w1a4_common.cuh) from the input in its own dtype and
+    # strides: the codes of pack_activation (LSQ rounding), as nibbles (quantize_pack), as s8 bytes q - z
+    # (quantize_bytes) or as bit-planes with per-pixel sums (the fused quantize + bit-plane pack).
     gen = torch.Generator().manual_seed(seed)
     step = 0.375
     x = torch.randn(*shape, generator=gen) * 4
@@ -118,6 +149,8 @@ def test_emulated_quantize_kernels_equal_the_packer(exe, kernel, shape, seed, dt
     packed = pack_activation(x, step)
     if kernel == "quantize_pack":
         assert torch.equal(emu.run_pack(exe, x, step), packed.codes)
+    elif kernel == "quantize_bytes":
+        assert torch.equal(emu.run_bytes(exe, x, step), byte_codes(packed))
     else:
         planes, sums = emu.run_planes(exe, x, step, -8, 7)
         expected_planes, expected_sums = bmma_planes_reference(packed)

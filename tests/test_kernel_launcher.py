@@ -69,11 +69,11 @@ def test_scale_is_the_epilogue_scale_of_the_reference():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_quantize_pack_reads_the_input_in_place_and_the_step_by_pointer(dtype):
+def test_quantize_kernels_read_the_input_in_place_and_the_step_by_pointer(dtype):
     x = torch.randn(2, 45, 5, 7).to(dtype).contiguous(memory_format=torch.channels_last)
     codes = torch.empty(2, 5, 7, 8, dtype=torch.int32)
     step = torch.tensor(0.25)
-    name, args = kcuda._quantize_pack_args(x, codes, step, -8, 7)
+    name, args = kcuda._quantize_args(x, codes, step, -8, 7, 8)
     assert name == kcuda.PACK_KERNELS[dtype]
     # The kernel reads x itself (no float32 copy) with its own strides, and the step from memory: no
     # .item(), which on a CUDA tensor is a host sync per layer.
@@ -81,7 +81,9 @@ def test_quantize_pack_reads_the_input_in_place_and_the_step_by_pointer(dtype):
     assert [int(a) for a in args[6:10]] == list(x.stride())
     assert int(args[11]) == step.data_ptr()
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
-        kcuda._quantize_pack_args(x.double(), codes, step, -8, 7)
+        kcuda._quantize_args(x.double(), codes, step, -8, 7, 8)
+    name, args = kcuda._quantize_args(x, codes, step, -8, 7, 3, kcuda.BYTES_KERNELS)  # s8 codes, 3 units a pixel
+    assert name == kcuda.BYTES_KERNELS[dtype] and int(args[10]) == 3 and int(args[11]) == step.data_ptr()
 
 
 @pytest.mark.parametrize("edited", ["w1a4_conv.cu", "w1a4_common.cuh"])

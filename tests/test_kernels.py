@@ -210,8 +210,9 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is no
 # Per source: the kernels its cubin must hold, and the PTX instructions (with their least count) that
 # show which tensor cores it uses.
 SOURCE_KERNELS = {
-    "w1a4_conv.cu": (kcuda.MMA_KERNELS + kcuda.SIMT_KERNELS + tuple(kcuda.PACK_KERNELS.values()),
-                     {"mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32": 4, "cp.async.cg.shared.global": 1,
+    "w1a4_conv.cu": (kcuda.MMA_KERNELS + kcuda.SIMT_KERNELS + tuple(kcuda.PACK_KERNELS.values())
+                     + tuple(kcuda.BYTES_KERNELS.values()) + (kcuda.BYTES_CODES_KERNEL,),
+                     {"mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32": 4, "cp.async.cg.shared.global": 1,
                       "ldmatrix.sync.aligned.m8n8.x4.shared.b16": 1}),
     "w1a4_bmma.cu": (kcuda.BMMA_KERNELS + tuple(kcuda.PLANES_KERNELS.values()) + (kcuda.PLANES_CODES_KERNEL,),
                      {"mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc": 4, "cp.async.cg.shared.global": 1,
@@ -242,7 +243,8 @@ def test_mma_constants_match_the_source():
     src = kcuda.SOURCE.read_text()
     for name, value in (("MMA_BM", kcuda.MMA_BM), ("MMA_BN", kcuda.MMA_BN), ("MMA_THREADS", kcuda.MMA_THREADS),
                         ("MMA_MAX_STEPS", kcuda.MMA_MAX_STEPS), ("MMA_MAX_TAPS", kcuda.MMA_MAX_TAPS),
-                        ("MMA_B_UNITS", packing.MMA_STEP_UNITS)):
+                        ("MMA_B_UNITS", packing.MMA_STEP_UNITS), ("MMA_STAGES", packing.MMA_STAGES),
+                        ("BYTES_THREADS", kcuda.BYTES_THREADS)):
         assert f"#define {name} {value} " in src, name
     assert packing.MMA_BN == kcuda.MMA_BN
 
@@ -301,6 +303,11 @@ int main() {
     }
     for (u32 b = 0; b < 256; ++b) printf("%u\n", bits_to_nibble_mask(b));
     for (u32 x = 0; x < 65536; ++x) printf("%d\n", nibble_sum(x * 40503u + (x << 16)));
+    for (u32 z = 0; z < 16; ++z)  // four codes 0..15, one per byte, every combination
+        for (u32 v = 0; v < 65536; ++v) {
+            const u32 q = (v & 0xF) | ((v >> 4) & 0xF) << 8 | ((v >> 8) & 0xF) << 16 | (v >> 12) << 24;
+            printf("%u\n", bytes_minus(q, z * 0x01010101u));
+        }
     return 0;
 }
 """
@@ -309,8 +316,9 @@ int main() {
 @needs_nvcc
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
 def test_kernel_bit_helpers_on_the_host(tmp_path):
-    # The helpers that expand nibbles to bytes (mma kernel) and weight bits to nibble masks (CUDA-core
-    # kernel) are host functions too: check them exhaustively (and the nibble sum on 65,536 words).
+    # The helpers that expand nibbles to bytes and subtract the zero point per byte (the s8 byte codes)
+    # and weight bits to nibble masks (CUDA-core kernel) are host functions too: check them exhaustively
+    # (and the nibble sum on 65,536 words).
     src = tmp_path / "check.cu"
     src.write_text(HOST_CHECK)
     exe = tmp_path / "check"
@@ -327,6 +335,9 @@ def test_kernel_bit_helpers_on_the_host(tmp_path):
     for x in range(65536):
         v = (x * 40503 + (x << 16)) & 0xFFFFFFFF
         assert next(it) == sum((v >> (4 * j)) & 0xF for j in range(8))
+    for z in range(16):
+        for v in range(65536):
+            assert bytes_of(next(it)) == [((v >> (4 * i)) & 0xF) - z & 0xFF for i in range(4)], (z, v)
 
 
 # ---- the bit-plane kernel's operands (CPU) --------------------------------------------------------
@@ -400,9 +411,10 @@ def test_mma_weight_fragments_follow_the_ptx_b_layout(cin, cout, k, nb):
     assert kcuda.mma_weight(w) is frag  # made once, kept on the weight
     cw = padded_channels(cin) // 32
     ksteps, ncb = k * k * cw, -(-nb * cout // 128)
-    assert frag.shape == (ncb * ksteps + 1, 256, 4) and frag.dtype == torch.int32
-    data = frag.contiguous().view(torch.int8).reshape(ncb * ksteps + 1, 256, 16)
-    assert not data[-1].any()  # the zero step the last block's prefetch reads
+    extra = packing.MMA_STAGES - 1  # the zero steps the last block's prefetches read
+    assert frag.shape == (ncb * ksteps + extra, 256, 4) and frag.dtype == torch.int32
+    data = frag.contiguous().view(torch.int8).reshape(ncb * ksteps + extra, 256, 16)
+    assert not data[-extra:].any()
     signs = bits.to(torch.int64) * 2 - 1  # [nb, C_out, C_in, KH, KW]
     for row in range(ncb * ksteps):
         cb, ks = divmod(row, ksteps)
@@ -558,10 +570,32 @@ def test_quantize_pack_kernel_equals_packer(dtype, channels_last):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_byte_code_kernels_equal_the_torch_bytes(dtype, channels_last):
+    # quantize_bytes from floats in their own dtype and strides, to_bytes from packed codes: both the
+    # s8 codes q - z of byte_codes, padded channels 0, written into the given buffer.
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    gen = torch.Generator().manual_seed(29)
+    x = (torch.randn(3, 70, 5, 6, generator=gen) * 3).to(dtype).cuda()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    step = torch.tensor(0.37, device="cuda")
+    buf = torch.full((3, 5, 6, 96), 77, dtype=torch.int8, device="cuda")  # poisoned
+    got = kcuda.quantize_bytes(x, step, out=buf)
+    from_codes = kcuda.to_bytes(pack_activation(x, step))
+    torch.cuda.synchronize()
+    expected = packing.byte_codes(pack_activation(x.cpu(), step.cpu()))
+    assert got.codes.data_ptr() == buf.data_ptr() and got.zero_point == 8
+    assert torch.equal(buf.cpu(), expected) and torch.equal(from_codes.codes.cpu(), expected)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["mma", "bmma"])
 def test_quantize_and_launch_replay_in_a_cuda_graph(variant):
     # No host sync in the quantizer or the launcher (a .item() would make the capture fail), so a graph
-    # can hold them: quantize_pack + launch (mma), quantize_planes + launch_bmma (bit planes).
+    # can hold them: quantize_bytes + launch (mma), quantize_planes + launch_bmma (bit planes).
     if not kcuda.is_available():
         pytest.skip("CuPy cannot load the kernel here")
     gen = torch.Generator().manual_seed(23)
@@ -571,11 +605,11 @@ def test_quantize_and_launch_replay_in_a_cuda_graph(variant):
     step = torch.tensor(0.2, device="cuda")
     out = torch.empty(2, 9, 11, cout, dtype=torch.float16, device="cuda")
     if variant == "mma":
-        codes = torch.empty(2, 9, 11, cin // 8, dtype=torch.int32, device="cuda")
-        scale = reference.epilogue_scale(w, PackedActivation(codes, step, 8, cin))
+        codes = torch.empty(2, 9, 11, cin, dtype=torch.int8, device="cuda")
+        scale = reference.epilogue_scale(w, packing.ByteActivation(codes, step, 8, cin))
 
         def run():
-            kcuda.launch(kcuda.quantize_pack(x, step, out=codes), w, torch.float16, out=out, scale=scale)
+            kcuda.launch(kcuda.quantize_bytes(x, step, out=codes), w, torch.float16, out=out, scale=scale)
     else:
         planes = (torch.empty(2, 9, 11, 1, 4, 4, dtype=torch.int32, device="cuda"),
                   torch.empty(2, 9, 11, dtype=torch.int32, device="cuda"))

@@ -6,11 +6,11 @@ random weights, no download) at each batch size and number of weight bases:
 * fp16: ``F.conv2d`` in fp16, channels_last, ``cudnn.benchmark`` on;
 * conv: the W1A4 kernel alone (packed codes, or bit-planes for the bit-plane kernel, in; NHWC fp16 out,
   output and epilogue scales allocated once);
-* w1a4: the activation quantization (``quantize_pack``, or ``quantize_planes`` for the bit-plane
+* w1a4: the activation quantization (``quantize_bytes``, ``quantize_pack`` for simt, or ``quantize_planes`` for the bit-plane
   kernel, of the fp16 channels_last input) plus the kernel, the figure to compare with fp16.
 
 for each kernel variant of ``--variants`` (default: ``bmma``, the bit-plane kernel of cuda/w1a4_bmma.cu,
-and ``mma``, the u8 x s8 kernel of cuda/w1a4_conv.cu), one row per (shape, batch, bases, variant).
+and ``mma``, the s8 x s8 kernel of cuda/w1a4_conv.cu), one row per (shape, batch, bases, variant).
 
 Each is timed two ways: CUDA events around ``launches`` back-to-back calls (the per-call Python and
 launch cost included: a lower bound on what eager code pays), and replays of a CUDA graph holding the
@@ -233,13 +233,19 @@ def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
         return (lambda i: kcuda.launch_bmma(planar[i % sets], wp, torch.float16, out=out, scale=scale),
                 lambda i: kcuda.launch_bmma(kcuda.quantize_planes(xf[i % sets], step, out=bufs[i % sets]), wp,
                                             torch.float16, out=out, scale=scale))
-    codes = [torch.empty(batch, h, w, padded_channels(cin) // 8, dtype=torch.int32, device=device)
-             for _ in range(sets)]
-    packed = [kcuda.quantize_pack(x, step, out=c) for x, c in zip(xf, codes)]
+    if variant == "mma":
+        # The s8 x s8 kernel reads s8 codes q - z: quantize_bytes writes them from the float input.
+        bufs = [torch.empty(batch, h, w, padded_channels(cin), dtype=torch.int8, device=device) for _ in range(sets)]
+        quantize = lambda x, b: kcuda.quantize_bytes(x, step, out=b)  # noqa: E731
+    else:
+        bufs = [torch.empty(batch, h, w, padded_channels(cin) // 8, dtype=torch.int32, device=device)
+                for _ in range(sets)]
+        quantize = lambda x, b: kcuda.quantize_pack(x, step, out=b)  # noqa: E731
+    packed = [quantize(x, b) for x, b in zip(xf, bufs)]
     scale = reference.epilogue_scale(wp, packed[0])
     return (lambda i: kcuda.launch(packed[i % sets], wp, torch.float16, variant, out=out, scale=scale),
-            lambda i: kcuda.launch(kcuda.quantize_pack(xf[i % sets], step, out=codes[i % sets]), wp, torch.float16,
-                                   variant, out=out, scale=scale))
+            lambda i: kcuda.launch(quantize(xf[i % sets], bufs[i % sets]), wp, torch.float16, variant, out=out,
+                                   scale=scale))
 
 
 # ---- whole UNet ---------------------------------------------------------------------------------
@@ -329,7 +335,7 @@ def fmt(v, spec=".1f") -> str:
 def table(data: dict) -> str:
     lines = []
     if data["layers"]:
-        lines += [f"W1A4 conv (variants {', '.join(data['variants'])}: bmma = bit-plane kernel, mma = u8 x s8 kernel) "
+        lines += [f"W1A4 conv (variants {', '.join(data['variants'])}: bmma = bit-plane kernel, mma = s8 x s8 kernel) "
                   f"vs cuDNN fp16 (channels_last, cudnn.benchmark) on {data['device']}; "
                   "us per call, median; graph = CUDA graph replay (device time), events = back-to-back eager calls; "
                   "w1a4 = quantize+pack + conv.", "",
@@ -361,7 +367,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-launches", type=int, default=200)
     parser.add_argument("--unet-launches", type=int, default=10)
     parser.add_argument("--variants", nargs="+", choices=["bmma", "mma", "simt"], default=["bmma", "mma"],
-                        help="kernel variants to time beside fp16 (bmma: bit-plane, mma: u8 x s8, simt)")
+                        help="kernel variants to time beside fp16 (bmma: bit-plane, mma: s8 x s8, simt)")
     parser.add_argument("--variant", choices=["bmma", "mma", "simt"], default=None, help="one variant only")
     parser.add_argument("--no-graph", action="store_true", help="time eager calls only")
     parser.add_argument("--no-layers", action="store_true")

@@ -7,7 +7,7 @@
 # Stages, each under `timeout` and none stopping the next: install the carried wheels (.whl: diffusers
 # and what it needs that the GPU image lacks), nvidia-smi, versions, `pytest -m gpu` on the kernel
 # tests, tools/bench_kernel.py per layer (cuDNN fp16 vs W1A4, batch 1/64/256, one and two bases, both
-# kernels: the bit-plane one of cuda/w1a4_bmma.cu and the u8 x s8 one of cuda/w1a4_conv.cu), the whole
+# kernels: the bit-plane one of cuda/w1a4_bmma.cu and the s8 x s8 one of cuda/w1a4_conv.cu), the whole
 # UNet fp16 vs W1A4 (each kernel), the tensor-core issue rates (cuda/mma_rates.cu: IMMA, BMMA, HMMA, IGMMA,
 # BGMMA, HGMMA), and a summary. Writes $OUT/device_check.json (every stage's exit status and
 # seconds, the pytest summary, the benchmark figures), $OUT/device_check.log (everything printed),

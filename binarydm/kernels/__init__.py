@@ -11,8 +11,10 @@ the training code.
 
 from .cuda import KernelUnavailable, is_available, w1a4_conv2d
 from .packing import (
+    ByteActivation,
     PackedActivation,
     PackedConvWeight,
+    byte_codes,
     lmb_bits,
     pack_activation,
     pack_codes,
@@ -27,7 +29,8 @@ from .packing import (
 from .reference import w1a4_conv2d as w1a4_conv2d_reference
 
 __all__ = [
-    "KernelUnavailable", "PackedActivation", "PackedConvWeight", "is_available", "lmb_bits",
+    "ByteActivation", "KernelUnavailable", "PackedActivation", "PackedConvWeight", "byte_codes", "is_available",
+    "lmb_bits",
     "pack_activation", "pack_codes", "pack_quant_conv", "pack_quant_conv_input", "pack_weight",
     "pack_weight_bits", "padded_channels", "unpack_codes", "unpack_weight_bits", "w1a4_conv2d",
     "w1a4_conv2d_reference",

@@ -2,8 +2,10 @@
 
 :func:`w1a4_conv2d` has the signature of :func:`binarydm.kernels.reference.w1a4_conv2d` and returns
 the same numbers bit for bit. It runs the bit-plane kernel (``"bmma"``: 1-bit tensor cores, sm_80+)
-where that kernel passed a bit-exactness self-check on the device, else the u8 x s8 tensor-core
-kernel (``"mma"``), else the CUDA-core one (``"simt"``); ``BINARYDM_W1A4_VARIANT`` forces one. Each
+where that kernel passed a bit-exactness self-check on the device, else the s8 x s8 tensor-core
+kernel (``"mma"``, whose activation operand is one s8 byte q - z per channel: :func:`quantize_bytes`
+from a float tensor, :func:`to_bytes` from packed codes), else the CUDA-core one (``"simt"``);
+``BINARYDM_W1A4_VARIANT`` forces one. Each
 source is compiled with NVRTC (``cupy.RawModule``) at first use and cached for the process
 (:func:`load_module`); where a cubin built by nvcc for the device's architecture is present (see
 :func:`build_cubin`, or the ``BINARYDM_W1A4_CUBIN`` / ``BINARYDM_W1A4_BMMA_CUBIN`` environment
@@ -31,6 +33,7 @@ from ..resources import cuda_dir
 from . import reference
 from .packing import (
     MMA_BN,
+    ByteActivation,
     PackedActivation,
     PackedConvWeight,
     PlanarActivation,
@@ -48,7 +51,11 @@ MMA_KERNELS = tuple(f"w1a4_conv_mma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16"
 SIMT_KERNELS = ("w1a4_conv_simt_f16", "w1a4_conv_simt_f32")
 PACK_KERNELS = {torch.float32: "w1a4_quantize_pack_f32", torch.float16: "w1a4_quantize_pack_f16",
                 torch.bfloat16: "w1a4_quantize_pack_bf16"}
-MMA_BM, MMA_THREADS = 128, 128  # must match cuda/w1a4_conv.cu (MMA_BN: packing's, the fragments' column block)
+BYTES_KERNELS = {torch.float32: "w1a4_quantize_bytes_f32", torch.float16: "w1a4_quantize_bytes_f16",
+                 torch.bfloat16: "w1a4_quantize_bytes_bf16"}
+BYTES_CODES_KERNEL = "w1a4_bytes_codes"
+# must match cuda/w1a4_conv.cu (MMA_BN and MMA_STAGES: packing's, which shape the weight fragments)
+MMA_BM, MMA_THREADS, BYTES_THREADS = 128, 128, 256
 MMA_MAX_STEPS, MMA_MAX_TAPS = 1023, 31  # likewise: the mma kernel's step table and tap mask
 SIMT_THREADS = 256
 BMMA_KERNELS = tuple(f"w1a4_conv_bmma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16", "f32"))
@@ -246,7 +253,7 @@ def _warn_fallback(reason: str) -> None:
         )
 
 
-def _check_device_operands(x: PackedActivation, w: PackedConvWeight) -> None:
+def _check_device_operands(x, w: PackedConvWeight) -> None:
     tensors = {"codes": x.codes, "bits": w.bits, "row_sums": w.row_sums, "alpha": w.alpha}
     if w.bias is not None:
         tensors["bias"] = w.bias
@@ -260,7 +267,7 @@ def _check_device_operands(x: PackedActivation, w: PackedConvWeight) -> None:
         raise ValueError("the activation codes must be 16-byte aligned (the kernel loads 16-byte vectors)")
 
 
-def _shape_args(x: PackedActivation, w: PackedConvWeight, oh: int, ow: int) -> tuple:
+def _shape_args(x, w: PackedConvWeight, oh: int, ow: int) -> tuple:
     """CONV_SHAPE_PARAMS of the .cu file: N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z (int32)."""
     import numpy as np
 
@@ -270,12 +277,14 @@ def _shape_args(x: PackedActivation, w: PackedConvWeight, oh: int, ow: int) -> t
     return tuple(np.int32(f) for f in fields)
 
 
-def launch(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
+def launch(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
            variant: str = "mma", out: Optional[torch.Tensor] = None,
            scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run one kernel variant (``"mma"``: tensor cores, sm_80+; ``"simt"``: CUDA cores; ``"bmma"``: the
     bit-plane kernel, its pack kernel first) on CUDA tensors.
 
+    ``x``: a PackedActivation (any variant; "mma" turns it into s8 bytes first with :func:`to_bytes`),
+    a ByteActivation ("mma", from :func:`quantize_bytes`) or a PlanarActivation ("bmma").
     ``out``, if given, is an NHWC-contiguous [N, OH, OW, C_out] tensor of ``out_dtype`` to write into
     (the GPU tests poison it first). ``scale``, if given, is :func:`reference.epilogue_scale` of the
     pair, computed once by the caller (a layer whose step never changes) instead of by one more small
@@ -285,8 +294,16 @@ def launch(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = to
     import numpy as np
 
     if variant == "bmma":
-        _check_device_operands(x, w)
+        if isinstance(x, ByteActivation):
+            raise ValueError("the bit-plane kernel takes packed codes or planes, not s8 bytes: use variant='mma'")
+        if isinstance(x, PackedActivation):
+            _check_device_operands(x, w)
         return launch_bmma(x, w, out_dtype, out=out, scale=scale)
+    if variant not in ("mma", "simt"):
+        raise ValueError(f"variant must be 'bmma', 'mma' or 'simt', got {variant!r}")
+    if isinstance(x, ByteActivation) and variant != "mma":
+        raise ValueError("s8 byte codes are the mma kernel's operand: use variant='mma', or pack the input "
+                         "with quantize_pack for 'simt'")
     oh, ow = reference.check_operands(x, w, out_dtype)
     _check_device_operands(x, w)
     if variant == "mma":
@@ -296,6 +313,8 @@ def launch(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = to
         if torch.cuda.get_device_capability(x.codes.device)[0] < 8:
             raise KernelUnavailable("the mma kernel needs sm_80 or newer; use variant='simt'")
     module = load_module()
+    if variant == "mma" and isinstance(x, PackedActivation):
+        x = to_bytes(x)
     n = x.codes.shape[0]
     if out is None:
         out = torch.empty(n, oh, ow, w.out_channels, dtype=out_dtype, device=x.codes.device)
@@ -304,30 +323,29 @@ def launch(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = to
     if scale is None:
         scale = reference.epilogue_scale(w, x)
     scale = scale.to(x.codes.device)
-    bias_ptr = w.bias.data_ptr() if w.bias is not None else 0
+    bias_ptr = np.uint64(w.bias.data_ptr() if w.bias is not None else 0)
     suffix = "f16" if out_dtype == torch.float16 else "f32"
     ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
-    weight = mma_weight(w) if variant == "mma" else w.bits  # s8 fragments (mma), bits (simt)
-    args = (ptr(x.codes), ptr(weight), ptr(w.row_sums), ptr(scale), np.uint64(bias_ptr), ptr(out),
-            *_shape_args(x, w, oh, ow))
+    shape = _shape_args(x, w, oh, ow)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.codes.device).cuda_stream)
     with cupy.cuda.Device(x.codes.device.index or 0), stream:
         if variant == "mma":
+            # s8 codes (taps outside the image are zero-filled: no border correction), s8 weight fragments
             kernel = module.get_function(f"w1a4_conv_mma_nb{w.n_bases}_{suffix}")
             m = n * oh * ow
             grid = (-(-m // MMA_BM), -(-(w.n_bases * w.out_channels) // MMA_BN))
-            kernel(grid, (MMA_THREADS,), args)
-        elif variant == "simt":
+            kernel(grid, (MMA_THREADS,), (ptr(x.codes), ptr(mma_weight(w)), ptr(scale), bias_ptr, ptr(out), *shape))
+        else:
             kernel = module.get_function(f"w1a4_conv_simt_{suffix}")
             total = n * oh * ow * w.out_channels
-            kernel((-(-total // SIMT_THREADS),), (SIMT_THREADS,), args + (np.int32(w.n_bases),))
-        else:
-            raise ValueError(f"variant must be 'bmma', 'mma' or 'simt', got {variant!r}")
+            kernel((-(-total // SIMT_THREADS),), (SIMT_THREADS,),
+                   (ptr(x.codes), ptr(w.bits), ptr(w.row_sums), ptr(scale), bias_ptr, ptr(out), *shape,
+                    np.int32(w.n_bases)))
     return out.permute(0, 3, 1, 2)
 
 
 def mma_shape_error(w: PackedConvWeight) -> Optional[str]:
-    """Why the u8 x s8 kernel cannot take ``w`` (None: it can). It tables its K steps (at most
+    """Why the s8 x s8 kernel cannot take ``w`` (None: it can). It tables its K steps (at most
     MMA_MAX_STEPS) and keeps one bit per tap (at most MMA_MAX_TAPS)."""
     steps = w.taps * padded_channels(w.in_channels) // 32
     if w.taps > MMA_MAX_TAPS or steps > MMA_MAX_STEPS:
@@ -346,7 +364,7 @@ def _fragments(w: PackedConvWeight, attr: str, make) -> torch.Tensor:
 
 
 def mma_weight(w: PackedConvWeight) -> torch.Tensor:
-    """The weight in the u8 x s8 kernel's fragment order (:func:`packing.mma_weight_fragments`)."""
+    """The weight in the s8 x s8 kernel's fragment order (:func:`packing.mma_weight_fragments`)."""
     return _fragments(w, "mma_frag", mma_weight_fragments)
 
 
@@ -496,7 +514,7 @@ def bmma_self_check(device=None) -> bool:
     _bmma_state["checked"][index] = ok
     if not ok:
         _bmma_state["check_error"] = why
-        warnings.warn(f"W1A4 bit-plane kernel not used on {device}: {why}; using the u8 x s8 kernel",
+        warnings.warn(f"W1A4 bit-plane kernel not used on {device}: {why}; using the s8 x s8 kernel",
                       RuntimeWarning, stacklevel=2)
     return ok
 
@@ -525,20 +543,22 @@ def set_variant(variant: Optional[str]) -> None:
     _state["variant"] = variant
 
 
-def _quantize_pack_args(x: torch.Tensor, codes: torch.Tensor, step: torch.Tensor, qn: int, qp: int):
-    """(kernel name, kernel arguments) of the quantize+pack kernel: ``x`` read in place in its own dtype
-    and strides (no float32 copy), ``step`` passed by pointer (no ``.item()``, so no device sync)."""
+def _quantize_args(x: torch.Tensor, out: torch.Tensor, step: torch.Tensor, qn: int, qp: int, units: int,
+                   kernels: dict = PACK_KERNELS):
+    """(kernel name, kernel arguments) of a quantize kernel (``kernels``: PACK_KERNELS, packed nibbles, or
+    BYTES_KERNELS, s8 codes; ``units`` of output per pixel): ``x`` read in place in its own dtype and
+    strides (no float32 copy), ``step`` passed by pointer (no ``.item()``, so no device sync)."""
     import numpy as np
 
-    if x.dtype not in PACK_KERNELS:
-        raise ValueError(f"quantize_pack takes float32, float16 or bfloat16 input, got {x.dtype}")
+    if x.dtype not in kernels:
+        raise ValueError(f"the quantize kernels take float32, float16 or bfloat16 input, got {x.dtype}")
     if step.dtype != torch.float32 or step.numel() != 1 or step.device != x.device:
         raise ValueError("step must be a one-element float32 tensor on the input's device")
     n, c, h, wd = x.shape
-    args = (np.uint64(x.data_ptr()), np.uint64(codes.data_ptr()), np.int32(n), np.int32(c), np.int32(h),
-            np.int32(wd), *(np.int64(s) for s in x.stride()), np.int32(codes.shape[-1]),
+    args = (np.uint64(x.data_ptr()), np.uint64(out.data_ptr()), np.int32(n), np.int32(c), np.int32(h),
+            np.int32(wd), *(np.int64(s) for s in x.stride()), np.int32(units),
             np.uint64(step.data_ptr()), np.int32(qn), np.int32(qp))
-    return PACK_KERNELS[x.dtype], args
+    return kernels[x.dtype], args
 
 
 def quantize_pack(x: torch.Tensor, step, qn: int = -8, qp: int = 7,
@@ -559,12 +579,63 @@ def quantize_pack(x: torch.Tensor, step, qn: int = -8, qp: int = 7,
     if codes.shape != shape or codes.dtype != torch.int32 or not codes.is_contiguous():
         raise ValueError(f"out must be a contiguous int32 tensor of shape {shape}")
     step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
-    name, args = _quantize_pack_args(x, codes, step_t, qn, qp)
+    name, args = _quantize_args(x, codes, step_t, qn, qp, codes.shape[-1])
     total = codes.numel()
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream)
     with cupy.cuda.Device(x.device.index or 0), stream:
         module.get_function(name)((-(-total // 256),), (256,), args)
     return PackedActivation(codes, step_t, -qn, c)
+
+
+def _bytes_out(n: int, c: int, h: int, wd: int, device, out: Optional[torch.Tensor]) -> torch.Tensor:
+    shape = (n, h, wd, padded_channels(c))
+    if out is None:
+        return torch.empty(shape, dtype=torch.int8, device=device)
+    if out.shape != shape or out.dtype != torch.int8 or not out.is_contiguous() or out.data_ptr() % 16:
+        raise ValueError(f"out must be a contiguous, 16-byte aligned int8 tensor of shape {shape}")
+    return out
+
+
+def quantize_bytes(x: torch.Tensor, step, qn: int = -8, qp: int = 7,
+                   out: Optional[torch.Tensor] = None) -> ByteActivation:
+    """LSQ quantization of ``x`` (float32/fp16/bf16, any strides, read in place) into the s8 x s8
+    kernel's operand: int8 [N, H, W, C_pad] = the signed code round(clamp(x / d, qn, qp)), zero point
+    -qn (the codes of :func:`binarydm.kernels.packing.pack_activation` minus it). One kernel, the step
+    read by pointer (no sync). ``out``: the int8 tensor to write into."""
+    import cupy
+
+    if qp - qn > 15:
+        raise ValueError(f"the code range [{qn}, {qp}] needs more than 4 bits")
+    n, c, h, wd = x.shape
+    codes = _bytes_out(n, c, h, wd, x.device, out)
+    step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
+    units = codes.shape[-1] // 16
+    name, args = _quantize_args(x, codes, step_t, qn, qp, units, BYTES_KERNELS)
+    total = n * h * wd * units
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream)
+    with cupy.cuda.Device(x.device.index or 0), stream:
+        load_module().get_function(name)((-(-total // BYTES_THREADS),), (BYTES_THREADS,), args)
+    return ByteActivation(codes, step_t, -qn, c)
+
+
+def to_bytes(x: PackedActivation, out: Optional[torch.Tensor] = None) -> ByteActivation:
+    """Packed nibble codes -> the s8 x s8 kernel's bytes q - z (one kernel, no sync);
+    :func:`binarydm.kernels.packing.byte_codes` on the GPU."""
+    import cupy
+    import numpy as np
+
+    if not x.codes.is_contiguous() or x.codes.data_ptr() % 16:
+        raise ValueError("the activation codes must be contiguous and 16-byte aligned")
+    n, c, h, wd = x.shape
+    codes = _bytes_out(n, c, h, wd, x.codes.device, out)
+    units = codes.shape[-1] // 16
+    total = n * h * wd * units
+    args = (np.uint64(x.codes.data_ptr()), np.uint64(codes.data_ptr()), np.int64(total), np.int32(units),
+            np.int32(c), np.int32(int(x.zero_point)))
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.codes.device).cuda_stream)
+    with cupy.cuda.Device(x.codes.device.index or 0), stream:
+        load_module().get_function(BYTES_CODES_KERNEL)((-(-total // BYTES_THREADS),), (BYTES_THREADS,), args)
+    return ByteActivation(codes, x.step, int(x.zero_point), c)
 
 
 def w1a4_conv2d(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,

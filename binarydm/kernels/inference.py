@@ -3,8 +3,9 @@
 :func:`w1a4_inference_` swaps every eligible ``QuantConv2d`` (an enabled LMB weight quantizer, an
 enabled per-tensor LSQ input quantizer of at most 4 bits, groups = 1, dilation = 1, zero padding)
 for a :class:`W1A4Conv2d`, which holds the packed weight (bits, per-channel scales, row sums, bias)
-and, at each call, quantizes and packs its input (one fused kernel on the GPU:
-``cuda.quantize_pack``) and runs :func:`binarydm.kernels.w1a4_conv2d`. Everything else (kept 8-bit
+and, at each call, quantizes its input into the operand of the kernel that runs on the device (one
+kernel on the GPU: ``cuda.quantize_planes`` for the bit-plane kernel, ``cuda.quantize_bytes`` for the
+s8 x s8 one, ``cuda.quantize_pack`` for the CUDA-core one) and runs the convolution. Everything else (kept 8-bit
 layers, linear layers, attention, norms) stays as it is: run the rest of the model in fp16 on the
 GPU (``model.half()`` before the swap) for the fp16-vs-W1A4 comparison of ``tools/bench_kernel.py``.
 
@@ -53,10 +54,15 @@ class W1A4Conv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
         if x.is_cuda and cuda.is_available():
-            if cuda.default_variant(x.device) == "bmma":
+            variant = cuda.default_variant(x.device)
+            if variant == "bmma":
                 # The bit-plane kernel: quantize straight into bit-planes (one kernel), then the conv.
                 planar = cuda.quantize_planes(x, self.step, self.qn, self.qp)
                 return cuda.launch_bmma(planar, self.packed, out_dtype, scale=self.scale).to(x.dtype)
+            if variant == "mma" and cuda.mma_shape_error(self.packed) is None:
+                # The s8 x s8 kernel: quantize straight into s8 codes (one kernel), then the conv.
+                codes = cuda.quantize_bytes(x, self.step, self.qn, self.qp)
+                return cuda.launch(codes, self.packed, out_dtype, "mma", scale=self.scale).to(x.dtype)
             packed_x = cuda.quantize_pack(x, self.step, self.qn, self.qp)
         else:
             packed_x = pack_activation(x, self.step, self.qn, self.qp)

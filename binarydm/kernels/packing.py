@@ -20,6 +20,8 @@ four 32-bit activation words cover the same 32 channels):
   (2 S_b - 1) = 2 popc(S_b[o, :, t]) - C_in: the border correction of zero padding.
 * activation    int32 [N, H, W, C_pad / 8] (NHWC); nibble j (bits 4j..4j+3) of word k is the code
   of channel 8k + j; padded channels hold code 0.
+* byte codes    int8 [N, H, W, C_pad] (NHWC): q - z, one byte per channel, 0 in padded channels: the
+  operand of the s8 x s8 tensor-core kernel (:class:`ByteActivation`).
 
 The 32-bit words are stored in int32 tensors (PyTorch has no uint32 arithmetic on every device);
 bit 31 is the sign bit, which is only a matter of reading them as unsigned.
@@ -219,10 +221,10 @@ def _check_conv(layer: nn.Module) -> None:
         )
 
 
-# ---- activations --------------------------------------------------------------------------------
+# ---- activations ----------------------------------------------------------------------------------
 @dataclass
-class PackedActivation:
-    """4-bit codes in the kernel's layout: ``codes`` int32 [N, H, W, C_pad/8], x = step * (q - zero_point)."""
+class _Codes:
+    """Integer activation codes with their LSQ step and zero point: x = step * (q - zero_point)."""
 
     codes: torch.Tensor
     step: torch.Tensor
@@ -234,6 +236,11 @@ class PackedActivation:
         """(N, C, H, W) of the tensor the codes stand for."""
         n, h, w, _ = self.codes.shape
         return (n, self.channels, h, w)
+
+
+@dataclass
+class PackedActivation(_Codes):
+    """4-bit codes in the kernel's layout: ``codes`` int32 [N, H, W, C_pad/8], x = step * (q - zero_point)."""
 
     def unpack(self) -> torch.Tensor:
         """The codes as int32 [N, C, H, W]."""
@@ -301,21 +308,42 @@ def pack_quant_conv_input(layer: QuantConv2d, x: torch.Tensor) -> PackedActivati
     return pack_activation(x, aq.step.detach().reshape(()), aq.qn, aq.qp)
 
 
-# ---- the u8 x s8 tensor-core kernel (cuda/w1a4_conv.cu, w1a4_conv_mma_*) --------------------------
-MMA_BN = 128  # GEMM columns per block of the u8 x s8 kernel
+# ---- the s8 x s8 tensor-core kernel (cuda/w1a4_conv.cu, w1a4_conv_mma_*) --------------------------
+MMA_BN = 128  # GEMM columns per block of the s8 x s8 kernel
 MMA_STEP_UNITS = 256  # 16-byte B units per K step (32 channels of one tap) and column block
+MMA_STAGES = 3  # K steps in the kernel's shared memory; it prefetches MMA_STAGES - 1 steps ahead
+
+
+@dataclass
+class ByteActivation(_Codes):
+    """The s8 x s8 kernel's activation operand: ``codes`` int8 [N, H, W, C_pad] = q - zero_point (0 in
+    padded channels), x = step * codes. Zero padding of x is code 0 here, so the kernel zero-fills taps
+    outside the image and needs no border correction."""
+
+
+def byte_codes(x: PackedActivation) -> torch.Tensor:
+    """The codes of ``x`` as the s8 kernel reads them: int8 [N, H, W, C_pad], q - z, padded channels 0."""
+    n, c, h, w = x.shape
+    q = unpack_codes(x.codes, c).permute(0, 2, 3, 1) - int(x.zero_point)  # [N, H, W, C]
+    return torch.nn.functional.pad(q, (0, padded_channels(c) - c)).to(torch.int8).contiguous()
+
+
+def to_byte_activation(x: PackedActivation) -> ByteActivation:
+    """:func:`byte_codes` of ``x`` with its step and zero point (PyTorch; the GPU has ``cuda.to_bytes``)."""
+    return ByteActivation(byte_codes(x), x.step, int(x.zero_point), x.channels)
 
 
 def mma_weight_fragments(w: PackedConvWeight) -> torch.Tensor:
-    """The weights as s8 +-1 (0 in padded channels and columns) in the B-fragment order of the u8 x s8
-    kernel: int32 [NCB * Ksteps + 1, 256, 4], Ksteps = KH KW C_pad / 32.
+    """The weights as s8 +-1 (0 in padded channels and columns) in the B-fragment order of the s8 x s8
+    kernel: int32 [NCB * Ksteps + MMA_STAGES - 1, 256, 4], Ksteps = KH KW C_pad / 32.
 
     GEMM column j = base j % n_bases of channel j // n_bases; K step ks = tap * C_pad / 32 + cw (32
     channels 32 cw ..). Row cb * Ksteps + ks holds column block cb (128 columns) and step ks: unit
     u = (warp_n * 4 + p) * 32 + lane (lane = 4 g + t) is {b0, b1} of n tile 2p, then of n tile 2p + 1, of
     column 64 warp_n + 8 tile + g: b0 = the 4 weights of k 4t .. 4t + 3, b1 of k 16 + 4t .. (the PTX ISA's
-    B fragment of mma.m16n8k32 .s8), byte j of a word = element j. The last row is zeros: the kernel's
-    prefetch past the last step of the last block reads it. Made once per weight (``w.mma_frag``)."""
+    B fragment of mma.m16n8k32 .s8), byte j of a word = element j. The last MMA_STAGES - 1 rows are
+    zeros: the kernel's prefetches past the last step of the last block read them. Made once per weight
+    (``w.mma_frag``)."""
     nb, c_out, taps, cw = w.bits.shape
     ncols = nb * c_out
     ncb = -(-ncols // MMA_BN)
@@ -331,7 +359,7 @@ def mma_weight_fragments(w: PackedConvWeight) -> torch.Tensor:
     f = full.reshape(ncb, 2, 4, 2, 8, taps * cw, 2, 4, 4)  # cb, warp_n, p, tile % 2, g, ks, half, t, j
     f = f.permute(0, 5, 1, 2, 4, 7, 3, 6, 8).contiguous()  # cb, ks, warp_n, p, g, t, tile % 2, half, j
     words = f.view(torch.int32).reshape(ncb * taps * cw, MMA_STEP_UNITS, 4)
-    return torch.cat([words, words.new_zeros(1, MMA_STEP_UNITS, 4)])
+    return torch.cat([words, words.new_zeros(MMA_STAGES - 1, MMA_STEP_UNITS, 4)])
 
 
 # ---- the bit-plane kernel (cuda/w1a4_bmma.cu) ------------------------------------------------------

@@ -22,20 +22,22 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .packing import PackedActivation, PackedConvWeight, _from_int32_words
+from .packing import ByteActivation, PackedActivation, PackedConvWeight, _from_int32_words
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def check_operands(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype) -> tuple[int, int]:
-    """Validate the pair; returns the output size (OH, OW). Shared by the reference and the launcher."""
+def check_operands(x, w: PackedConvWeight, out_dtype: torch.dtype) -> tuple[int, int]:
+    """Validate the pair (``x`` a PackedActivation, or the s8 kernel's ByteActivation); returns the
+    output size (OH, OW). Shared by the reference and the launcher."""
     if x.channels != w.in_channels:
         raise ValueError(f"activation has {x.channels} channels, the weight expects {w.in_channels}")
-    if x.codes.shape[-1] * 8 != w.bits.shape[-1] * 32:
+    held = x.codes.shape[-1] * (1 if isinstance(x, ByteActivation) else 8)
+    if held != w.bits.shape[-1] * 32:
         raise ValueError(
-            f"channel padding differs: activation words hold {x.codes.shape[-1] * 8} channels, weight "
+            f"channel padding differs: activation words hold {held} channels, weight "
             f"words {w.bits.shape[-1] * 32}; pack both with binarydm.kernels.packing"
         )
     if out_dtype not in (torch.float16, torch.float32):
@@ -48,7 +50,7 @@ def check_operands(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dt
     return oh, ow
 
 
-def epilogue_scale(w: PackedConvWeight, x: PackedActivation) -> torch.Tensor:
+def epilogue_scale(w: PackedConvWeight, x) -> torch.Tensor:
     """s[b, o] = fl32(alpha[b, o] * d): computed once, by PyTorch, for both the reference and the kernel."""
     return (w.alpha.to(torch.float32) * x.step.to(device=w.alpha.device, dtype=torch.float32)).contiguous()
 

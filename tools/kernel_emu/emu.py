@@ -3,6 +3,8 @@
     exe = build(tmp_dir)                                  # g++ -fsanitize=address,undefined
     y = run_conv(exe, x, w, torch.float16, "mma")         # same result as binarydm.kernels.reference
     codes = run_pack(exe, x_float, step, qn, qp)          # same codes as binarydm.kernels.pack_activation
+    b = run_bytes(exe, x)                                 # the s8 codes of binarydm.kernels.packing.byte_codes
+    b = run_bytes(exe, x_float, step, qn, qp)             # likewise, quantized from floats
 
 The operands are those of binarydm.kernels (PackedActivation, PackedConvWeight); the epilogue scales
 are computed by PyTorch, as the CUDA launcher does.
@@ -34,13 +36,18 @@ CUDA_DIR = cuda_dir()
 _IN_KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # IN_F32, IN_F16, IN_BF16 of w1a4_common.cuh
 
 
-def build(out_dir: Path, mutate: bool = False, sanitize: bool = True) -> Path:
-    """Compile the emulator; ``mutate`` builds it with a deliberately wrong mma fragment mapping."""
+def build(out_dir: Path, mutate: bool = False, sanitize: bool = True, mutate_wait: bool = False) -> Path:
+    """Compile the emulator; ``mutate`` builds it with a deliberately wrong mma fragment mapping,
+    ``mutate_wait`` with a cp.async.wait_group that waits for one group fewer than asked.
+
+    The built program lands cp.async copies as late as wait_group allows; with the environment variable
+    ``W1A4_EMU_CP_ASYNC=early`` set when it runs, at once (shim.h)."""
     if shutil.which("g++") is None:
         raise RuntimeError("g++ is not on PATH")
-    exe = Path(out_dir) / ("w1a4_emu_mutant" if mutate else "w1a4_emu")
+    exe = Path(out_dir) / ("w1a4_emu" + ("_mutant" if mutate else "") + ("_wait" if mutate_wait else ""))
     cmd = ["g++", "-std=c++20", "-O1", "-g", "-ffp-contract=off", "-pthread", "-DW1A4_HOST_EMU",
-           f"-DW1A4_EMU_MUTATE={int(mutate)}", "-I", str(HERE), "-I", str(CUDA_DIR), "-x", "c++",
+           f"-DW1A4_EMU_MUTATE={int(mutate)}", f"-DW1A4_EMU_MUTATE_WAIT={int(mutate_wait)}", "-I", str(HERE),
+           "-I", str(CUDA_DIR), "-x", "c++",
            str(HERE / "emu_main.cpp"), "-o", str(exe)]
     if sanitize:
         cmd[1:1] = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
@@ -105,7 +112,8 @@ def _conv(exe: Path, kind: int, header: list, operands: list, x, w, out_dtype: t
 def run_conv(exe: Path, x, w, out_dtype: torch.dtype = torch.float16, variant: str = "mma") -> torch.Tensor:
     """The kernel's output as [N, C_out, OH, OW] (channels_last), like reference.w1a4_conv2d.
 
-    ``variant``: "mma" (tensor cores, u8 x s8), "simt" (CUDA cores), or "bmma" (the bit-plane kernel of
+    ``variant``: "mma" (tensor cores, s8 x s8: w1a4_bytes_codes turns the packed codes into its s8
+    operand first, both emulated), "simt" (CUDA cores), or "bmma" (the bit-plane kernel of
     cuda/w1a4_bmma.cu: its pack kernel from the packed codes, then the conv)."""
     if variant == "bmma":
         return _run_bmma(exe, x, w, out_dtype)
@@ -114,9 +122,27 @@ def run_conv(exe: Path, x, w, out_dtype: torch.dtype = torch.float16, variant: s
     header = [w.n_bases, int(out_dtype == torch.float16), int(w.bias is not None), n, h, wd,
               padded_channels(w.in_channels) // 32, w.out_channels, oh, ow, *w.kernel_size, *w.stride, *w.padding,
               int(x.zero_point)]
-    weight = mma_weight_fragments(w) if variant == "mma" else w.bits  # the s8 fragments, or the bits (simt)
-    return _conv(exe, 0 if variant == "mma" else 1, header, [_i32(x.codes), _i32(weight), _i32(w.row_sums)], x, w,
-                 out_dtype, oh, ow)
+    if variant == "mma":
+        operands = [run_bytes(exe, x).numpy(), _i32(mma_weight_fragments(w))]
+    else:
+        operands = [_i32(x.codes), _i32(w.bits), _i32(w.row_sums)]
+    return _conv(exe, 0 if variant == "mma" else 1, header, operands, x, w, out_dtype, oh, ow)
+
+
+def run_bytes(exe: Path, x, step: float = 1.0, qn: int = -8, qp: int = 7) -> torch.Tensor:
+    """The s8 x s8 kernel's activation operand, int8 [N, H, W, C_pad] = q - z: from a PackedActivation
+    (w1a4_bytes_codes, its zero point) or a float32 / float16 / bfloat16 tensor of any strides
+    (w1a4_quantize_bytes_<dtype>, LSQ with ``step``, ``qn``, ``qp``)."""
+    n, c, h, wd = x.shape
+    units = padded_channels(c) // 16
+    if isinstance(x, PackedActivation):
+        arrays = [np.array([6], np.int32), np.array([n, h, wd, units // 2, c, int(x.zero_point)], np.int32),
+                  _i32(x.codes)]
+    else:
+        header = [_IN_KINDS[x.dtype], n, c, h, wd, *x.stride(), units, qn, qp]
+        arrays = [np.array([5], np.int32), np.array(header, np.int32), np.array([step], np.float32), _raw(x)]
+    data = _run(exe, arrays, n * h * wd * units * 16)
+    return torch.from_numpy(np.frombuffer(data, np.int8).copy()).reshape(n, h, wd, units * 16)
 
 
 def run_pack(exe: Path, x: torch.Tensor, step: float, qn: int = -8, qp: int = 7) -> torch.Tensor:

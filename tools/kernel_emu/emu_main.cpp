@@ -5,12 +5,16 @@
 // Every array below (the kind, the header, each operand) starts on a 16-byte boundary of the file.
 // Header (int32): kind (0 conv mma, 1 conv simt, 2 quantize_pack), then
 //   conv: NB, F16, has_bias, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z;
-//         then act u32 [N*H*W*4Cw], the weight (kind 0: wfrag u32 [(NCB*KH*KW*Cw + 1)*256*4], the s8
-//         fragments of mma_weight_fragments; kind 1: wbits u32 [NB*C_out*KH*KW*Cw]), rsum i32
-//         [NB*C_out*KH*KW], scale f32 [NB*C_out], bias f32 [C_out] if has_bias. OUT: N*OH*OW*C_out fp16
-//         bits or f32.
+//         kind 0 (s8 x s8 mma): act s8 [N*H*W*32Cw] (byte codes q - z), wfrag u32
+//         [(NCB*KH*KW*Cw + MMA_STAGES - 1)*256*4] (the s8 fragments of mma_weight_fragments);
+//         kind 1 (simt): act u32 [N*H*W*4Cw] (packed nibbles), wbits u32 [NB*C_out*KH*KW*Cw], rsum i32
+//         [NB*C_out*KH*KW];
+//         then scale f32 [NB*C_out], bias f32 [C_out] if has_bias. OUT: N*OH*OW*C_out fp16 bits or f32.
 //   pack: in_kind (0 f32, 1 f16, 2 bf16), N, C, H, W, sN, sC, sH, sW, words, qn, qp; then step f32,
 //         then x (elements up to the largest strided offset + 1). OUT: u32 [N*H*W*words].
+//         Kind 2: w1a4_quantize_pack (words: u32 per pixel); kind 5: w1a4_quantize_bytes (words: 16-byte
+//         units per pixel; OUT: N*H*W*words*16 bytes).
+//   6, bytes from packed codes: N, H, W, Cw, C, z; then codes u32 [N*H*W*4Cw]. OUT: s8 [N*H*W*32Cw].
 //   3, bit-plane conv (cuda/w1a4_bmma.cu): NB, F16, has_bias, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW,
 //         PH, PW, z, nchunks, C, Gc; then codes u32 [N*H*W*4Gc] (packed nibbles, Gc = C_pad / 32), wfrag
 //         u32 [NCB*nchunks*512], scale, bias as for kind 0. Runs w1a4_planes_codes, then the conv. OUT: as
@@ -68,11 +72,12 @@ int main(int argc, char** argv) {
         const int NB = h[0], F16 = h[1], has_bias = h[2], N = h[3], H = h[4], W = h[5], Cw = h[6], C_out = h[7],
                   OH = h[8], OW = h[9], KH = h[10], KW = h[11], SH = h[12], SW = h[13], PH = h[14], PW = h[15], z = h[16];
         const int T = KH * KW;
-        const u32* act = take<u32>((size_t)N * H * W * 4 * Cw);
+        const size_t pixels = (size_t)N * H * W;
+        const void* act = kind == 0 ? (const void*)take<std::int8_t>(pixels * 32 * Cw) : (const void*)take<u32>(pixels * 4 * Cw);
         const int ncb = (NB * C_out + MMA_BN - 1) / MMA_BN;
-        const u32* weight = take<u32>(kind == 0 ? ((size_t)ncb * T * Cw + 1) * MMA_B_UNITS * 4  // fragments
-                                                : (size_t)NB * C_out * T * Cw);                // bits (simt)
-        const int* rsum = take<int>((size_t)NB * C_out * T);
+        const u32* weight = take<u32>(kind == 0 ? ((size_t)ncb * T * Cw + MMA_STAGES - 1) * MMA_B_UNITS * 4  // fragments
+                                                : (size_t)NB * C_out * T * Cw);                            // bits (simt)
+        const int* rsum = kind == 1 ? take<int>((size_t)NB * C_out * T) : nullptr;
         const float* scale = take<float>((size_t)NB * C_out);
         const float* bias = has_bias ? take<float>(C_out) : nullptr;
         const size_t elems = (size_t)N * OH * OW * C_out, esize = F16 ? 2 : 4;
@@ -82,19 +87,21 @@ int main(int argc, char** argv) {
         if (kind == 0) {
             const dim3 grid{(unsigned)((M + MMA_BM - 1) / MMA_BM), (unsigned)ncb, 1};
             const uint4* wfrag = reinterpret_cast<const uint4*>(weight);
+            const uint4* bytes = reinterpret_cast<const uint4*>(act);
             auto k = NB == 1 ? (F16 ? w1a4_conv_mma_nb1_f16 : w1a4_conv_mma_nb1_f32)
                              : (F16 ? w1a4_conv_mma_nb2_f16 : w1a4_conv_mma_nb2_f32);
             w1a4_emu::launch(grid, dim3{MMA_THREADS, 1, 1}, [&] {
-                k(act, wfrag, rsum, scale, bias, y, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z);
+                k(bytes, wfrag, scale, bias, y, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z);
             });
         } else {
             const long long total = M * C_out;
             auto k = F16 ? w1a4_conv_simt_f16 : w1a4_conv_simt_f32;
+            const u32* codes = reinterpret_cast<const u32*>(act);
             w1a4_emu::launch(dim3{(unsigned)((total + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] {
-                k(act, weight, rsum, scale, bias, y, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z, NB);
+                k(codes, weight, rsum, scale, bias, y, N, H, W, Cw, C_out, OH, OW, KH, KW, SH, SW, PH, PW, z, NB);
             });
         }
-    } else if (kind == 2) {
+    } else if (kind == 2 || kind == 5) {
         const int* h = take<int>(12);
         const int in_kind = h[0], N = h[1], C = h[2], H = h[3], W = h[4], words = h[9], qn = h[10], qp = h[11];
         const long long sN = h[5], sC = h[6], sH = h[7], sW = h[8];
@@ -102,12 +109,31 @@ int main(int argc, char** argv) {
         const long long extent = (N - 1) * sN + (C - 1) * sC + (H - 1) * sH + (W - 1) * sW + 1;
         const void* x = in_kind == 0 ? (const void*)take<float>(extent) : (const void*)take<u16>(extent);
         const long long total = (long long)N * H * W * words;
-        out.assign(total * 4, 0xFF);
-        u32* codes = reinterpret_cast<u32*>(out.data());
-        auto k = in_kind == 0 ? w1a4_quantize_pack_f32 : in_kind == 1 ? w1a4_quantize_pack_f16 : w1a4_quantize_pack_bf16;
-        w1a4_emu::launch(dim3{(unsigned)((total + 255) / 256), 1, 1}, dim3{256, 1, 1}, [&] {
-            k(x, codes, N, C, H, W, sN, sC, sH, sW, words, step, qn, qp);
-        });
+        const dim3 grid{(unsigned)((total + 255) / 256), 1, 1};
+        if (kind == 2) {
+            out.assign(total * 4, 0xFF);
+            u32* codes = reinterpret_cast<u32*>(out.data());
+            auto k = in_kind == 0 ? w1a4_quantize_pack_f32 : in_kind == 1 ? w1a4_quantize_pack_f16
+                                                                          : w1a4_quantize_pack_bf16;
+            w1a4_emu::launch(grid, dim3{256, 1, 1}, [&] { k(x, codes, N, C, H, W, sN, sC, sH, sW, words, step, qn, qp); });
+        } else {
+            out.assign(total * 16, 0xFF);
+            uint4* bytes = reinterpret_cast<uint4*>(out.data());
+            auto k = in_kind == 0 ? w1a4_quantize_bytes_f32 : in_kind == 1 ? w1a4_quantize_bytes_f16
+                                                                           : w1a4_quantize_bytes_bf16;
+            w1a4_emu::launch(dim3{(unsigned)((total + BYTES_THREADS - 1) / BYTES_THREADS), 1, 1},
+                             dim3{BYTES_THREADS, 1, 1},
+                             [&] { k(x, bytes, N, C, H, W, sN, sC, sH, sW, words, step, qn, qp); });
+        }
+    } else if (kind == 6) {
+        const int* h = take<int>(6);
+        const int N = h[0], H = h[1], W = h[2], Cw = h[3], C = h[4], z = h[5];
+        const long long total = (long long)N * H * W * 2 * Cw;  // 16-byte units of the output
+        const uint2* codes = take<uint2>((size_t)total);
+        out.assign(total * 16, 0xFF);
+        uint4* bytes = reinterpret_cast<uint4*>(out.data());
+        w1a4_emu::launch(dim3{(unsigned)((total + BYTES_THREADS - 1) / BYTES_THREADS), 1, 1}, dim3{BYTES_THREADS, 1, 1},
+                         [&] { w1a4_bytes_codes(codes, bytes, total, 2 * Cw, C, z); });
     } else if (kind == 3) {
         const int* h = take<int>(20);
         const int NB = h[0], F16 = h[1], has_bias = h[2], N = h[3], H = h[4], W = h[5], G = h[6], C_out = h[7],

@@ -16,9 +16,14 @@
 // reference, i.e. that the emulation really tests the fragment mapping.
 #pragma once
 
+#ifndef W1A4_EMU_MUTATE_WAIT
+#define W1A4_EMU_MUTATE_WAIT 0  // 1: every wait_group waits for one group fewer (tests/test_kernel_emu.py)
+#endif
+
 #include <math.h>
 
 #include <barrier>
+#include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -46,7 +51,13 @@ struct alignas(16) uint4 {
 struct alignas(8) int2 {
     int x, y;
 };
+struct alignas(8) float2 {
+    float x, y;
+};
 inline int2 make_int2(int x, int y) { return int2{x, y}; }
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 
@@ -64,6 +75,28 @@ struct WarpSlot {
     const void* row[32];  // ldmatrix: each lane's row address
 };
 inline std::vector<WarpSlot> slots;
+
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    bool valid;
+};
+inline thread_local std::vector<AsyncCopy> open_group;
+inline thread_local std::vector<std::vector<AsyncCopy>> committed;
+inline bool copies_land_early() {
+    static const bool early = [] {
+        const char* mode = std::getenv("W1A4_EMU_CP_ASYNC");
+        return mode != nullptr && std::strcmp(mode, "early") == 0;
+    }();
+    return early;
+}
+inline void land(const AsyncCopy& c) {
+    if (c.valid) {
+        std::memcpy(c.dst, c.src, 16);
+    } else {
+        std::memset(c.dst, 0, 16);
+    }
+}
 
 // Runs kernel() as grid x block threads, one block after another.
 template <class Kernel>
@@ -89,6 +122,11 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
                         lane = t % 32;
                         warp = t / 32;
                         kernel();
+                        if (!W1A4_EMU_MUTATE_WAIT && (!open_group.empty() || !committed.empty())) {
+                            std::fprintf(stderr, "thread %d of block (%u, %u) returned with cp.async copies pending\n",
+                                         t, bx, by);
+                            std::abort();
+                        }
                         // An exited thread no longer takes part in the block's or the warp's barriers.
                         block_barrier->arrive_and_drop();
                         warp_barriers[warp]->arrive_and_drop();
@@ -146,12 +184,12 @@ inline float w1a4_emu_f16_bits_to_f32(std::uint16_t h) {
     return __uint_as_float(u);
 }
 
-// mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32, lane l: g = l / 4, t = l % 4. Byte j of a register
-// is element j. PTX ISA fragment layouts:
-//   A (16 x 32, u8), register i: row g + 8 (i % 2), column 4 t + j + 16 (i / 2)
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32, lane l: g = l / 4, t = l % 4. Byte j of a register
+// is element j, a signed byte. PTX ISA fragment layouts:
+//   A (16 x 32, s8), register i: row g + 8 (i % 2), column 4 t + j + 16 (i / 2)
 //   B (32 x 8, s8),  register i: row (k) 4 t + j + 16 i, column g
 //   C, D (16 x 8, s32), element i: row g + 8 (i / 2), column 2 t + i % 2
-inline void w1a4_emu_mma_m16n8k32_u8s8(int (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+inline void w1a4_emu_mma_m16n8k32_s8s8(int (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     using namespace w1a4_emu;
     WarpSlot& s = slots[warp];
     for (int i = 0; i < 4; ++i) s.a[lane][i] = a[i], s.c[lane][i] = c[i];
@@ -163,7 +201,7 @@ inline void w1a4_emu_mma_m16n8k32_u8s8(int (&c)[4], const unsigned (&a)[4], cons
 #else
         const int reg = row / 8 + 2 * (k / 16);
 #endif
-        return (int)((s.a[4 * (row % 8) + (k % 16) / 4][reg] >> (8 * (k % 4))) & 0xFFu);
+        return (int)(std::int8_t)((s.a[4 * (row % 8) + (k % 16) / 4][reg] >> (8 * (k % 4))) & 0xFFu);
     };
     auto B = [&](int k, int col) -> int {
         return (int)(std::int8_t)((s.b[4 * col + (k % 16) / 4][k / 16] >> (8 * (k % 4))) & 0xFFu);
@@ -180,14 +218,37 @@ inline void w1a4_emu_mma_m16n8k32_u8s8(int (&c)[4], const unsigned (&a)[4], cons
     for (int i = 0; i < 4; ++i) c[i] = d[i];
 }
 
-// cp.async.cg.shared.global 16 bytes with src-size 16 or 0 (zero fill): done at once on the host, so
-// commit_group / wait_group have nothing to wait for (cuda/w1a4_bmma.cu compiles them away here).
+// cp.async.cg.shared.global 16 bytes with src-size 16 or 0 (zero fill), commit_group and wait_group N.
+// Each thread keeps its copies in groups, as the hardware does; when they land depends on
+// W1A4_EMU_CP_ASYNC (read at run time):
+//   "late" (default)  at the last moment the program allows: a wait_group that leaves at most N newer
+//                     groups pending. A kernel that reads a stage before waiting for it reads stale data.
+//   "early"           at once, at the cp.async: a kernel that overwrites a stage another warp still
+//                     reads (a copy issued before the barrier that ends those reads) corrupts it.
+// A kernel must wait for all its copies before it returns (a copy landing after the block is gone).
+
 inline void w1a4_emu_cp_async16(void* smem, const void* gmem, bool valid) {
-    if (valid) {
-        std::memcpy(smem, gmem, 16);
+    using namespace w1a4_emu;
+    if (copies_land_early()) {
+        land(AsyncCopy{smem, gmem, valid});
     } else {
-        std::memset(smem, 0, 16);
+        open_group.push_back(AsyncCopy{smem, gmem, valid});
     }
+}
+
+inline void w1a4_emu_cp_async_commit() {
+    w1a4_emu::committed.push_back(std::move(w1a4_emu::open_group));
+    w1a4_emu::open_group.clear();
+}
+
+inline void w1a4_emu_cp_async_wait(int n) {
+    using namespace w1a4_emu;
+    n += W1A4_EMU_MUTATE_WAIT;
+    const int done = (int)committed.size() - n;
+    if (done <= 0) return;
+    for (int i = 0; i < done; ++i)
+        for (const AsyncCopy& c : committed[i]) land(c);
+    committed.erase(committed.begin(), committed.begin() + done);
 }
 
 // mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc, lane l: g = l / 4, t = l % 4. Bit i of a
