@@ -88,11 +88,15 @@ __device__ __forceinline__ float load_as_f32(const void* __restrict__ x, long lo
 
 // LSQ code of element i of x: rint(clamp(x / d, qn, qp)) - qn in 0 .. qp - qn, the rounding of
 // torch.round (half to even) and the same float32 division as the PyTorch packer.
-template <int IN>
-__device__ __forceinline__ u32 lsq_code(const void* __restrict__ x, long long i, float step, int qn, int qp) {
-    const float v = __fdiv_rn(load_as_f32<IN>(x, i), step);
+__device__ __forceinline__ u32 lsq_code_of(float value, float step, int qn, int qp) {
+    const float v = __fdiv_rn(value, step);
     const float q = rintf(fminf(fmaxf(v, (float)qn), (float)qp));
     return (u32)((int)q - qn);
+}
+
+template <int IN>
+__device__ __forceinline__ u32 lsq_code(const void* __restrict__ x, long long i, float step, int qn, int qp) {
+    return lsq_code_of(load_as_f32<IN>(x, i), step, qn, qp);
 }
 
 // ---- PTX of both conv kernels, each with the host branch that tools/kernel_emu/shim.h provides ----

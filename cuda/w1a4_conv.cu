@@ -17,6 +17,9 @@
 //   w1a4_quantize_pack_{f32,f16,bf16}  x (any strides) -> packed 4-bit NHWC codes (LSQ rounding)
 //   w1a4_quantize_bytes_{f32,f16,bf16} x (any strides) -> s8 NHWC codes q - z (the mma kernel's operand)
 //   w1a4_bytes_codes                   packed 4-bit codes -> s8 NHWC codes q - z
+//   w1a4_gn_stats_{f32,f16,bf16},      GroupNorm + SiLU + quantize fused: per (sample, group) mean and
+//   w1a4_gn_silu_bytes_{f32,f16,bf16}  1/std, then s8 codes of SiLU(GroupNorm(x)) (a ResNet block's
+//                                      norm -> SiLU -> conv: the normalized tensor is never written)
 //
 // GEMM view: M = N*OH*OW output pixels, Ncols = n_bases*C_out columns, K = KH*KW*C_pad. Column j holds
 // base j % NB of output channel j / NB, so with two bases a thread's accumulator pair (c0, c1) -- two
@@ -38,6 +41,7 @@
 #define MMA_MAX_STEPS 1023        // K steps (KH KW C_pad / 32) a block tables; the launcher checks
 #define MMA_MAX_TAPS 31           // KH KW: one bit per tap in a 32-bit mask, bit 31 kept for "past the end"
 #define BYTES_THREADS 256         // threads per block of the byte-code kernels
+#define GN_THREADS 256            // threads per block of the GroupNorm statistics (one block per sample and group)
 
 // ---- small integer helpers ----------------------------------------------------------------------
 
@@ -375,6 +379,15 @@ W1A4_MMA_ENTRY(w1a4_conv_mma_nb2_f32, 2, false)
 // operand, int8 [N, H, W, C_pad], binarydm.kernels.packing.ByteActivation). Each code is lsq_code
 // (w1a4_common.cuh). The input is read in its own dtype, so the launcher makes no float32 copy of it;
 // the step is read from device memory, so the launcher never syncs to fetch it. Padded channels: 0.
+// Output unit idx of an NHWC tensor with units_per_pixel units per pixel: its unit and pixel (n, h, w).
+struct UnitOfPixel {
+    int unit, n, h, w;
+};
+__device__ __forceinline__ UnitOfPixel unit_of_pixel(long long idx, int units_per_pixel, int H, int W) {
+    const long long pix = idx / units_per_pixel;
+    return {(int)(idx % units_per_pixel), (int)(pix / ((long long)W * H)), (int)((pix / W) % H), (int)(pix % W)};
+}
+
 template <int IN, bool BYTES>
 __device__ void quantize(const void* __restrict__ x, void* __restrict__ out, int N, int C, int H, int W, long long sN,
                          long long sC, long long sH, long long sW, int units_per_pixel,
@@ -383,18 +396,14 @@ __device__ void quantize(const void* __restrict__ x, void* __restrict__ out, int
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
     const float step = *step_ptr;
-    const int unit = (int)(idx % units_per_pixel);
-    const long long pix = idx / units_per_pixel;
-    const int w = (int)(pix % W);
-    const int h = (int)((pix / W) % H);
-    const int n = (int)(pix / ((long long)W * H));
+    const UnitOfPixel u = unit_of_pixel(idx, units_per_pixel, H, W);
     constexpr int PER_UNIT = BYTES ? 16 : 8, BITS = BYTES ? 8 : 4;
     u32 word[4] = {};  // the nibbles use word 0
 #pragma unroll
     for (int j = 0; j < PER_UNIT; ++j) {
-        const int c = unit * PER_UNIT + j;
+        const int c = u.unit * PER_UNIT + j;
         if (c >= C) continue;
-        const u32 q = lsq_code<IN>(x, n * sN + c * sC + h * sH + w * sW, step, qn, qp);  // q - qn = q - (-z)
+        const u32 q = lsq_code<IN>(x, u.n * sN + c * sC + u.h * sH + u.w * sW, step, qn, qp);  // q - qn = q - (-z)
         // bytes: the signed code q + qn itself, two's complement in 8 bits
         const u32 code = BYTES ? (u32)((int)q + qn) & 0xFFu : q;
         word[j * BITS / 32] |= code << (j * BITS % 32);
@@ -443,3 +452,95 @@ extern "C" __global__ void w1a4_bytes_codes(const uint2* __restrict__ codes, uin
     }
     out[idx] = make_uint4(b[0], b[1], b[2], b[3]);
 }
+
+// ---- GroupNorm + SiLU + quantize ----------------------------------------------------------------
+// A ResNet block feeds conv1 (and conv2) SiLU(GroupNorm(x)). These two kernels make the conv's s8
+// operand from x directly: the statistics of each (sample, group), then per 16 channels of a pixel
+//   y = (x - mean) rstd gamma[c] + beta[c],  s = y / (1 + exp(-y)),  code = LSQ(s) + qn   (= q - z)
+// in float32 (the unfused fp16 model rounds y and s to fp16 on the way; this does not). GroupNorm's
+// variance is the biased one, rstd = 1 / sqrt(var + eps), as torch.nn.GroupNorm.
+
+// Block-wide sum of one float per thread (GN_THREADS threads), a tree in shared memory; every thread
+// gets the total.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    const int tid = threadIdx.x;
+    red[tid] = v;
+    __syncthreads();
+#pragma unroll 1
+    for (int half = GN_THREADS / 2; half > 0; half >>= 1) {
+        if (tid < half) red[tid] = __fadd_rn(red[tid], red[tid + half]);
+        __syncthreads();
+    }
+    const float total = red[0];
+    __syncthreads();  // red is reused by the next call
+    return total;
+}
+
+// One block per (sample n, group g): stats[n G + g] = (mean, rstd). Two passes over the group's
+// elements (mean, then the centred squares: no cancellation), channel fastest for channels_last input.
+template <int IN>
+__device__ void gn_stats(const void* __restrict__ x, float2* __restrict__ stats, int C, int H, int W, long long sN,
+                         long long sC, long long sH, long long sW, int G, float eps) {
+    __shared__ float red[GN_THREADS];
+    const int n = blockIdx.x / G, g = blockIdx.x % G, cpg = C / G;
+    const long long count = (long long)cpg * H * W;
+    const long long base = n * sN + (long long)g * cpg * sC;
+    auto at = [&](long long e) {
+        const int cc = (int)(e % cpg);
+        const long long p = e / cpg;
+        return load_as_f32<IN>(x, base + cc * sC + (p / W) * sH + (p % W) * sW);
+    };
+    float sum = 0.0f;
+    for (long long e = threadIdx.x; e < count; e += GN_THREADS) sum = __fadd_rn(sum, at(e));
+    const float mean = __fdiv_rn(block_sum(sum, red), (float)count);
+    float sq = 0.0f;
+    for (long long e = threadIdx.x; e < count; e += GN_THREADS) {
+        const float d = __fadd_rn(at(e), -mean);
+        sq = __fadd_rn(sq, __fmul_rn(d, d));
+    }
+    const float var = __fdiv_rn(block_sum(sq, red), (float)count);
+    if (threadIdx.x == 0) stats[blockIdx.x] = make_float2(mean, __fdiv_rn(1.0f, sqrtf(__fadd_rn(var, eps))));
+}
+
+template <int IN>
+__device__ void gn_silu_bytes(const void* __restrict__ x, const float2* __restrict__ stats,
+                              const float* __restrict__ gamma, const float* __restrict__ beta, uint4* __restrict__ out,
+                              int N, int C, int H, int W, long long sN, long long sC, long long sH, long long sW, int G,
+                              int units_per_pixel, const float* __restrict__ step_ptr, int qn, int qp) {
+    const long long total = (long long)N * H * W * units_per_pixel;
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    const float step = *step_ptr;
+    const UnitOfPixel u = unit_of_pixel(idx, units_per_pixel, H, W);
+    const int cpg = C / G;
+    u32 word[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const int c = u.unit * 16 + j;
+        if (c >= C) continue;
+        const float2 st = stats[u.n * G + c / cpg];
+        const float v = load_as_f32<IN>(x, u.n * sN + c * sC + u.h * sH + u.w * sW);
+        const float y = __fadd_rn(__fmul_rn(__fmul_rn(__fadd_rn(v, -st.x), st.y), gamma[c]), beta[c]);
+        const float s = __fdiv_rn(y, __fadd_rn(1.0f, expf(-y)));
+        const int code = (int)lsq_code_of(s, step, qn, qp) + qn;
+        word[j / 4] |= ((u32)code & 0xFFu) << (8 * (j % 4));
+    }
+    out[idx] = make_uint4(word[0], word[1], word[2], word[3]);
+}
+
+#define W1A4_GN_ENTRY(STATS, APPLY, IN)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GN_THREADS)                                              \
+    STATS(const void* x, float2* stats, int C, int H, int W, long long sN, long long sC, long long sH,     \
+          long long sW, int G, float eps) {                                                                \
+        gn_stats<IN>(x, stats, C, H, W, sN, sC, sH, sW, G, eps);                                           \
+    }                                                                                                      \
+    extern "C" __global__ void APPLY(const void* x, const float2* stats, const float* gamma, const float* beta, \
+                                     uint4* out, int N, int C, int H, int W, long long sN, long long sC,        \
+                                     long long sH, long long sW, int G, int units_per_pixel,                    \
+                                     const float* step, int qn, int qp) {                                       \
+        gn_silu_bytes<IN>(x, stats, gamma, beta, out, N, C, H, W, sN, sC, sH, sW, G, units_per_pixel, step,     \
+                          qn, qp);                                                                              \
+    }
+W1A4_GN_ENTRY(w1a4_gn_stats_f32, w1a4_gn_silu_bytes_f32, IN_F32)
+W1A4_GN_ENTRY(w1a4_gn_stats_f16, w1a4_gn_silu_bytes_f16, IN_F16)
+W1A4_GN_ENTRY(w1a4_gn_stats_bf16, w1a4_gn_silu_bytes_bf16, IN_BF16)

@@ -155,3 +155,29 @@ def test_emulated_quantize_kernels_equal_the_packer(exe, kernel, shape, seed, dt
         planes, sums = emu.run_planes(exe, x, step, -8, 7)
         expected_planes, expected_sums = bmma_planes_reference(packed)
         assert torch.equal(planes, expected_planes) and torch.equal(sums, expected_sums)
+
+
+@pytest.mark.parametrize("shape, groups, dtype, channels_last", [((2, 64, 5, 6), 8, torch.float32, False),
+                                                                ((2, 96, 4, 4), 32, torch.float16, True),
+                                                                ((1, 40, 3, 5), 8, torch.bfloat16, True),
+                                                                ((3, 130, 2, 3), 2, torch.float16, False)])
+def test_emulated_groupnorm_silu_quantize_equals_the_unfused_ops(exe, shape, groups, dtype, channels_last):
+    # w1a4_gn_stats + w1a4_gn_silu_bytes against PyTorch's GroupNorm, SiLU and LSQ in float32, then the
+    # byte codes. The statistics are summed in another order than PyTorch's, so a value within float
+    # rounding of a step boundary may land one code away: allowed for at most 1 code in 1,000.
+    gen = torch.Generator().manual_seed(sum(shape) + groups)
+    x = (torch.randn(*shape, generator=gen) * 3 + 1).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    norm = torch.nn.GroupNorm(groups, shape[1], eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(shape[1], generator=gen) + 0.5)
+        norm.bias.copy_(torch.randn(shape[1], generator=gen) * 0.3)
+        expected = byte_codes(pack_activation(torch.nn.functional.silu(norm(x.float())), 0.15))
+    got = emu.run_gn_silu_bytes(exe, x, norm, 0.15)
+    diff = (got.to(torch.int32) - expected.to(torch.int32)).abs()
+    assert diff.max() <= 1 and (diff > 0).sum() * 1000 <= diff.numel()
+    assert got[..., shape[1]:].eq(0).all()  # padded channels
+    # the codes span SiLU's range here (min -0.28 / 0.15 -> -2, clamped at 7): a wrong normalization
+    # could not hide in the clamp
+    assert expected.unique().tolist() == list(range(-2, 8))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import binarydm
-from binarydm.kernels.inference import W1A4Conv2d, eligible, w1a4_inference_
+from binarydm.kernels.inference import W1A4Conv2d, eligible, fuse_norm_silu_, w1a4_inference_
 from binarydm.quant import QuantConv2d
 from conftest import make_tiny_unet
 
@@ -62,3 +62,28 @@ def test_layers_the_kernel_cannot_run_say_why():
     assert "LSQ" in eligible(layer)
     with pytest.raises(TypeError, match="QuantConv2d"):
         W1A4Conv2d(torch.nn.Conv2d(3, 3, 3))
+
+
+def test_fused_norm_silu_blocks_compute_what_the_unfused_blocks_do():
+    # fuse_norm_silu_ replaces diffusers' ResnetBlock2D.forward for blocks whose convs were swapped; on the
+    # CPU each conv then runs on F.silu(norm(x)) as before, so the model's output must not change at all.
+    model, x, t = _w1a4_unet()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w1a4_inference_(model, fuse=False)
+        unfused = model(x, t).sample
+        fused = fuse_norm_silu_(model)
+        got = model(x, t).sample
+    assert fused and all(model.get_submodule(n).forward.__func__.__name__ == "_fused_resnet_forward" for n in fused)
+    assert len(fused) == sum(type(m).__name__ == "ResnetBlock2D" for m in model.modules())
+    assert torch.equal(got, unfused)
+    # A wrong fused forward (here: the norm skipped) would change the output: the comparison can fail.
+    block = model.get_submodule(fused[0])
+    norm = block.norm1
+    block.norm1 = torch.nn.Identity()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert not torch.equal(model(x, t).sample, unfused)
+    finally:
+        block.norm1 = norm

@@ -211,7 +211,8 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is no
 # show which tensor cores it uses.
 SOURCE_KERNELS = {
     "w1a4_conv.cu": (kcuda.MMA_KERNELS + kcuda.SIMT_KERNELS + tuple(kcuda.PACK_KERNELS.values())
-                     + tuple(kcuda.BYTES_KERNELS.values()) + (kcuda.BYTES_CODES_KERNEL,),
+                     + tuple(kcuda.BYTES_KERNELS.values()) + (kcuda.BYTES_CODES_KERNEL,)
+                     + tuple(k for pair in kcuda.GN_KERNELS.values() for k in pair),
                      {"mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32": 4, "cp.async.cg.shared.global": 1,
                       "ldmatrix.sync.aligned.m8n8.x4.shared.b16": 1}),
     "w1a4_bmma.cu": (kcuda.BMMA_KERNELS + tuple(kcuda.PLANES_KERNELS.values()) + (kcuda.PLANES_CODES_KERNEL,),
@@ -244,7 +245,7 @@ def test_mma_constants_match_the_source():
     for name, value in (("MMA_BM", kcuda.MMA_BM), ("MMA_BN", kcuda.MMA_BN), ("MMA_THREADS", kcuda.MMA_THREADS),
                         ("MMA_MAX_STEPS", kcuda.MMA_MAX_STEPS), ("MMA_MAX_TAPS", kcuda.MMA_MAX_TAPS),
                         ("MMA_B_UNITS", packing.MMA_STEP_UNITS), ("MMA_STAGES", packing.MMA_STAGES),
-                        ("BYTES_THREADS", kcuda.BYTES_THREADS)):
+                        ("BYTES_THREADS", kcuda.BYTES_THREADS), ("GN_THREADS", kcuda.GN_THREADS)):
         assert f"#define {name} {value} " in src, name
     assert packing.MMA_BN == kcuda.MMA_BN
 
@@ -589,6 +590,26 @@ def test_byte_code_kernels_equal_the_torch_bytes(dtype, channels_last):
     expected = packing.byte_codes(pack_activation(x.cpu(), step.cpu()))
     assert got.codes.data_ptr() == buf.data_ptr() and got.zero_point == 8
     assert torch.equal(buf.cpu(), expected) and torch.equal(from_codes.codes.cpu(), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_groupnorm_silu_bytes_kernel_equals_the_unfused_ops(dtype):
+    # The fused GroupNorm + SiLU + quantize against PyTorch's ops in float32: at most 1 code in 1,000 one
+    # step away (the statistics are summed in another order).
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    gen = torch.Generator().manual_seed(31)
+    x = (torch.randn(4, 128, 16, 16, generator=gen) * 3 + 1).to(dtype).cuda().contiguous(
+        memory_format=torch.channels_last)
+    norm = torch.nn.GroupNorm(32, 128, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(128, generator=gen) + 0.5)
+        norm.bias.copy_(torch.randn(128, generator=gen) * 0.3)
+        expected = packing.byte_codes(pack_activation(F.silu(norm(x.float().cpu())), 0.15))
+    got = kcuda.groupnorm_silu_bytes(x, norm.cuda(), 0.15).codes.cpu()
+    diff = (got.to(torch.int32) - expected.to(torch.int32)).abs()
+    assert diff.max() <= 1 and (diff > 0).sum() * 1000 <= diff.numel()
 
 
 @pytest.mark.gpu

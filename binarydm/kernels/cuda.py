@@ -54,8 +54,10 @@ PACK_KERNELS = {torch.float32: "w1a4_quantize_pack_f32", torch.float16: "w1a4_qu
 BYTES_KERNELS = {torch.float32: "w1a4_quantize_bytes_f32", torch.float16: "w1a4_quantize_bytes_f16",
                  torch.bfloat16: "w1a4_quantize_bytes_bf16"}
 BYTES_CODES_KERNEL = "w1a4_bytes_codes"
+GN_KERNELS = {dtype: (f"w1a4_gn_stats_{t}", f"w1a4_gn_silu_bytes_{t}")
+              for dtype, t in ((torch.float32, "f32"), (torch.float16, "f16"), (torch.bfloat16, "bf16"))}
 # must match cuda/w1a4_conv.cu (MMA_BN and MMA_STAGES: packing's, which shape the weight fragments)
-MMA_BM, MMA_THREADS, BYTES_THREADS = 128, 128, 256
+MMA_BM, MMA_THREADS, BYTES_THREADS, GN_THREADS = 128, 128, 256, 256
 MMA_MAX_STEPS, MMA_MAX_TAPS = 1023, 31  # likewise: the mma kernel's step table and tap mask
 SIMT_THREADS = 256
 BMMA_KERNELS = tuple(f"w1a4_conv_bmma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16", "f32"))
@@ -615,6 +617,43 @@ def quantize_bytes(x: torch.Tensor, step, qn: int = -8, qp: int = 7,
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream)
     with cupy.cuda.Device(x.device.index or 0), stream:
         load_module().get_function(name)((-(-total // BYTES_THREADS),), (BYTES_THREADS,), args)
+    return ByteActivation(codes, step_t, -qn, c)
+
+
+def groupnorm_silu_bytes(x: torch.Tensor, norm: torch.nn.GroupNorm, step, qn: int = -8, qp: int = 7,
+                         out: Optional[torch.Tensor] = None) -> ByteActivation:
+    """The s8 x s8 kernel's operand for SiLU(norm(x)) (a ResNet block's norm -> SiLU -> conv), made from
+    ``x`` (float32/fp16/bf16, any strides) without writing the normalized tensor: one kernel for the
+    (sample, group) statistics, one for normalize + affine + SiLU + LSQ, in float32. The codes equal
+    those of ``quantize_bytes(F.silu(norm(x.float())))`` up to the float rounding of the statistics
+    (a code can differ by one where a value lies within rounding of a step boundary)."""
+    import cupy
+    import numpy as np
+
+    if qp - qn > 15:
+        raise ValueError(f"the code range [{qn}, {qp}] needs more than 4 bits")
+    if x.dtype not in GN_KERNELS:
+        raise ValueError(f"groupnorm_silu_bytes takes float32, float16 or bfloat16 input, got {x.dtype}")
+    n, c, h, wd = x.shape
+    g = norm.num_groups
+    codes = _bytes_out(n, c, h, wd, x.device, out)
+    step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
+    ones = torch.ones(c, dtype=torch.float32, device=x.device)
+    gamma = norm.weight.detach().float().contiguous() if norm.affine else ones
+    beta = norm.bias.detach().float().contiguous() if norm.affine else ones * 0
+    stats = torch.empty(n * g, 2, dtype=torch.float32, device=x.device)
+    units = codes.shape[-1] // 16
+    strides = tuple(np.int64(v) for v in x.stride())
+    ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
+    stats_kernel, apply_kernel = (load_module().get_function(k) for k in GN_KERNELS[x.dtype])
+    total = n * h * wd * units
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream)
+    with cupy.cuda.Device(x.device.index or 0), stream:
+        stats_kernel((n * g,), (GN_THREADS,), (ptr(x), ptr(stats), np.int32(c), np.int32(h), np.int32(wd), *strides,
+                                              np.int32(g), np.float32(norm.eps)))
+        apply_kernel((-(-total // BYTES_THREADS),), (BYTES_THREADS,),
+                     (ptr(x), ptr(stats), ptr(gamma), ptr(beta), ptr(codes), np.int32(n), np.int32(c), np.int32(h),
+                      np.int32(wd), *strides, np.int32(g), np.int32(units), ptr(step_t), np.int32(qn), np.int32(qp)))
     return ByteActivation(codes, step_t, -qn, c)
 
 

@@ -13,14 +13,22 @@ The output of a swapped layer equals the fake-quantized layer's up to float summ
 kernel sums integers exactly, then applies the scales; the fake-quantized conv sums float products),
 so the whole model agrees with its fake-quantized self to float rounding, not bit for bit.
 On a machine without CUDA or CuPy the reference runs instead (one warning): slow, but the same numbers.
+
+:func:`fuse_norm_silu_` (done by ``w1a4_inference_`` unless ``fuse=False``) makes each diffusers
+``ResnetBlock2D`` whose conv1 and conv2 were swapped hand its GroupNorm to the conv: on the GPU with
+the s8 x s8 kernel, one fused kernel pair (``cuda.groupnorm_silu_bytes``) turns the block's input into
+the conv's s8 codes of SiLU(GroupNorm(x)) without writing the normalized tensor; elsewhere the conv
+runs on ``F.silu(norm(x))`` exactly as the unfused block does.
 """
 
 from __future__ import annotations
 
+import types
 from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..quant.layers import QuantConv2d
 from . import cuda
@@ -68,6 +76,16 @@ class W1A4Conv2d(nn.Module):
             packed_x = pack_activation(x, self.step, self.qn, self.qp)
         return cuda.w1a4_conv2d(packed_x, self.packed, out_dtype, scale=self.scale).to(x.dtype)
 
+    def normed(self, x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+        """This conv applied to SiLU(norm(x)): fused into the activation quantization where the s8 x s8
+        kernel runs, else the unfused ops."""
+        if x.is_cuda and cuda.is_available() and cuda.default_variant(x.device) == "mma" \
+                and cuda.mma_shape_error(self.packed) is None:
+            out_dtype = self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
+            codes = cuda.groupnorm_silu_bytes(x, norm, self.step, self.qn, self.qp)
+            return cuda.launch(codes, self.packed, out_dtype, "mma", scale=self.scale).to(x.dtype)
+        return self(F.silu(norm(x)))
+
     def extra_repr(self) -> str:
         p = self.packed
         return (f"{p.in_channels}, {self.out_channels}, kernel_size={p.kernel_size}, stride={p.stride}, "
@@ -94,9 +112,49 @@ def eligible(layer: nn.Module) -> Optional[str]:
     return None
 
 
+def _fusable(block: nn.Module) -> bool:
+    """A diffusers ResnetBlock2D of the form norm1 -> SiLU -> conv1 (+ temb) -> norm2 -> SiLU -> dropout ->
+    conv2 with both convs swapped: no up/down-sampling inside, the "default" time-embedding norm."""
+    return (type(block).__name__ == "ResnetBlock2D" and isinstance(getattr(block, "conv1", None), W1A4Conv2d)
+            and isinstance(getattr(block, "conv2", None), W1A4Conv2d)
+            and isinstance(block.norm1, nn.GroupNorm) and isinstance(block.norm2, nn.GroupNorm)
+            and isinstance(block.nonlinearity, nn.SiLU) and block.upsample is None and block.downsample is None
+            and getattr(block, "time_embedding_norm", None) == "default")
+
+
+def _fused_resnet_forward(self, input_tensor: torch.Tensor, temb: Optional[torch.Tensor], *args, **kwargs):
+    """diffusers' ResnetBlock2D.forward for the blocks :func:`_fusable` accepts, with each norm -> SiLU ->
+    conv done by :meth:`W1A4Conv2d.normed`. In training mode (dropout) the original forward runs."""
+    if self.training:
+        return type(self).forward(self, input_tensor, temb, *args, **kwargs)
+    hidden = self.conv1.normed(input_tensor, self.norm1)
+    if self.time_emb_proj is not None:
+        if not self.skip_time_act:
+            temb = self.nonlinearity(temb)
+        temb = self.time_emb_proj(temb)[:, :, None, None]
+    if temb is not None:
+        hidden = hidden + temb
+    hidden = self.conv2.normed(hidden, self.norm2)  # dropout is the identity in eval mode
+    if self.conv_shortcut is not None:
+        input_tensor = self.conv_shortcut(input_tensor)
+    return (input_tensor + hidden) / self.output_scale_factor
+
+
+def fuse_norm_silu_(model: nn.Module) -> list[str]:
+    """Give every fusable ResnetBlock2D of ``model`` (after :func:`w1a4_inference_` swapped its convs) a
+    forward that hands each GroupNorm + SiLU to the following W1A4 conv. Returns the blocks' names."""
+    fused = []
+    for name, module in model.named_modules():
+        if _fusable(module):
+            module.forward = types.MethodType(_fused_resnet_forward, module)
+            fused.append(name)
+    return fused
+
+
 @torch.no_grad()
-def w1a4_inference_(model: nn.Module, out_dtype: Optional[torch.dtype] = None) -> dict[str, str]:
-    """Swap every eligible QuantConv2d of ``model`` for a :class:`W1A4Conv2d`, in place.
+def w1a4_inference_(model: nn.Module, out_dtype: Optional[torch.dtype] = None, fuse: bool = True) -> dict[str, str]:
+    """Swap every eligible QuantConv2d of ``model`` for a :class:`W1A4Conv2d`, in place, and (``fuse``)
+    let ResNet blocks hand their GroupNorm + SiLU to the swapped convs (:func:`fuse_norm_silu_`).
 
     Returns {layer name: "w1a4" or the reason it was left on the fake-quantized path}. The model is
     for inference only afterwards (the packed layers have no trainable weights).
@@ -113,7 +171,9 @@ def w1a4_inference_(model: nn.Module, out_dtype: Optional[torch.dtype] = None) -
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, W1A4Conv2d(module, out_dtype).to(module.weight.device))
+    if fuse:
+        fuse_norm_silu_(model)
     return report
 
 
-__all__ = ["W1A4Conv2d", "eligible", "w1a4_inference_"]
+__all__ = ["W1A4Conv2d", "eligible", "fuse_norm_silu_", "w1a4_inference_"]

@@ -145,6 +145,19 @@ def run_bytes(exe: Path, x, step: float = 1.0, qn: int = -8, qp: int = 7) -> tor
     return torch.from_numpy(np.frombuffer(data, np.int8).copy()).reshape(n, h, wd, units * 16)
 
 
+def run_gn_silu_bytes(exe: Path, x: torch.Tensor, norm: torch.nn.GroupNorm, step: float, qn: int = -8,
+                      qp: int = 7) -> torch.Tensor:
+    """w1a4_gn_stats + w1a4_gn_silu_bytes: the s8 codes of SiLU(norm(x)), int8 [N, H, W, C_pad]."""
+    n, c, h, wd = x.shape
+    units = padded_channels(c) // 16
+    header = [_IN_KINDS[x.dtype], n, c, h, wd, *x.stride(), norm.num_groups, units, qn, qp]
+    gamma = norm.weight if norm.affine else torch.ones(c)
+    beta = norm.bias if norm.affine else torch.zeros(c)
+    data = _run(exe, [np.array([7], np.int32), np.array(header, np.int32), np.array([step, norm.eps], np.float32),
+                      _f32(gamma), _f32(beta), _raw(x)], n * h * wd * units * 16)
+    return torch.from_numpy(np.frombuffer(data, np.int8).copy()).reshape(n, h, wd, units * 16)
+
+
 def run_pack(exe: Path, x: torch.Tensor, step: float, qn: int = -8, qp: int = 7) -> torch.Tensor:
     """The quantize+pack kernel's codes, int32 [N, H, W, C_pad/8], for x of float32, float16 or bfloat16."""
     n, c, h, wd = x.shape
