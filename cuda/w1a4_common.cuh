@@ -37,6 +37,16 @@ __device__ __forceinline__ u16 f32_to_f16_bits(float f) {
 #endif
 }
 
+// y as the output element: its fp16 bits, or the float itself.
+template <bool F16>
+__device__ __forceinline__ auto to_out(float y) {
+    if constexpr (F16) {
+        return f32_to_f16_bits(y);
+    } else {
+        return y;
+    }
+}
+
 template <bool F16>
 __device__ __forceinline__ void store_out(void* out, long long idx, float y) {
     if (F16) {

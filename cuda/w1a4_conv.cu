@@ -334,8 +334,51 @@ __device__ void conv_mma(const uint4* __restrict__ act, const uint4* __restrict_
     cp_async_wait<0>();  // no copy outlives the block
 
     // Epilogue: scales, bias, store NHWC. The thread's column pair (col, col + 1) is both bases of channel
-    // col / 2 (two bases), or channels col and col + 1 (one base: stored as one pair where C_out is even).
+    // col / 2 (two bases), or channels col and col + 1 (one base).
     const int col0 = cb * MMA_BN + warp_n * 64 + 2 * t4;  // even; n tile j adds 8 j
+    if (s.C_out % (F16 ? 8 : 4) == 0) {
+        // Staged through shared memory (free now: the barrier below ends every warp's last reads of the
+        // stages), one m tile (16 pixels) of the warp at a time, so that the global stores are 16-byte
+        // vectors, a pixel's channels of the warp tile contiguous (64 or 128 bytes with fp16). Every
+        // 16-byte unit lies wholly inside or outside C_out (a multiple of 8 fp16 or 4 float32 channels).
+        typedef decltype(to_out<F16>(0.0f)) T;  // u16 (fp16 bits) or float
+        constexpr int CH = 64 / NB;                            // output channels of a warp tile
+        constexpr int ROW_UNITS = CH * (int)sizeof(T) / 16;   // 16-byte units of one pixel's channels
+        __syncthreads();
+        T* tile = reinterpret_cast<T*>(sm + warp * 16 * ROW_UNITS);  // 16 pixels x CH channels, this warp's
+        const int ch0 = (cb * MMA_BN + warp_n * 64) / NB;          // the warp tile's first channel
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const int col = col0 + 8 * j, row = g + 8 * h;
+                    const int c0 = acc[i][j][2 * h], c1 = acc[i][j][2 * h + 1];
+                    if (NB == 2) {
+                        const int o = col >> 1;  // the channel of both bases
+                        if (o < s.C_out) tile[row * CH + o - ch0] = to_out<F16>(epilogue<2>(c0, c1, o, s.C_out, scale, bias));
+                    } else if (col < s.C_out) {  // col + 1 too: C_out is even
+                        tile[row * CH + col - ch0] = to_out<F16>(epilogue<1>(c0, 0, col, s.C_out, scale, bias));
+                        tile[row * CH + col + 1 - ch0] = to_out<F16>(epilogue<1>(c1, 0, col + 1, s.C_out, scale, bias));
+                    }
+                }
+            }
+            __syncwarp();
+#pragma unroll
+            for (int u = lane; u < 16 * ROW_UNITS; u += 32) {
+                const int row = u / ROW_UNITS, unit = u % ROW_UNITS;
+                const long long m = m0 + warp_m * 64 + i * 16 + row;
+                const int o = ch0 + unit * (16 / (int)sizeof(T));
+                if (m < M && o < s.C_out)
+                    *reinterpret_cast<uint4*>(reinterpret_cast<T*>(out) + m * s.C_out + o) =
+                        reinterpret_cast<const uint4*>(tile)[u];
+            }
+            __syncwarp();  // the tile is written again for the next m tile
+        }
+        return;
+    }
+    // Other channel counts: each value stored where it goes (pairs where C_out is even).
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
 #pragma unroll
@@ -363,7 +406,7 @@ __device__ void conv_mma(const uint4* __restrict__ act, const uint4* __restrict_
 }
 
 #define W1A4_MMA_ENTRY(NAME, NB, F16)                                                                   \
-    extern "C" __global__ void __launch_bounds__(MMA_THREADS)                                           \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, 3)                                        \
     NAME(const uint4* act, const uint4* wfrag, const float* scale, const float* bias, void* out,        \
          CONV_SHAPE_PARAMS) {                                                                            \
         conv_mma<NB, F16>(act, wfrag, scale, bias, out, CONV_SHAPE_ARGS);                                \

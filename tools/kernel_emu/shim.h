@@ -143,6 +143,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
 #define gridDim w1a4_emu::grid_dim
 
 inline void __syncthreads() { w1a4_emu::block_barrier->arrive_and_wait(); }
+inline void __syncwarp() { w1a4_emu::warp_barriers[w1a4_emu::warp]->arrive_and_wait(); }
 [[noreturn]] inline void __trap() { std::abort(); }
 inline float __int2float_rn(int v) { return (float)v; }
 inline float __fmul_rn(float a, float b) { return a * b; }
