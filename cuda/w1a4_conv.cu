@@ -357,7 +357,8 @@ __device__ void conv_mma(const uint4* __restrict__ act, const uint4* __restrict_
                     const int c0 = acc[i][j][2 * h], c1 = acc[i][j][2 * h + 1];
                     if (NB == 2) {
                         const int o = col >> 1;  // the channel of both bases
-                        if (o < s.C_out) tile[row * CH + o - ch0] = to_out<F16>(epilogue<2>(c0, c1, o, s.C_out, scale, bias));
+                        if (o < s.C_out)
+                            tile[row * CH + o - ch0] = to_out<F16>(epilogue<2>(c0, c1, o, s.C_out, scale, bias));
                     } else if (col < s.C_out) {  // col + 1 too: C_out is even
                         tile[row * CH + col - ch0] = to_out<F16>(epilogue<1>(c0, 0, col, s.C_out, scale, bias));
                         tile[row * CH + col + 1 - ch0] = to_out<F16>(epilogue<1>(c1, 0, col + 1, s.C_out, scale, bias));
@@ -396,7 +397,8 @@ __device__ void conv_mma(const uint4* __restrict__ act, const uint4* __restrict_
                     store_out2<F16>(out, m * s.C_out + col, epilogue<1>(c0, 0, col, s.C_out, scale, bias),
                                     epilogue<1>(c1, 0, col + 1, s.C_out, scale, bias));
                 } else {
-                    if (col < s.C_out) store_out<F16>(out, m * s.C_out + col, epilogue<1>(c0, 0, col, s.C_out, scale, bias));
+                    if (col < s.C_out)
+                        store_out<F16>(out, m * s.C_out + col, epilogue<1>(c0, 0, col, s.C_out, scale, bias));
                     if (col + 1 < s.C_out)
                         store_out<F16>(out, m * s.C_out + col + 1, epilogue<1>(c1, 0, col + 1, s.C_out, scale, bias));
                 }

@@ -6,8 +6,9 @@ random weights, no download) at each batch size and number of weight bases:
 * fp16: ``F.conv2d`` in fp16, channels_last, ``cudnn.benchmark`` on;
 * conv: the W1A4 kernel alone (packed codes, or bit-planes for the bit-plane kernel, in; NHWC fp16 out,
   output and epilogue scales allocated once);
-* w1a4: the activation quantization (``quantize_bytes``, ``quantize_pack`` for simt, or ``quantize_planes`` for the bit-plane
-  kernel, of the fp16 channels_last input) plus the kernel, the figure to compare with fp16.
+* w1a4: the activation quantization (``quantize_bytes``, ``quantize_pack`` for simt, or
+  ``quantize_planes`` for the bit-plane kernel, of the fp16 channels_last input) plus the kernel, the
+  figure to compare with fp16.
 
 for each kernel variant of ``--variants`` (default: ``bmma``, the bit-plane kernel of cuda/w1a4_bmma.cu,
 and ``mma``, the s8 x s8 kernel of cuda/w1a4_conv.cu), one row per (shape, batch, bases, variant).

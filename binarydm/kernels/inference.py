@@ -5,8 +5,8 @@ enabled per-tensor LSQ input quantizer of at most 4 bits, groups = 1, dilation =
 for a :class:`W1A4Conv2d`, which holds the packed weight (bits, per-channel scales, row sums, bias)
 and, at each call, quantizes its input into the operand of the kernel that runs on the device (one
 kernel on the GPU: ``cuda.quantize_planes`` for the bit-plane kernel, ``cuda.quantize_bytes`` for the
-s8 x s8 one, ``cuda.quantize_pack`` for the CUDA-core one) and runs the convolution. Everything else (kept 8-bit
-layers, linear layers, attention, norms) stays as it is: run the rest of the model in fp16 on the
+s8 x s8 one, ``cuda.quantize_pack`` for the CUDA-core one) and runs the convolution. Everything else
+(kept 8-bit layers, linear layers, attention, norms) stays as it is: run the rest of the model in fp16 on the
 GPU (``model.half()`` before the swap) for the fp16-vs-W1A4 comparison of ``tools/bench_kernel.py``.
 
 The output of a swapped layer equals the fake-quantized layer's up to float summation order (the
@@ -59,8 +59,11 @@ class W1A4Conv2d(nn.Module):
         self.packed = self.packed.to(device)
         return super()._apply(fn, recurse)
 
+    def _out_dtype(self, x: torch.Tensor) -> torch.dtype:
+        return self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out_dtype = self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
+        out_dtype = self._out_dtype(x)
         if x.is_cuda and cuda.is_available():
             variant = cuda.default_variant(x.device)
             if variant == "bmma":
@@ -81,9 +84,8 @@ class W1A4Conv2d(nn.Module):
         kernel runs, else the unfused ops."""
         if x.is_cuda and cuda.is_available() and cuda.default_variant(x.device) == "mma" \
                 and cuda.mma_shape_error(self.packed) is None:
-            out_dtype = self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
             codes = cuda.groupnorm_silu_bytes(x, norm, self.step, self.qn, self.qp)
-            return cuda.launch(codes, self.packed, out_dtype, "mma", scale=self.scale).to(x.dtype)
+            return cuda.launch(codes, self.packed, self._out_dtype(x), "mma", scale=self.scale).to(x.dtype)
         return self(F.silu(norm(x)))
 
     def extra_repr(self) -> str:

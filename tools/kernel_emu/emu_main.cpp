@@ -76,10 +76,11 @@ int main(int argc, char** argv) {
                   OH = h[8], OW = h[9], KH = h[10], KW = h[11], SH = h[12], SW = h[13], PH = h[14], PW = h[15], z = h[16];
         const int T = KH * KW;
         const size_t pixels = (size_t)N * H * W;
-        const void* act = kind == 0 ? (const void*)take<std::int8_t>(pixels * 32 * Cw) : (const void*)take<u32>(pixels * 4 * Cw);
+        const void* act = kind == 0 ? (const void*)take<std::int8_t>(pixels * 32 * Cw)  // s8 codes (mma)
+                                    : (const void*)take<u32>(pixels * 4 * Cw);          // nibbles (simt)
         const int ncb = (NB * C_out + MMA_BN - 1) / MMA_BN;
-        const u32* weight = take<u32>(kind == 0 ? ((size_t)ncb * T * Cw + MMA_STAGES - 1) * MMA_B_UNITS * 4  // fragments
-                                                : (size_t)NB * C_out * T * Cw);                            // bits (simt)
+        const u32* weight = take<u32>(kind == 0 ? ((size_t)ncb * T * Cw + MMA_STAGES - 1) * MMA_B_UNITS * 4  // frags
+                                                : (size_t)NB * C_out * T * Cw);                            // bits
         const int* rsum = kind == 1 ? take<int>((size_t)NB * C_out * T) : nullptr;
         const float* scale = take<float>((size_t)NB * C_out);
         const float* bias = has_bias ? take<float>(C_out) : nullptr;
@@ -118,7 +119,8 @@ int main(int argc, char** argv) {
             u32* codes = reinterpret_cast<u32*>(out.data());
             auto k = in_kind == 0 ? w1a4_quantize_pack_f32 : in_kind == 1 ? w1a4_quantize_pack_f16
                                                                           : w1a4_quantize_pack_bf16;
-            w1a4_emu::launch(grid, dim3{256, 1, 1}, [&] { k(x, codes, N, C, H, W, sN, sC, sH, sW, words, step, qn, qp); });
+            w1a4_emu::launch(grid, dim3{256, 1, 1},
+                             [&] { k(x, codes, N, C, H, W, sN, sC, sH, sW, words, step, qn, qp); });
         } else {
             out.assign(total * 16, 0xFF);
             uint4* bytes = reinterpret_cast<uint4*>(out.data());
@@ -154,9 +156,13 @@ int main(int argc, char** argv) {
         const long long total = (long long)N * H * W * units;
         out.assign(total * 16, 0xFF);
         uint4* bytes = reinterpret_cast<uint4*>(out.data());
-        auto ka = in_kind == 0 ? w1a4_gn_silu_bytes_f32 : in_kind == 1 ? w1a4_gn_silu_bytes_f16 : w1a4_gn_silu_bytes_bf16;
+        auto ka = in_kind == 0   ? w1a4_gn_silu_bytes_f32
+                  : in_kind == 1 ? w1a4_gn_silu_bytes_f16
+                                 : w1a4_gn_silu_bytes_bf16;
         w1a4_emu::launch(dim3{(unsigned)((total + BYTES_THREADS - 1) / BYTES_THREADS), 1, 1}, dim3{BYTES_THREADS, 1, 1},
-                         [&] { ka(x, stats.data(), gamma, beta, bytes, N, C, H, W, sN, sC, sH, sW, G, units, &f[0], qn, qp); });
+                         [&] {
+                             ka(x, stats.data(), gamma, beta, bytes, N, C, H, W, sN, sC, sH, sW, G, units, &f[0], qn, qp);
+                         });
     } else if (kind == 3) {
         const int* h = take<int>(20);
         const int NB = h[0], F16 = h[1], has_bias = h[2], N = h[3], H = h[4], W = h[5], G = h[6], C_out = h[7],
