@@ -137,3 +137,16 @@ def test_bench_dry_run_writes_its_json(tmp_path):
     assert {r["variant"] for r in data["layers"]} == {"bmma", "mma"}
     row = data["layers"][0]
     assert row["fp16_us"] > 0 and row["w1a4_us"] > 0 and row["conv_us"] > 0 and row["fp16_graph_us"] is None
+
+
+def test_bench_table_shows_the_fused_norm_timings_of_the_mma_rows():
+    # The GPU run adds norm_unfused_graph_us / norm_fused_graph_us to mma rows of 3x3 convs (no CPU run
+    # can time them): the report lists them in their own table, one line per shape and batch.
+    import bench_kernel
+
+    row = dict(batch=256, cin=128, cout=128, k=3, stride=1, pad=1, h=32, w=32, bases=1, variant="mma",
+               fp16_graph_us=200.0, w1a4_graph_us=150.0, conv_graph_us=120.0, fp16_us=210.0, w1a4_us=160.0,
+               speedup=1.33, tops_w1a4=500.0, norm_unfused_graph_us=61.5, norm_fused_graph_us=23.25)
+    text = bench_kernel.table(dict(variants=["mma"], device="H200", layers=[row, dict(row, bases=2)], unet=[]))
+    lines = [line for line in text.splitlines() if line.startswith("| 256 | 128 | 32x32 |")]
+    assert lines == ["| 256 | 128 | 32x32 | 61.5 | 23.2 |"]

@@ -20,7 +20,9 @@ rotated so that repeated calls do not all hit a warm L2. The median of ``--repea
 in microseconds. Then the whole UNet forward (one timestep) at each batch: the fp16 model against the
 same model binarized to W1A4, calibrated, converted to fp16 and switched to the kernel
 (``binarydm.kernels.inference.w1a4_inference_``), once per variant, with the relative error of the
-W1A4 output against the fake-quantized float32 model.
+W1A4 output against the fake-quantized float32 model. On a GPU the mma rows of 3x3 stride-1 convs also
+time SiLU(GroupNorm(x)) to s8 codes, unfused (fp16 norm and SiLU, then ``quantize_bytes``) and fused
+(``groupnorm_silu_bytes``).
 
     python tools/bench_kernel.py [--batch 1 64 256] [--bases 1 2] [--variants bmma mma] [--json bench_kernel.json]
                                  [--out kernel_figures.md] [--no-layers] [--no-unet] [--dry-run]
@@ -208,9 +210,26 @@ def bench_shape(bench: Bench, shape: tuple, batch: int, bases_list, args, device
                 row["speedup"] = best(t_fp16) / best(t_w1a4)
                 row["tops_w1a4"] = ops / best(t_w1a4) / 1e6
                 row["tflops_fp16"] = ops / best(t_fp16) / 1e6
+            if variant == "mma" and on_gpu and k == 3 and s == 1 and cin % 32 == 0:
+                # A ResNet block's norm -> SiLU -> quantize in front of this conv: fp16 GroupNorm and SiLU then
+                # quantize_bytes, against the fused groupnorm_silu_bytes (what W1A4Conv2d.normed runs).
+                row.update(_norm_times(bench, where, xf, cin, step, n, args, device))
             bench.add("layers", row)
             rows.append(row)
     return rows
+
+
+def _norm_times(bench: Bench, where: str, xf, cin: int, step, launches: int, args, device) -> dict:
+    """Device time (CUDA graph) of SiLU(GroupNorm(x)) quantized to s8 codes, unfused and fused, in us."""
+    from binarydm.kernels import cuda as kcuda
+
+    norm = torch.nn.GroupNorm(32, cin, eps=1e-6).to(device).half()
+    sets = len(xf)
+    unfused = lambda i: kcuda.quantize_bytes(F.silu(norm(xf[i % sets])), step)  # noqa: E731
+    fused = lambda i: kcuda.groupnorm_silu_bytes(xf[i % sets], norm, step)  # noqa: E731
+    t_unfused = timed(bench, f"norm unfused {where}", unfused, launches, args.repeats, device, True)
+    t_fused = timed(bench, f"norm fused {where}", fused, launches, args.repeats, device, True)
+    return dict(norm_unfused_graph_us=t_unfused[1], norm_fused_graph_us=t_fused[1])
 
 
 def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
@@ -347,6 +366,13 @@ def table(data: dict) -> str:
                      f"{r['bases']} | {r.get('variant', '-')} | {fmt(r['fp16_graph_us'])} | {fmt(r['w1a4_graph_us'])} | "
                      f"{fmt(r['conv_graph_us'])} | {fmt(r['fp16_us'])} | {fmt(r['w1a4_us'])} | "
                      f"{fmt(r.get('speedup'), '.2f')}x | {fmt(r.get('tops_w1a4'))} |")
+    norms = [r for r in data["layers"] if "norm_fused_graph_us" in r]
+    if norms:
+        lines += ["", "SiLU(GroupNorm(x)) to s8 codes in front of a 3x3 conv (32 groups, fp16 input), CUDA graph, us:",
+                  "", "| batch | C | H x W | fp16 norm + SiLU, then quantize_bytes | groupnorm_silu_bytes (fused) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['cin']} | {r['h']}x{r['w']} | {fmt(r['norm_unfused_graph_us'])} | "
+                  f"{fmt(r['norm_fused_graph_us'])} |" for r in norms if r["bases"] == min(x["bases"] for x in norms)]
     if not data["unet"]:
         return "\n".join(lines) + "\n"
     lines += ["", f"Whole UNet forward (ddpm-cifar10-32, random weights, one timestep) on {data['device']}, ms:", "",
