@@ -79,7 +79,7 @@ W1A4_HD u32 bits_to_nibble_mask(u32 b) {
 __device__ __forceinline__ int valid_row_sum(const int* __restrict__ rs, int ih0, int iw0, int H, int W,
                                              int KH, int KW) {
     int s = 0;
-    // Not unrolled: the epilogue calls this 16 times per thread, and unrolled copies only grow the code.
+    // Not unrolled: the CUDA-core kernel calls it once per base, and unrolled copies only grow the code.
 #pragma unroll 1
     for (int ky = 0; ky < KH; ++ky) {
         const int ih = ih0 + ky;
@@ -565,7 +565,8 @@ __device__ void gn_silu_bytes(const void* __restrict__ x, const float2* __restri
         if (c >= C) continue;
         const float2 st = stats[u.n * G + c / cpg];
         const float v = load_as_f32<IN>(x, u.n * sN + c * sC + u.h * sH + u.w * sW);
-        const float y = __fadd_rn(__fmul_rn(__fmul_rn(__fadd_rn(v, -st.x), st.y), gamma[c]), beta[c]);
+        float y = __fmul_rn(__fadd_rn(v, -st.x), st.y);
+        if (gamma != nullptr) y = __fadd_rn(__fmul_rn(y, gamma[c]), beta[c]);  // null: GroupNorm(affine=False)
         const float s = __fdiv_rn(y, __fadd_rn(1.0f, expf(-y)));
         const int code = (int)lsq_code_of(s, step, qn, qp) + qn;
         word[j / 4] |= ((u32)code & 0xFFu) << (8 * (j % 4));

@@ -255,6 +255,15 @@ def _warn_fallback(reason: str) -> None:
         )
 
 
+def _launch_on(device, kernel, grid: tuple, block: tuple, args: tuple) -> None:
+    """Launch a CuPy kernel on PyTorch's current stream of ``device`` (stream-ordered with the tensors)."""
+    import cupy
+
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+    with cupy.cuda.Device(device.index or 0), stream:
+        kernel(grid, block, args)
+
+
 def _check_device_operands(x, w: PackedConvWeight) -> None:
     tensors = {"codes": x.codes, "bits": w.bits, "row_sums": w.row_sums, "alpha": w.alpha}
     if w.bias is not None:
@@ -386,7 +395,6 @@ def _planes_out(n: int, c: int, h: int, wd: int, device, out: Optional[tuple]):
 
 
 def _launch_planes(name: str, x_ptr: int, planes, sums, n, c, h, wd, strides, gc, step, qn, qp, z, device):
-    import cupy
     import numpy as np
 
     g = bmma_groups(c)
@@ -394,9 +402,8 @@ def _launch_planes(name: str, x_ptr: int, planes, sums, n, c, h, wd, strides, gc
     args = (np.uint64(x_ptr), np.uint64(planes.data_ptr()), np.uint64(sums.data_ptr()), np.int32(n), np.int32(c),
             np.int32(h), np.int32(wd), *(np.int64(v) for v in strides), np.int32(g), np.int32(gc),
             np.uint64(step.data_ptr()), np.int32(qn), np.int32(qp), np.int32(z))
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
-    with cupy.cuda.Device(device.index or 0), stream:
-        load_module(BMMA_SOURCE).get_function(name)((-(-(n * h * wd) // per_block),), (BMMA_PACK_THREADS,), args)
+    _launch_on(device, load_module(BMMA_SOURCE).get_function(name), (-(-(n * h * wd) // per_block),),
+               (BMMA_PACK_THREADS,), args)
 
 
 def to_planes(x: PackedActivation, out: Optional[tuple] = None) -> PlanarActivation:
@@ -570,8 +577,6 @@ def quantize_pack(x: torch.Tensor, step, qn: int = -8, qp: int = 7,
     ``step``: a float32 one-element tensor on the input's device (no copy, no sync) or a number.
     ``out``, if given, is the int32 [N, H, W, C_pad/8] codes tensor to write into.
     """
-    import cupy
-
     if qp - qn > 15:
         raise ValueError(f"the code range [{qn}, {qp}] needs more than 4 bits")
     module = load_module()
@@ -583,9 +588,7 @@ def quantize_pack(x: torch.Tensor, step, qn: int = -8, qp: int = 7,
     step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
     name, args = _quantize_args(x, codes, step_t, qn, qp, codes.shape[-1])
     total = codes.numel()
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream)
-    with cupy.cuda.Device(x.device.index or 0), stream:
-        module.get_function(name)((-(-total // 256),), (256,), args)
+    _launch_on(x.device, module.get_function(name), (-(-total // 256),), (256,), args)
     return PackedActivation(codes, step_t, -qn, c)
 
 
@@ -604,8 +607,6 @@ def quantize_bytes(x: torch.Tensor, step, qn: int = -8, qp: int = 7,
     kernel's operand: int8 [N, H, W, C_pad] = the signed code round(clamp(x / d, qn, qp)), zero point
     -qn (the codes of :func:`binarydm.kernels.packing.pack_activation` minus it). One kernel, the step
     read by pointer (no sync). ``out``: the int8 tensor to write into."""
-    import cupy
-
     if qp - qn > 15:
         raise ValueError(f"the code range [{qn}, {qp}] needs more than 4 bits")
     n, c, h, wd = x.shape
@@ -614,9 +615,7 @@ def quantize_bytes(x: torch.Tensor, step, qn: int = -8, qp: int = 7,
     units = codes.shape[-1] // 16
     name, args = _quantize_args(x, codes, step_t, qn, qp, units, BYTES_KERNELS)
     total = n * h * wd * units
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream)
-    with cupy.cuda.Device(x.device.index or 0), stream:
-        load_module().get_function(name)((-(-total // BYTES_THREADS),), (BYTES_THREADS,), args)
+    _launch_on(x.device, load_module().get_function(name), (-(-total // BYTES_THREADS),), (BYTES_THREADS,), args)
     return ByteActivation(codes, step_t, -qn, c)
 
 
@@ -627,7 +626,6 @@ def groupnorm_silu_bytes(x: torch.Tensor, norm: torch.nn.GroupNorm, step, qn: in
     (sample, group) statistics, one for normalize + affine + SiLU + LSQ, in float32. The codes equal
     those of ``quantize_bytes(F.silu(norm(x.float())))`` up to the float rounding of the statistics
     (a code can differ by one where a value lies within rounding of a step boundary)."""
-    import cupy
     import numpy as np
 
     if qp - qn > 15:
@@ -638,29 +636,26 @@ def groupnorm_silu_bytes(x: torch.Tensor, norm: torch.nn.GroupNorm, step, qn: in
     g = norm.num_groups
     codes = _bytes_out(n, c, h, wd, x.device, out)
     step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
-    ones = torch.ones(c, dtype=torch.float32, device=x.device)
-    gamma = norm.weight.detach().float().contiguous() if norm.affine else ones
-    beta = norm.bias.detach().float().contiguous() if norm.affine else ones * 0
+    affine = (norm.weight.detach().float().contiguous(), norm.bias.detach().float().contiguous()) \
+        if norm.affine else None
     stats = torch.empty(n * g, 2, dtype=torch.float32, device=x.device)
     units = codes.shape[-1] // 16
     strides = tuple(np.int64(v) for v in x.stride())
     ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
+    gamma, beta = (ptr(t) for t in affine) if affine else (np.uint64(0), np.uint64(0))  # null: no affine
     stats_kernel, apply_kernel = (load_module().get_function(k) for k in GN_KERNELS[x.dtype])
     total = n * h * wd * units
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream)
-    with cupy.cuda.Device(x.device.index or 0), stream:
-        stats_kernel((n * g,), (GN_THREADS,), (ptr(x), ptr(stats), np.int32(c), np.int32(h), np.int32(wd), *strides,
-                                              np.int32(g), np.float32(norm.eps)))
-        apply_kernel((-(-total // BYTES_THREADS),), (BYTES_THREADS,),
-                     (ptr(x), ptr(stats), ptr(gamma), ptr(beta), ptr(codes), np.int32(n), np.int32(c), np.int32(h),
-                      np.int32(wd), *strides, np.int32(g), np.int32(units), ptr(step_t), np.int32(qn), np.int32(qp)))
+    _launch_on(x.device, stats_kernel, (n * g,), (GN_THREADS,),
+               (ptr(x), ptr(stats), np.int32(c), np.int32(h), np.int32(wd), *strides, np.int32(g), np.float32(norm.eps)))
+    _launch_on(x.device, apply_kernel, (-(-total // BYTES_THREADS),), (BYTES_THREADS,),
+               (ptr(x), ptr(stats), gamma, beta, ptr(codes), np.int32(n), np.int32(c), np.int32(h), np.int32(wd),
+                *strides, np.int32(g), np.int32(units), ptr(step_t), np.int32(qn), np.int32(qp)))
     return ByteActivation(codes, step_t, -qn, c)
 
 
 def to_bytes(x: PackedActivation, out: Optional[torch.Tensor] = None) -> ByteActivation:
     """Packed nibble codes -> the s8 x s8 kernel's bytes q - z (one kernel, no sync);
     :func:`binarydm.kernels.packing.byte_codes` on the GPU."""
-    import cupy
     import numpy as np
 
     if not x.codes.is_contiguous() or x.codes.data_ptr() % 16:
@@ -671,9 +666,8 @@ def to_bytes(x: PackedActivation, out: Optional[torch.Tensor] = None) -> ByteAct
     total = n * h * wd * units
     args = (np.uint64(x.codes.data_ptr()), np.uint64(codes.data_ptr()), np.int64(total), np.int32(units),
             np.int32(c), np.int32(int(x.zero_point)))
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(x.codes.device).cuda_stream)
-    with cupy.cuda.Device(x.codes.device.index or 0), stream:
-        load_module().get_function(BYTES_CODES_KERNEL)((-(-total // BYTES_THREADS),), (BYTES_THREADS,), args)
+    _launch_on(x.codes.device, load_module().get_function(BYTES_CODES_KERNEL), (-(-total // BYTES_THREADS),),
+               (BYTES_THREADS,), args)
     return ByteActivation(codes, x.step, int(x.zero_point), c)
 
 

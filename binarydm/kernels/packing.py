@@ -328,11 +328,6 @@ def byte_codes(x: PackedActivation) -> torch.Tensor:
     return torch.nn.functional.pad(q, (0, padded_channels(c) - c)).to(torch.int8).contiguous()
 
 
-def to_byte_activation(x: PackedActivation) -> ByteActivation:
-    """:func:`byte_codes` of ``x`` with its step and zero point (PyTorch; the GPU has ``cuda.to_bytes``)."""
-    return ByteActivation(byte_codes(x), x.step, int(x.zero_point), x.channels)
-
-
 def mma_weight_fragments(w: PackedConvWeight) -> torch.Tensor:
     """The weights as s8 +-1 (0 in padded channels and columns) in the B-fragment order of the s8 x s8
     kernel: int32 [NCB * Ksteps + MMA_STAGES - 1, 256, 4], Ksteps = KH KW C_pad / 32.
