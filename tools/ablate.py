@@ -9,7 +9,8 @@ measurement resumes). At the end of each run the student is validated on the sam
 triples (the first ``val_size`` test images; noise and t drawn from the seed), which makes the runs
 of one seed paired: the differences between variants are not drowned in sampling noise. Prints and
 writes <out>/ablation.md: val/simple (MSE to the true noise) and val/mse_teacher (MSE to the teacher's
-prediction), mean +- std over seeds, and each variant's paired difference to the first variant.
+prediction), mean +- std over seeds, and each variant's paired difference to the first variant; and
+<out>/ablation.png: the ranking metrics per variant, each seed a dot, the mean and std as a bar.
 
 ``fid=N`` also scores each run's last checkpoint by FID against N Fashion-MNIST test images (N DDIM
 samples, ``sample_steps`` steps, sample seed = the run's seed; ``tools/fid_curve.py``'s stages, kept in
@@ -144,6 +145,40 @@ def table(results: dict[str, dict[int, dict]], seeds: list[int], fid: int = 0) -
     return lines
 
 
+def plot(results: dict[str, dict[int, dict]], seeds: list[int], metrics: Sequence[str], path: Path) -> dict:
+    """One panel per metric: each variant's seeds as dots, their mean as a bar with the std as its error
+    bar, the variants top to bottom in the given order. Returns {metric: {variant: [values]}} as drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    drawn = {m: {n: [results[n][s][m] for s in seeds if m in results[n].get(s, {})] for n in results}
+             for m in metrics}
+    drawn = {m: per for m, per in drawn.items() if any(per.values())}
+    if not drawn:
+        return drawn
+    names = list(results)[::-1]  # barh draws bottom up; every panel has every variant, so the rows line up
+    fig, axes = plt.subplots(1, len(drawn), figsize=(4.5 * len(drawn), 0.45 * len(names) + 1.2), squeeze=False,
+                             sharey=True)
+    for ax, (metric, per) in zip(axes[0], drawn.items()):
+        for y, n in enumerate(names):
+            if not per[n]:
+                ax.text(0.02, y, "not scored", va="center", transform=ax.get_yaxis_transform(), color="gray")
+                continue
+            std = statistics.stdev(per[n]) if len(per[n]) > 1 else 0.0
+            ax.barh(y, statistics.mean(per[n]), xerr=std, color="#9ecae1", ecolor="gray", capsize=3)
+            ax.plot(per[n], [y] * len(per[n]), "o", color="#d95f02", ms=4)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel(f"{metric} (lower is better; dots: seeds)")
+        values = [v for vs in per.values() for v in vs]
+        ax.set_xlim(min(values) * 0.9, max(values) * 1.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return drawn
+
+
 def _main(argv: list[str]) -> Path:
     args = parse(argv)
     out = Path(args.out)
@@ -164,6 +199,7 @@ def _main(argv: list[str]) -> Path:
              *[f"- {n}: {' '.join(v) or '(config as is)'}" for n, v in args.variants.items()]]
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
+    plot(results, seeds, METRICS[1:] + ((f"fid@{args.fid}",) if args.fid else ()), out / "ablation.png")
     if args.per_run:
         keys = sorted({k for runs in results.values() for m in runs.values() for k in m})
         with open(args.per_run, "w", newline="") as f:

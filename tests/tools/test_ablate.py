@@ -47,10 +47,23 @@ def test_fid_is_scored_once_per_run_and_tabled_with_the_paired_metric(tmp_path, 
     assert [(r["variant"], r["seed"], float(r["fid@2000"])) for r in rows] == [
         ("base", "0", 20.0), ("base", "1", 30.0), ("lmb", "0", 15.0), ("lmb", "1", 21.0)]
 
+    assert (out / "ablation.png").stat().st_size > 0
+
     ablate.main(argv)  # cached: nothing is scored again
     assert len(calls) == 4
     ablate.main(argv[:3] + ["fid=500", argv[4]])  # another sample count is another score
     assert len(calls) == 8 and {c[2] for c in calls[4:]} == {500}
+
+
+def test_the_plot_draws_every_seed_of_every_ranking_metric(tmp_path):
+    results = {"a": {0: {"val/mse_teacher": 0.02, "fid@2000": 190.0}, 1: {"val/mse_teacher": 0.03}},
+               "b": {0: {"val/mse_teacher": 0.01}, 1: {"val/mse_teacher": 0.015}}}
+    drawn = ablate.plot(results, [0, 1], ["val/mse_teacher", "fid@2000", "fid@500"], tmp_path / "p.png")
+    # a metric no run has gets no panel; a variant without the metric keeps its (empty) row
+    assert drawn == {"val/mse_teacher": {"a": [0.02, 0.03], "b": [0.01, 0.015]}, "fid@2000": {"a": [190.0], "b": []}}
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert ablate.plot(results, [0, 1], ["fid@500"], tmp_path / "none.png") == {}
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_without_fid_the_table_has_no_fid_column(tmp_path):
