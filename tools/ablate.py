@@ -15,7 +15,9 @@ prediction), mean +- std over seeds, and each variant's paired difference to the
 ``fid=N`` also scores each run's last checkpoint by FID against N Fashion-MNIST test images (N DDIM
 samples, ``sample_steps`` steps, sample seed = the run's seed; ``tools/fid_curve.py``'s stages, kept in
 <out>/<variant>/seed<k>/fid<N>/), cached in metrics.json as ``fid@N``: the trained runs are reused, so the
-paired metric and FID rank the same networks. ``per_run=FILE.csv`` writes one row per run.
+paired metric and FID rank the same networks. ``per_run=FILE.csv`` writes one row per run. ``cached=true``
+trains and scores nothing: it writes the report from the runs and scores done so far (e.g. while other
+processes still work on the same ``out``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class AblateArgs:
     fid: int = 0  # FID samples per run (0: no FID)
     sample_steps: int = 25  # DDIM steps of the FID samples
     per_run: Optional[str] = None  # CSV with one row per variant and seed
+    cached: bool = False  # report what is done (while other processes train and score), run nothing
 
 
 def parse(argv: Sequence[str]) -> AblateArgs:
@@ -188,6 +191,11 @@ def _main(argv: list[str]) -> Path:
         results[name] = {}
         for seed in seeds:
             run_dir = out / name / f"seed{seed}"
+            if args.cached:
+                done = run_dir / "metrics.json"
+                if done.is_file():
+                    results[name][seed] = json.loads(done.read_text())
+                continue
             results[name][seed] = run_one(args.config, args.common + overrides, run_dir, args.steps, seed, args.threads)
             if args.fid:
                 results[name][seed] = add_fid(results[name][seed], run_dir, args.steps, args.fid, args.sample_steps,

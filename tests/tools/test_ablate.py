@@ -66,6 +66,27 @@ def test_the_plot_draws_every_seed_of_every_ranking_metric(tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
+def test_cached_reports_what_is_done_and_runs_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "abl"
+    _cached(out, "base", 0, 0.02)
+    run = _cached(out, "base", 1, 0.03)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "fid@2000": 200.0}))
+    _cached(out, "lmb", 1, 0.01)  # lmb seed 0 not trained yet
+
+    def never(*args, **kwargs):
+        raise AssertionError("cached=true must not train or score")
+
+    monkeypatch.setattr(ablate, "run_one", never)
+    monkeypatch.setattr(ablate, "add_fid", never)
+    md = ablate.main([f"out={out}", "seeds=[0,1]", "fid=2000", "cached=true", "variants={base: [], lmb: []}",
+                      f"per_run={tmp_path / 'runs.csv'}"]).read_text()
+    assert "| base | 0.05 ± 0.014 | 0.025 ± 0.0071 | 200 |  |  |" in md
+    assert "| lmb | 0.02 | 0.01 | - | -0.02 | - |" in md  # paired over the one seed both have
+    assert [(r["variant"], r["seed"]) for r in csv.DictReader((tmp_path / "runs.csv").open())] == [
+        ("base", "0"), ("base", "1"), ("lmb", "1")]
+
+
 def test_without_fid_the_table_has_no_fid_column(tmp_path):
     out = tmp_path / "abl"
     _cached(out, "only", 0, 0.02)
