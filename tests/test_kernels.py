@@ -652,3 +652,25 @@ def test_quantize_and_launch_replay_in_a_cuda_graph(variant):
     torch.cuda.synchronize()
     expected = reference.w1a4_conv2d(pack_activation(x, step), w)
     assert torch.equal(out.permute(0, 3, 1, 2), expected)
+
+
+def test_choose_variant_takes_the_s8_kernel_for_large_convolutions(monkeypatch):
+    kcuda._reset_state()
+    monkeypatch.delenv(kcuda.VARIANT_ENV, raising=False)
+    monkeypatch.setattr(kcuda, "default_variant", lambda device=None: kcuda._state["variant"] or "bmma")
+    shape_error = {"w": None}
+    monkeypatch.setattr(kcuda, "mma_shape_error", lambda w: shape_error["w"])
+    big, small = kcuda.MMA_MIN_PIXELS, kcuda.MMA_MIN_PIXELS - 1
+    try:
+        assert kcuda.choose_variant("cuda", "w", small) == "bmma"
+        assert kcuda.choose_variant("cuda", "w", big) == "mma"
+        shape_error["w"] = "too many steps"  # the s8 kernel's tables cannot hold it: stay on bit-planes
+        assert kcuda.choose_variant("cuda", "w", big) == "bmma"
+        kcuda.set_variant("mma")  # forced, but the shape does not fit: the CUDA-core kernel
+        assert kcuda.choose_variant("cuda", "w", small) == "simt"
+        shape_error["w"] = None
+        kcuda.set_variant("bmma")  # forced stays forced, whatever the size
+        assert kcuda.choose_variant("cuda", "w", big) == "bmma"
+    finally:
+        kcuda.set_variant(None)
+        kcuda._reset_state()

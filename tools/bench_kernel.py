@@ -19,7 +19,8 @@ same calls (device time; None with the reason in ``errors`` if the capture fails
 rotated so that repeated calls do not all hit a warm L2. The median of ``--repeats`` timings, per call,
 in microseconds. Then the whole UNet forward (one timestep) at each batch: the fp16 model against the
 same model binarized to W1A4, calibrated, converted to fp16 and switched to the kernel
-(``binarydm.kernels.inference.w1a4_inference_``), once per variant, with the relative error of the
+(``binarydm.kernels.inference.w1a4_inference_``), once per variant and once as ``auto`` (no variant
+forced: each conv on the kernel ``cuda.choose_variant`` picks for its size), with the relative error of the
 W1A4 output against the fake-quantized float32 model. On a GPU the mma rows of 3x3 stride-1 convs also
 time SiLU(GroupNorm(x)) to s8 codes, unfused (fp16 norm and SiLU, then ``quantize_bytes``) and fused
 (``groupnorm_silu_bytes``).
@@ -302,7 +303,8 @@ def bench_unet(bench: Bench, args, device: torch.device) -> None:
     swapped = sum(v == "w1a4" for v in report.values())
     half = next(fp.parameters()).dtype
     on_gpu = device.type == "cuda"
-    variants = args.variants if on_gpu else args.variants[:1]  # the CPU runs the reference either way
+    # "auto": no variant forced, each conv on the kernel choose_variant picks for its size (what users get).
+    variants = args.variants + ["auto"] if on_gpu else args.variants[:1]  # the CPU runs the reference either way
     with torch.no_grad():
         n = 8 if on_gpu else 1
         x = torch.randn(n, 3, 32, 32, device=device)
@@ -314,7 +316,7 @@ def bench_unet(bench: Bench, args, device: torch.device) -> None:
                 bench.error(f"unet {variant}", RuntimeError(f"the bit-plane kernel failed its self-check: "
                                                             f"{kcuda._bmma_state.get('check_error')}"))
                 continue
-            kcuda.set_variant(variant if on_gpu else None)
+            kcuda.set_variant(variant if on_gpu and variant != "auto" else None)
             try:
                 got = student(x.to(half), t).sample.double()
             finally:
@@ -330,7 +332,7 @@ def bench_unet(bench: Bench, args, device: torch.device) -> None:
             t_fp = timed(bench, f"{where} fp16", lambda i: fp(x, t), args.unet_launches, args.repeats, device,
                          graph)
             for variant in rel_err:
-                kcuda.set_variant(variant if on_gpu else None)
+                kcuda.set_variant(variant if on_gpu and variant != "auto" else None)
                 try:
                     t_q = timed(bench, f"{where} w1a4 {variant}", lambda i: student(x, t), args.unet_launches,
                                 args.repeats, device, graph)

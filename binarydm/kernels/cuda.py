@@ -2,7 +2,8 @@
 
 :func:`w1a4_conv2d` has the signature of :func:`binarydm.kernels.reference.w1a4_conv2d` and returns
 the same numbers bit for bit. It runs the bit-plane kernel (``"bmma"``: 1-bit tensor cores, sm_80+)
-where that kernel passed a bit-exactness self-check on the device, else the s8 x s8 tensor-core
+where that kernel passed a bit-exactness self-check on the device and the convolution has fewer than
+``MMA_MIN_PIXELS`` output pixels (batch x height x width; :func:`choose_variant`), else the s8 x s8 tensor-core
 kernel (``"mma"``, whose activation operand is one s8 byte q - z per channel: :func:`quantize_bytes`
 from a float tensor, :func:`to_bytes` from packed codes), else the CUDA-core one (``"simt"``);
 ``BINARYDM_W1A4_VARIANT`` forces one. Each
@@ -68,6 +69,10 @@ PLANES_CODES_KERNEL = "w1a4_planes_codes"
 BMMA_BM, BMMA_BN, BMMA_THREADS, BMMA_SMEM_BYTES, BMMA_PACK_THREADS = 128, 64, 256, 4 * (128 * 8 + 128) * 16, 256
 VARIANTS = ("bmma", "mma", "simt")
 VARIANT_ENV = "BINARYDM_W1A4_VARIANT"
+# From this many output pixels (batch x H_out x W_out) on, the s8 x s8 kernel beats the bit-plane one:
+# on the H200 (docs/kernels.md, fourth call) it was faster on 33 of 36 layer shapes at >= 16,384 pixels
+# and slower on 55 of 58 below (the bit-plane kernel's 128 x 64 blocks fill the SMs sooner).
+MMA_MIN_PIXELS = 16384
 
 # The compiled modules and the load errors, by source file name; the fallback warning; a forced variant.
 _state: dict = {"modules": {}, "errors": {}, "warned": False, "variant": None}
@@ -545,6 +550,20 @@ def default_variant(device=None) -> str:
     return "bmma" if bmma_self_check(device) else "mma"
 
 
+def choose_variant(device, w: PackedConvWeight, pixels: int) -> str:
+    """The kernel one convolution with ``pixels`` output pixels (batch x H_out x W_out) runs on ``device``:
+    a forced variant as it is (but "simt" where "mma" cannot take the shape); else the device's
+    :func:`default_variant`, with the s8 x s8 kernel instead of the bit-plane one from ``MMA_MIN_PIXELS``
+    pixels on, and the CUDA-core kernel where the s8 x s8 kernel's tables cannot hold the shape."""
+    variant = default_variant(device)
+    forced = bool(_state.get("variant") or os.environ.get(VARIANT_ENV))
+    if variant == "bmma" and not forced and pixels >= MMA_MIN_PIXELS and mma_shape_error(w) is None:
+        return "mma"
+    if variant == "mma" and mma_shape_error(w):
+        return "simt"  # a convolution too large for the mma kernel's tables
+    return variant
+
+
 def set_variant(variant: Optional[str]) -> None:
     """Force the variant of :func:`w1a4_conv2d` and W1A4Conv2d in this process (None: automatic)."""
     if variant is not None and variant not in VARIANTS:
@@ -673,7 +692,7 @@ def to_bytes(x: PackedActivation, out: Optional[torch.Tensor] = None) -> ByteAct
 
 def w1a4_conv2d(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
                 scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """W1A4 convolution on the GPU (the kernel of :func:`default_variant`), or the reference with one
+    """W1A4 convolution on the GPU (the kernel of :func:`choose_variant`), or the reference with one
     warning where it cannot run.
 
     ``scale``: the pair's epilogue scales if the caller keeps them (see :func:`launch`)."""
@@ -682,10 +701,10 @@ def w1a4_conv2d(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype
         return reference.w1a4_conv2d(x, w, out_dtype)
     try:
         load_module()
-        variant = default_variant(x.codes.device)
-        if variant == "mma" and mma_shape_error(w):
-            variant = "simt"  # a convolution too large for the mma kernel's tables
-        return launch(x, w, out_dtype, variant, scale=scale)
+        n, h, wd = x.codes.shape[:3]
+        pixels = n * reference.output_size(h, w.kernel_size[0], w.stride[0], w.padding[0]) \
+            * reference.output_size(wd, w.kernel_size[1], w.stride[1], w.padding[1])
+        return launch(x, w, out_dtype, choose_variant(x.codes.device, w, pixels), scale=scale)
     except KernelUnavailable as err:
         _warn_fallback(str(err))
         return reference.w1a4_conv2d(x, w, out_dtype)

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from ..quant.layers import QuantConv2d
 from . import cuda
 from .packing import pack_activation, pack_quant_conv
+from .reference import output_size
 
 
 class W1A4Conv2d(nn.Module):
@@ -62,22 +63,27 @@ class W1A4Conv2d(nn.Module):
     def _out_dtype(self, x: torch.Tensor) -> torch.dtype:
         return self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
 
-    def _mma_runs(self, x: torch.Tensor) -> bool:
-        """Whether this call runs the s8 x s8 kernel (CUDA input, it is the device's variant, the shape fits)."""
-        return (x.is_cuda and cuda.is_available() and cuda.default_variant(x.device) == "mma"
-                and cuda.mma_shape_error(self.packed) is None)
+    def _variant(self, x: torch.Tensor) -> Optional[str]:
+        """The kernel this call runs (:func:`cuda.choose_variant` for its output pixels), None off the GPU."""
+        if not (x.is_cuda and cuda.is_available()):
+            return None
+        p = self.packed
+        pixels = x.shape[0] * output_size(x.shape[2], p.kernel_size[0], p.stride[0], p.padding[0]) \
+            * output_size(x.shape[3], p.kernel_size[1], p.stride[1], p.padding[1])
+        return cuda.choose_variant(x.device, p, pixels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = self._out_dtype(x)
-        if self._mma_runs(x):
+        variant = self._variant(x)
+        if variant == "mma":
             # The s8 x s8 kernel: quantize straight into s8 codes (one kernel), then the conv.
             codes = cuda.quantize_bytes(x, self.step, self.qn, self.qp)
             return cuda.launch(codes, self.packed, out_dtype, "mma", scale=self.scale).to(x.dtype)
-        if x.is_cuda and cuda.is_available():
-            if cuda.default_variant(x.device) == "bmma":
-                # The bit-plane kernel: quantize straight into bit-planes (one kernel), then the conv.
-                planar = cuda.quantize_planes(x, self.step, self.qn, self.qp)
-                return cuda.launch_bmma(planar, self.packed, out_dtype, scale=self.scale).to(x.dtype)
+        if variant == "bmma":
+            # The bit-plane kernel: quantize straight into bit-planes (one kernel), then the conv.
+            planar = cuda.quantize_planes(x, self.step, self.qn, self.qp)
+            return cuda.launch_bmma(planar, self.packed, out_dtype, scale=self.scale).to(x.dtype)
+        if variant is not None:
             packed_x = cuda.quantize_pack(x, self.step, self.qn, self.qp)
         else:
             packed_x = pack_activation(x, self.step, self.qn, self.qp)
@@ -86,7 +92,7 @@ class W1A4Conv2d(nn.Module):
     def normed(self, x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
         """This conv applied to SiLU(norm(x)): fused into the activation quantization where the s8 x s8
         kernel runs, else the unfused ops."""
-        if self._mma_runs(x):
+        if self._variant(x) == "mma":
             codes = cuda.groupnorm_silu_bytes(x, norm, self.step, self.qn, self.qp)
             return cuda.launch(codes, self.packed, self._out_dtype(x), "mma", scale=self.scale).to(x.dtype)
         return self(F.silu(norm(x)))
