@@ -536,7 +536,7 @@ def bmma_self_check(device=None) -> bool:
 def default_variant(device=None) -> str:
     """The kernel :func:`w1a4_conv2d` runs on ``device``: ``BINARYDM_W1A4_VARIANT`` if set, else "bmma"
     where the bit-plane kernel passed :func:`bmma_self_check`, else "mma" (sm_80+) or "simt"."""
-    forced = _state.get("variant") or os.environ.get(VARIANT_ENV)
+    forced = _forced_variant()
     if forced:
         if forced not in VARIANTS:
             raise ValueError(f"{VARIANT_ENV} must be one of {VARIANTS}, got {forced!r}")
@@ -550,14 +550,25 @@ def default_variant(device=None) -> str:
     return "bmma" if bmma_self_check(device) else "mma"
 
 
+def _forced_variant() -> Optional[str]:
+    """The variant :func:`set_variant` or ``BINARYDM_W1A4_VARIANT`` forces, None if none is."""
+    return _state.get("variant") or os.environ.get(VARIANT_ENV)
+
+
+def output_pixels(w: PackedConvWeight, n: int, h: int, wd: int) -> int:
+    """Output pixels (batch x H_out x W_out) of convolving an n x h x wd input with ``w``: what
+    :func:`choose_variant` decides on."""
+    return n * reference.output_size(h, w.kernel_size[0], w.stride[0], w.padding[0]) \
+        * reference.output_size(wd, w.kernel_size[1], w.stride[1], w.padding[1])
+
+
 def choose_variant(device, w: PackedConvWeight, pixels: int) -> str:
     """The kernel one convolution with ``pixels`` output pixels (batch x H_out x W_out) runs on ``device``:
     a forced variant as it is (but "simt" where "mma" cannot take the shape); else the device's
     :func:`default_variant`, with the s8 x s8 kernel instead of the bit-plane one from ``MMA_MIN_PIXELS``
     pixels on, and the CUDA-core kernel where the s8 x s8 kernel's tables cannot hold the shape."""
     variant = default_variant(device)
-    forced = bool(_state.get("variant") or os.environ.get(VARIANT_ENV))
-    if variant == "bmma" and not forced and pixels >= MMA_MIN_PIXELS and mma_shape_error(w) is None:
+    if variant == "bmma" and not _forced_variant() and pixels >= MMA_MIN_PIXELS and mma_shape_error(w) is None:
         return "mma"
     if variant == "mma" and mma_shape_error(w):
         return "simt"  # a convolution too large for the mma kernel's tables
@@ -701,10 +712,8 @@ def w1a4_conv2d(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype
         return reference.w1a4_conv2d(x, w, out_dtype)
     try:
         load_module()
-        n, h, wd = x.codes.shape[:3]
-        pixels = n * reference.output_size(h, w.kernel_size[0], w.stride[0], w.padding[0]) \
-            * reference.output_size(wd, w.kernel_size[1], w.stride[1], w.padding[1])
-        return launch(x, w, out_dtype, choose_variant(x.codes.device, w, pixels), scale=scale)
+        variant = choose_variant(x.codes.device, w, output_pixels(w, *x.codes.shape[:3]))
+        return launch(x, w, out_dtype, variant, scale=scale)
     except KernelUnavailable as err:
         _warn_fallback(str(err))
         return reference.w1a4_conv2d(x, w, out_dtype)

@@ -33,7 +33,6 @@ from torch.nn import functional as F
 from ..quant.layers import QuantConv2d
 from . import cuda
 from .packing import pack_activation, pack_quant_conv
-from .reference import output_size
 
 
 class W1A4Conv2d(nn.Module):
@@ -67,10 +66,8 @@ class W1A4Conv2d(nn.Module):
         """The kernel this call runs (:func:`cuda.choose_variant` for its output pixels), None off the GPU."""
         if not (x.is_cuda and cuda.is_available()):
             return None
-        p = self.packed
-        pixels = x.shape[0] * output_size(x.shape[2], p.kernel_size[0], p.stride[0], p.padding[0]) \
-            * output_size(x.shape[3], p.kernel_size[1], p.stride[1], p.padding[1])
-        return cuda.choose_variant(x.device, p, pixels)
+        n, _, h, w = x.shape
+        return cuda.choose_variant(x.device, self.packed, cuda.output_pixels(self.packed, n, h, w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = self._out_dtype(x)
