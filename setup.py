@@ -15,9 +15,10 @@ setup(
     packages=find_packages(include=["binarydm", "binarydm.*"]) + list(DATA_DIRS),
     package_dir=DATA_DIRS,
     package_data={
-        # The shipped Fashion-MNIST teacher (diffusers format) that the offline demo binarizes, and its
-        # packed W1A4 student.
-        "binarydm": ["assets/*/*.json", "assets/*/*.safetensors", "assets/*.safetensors"],
+        # The shipped Fashion-MNIST teacher (diffusers format) that the offline demo binarizes, its packed
+        # W1A4 student, and the latent miniatures' pipeline directories (one folder per component).
+        "binarydm": ["assets/*/*.json", "assets/*/*.safetensors", "assets/*.safetensors",
+                     "assets/*/*/*.json", "assets/*/*/*.safetensors", "assets/*/*/*.txt"],
         "binarydm.configs": ["*.yaml"],
         # Sources and headers only: cuda/build/ (cubins built on one machine) stays out.
         "binarydm.cuda": ["*.cu", "*.cuh"],

@@ -56,23 +56,49 @@ def scheduler_for(sampler: str, scheduler_config: Optional[Mapping[str, Any]] = 
     raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
 
 
+def pipeline_for(model: nn.Module, sampler: str, scheduler_config: Optional[Mapping[str, Any]] = None,
+                 components=None):
+    """The diffusers pipeline that samples ``model``: ``DDIMPipeline`` / ``DDPMPipeline`` in pixel space;
+    with a latent pipeline's ``components`` (``binarydm.latent.Components``), ``LDMPipeline`` (it decodes
+    with the autoencoder) or, for a text-conditioned UNet, ``StableDiffusionPipeline`` (the text encoder, and
+    classifier-free guidance); the scheduler is ``sampler``'s, from the training noise schedule."""
+    from diffusers import DDIMPipeline, DDPMPipeline, LDMPipeline, StableDiffusionPipeline
+
+    scheduler = scheduler_for(sampler, scheduler_config)
+    if components is None or not components.latent:
+        pipe = (DDIMPipeline if sampler == "ddim" else DDPMPipeline)(unet=model.eval(), scheduler=scheduler)
+    elif components.text:
+        pipe = StableDiffusionPipeline(vae=components.autoencoder, text_encoder=components.text_encoder,
+                                       tokenizer=components.tokenizer, unet=model.eval(), scheduler=scheduler,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        pipe = LDMPipeline(vqvae=components.autoencoder, unet=model.eval(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)  # one bar over images (sample_images), not one per batch
+    return pipe
+
+
 @torch.no_grad()
 def sample_images(model: nn.Module, num: int, steps: int = 100, sampler: str = "ddim", batch: int = 16,
                   seed: int = 0, eta: float = 0.0, scheduler_config: Optional[Mapping[str, Any]] = None,
                   progress: bool = True,
                   on_batch: Optional[Callable[[int, torch.Tensor], None]] = None,
-                  labels: Optional[Sequence[int]] = None) -> torch.Tensor:
-    """DDIM or DDPM sampling through diffusers' pipelines: ``num`` images as uint8 [N, C, H, W].
+                  labels: Optional[Sequence[int]] = None, components=None,
+                  prompts: Optional[Sequence[str]] = None, guidance_scale: float = 1.0) -> torch.Tensor:
+    """DDIM or DDPM sampling through diffusers' pipelines (:func:`pipeline_for`): ``num`` images as uint8
+    [N, C, H, W] (decoded by the autoencoder of a latent pipeline's ``components``). A text-conditioned UNet
+    takes ``prompts`` (cycled over the images) at ``guidance_scale``; a class-conditional one ``labels``.
     ``on_batch(first_index, images)`` is called with each batch as soon as it is made."""
-    from diffusers import DDIMPipeline, DDPMPipeline
     from tqdm.auto import tqdm
 
-    scheduler = scheduler_for(sampler, scheduler_config)
-    pipe = (DDIMPipeline if sampler == "ddim" else DDPMPipeline)(unet=model.eval(), scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)  # one bar over images below, not one per batch
+    pipe = pipeline_for(model, sampler, scheduler_config, components)
+    text = components is not None and components.text
+    if text and not prompts:
+        raise ValueError("a text-conditioned UNet samples from prompts: give prompts")
+    if components is not None and components.latent:
+        components.to(next(model.parameters()).device)
     device = next(model.parameters()).device
     config = getattr(model, "config", {})
-    k = num_classes(config)
+    k = None if text else num_classes(config)
     out = []
     with tqdm(total=num, desc=f"{sampler}-{steps}", unit="img", disable=not progress) as bar:
         for b in range(math.ceil(num / batch)):
@@ -83,8 +109,13 @@ def sample_images(model: nn.Module, num: int, steps: int = 100, sampler: str = "
             if k is not None:
                 cycle = list(labels) if labels else list(range(k))
                 cond = condition_kwargs(config, [cycle[(b * batch + j) % len(cycle)] for j in range(n)], device=device)
+            if text:
+                kwargs.update(prompt=[prompts[(b * batch + j) % len(prompts)] for j in range(n)],
+                              guidance_scale=guidance_scale)
+            else:
+                kwargs["batch_size"] = n
             with conditioned(model, cond):
-                images = pipe(batch_size=n, generator=generator, num_inference_steps=steps, output_type="np",
+                images = pipe(generator=generator, num_inference_steps=steps, output_type="np",
                               **kwargs).images  # float [n, H, W, C] in [0, 1]
             out.append(torch.from_numpy(np.round(np.asarray(images) * 255).astype(np.uint8)).permute(0, 3, 1, 2))
             if on_batch is not None:
@@ -139,7 +170,11 @@ class SampleArgs:
     binarydm.sample did not write. A class-conditional UNet takes ``label=3`` (every image of class 3) or
     ``label=0,1,2`` (cycled over the images); without ``label`` image i has class i mod the classes.
     ``ema=false``: a training ``.ckpt`` of a run that kept an EMA samples its raw weights (docs/training.md:
-    for a binarized student the average is no reliable gain)."""
+    for a binarized student the average is no reliable gain). A latent pipeline (a pipeline directory, the
+    run or .ckpt of a latent run) samples through its own pipeline and decodes with its autoencoder; a
+    text-conditioned one takes ``prompt="a photo of a bag"`` (or a list, cycled) and ``guidance_scale=G``
+    (classifier-free guidance; 1: none). ``pipeline=DIR`` names the pipeline whose autoencoder and text encoder
+    a bare UNet (a packed file, a unet/ directory) of a latent model is sampled with."""
 
     ckpt: Optional[str] = None
     num: int = 16
@@ -154,6 +189,9 @@ class SampleArgs:
     overwrite: bool = False
     label: Any = None
     ema: bool = True
+    prompt: Any = None
+    guidance_scale: float = 1.0
+    pipeline: Optional[str] = None
 
 
 OWN_FILES = ("images", "grid.png", "sample_info.json")
@@ -222,6 +260,10 @@ def check_args(args: SampleArgs) -> None:
             raise UsageError(f"{key}={getattr(args, key)}: must be 0 or more")
     if args.sampler not in SAMPLERS:
         raise UsageError(f"sampler={args.sampler!r}: must be ddim or ddpm")
+    if not math.isfinite(args.guidance_scale) or args.guidance_scale < 1:
+        raise UsageError(f"guidance_scale={args.guidance_scale}: must be a number >= 1 (1: no guidance)")
+    if args.pipeline is not None and not (Path(args.pipeline) / "model_index.json").is_file():
+        raise UsageError(f"pipeline={args.pipeline}: not a pipeline directory (no model_index.json)")
     if not math.isfinite(args.eta) or args.eta < 0:
         raise UsageError(f"eta={args.eta}: must be a finite number >= 0 (0: deterministic DDIM)")
     try:
@@ -233,20 +275,58 @@ def check_args(args: SampleArgs) -> None:
     parse_labels(args.label)
 
 
-def check_condition(model: nn.Module, labels: Optional[list[int]], key: str = "ckpt") -> None:
-    """The model's need for a condition against the ``label`` given (before sampling starts)."""
+def parse_prompts(value: Any) -> Optional[list[str]]:
+    """``prompt="a photo of a bag"`` or ``prompt=[..., ...]`` as a list of strings (None: not given)."""
+    if value is None:
+        return None
+    items = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    if not items or any(not p.strip() for p in items):
+        raise UsageError('prompt: give a non-empty text (prompt="a photo of a bag") or a list of them')
+    return items
+
+
+def check_condition(model: nn.Module, labels: Optional[list[int]], key: str = "ckpt", prompts=None,
+                    components=None) -> None:
+    """The model's need for a condition against the ``label`` / ``prompt`` given (before sampling starts)."""
     config = getattr(model, "config", {})
     k = num_classes(config)
     if needs_text(config):
-        raise UsageError(f"{key}: a UNet2DConditionModel conditioned on text (encoder_hidden_states of "
-                         f"cross_attention_dim {config.get('cross_attention_dim')}): sample it inside its pipeline "
-                         "with a prompt (StableDiffusionPipeline, docs/evaluation.md); binarydm.sample takes class "
-                         "labels only")
+        if components is None or not components.text:
+            raise UsageError(f"{key}: a UNet conditioned on text (cross_attention_dim "
+                             f"{config.get('cross_attention_dim')}) without its text encoder: sample its pipeline "
+                             "directory (the run's student/), or give pipeline=DIR")
+        if not prompts:
+            raise UsageError(f'{key}: a text-conditioned model: give prompt="..." (or a list of prompts)')
+        if labels is not None:
+            raise UsageError(f"label={','.join(map(str, labels))}: the model takes text, not class labels; use prompt=")
+        return
+    if prompts:
+        raise UsageError(f"prompt: the model ({key}) takes no text; drop prompt=")
     if k is None and labels is not None:
         raise UsageError(f"label={','.join(map(str, labels))}: the model is unconditional (no class labels); drop "
                          "label=")
     if k is not None and labels is not None and max(labels) >= k:
         raise UsageError(f"label={','.join(map(str, labels))}: the model has {k} classes (0 to {k - 1})")
+
+
+def components_for(configs: Mapping[str, Any], unet_config: Mapping[str, Any], pipeline: Optional[str] = None):
+    """The frozen components a loaded UNet is sampled with: ``pipeline``'s when given, else those of the
+    pipeline directory it came from, or of the run that trained it (a .ckpt); None in pixel space. A packed
+    file that records a latent pipeline is refused without ``pipeline``."""
+    from .latent.components import load_components
+
+    if pipeline is not None:
+        return load_components(str(pipeline), unet_config)
+    if configs.get("pipeline_dir") is not None:
+        return load_components(str(configs["pipeline_dir"]), unet_config)
+    sources = configs.get("sources")
+    if sources and (sources.get("autoencoder") or sources.get("text_encoder")):
+        return load_components(sources.get("pretrained"), unet_config, sources.get("autoencoder"),
+                               sources.get("text_encoder"))
+    if configs.get("latent_pipeline"):
+        raise UsageError(f"ckpt: the UNet of a latent pipeline ({configs['latent_pipeline']}): its samples are "
+                         "latents; sample the pipeline directory (the run's student/) or give pipeline=DIR")
+    return None
 
 
 def sample_to_folder(args: SampleArgs) -> dict[str, Any]:
@@ -260,7 +340,9 @@ def sample_to_folder(args: SampleArgs) -> dict[str, Any]:
         raise UsageError(f"steps={args.steps}: more than the {train_steps} timesteps the model was trained with; "
                          f"use steps <= {train_steps}")
     labels = parse_labels(args.label)
-    check_condition(model, labels)
+    prompts = parse_prompts(args.prompt)
+    components = components_for(configs, dict(model.config), args.pipeline)
+    check_condition(model, labels, prompts=prompts, components=components)
     model.to(args.device)
     prepare_out(out, args.overwrite)
     info = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
@@ -276,7 +358,8 @@ def sample_to_folder(args: SampleArgs) -> dict[str, Any]:
 
     start = time.perf_counter()
     images = sample_images(model, args.num, args.steps, args.sampler, args.batch, args.seed, args.eta,
-                           configs.get("scheduler_config"), on_batch=write, labels=labels)
+                           configs.get("scheduler_config"), on_batch=write, labels=labels, components=components,
+                           prompts=prompts, guidance_scale=args.guidance_scale)
     elapsed = time.perf_counter() - start
     if args.grid > 0:
         save_grid(images[:args.grid], out / "grid.png")

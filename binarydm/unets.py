@@ -40,6 +40,17 @@ UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 
 
+@contextlib.contextmanager
+def quiet_hub() -> Iterator[None]:
+    """diffusers' hub lookups pass huggingface_hub an argument it has deprecated, and it warns on every call:
+    not the user's to act on (filtered by its exact text; anything else still shows)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+        yield
+
+
 def resolve_local(pretrained: str) -> Optional[Path]:
     """The local directory ``pretrained`` names (as given, or relative to the checkout), else None."""
     path = Path(pretrained).expanduser()

@@ -23,9 +23,9 @@ from binarydm.training.module import DiffusionQAT, OptimConfig, lr_factor, param
 def test_step_sampler_is_a_function_of_the_step_and_shards_global_batches():
     full = StepBatchSampler(20, 4, seed=3, random_flip=True)
     # Epoch e is a permutation: every index exactly once in each run of 20 // 4 batches.
-    first_epoch = [i for k in range(5) for i, _ in full.batch(k)]
+    first_epoch = [i for k in range(5) for i, _, _ in full.batch(k)]
     assert sorted(first_epoch) == list(range(20))
-    assert [i for k in range(5, 10) for i, _ in full.batch(k)] != first_epoch  # reshuffled per epoch
+    assert [i for k in range(5, 10) for i, _, _ in full.batch(k)] != first_epoch  # reshuffled per epoch
     # Starting at step 7 (a resume) gives exactly batches 7, 8, ... of the uninterrupted order.
     it = iter(StepBatchSampler(20, 4, seed=3, start=7, random_flip=True))
     assert [next(it) for _ in range(3)] == [full.batch(k) for k in (7, 8, 9)]

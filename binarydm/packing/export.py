@@ -79,6 +79,21 @@ def _binarized_dir(directory: Path) -> bool:
     return isinstance(qc, dict) and qc.get("quant_method") == "binarydm"
 
 
+def _latent_pipeline(configs: Mapping[str, Any]) -> Optional[str]:
+    """The class of the latent pipeline the UNet was read from (a pipeline directory with an autoencoder, or a
+    packed file that records one), else None."""
+    if configs.get("latent_pipeline"):
+        return str(configs["latent_pipeline"])
+    directory = configs.get("pipeline_dir")
+    if directory is None:
+        sources = configs.get("sources") or {}
+        return "a latent run's pipeline" if sources.get("autoencoder") else None
+    index = json.loads((Path(directory) / "model_index.json").read_text())
+    if any(isinstance(index.get(s), list) and index[s][0] for s in ("vae", "vqvae")):
+        return str(index.get("_class_name"))
+    return None
+
+
 def check_out(out: Path, overwrite: bool = False) -> None:
     """``out`` must be a new file, an earlier packed file (replaced) or, with ``overwrite``, any file."""
     check_output_path(out, "out", directory=False)
@@ -104,7 +119,8 @@ def export(ckpt: Optional[PathLike], out: Optional[PathLike], verify: bool = Fal
     if configs.get("quant_config") is None:
         raise UsageError(f"ckpt={ckpt}: a full-precision diffusers model (no binarydm quantization_config): nothing "
                          "to pack; export a binarized student")
-    export_packed(model, configs["unet_config"], configs["quant_config"], out, configs.get("scheduler_config"))
+    export_packed(model, configs["unet_config"], configs["quant_config"], out, configs.get("scheduler_config"),
+                  latent_pipeline=_latent_pipeline(configs))
     sizes = file_sizes(out)
     fp32 = fp32_checkpoint_bytes(configs["unet_config"])
     theory = summary(model, *example_inputs(model), **example_condition(model))

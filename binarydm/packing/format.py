@@ -389,11 +389,14 @@ def export_packed(
     quant_config: Union[str, Mapping[str, Any], QuantConfig],
     path: PathLike,
     scheduler_config: Optional[Mapping[str, Any]] = None,
+    latent_pipeline: Optional[str] = None,
 ) -> Path:
     """Write ``model`` (binarized by :func:`binarydm.binarize_`) as a packed safetensors file at ``path``.
 
     ``unet_config`` is the diffusers config of the float model (``dict(unet.config)``, with its
-    ``_class_name``), ``quant_config`` the QuantConfig that binarized it. Returns the path.
+    ``_class_name``), ``quant_config`` the QuantConfig that binarized it. ``latent_pipeline``: the class of
+    the latent pipeline the UNet belongs to (recorded, so that its latents are never taken for images).
+    Returns the path.
     """
     from safetensors.torch import save_file
 
@@ -429,6 +432,8 @@ def export_packed(
     }
     if scheduler_config is not None:
         metadata["scheduler_config"] = json.dumps(_plain_config(scheduler_config))
+    if latent_pipeline is not None:
+        metadata["latent_pipeline"] = str(latent_pipeline)
     metadata["digest"] = _digest(state)
     metadata["digest_all"] = _digest(state, metadata)
     path = Path(path)
@@ -759,7 +764,8 @@ def load_checkpoint(path: PathLike) -> tuple[nn.Module, dict[str, Any]]:
         return load_student_dir(path)
     model = load_packed(path)
     meta = packed_metadata(path)
-    configs = {k: meta[k] for k in ("quant_config", "unet_config", "scheduler_config") if k in meta}
+    configs = {k: meta[k] for k in ("quant_config", "unet_config", "scheduler_config", "latent_pipeline")
+               if k in meta}
     return model, configs
 
 

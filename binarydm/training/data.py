@@ -133,22 +133,128 @@ def synthetic(n: int, image_size: int, channels: int, seed: int = 0, labels: boo
     return out.with_labels(torch.arange(n) % SYNTHETIC_CLASSES) if labels else out
 
 
-def build_dataset(cfg: DataConfig, train: bool, seed: int = 0) -> Dataset:
-    """The training (``train``) or held-out images of ``cfg``; ``seed`` draws the synthetic ones."""
-    if cfg.labels and cfg.name not in ("fashion_mnist", "synthetic"):
+def build_dataset(cfg: DataConfig, train: bool, seed: int = 0, labels: Optional[bool] = None) -> Dataset:
+    """The training (``train``) or held-out images of ``cfg``; ``seed`` draws the synthetic ones. ``labels``
+    (default ``cfg.labels``): yield (image, label) pairs."""
+    labels = cfg.labels if labels is None else labels
+    if labels and cfg.name not in ("fashion_mnist", "synthetic"):
         raise ValueError(f"data.labels=true: class labels are read for fashion_mnist and synthetic, not {cfg.name}")
     if cfg.name == "cifar10":
         ds = cifar10(cfg.root, train, cfg.download)
     elif cfg.name == "fashion_mnist":
         ds = fashion_mnist(cfg.root, train, cfg.image_size, cfg.channels)
-        if cfg.labels:
+        if labels:
             ds = ds.with_labels(fashion_mnist_labels(cfg.root, train))
     elif cfg.name == "folder":
         ds = ImageFolder(cfg.root, cfg.image_size, cfg.channels)
     else:
         ds = synthetic(cfg.synthetic_size, cfg.image_size, cfg.channels, seed=seed + (0 if train else 1),
-                       labels=cfg.labels)
+                       labels=labels)
     return ds
+
+
+# ---- latent data: the images as their autoencoder's latents, computed once (binarydm.latent.cache) ---------
+class LatentImages(Dataset):
+    """Cached latents served like images. Key ``(i, flip, drop)`` (the training sampler's) or ``i``: the
+    latents of image i (mirrored where ``flip``); with ``labels``, (latents, label); with cached caption
+    embeddings (``text``), (latents, embedding), the empty caption's embedding where ``drop``."""
+
+    def __init__(self, cache, labels: Optional[torch.Tensor] = None, text: bool = False):
+        self.cache = cache
+        self.labels = labels
+        self.text = text
+
+    def __len__(self) -> int:
+        return self.cache.count
+
+    def __getitem__(self, key):
+        i, flip, drop = (key, False, False) if isinstance(key, int) else key
+        z = self.cache.latent(i, 1 if flip and self.cache.views == 2 else 0)
+        if self.text:
+            return z, self.cache.embedding(i, bool(drop))
+        if self.labels is not None:
+            return z, self.labels[i]
+        return z
+
+
+def _base(ds: Dataset) -> tuple[Dataset, Optional[list]]:
+    if isinstance(ds, Subset):
+        return ds.dataset, list(ds.indices)
+    return ds, None
+
+
+def dataset_digest(ds: Dataset) -> str:
+    """What the images of ``ds`` are, for the latent cache's key: the bytes of an in-memory set, the names,
+    sizes and times of a folder's files (a changed image changes them)."""
+    import hashlib
+
+    base, indices = _base(ds)
+    h = hashlib.sha256()
+    if isinstance(base, TensorImages):
+        h.update(str(tuple(base.images.shape)).encode())
+        h.update(base.images.contiguous().numpy().tobytes())
+    elif isinstance(base, ImageFolder):
+        for p in base.paths:
+            st = p.stat()
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    else:
+        raise ValueError(f"no latent cache for a {type(base).__name__} data set")
+    if indices is not None:
+        h.update(str(indices).encode())
+    return h.hexdigest()
+
+
+def _items(ds: Dataset, a: int, b: int) -> torch.Tensor:
+    xs = [ds[i] for i in range(a, b)]
+    return torch.stack([x[0] if isinstance(x, tuple) else x for x in xs])
+
+
+def _labels(ds: Dataset) -> Optional[torch.Tensor]:
+    base, indices = _base(ds)
+    labels = getattr(base, "labels", None)
+    if labels is None:
+        return None
+    return labels if indices is None else labels[indices]
+
+
+def captions_of(cfg: DataConfig, ds: Dataset, seed: int) -> list[str]:
+    """Each image's caption: a folder's own (metadata.jsonl or .txt), else made from class labels."""
+    from ..latent.text import default_captions, folder_captions
+
+    base, indices = _base(ds)
+    if isinstance(base, ImageFolder):
+        paths = base.paths if indices is None else [base.paths[i] for i in indices]
+        return folder_captions(Path(cfg.root), paths)
+    labels = _labels(ds)
+    return default_captions(cfg.name, None if labels is None else labels.tolist(), seed)
+
+
+def encode_split(cfg: DataConfig, ds: Dataset, components, split: str, seed: int, cache_dir: Optional[Path] = None,
+                 flips: bool = False, progress: bool = True) -> LatentImages:
+    """``ds`` as cached latents of ``components.autoencoder`` (and caption embeddings for a text model)."""
+    from ..latent.cache import CACHE_VERSION, build_cache, default_root, module_digest, text_digest, tokenizer_digest
+
+    captions = captions_of(cfg, ds, seed) if components.text else None
+    views = 2 if flips else 1
+    key = {"version": CACHE_VERSION, "split": split, "autoencoder": module_digest(components.autoencoder),
+           "images": dataset_digest(ds), "image_size": int(cfg.image_size), "channels": int(cfg.channels),
+           "views": views}
+    if captions is not None:
+        key["text"] = module_digest(components.text_encoder) + ":" + tokenizer_digest(components.tokenizer)
+        key["captions"] = text_digest(captions)
+    if cache_dir is None:
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        directory = default_root() / f"{cfg.name}-{split}-{digest}"
+    else:
+        directory = Path(cache_dir) / split
+    cache = build_cache(directory, key, len(ds), lambda a, b: _items(ds, a, b), components.autoencoder, views,
+                        captions, components.text_encoder, components.tokenizer, progress=progress,
+                        desc=f"latents of the {split} images")
+    labels = None if components.text else _labels(ds)
+    return LatentImages(cache, labels if cfg.labels else None, text=components.text)
 
 
 # ---- sampling -------------------------------------------------------------------------------
@@ -156,11 +262,13 @@ class StepBatchSampler(Sampler):
     """Endless batches; global batch k is a slice of permutation(seed, epoch = k // batches_per_epoch).
 
     Rank r of W processes takes every W-th index of each global batch. ``start`` is the first batch
-    index (the trainer's global step on resume).
+    index (the trainer's global step on resume). Each index comes with its flip (``random_flip``) and
+    whether its caption is dropped (``drop_rate``: classifier-free guidance), both drawn from the same
+    generator after the permutation, so a resumed run draws them again exactly.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1,
-                 random_flip: bool = False):
+                 random_flip: bool = False, drop_rate: float = 0.0):
         if batch_size % world_size:
             raise ValueError(f"data.batch_size={batch_size} is not divisible by the {world_size} processes")
         if n < batch_size:
@@ -169,18 +277,22 @@ class StepBatchSampler(Sampler):
         self.start, self.rank, self.world_size = start, rank, world_size
         self.per_epoch = n // batch_size
         self.random_flip = random_flip
+        self.drop_rate = float(drop_rate)
 
-    def batch(self, k: int) -> list[tuple[int, bool]]:
-        """(index, flip) pairs of this rank's share of global batch k."""
+    def batch(self, k: int) -> list[tuple[int, bool, bool]]:
+        """(index, flip, drop) triples of this rank's share of global batch k."""
         epoch, i = divmod(k, self.per_epoch)
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         perm = torch.randperm(self.n, generator=g)
         flips = torch.rand(self.n, generator=g) < 0.5 if self.random_flip else torch.zeros(self.n, dtype=torch.bool)
+        drops = torch.rand(self.n, generator=g) < self.drop_rate if self.drop_rate > 0 else \
+            torch.zeros(self.n, dtype=torch.bool)
         sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        idx, flip = perm[sl][self.rank::self.world_size], flips[sl][self.rank::self.world_size]
-        return list(zip(idx.tolist(), flip.tolist()))
+        mine = slice(self.rank, None, self.world_size)
+        idx, flip, drop = perm[sl][mine], flips[sl][mine], drops[sl][mine]
+        return list(zip(idx.tolist(), flip.tolist(), drop.tolist()))
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, bool, bool]]]:
         k = self.start
         while True:
             yield self.batch(k)
@@ -197,7 +309,7 @@ class _Indexed(Dataset):
         return len(self.ds)
 
     def __getitem__(self, key):
-        i, flip = key
+        i, flip = key[0], key[1]
         x = self.ds[i]
         if isinstance(x, tuple):
             return (x[0].flip(-1) if flip else x[0]), x[1]
@@ -212,24 +324,48 @@ def collate(items):
 
 
 class DiffusionDataModule(L.LightningDataModule):
-    """``cfg``'s images; ``seed`` (the run's) orders the batches and draws the synthetic images."""
+    """``cfg``'s images; ``seed`` (the run's) orders the batches and draws the synthetic images. With the
+    ``components`` of a latent pipeline the images become their cached latents (and, for a text-conditioned
+    UNet, their captions' cached embeddings): ``encode_split``."""
 
-    def __init__(self, cfg: DataConfig, seed: int = 0):
+    def __init__(self, cfg: DataConfig, seed: int = 0, components=None):
         super().__init__()
         self.cfg = cfg
         self.seed = seed
+        self.components = components
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
+
+    @property
+    def latent(self) -> bool:
+        return self.components is not None and self.components.latent
+
+    @property
+    def text(self) -> bool:
+        return self.components is not None and self.components.text
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        self.train_set = build_dataset(self.cfg, train=True, seed=self.seed)
+        if self.text and self.cfg.name not in ("folder", "fashion_mnist", "synthetic"):
+            raise ValueError(f"a text-conditioned UNet reads captions: data.name=folder (metadata.jsonl or .txt files) "
+                             f"or fashion_mnist / synthetic (captions from class names), not {self.cfg.name}")
+        # Captions of a labelled set are made from its labels.
+        labels = self.cfg.labels or (self.text and self.cfg.name != "folder")
+        train = build_dataset(self.cfg, train=True, seed=self.seed, labels=labels)
         if self.cfg.name in ("cifar10", "fashion_mnist", "synthetic"):
-            val = build_dataset(self.cfg, train=False, seed=self.seed)
+            val = build_dataset(self.cfg, train=False, seed=self.seed, labels=labels)
         else:  # a folder has no split: validate on its first images
-            val = self.train_set
-        self.val_set = Subset(val, range(min(self.cfg.val_size, len(val))))
+            val = train
+        if self.cfg.subset:
+            train = Subset(train, range(min(self.cfg.subset, len(train))))
+        val = Subset(val, range(min(self.cfg.val_size, len(val))))
+        if self.latent:
+            cache = Path(self.cfg.latent_cache) if self.cfg.latent_cache else None
+            # Held-out captions use another template draw than the training ones (seed + 1).
+            train = encode_split(self.cfg, train, self.components, "train", self.seed, cache, self.cfg.random_flip)
+            val = encode_split(self.cfg, val, self.components, "val", self.seed + 1, cache)
+        self.train_set, self.val_set = train, val
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -237,9 +373,10 @@ class DiffusionDataModule(L.LightningDataModule):
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
         sampler = StepBatchSampler(len(self.train_set), self.cfg.batch_size, self.seed, start, rank, world,
-                                   random_flip=self.cfg.random_flip)
-        return DataLoader(_Indexed(self.train_set), batch_sampler=sampler, num_workers=self.cfg.num_workers,
-                          collate_fn=collate)
+                                   random_flip=self.cfg.random_flip,
+                                   drop_rate=self.cfg.caption_dropout if self.text else 0.0)
+        dataset = self.train_set if self.latent else _Indexed(self.train_set)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=collate)
 
     def val_dataloader(self) -> DataLoader:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -247,5 +384,6 @@ class DiffusionDataModule(L.LightningDataModule):
                           num_workers=self.cfg.num_workers, collate_fn=collate)
 
 
-__all__ = ["DataConfig", "DiffusionDataModule", "DatasetNotFoundError", "StepBatchSampler", "TensorImages",
-           "ImageFolder", "build_dataset", "cifar10", "fashion_mnist", "synthetic", "FASHION_MNIST_DIR"]
+__all__ = ["DataConfig", "DiffusionDataModule", "DatasetNotFoundError", "LatentImages", "StepBatchSampler",
+           "TensorImages", "ImageFolder", "build_dataset", "captions_of", "cifar10", "dataset_digest", "encode_split",
+           "fashion_mnist", "synthetic", "FASHION_MNIST_DIR"]

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..evaluation import evaluate, get_extractor
 from ..packing.export import export
-from ..packing.loading import load_student
+from ..packing.loading import load_with_configs
 from ..sampling import grid_image, sample_images, save_images
 
 _REFERENCES = {"fashion_mnist": ("fashion-mnist", "test"), "cifar10": ("cifar10", "train")}
@@ -65,11 +65,14 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, path: Path, labels=("t
 
 
 def evaluate_run(cfg: DictConfig, teacher: Optional[nn.Module], student_dir: Path, run_dir: Path,
-                 scheduler_config: Optional[dict] = None) -> dict[str, Any]:
-    """FIDs, packed size and the side-by-side picture of a finished run; returns what the report shows."""
+                 scheduler_config: Optional[dict] = None, components=None,
+                 prompts: Optional[list[str]] = None) -> dict[str, Any]:
+    """FIDs, packed size and the side-by-side picture of a finished run; returns what the report shows.
+    ``components``: a latent pipeline's frozen parts (samples decoded; ``prompts`` for a text-conditioned
+    UNet, at ``eval.guidance_scale``)."""
     e = cfg.eval
     out: dict[str, Any] = {}
-    student = load_student(student_dir).eval()
+    student = load_with_configs(student_dir, allow_fp=True)[0].eval()  # a student or a pipeline directory
     if e.packed and getattr(student, "config", {}).get("quantization_config") is not None:
         packed = export(student_dir, run_dir / "student.packed.safetensors")
         out["packed"] = {"file": packed["file"], "bytes": packed["bytes"], "fp32_bytes": packed["fp32_bytes"],
@@ -81,8 +84,10 @@ def evaluate_run(cfg: DictConfig, teacher: Optional[nn.Module], student_dir: Pat
     images = {}
     for name, model in models.items():
         start = time.perf_counter()
+        guidance = e.guidance_scale if e.guidance_scale is not None else cfg.sample.guidance_scale
         images[name] = sample_images(model.eval(), n, int(e.sample_steps), "ddim", int(e.sample_batch),
-                                     seed=int(e.seed), scheduler_config=scheduler_config)
+                                     seed=int(e.seed), scheduler_config=scheduler_config, components=components,
+                                     prompts=prompts, guidance_scale=float(guidance))
         out.setdefault("seconds_per_image", {})[name] = (time.perf_counter() - start) / n
         save_images(images[name], run_dir / "eval" / name, grid=16)
     if "teacher" in images:

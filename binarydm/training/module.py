@@ -84,7 +84,12 @@ def _conditional(config) -> bool:
     return num_classes(config) is not None or needs_text(config)
 
 
-def _missing_labels() -> dict:
+def _missing_labels(config) -> dict:
+    from ..unets import needs_text
+
+    if needs_text(config):
+        raise ValueError("the UNet is conditioned on text but the batch holds no prompt embeddings: train it with "
+                         "its pipeline's text encoder (model.pretrained=<pipeline> or model.text_encoder=DIR)")
     raise ValueError("the UNet is conditional but the batch holds no labels: set data.labels=true (class labels), "
                      "or train an unconditional UNet")
 
@@ -146,12 +151,15 @@ class DiffusionQAT(L.LightningModule):
 
     def condition(self, batch) -> dict:
         """The UNet's conditioning keyword arguments for this batch: {} for an unconditional UNet; the
-        labels of an (images, labels) batch as ``class_labels`` or label tokens (``binarydm.unets``)."""
-        labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        labels of an (images, labels) batch as ``class_labels`` or label tokens (``binarydm.unets``); the
+        cached prompt embeddings of a (latents, embeddings) batch as ``encoder_hidden_states``."""
+        extra = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
         config = self.student.config
-        if labels is None:
-            return condition_kwargs(config) if not _conditional(config) else _missing_labels()
-        return condition_kwargs(config, labels.to(self.device), device=self.device)
+        if extra is not None and extra.is_floating_point():  # (B, tokens, dim): a text-conditioned UNet
+            return {"encoder_hidden_states": extra.to(self.device)}
+        if extra is None:
+            return condition_kwargs(config) if not _conditional(config) else _missing_labels(config)
+        return condition_kwargs(config, extra.to(self.device), device=self.device)
 
     # ---- losses ----------------------------------------------------------------------------
     def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:

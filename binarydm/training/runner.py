@@ -27,7 +27,9 @@ from torch import nn
 
 from ..errors import UsageError, one_line
 from ..packing.format import atomic_write, save_student_dir, write_checksums
-from ..packing.loading import load_student, quant_config_from
+from ..latent.components import Components, load_components
+from ..packing.loading import load_student, quant_config_from, run_unet_config
+from ..packing.pipeline import save_pipeline_dir
 from ..quant.config import QuantConfig
 from ..quant.convert import binarize_
 from .callbacks import (
@@ -38,6 +40,7 @@ from .callbacks import (
     SampleGrid,
     all_quantizers_off_,
 )
+from . import autoencoder
 from .config import RunConfig, save_config, structured
 from .data import DiffusionDataModule
 from .final_eval import evaluate_run, report_lines
@@ -52,7 +55,7 @@ from .guards import (
 )
 from .module import DiffusionQAT
 from .schedules import QuantScheduleCallback
-from .teacher import load_scheduler, load_unet, resolve_local
+from .teacher import hub_unavailable, load_scheduler, load_unet, resolve_local
 from .validate import check_config, check_data, check_model, check_resume
 
 
@@ -63,16 +66,20 @@ def quant_config_of(cfg: DictConfig) -> Optional[QuantConfig]:
     return quant_config_from(cfg.quant, OmegaConf.to_container(cfg.quant_options))
 
 
-def _scheduler(cfg: DictConfig):
+def _scheduler(cfg: DictConfig, latent: bool = False):
     pretrained = cfg.model.pretrained if cfg.model.config is None else None
-    fallback = OmegaConf.to_container(cfg.scheduler)
+    fallback = {k: v for k, v in OmegaConf.to_container(cfg.scheduler).items() if v is not None}
+    # Latents are no images in [-1, 1]: the samplers must not clip their x_0 estimate (LDM, Stable Diffusion).
+    fallback.setdefault("clip_sample", not latent)
     if pretrained and resolve_local(pretrained) is None:
         from diffusers import DDPMScheduler
 
-        try:
-            return DDPMScheduler.from_pretrained(pretrained)
-        except Exception:  # no scheduler on the hub copy / offline: the config's schedule
-            return DDPMScheduler(**fallback)
+        for subfolder in (None, "scheduler"):  # a model repository, or a pipeline's scheduler/
+            try:
+                return DDPMScheduler.from_pretrained(pretrained, subfolder=subfolder)
+            except Exception:  # noqa: BLE001 - none there / offline: the config's schedule
+                continue
+        return DDPMScheduler(**fallback)
     return load_scheduler(pretrained, fallback)
 
 
@@ -86,15 +93,53 @@ class Built:
     progressive: Optional[ProgressiveInit] = None
     samples: Optional[SampleGrid] = None
     ema: Optional[EMA] = None
+    components: Optional[Components] = None
 
 
-def data_module(cfg: DictConfig) -> DiffusionDataModule:
-    return DiffusionDataModule(OmegaConf.to_object(cfg.data), seed=cfg.seed)
+def data_module(cfg: DictConfig, components: Optional[Components] = None) -> DiffusionDataModule:
+    return DiffusionDataModule(OmegaConf.to_object(cfg.data), seed=cfg.seed, components=components)
 
 
-def build(cfg: Union[DictConfig, RunConfig], data: Optional[DiffusionDataModule] = None) -> Built:
+def components_of(cfg: DictConfig) -> Components:
+    """The frozen parts around the UNet (``binarydm.latent``): the autoencoder whose latents are the data, the
+    text encoder of a text-conditioned UNet; none for a pixel-space UNet or an autoencoder run."""
+    model_config = OmegaConf.to_container(cfg.model.config) if cfg.model.config is not None else None
+    if autoencoder.is_autoencoder_config(model_config):
+        return Components()
+    pretrained = cfg.model.pretrained if cfg.model.config is None else None
+    try:
+        unet_config = run_unet_config(cfg)
+    except ValueError:
+        if pretrained and resolve_local(pretrained) is None:  # a hub id that cannot be read here
+            raise hub_unavailable(pretrained) from None
+        unet_config = None
+    try:
+        return load_components(pretrained, unet_config, cfg.model.autoencoder, cfg.model.text_encoder)
+    except (OSError, ValueError, TypeError) as err:
+        if isinstance(err, UsageError):
+            raise
+        raise UsageError(f"model.pretrained={pretrained}: cannot load the pipeline's frozen components "
+                         f"({type(err).__name__}: {one_line(err)[:200]})") from None
+
+
+def _build_autoencoder_run(cfg: DictConfig, data: DiffusionDataModule, run_dir: Path) -> Built:
+    """An autoencoder run (``model.config._class_name``: AutoencoderKL or VQModel): the latent space of a
+    latent pipeline, trained on the images (``training.autoencoder``)."""
+    try:
+        ae = autoencoder.build_autoencoder(OmegaConf.to_container(cfg.model.config))
+    except ValueError as err:
+        raise UsageError(one_line(err)) from None
+    module = autoencoder.AutoencoderTraining(ae, OmegaConf.to_object(cfg.autoencoder), OmegaConf.to_object(cfg.optim),
+                                             seed=cfg.seed)
+    samples = autoencoder.ReconstructionGrid(run_dir / "samples", cfg.sample.num_images)
+    return Built(module, data, [DivergenceGuard(lr=cfg.optim.lr), samples], None, run_dir, samples=samples)
+
+
+def build(cfg: Union[DictConfig, RunConfig], data: Optional[DiffusionDataModule] = None,
+          components: Optional[Components] = None) -> Built:
     """The LightningModule, data module (``data``, or a new one) and callbacks of a run (nothing is
-    trained yet)."""
+    trained yet); ``components``: the frozen parts of a latent pipeline (default: ``data``'s, else found
+    from the config)."""
     cfg = structured(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -102,8 +147,15 @@ def build(cfg: Union[DictConfig, RunConfig], data: Optional[DiffusionDataModule]
     run_dir = Path(cfg.out_dir) / cfg.name
     quant = quant_config_of(cfg)
     model_config = OmegaConf.to_container(cfg.model.config) if cfg.model.config is not None else None
+    if autoencoder.is_autoencoder_config(model_config):
+        return _build_autoencoder_run(cfg, data if data is not None else data_module(cfg), run_dir)
+    if components is None:
+        components = data.components if data is not None and data.components is not None else components_of(cfg)
+    subfolder = cfg.model.subfolder
+    if subfolder is None and components.pipeline_class is not None and components.pipeline_dir is None:
+        subfolder = "unet"  # a hub pipeline
     try:
-        fp = load_unet(cfg.model.pretrained, cfg.model.subfolder, model_config)
+        fp = load_unet(cfg.model.pretrained, subfolder, model_config)
     except (ValueError, TypeError) as err:  # a model.config diffusers rejects (TeacherNotFoundError passes)
         raise UsageError(one_line(err)) from None
     except OSError as err:
@@ -111,7 +163,7 @@ def build(cfg: Union[DictConfig, RunConfig], data: Optional[DiffusionDataModule]
             raise
         raise UsageError(f"model.pretrained={cfg.model.pretrained}: cannot load it as a diffusers UNet "
                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-    scheduler = _scheduler(cfg)
+    scheduler = _scheduler(cfg, components.latent)
 
     teacher = None
     student = fp
@@ -119,13 +171,15 @@ def build(cfg: Union[DictConfig, RunConfig], data: Optional[DiffusionDataModule]
         teacher = fp
         student = copy.deepcopy(fp)
         binarize_(student, quant)
+    if cfg.model.gradient_checkpointing:
+        student.enable_gradient_checkpointing()  # memory for compute: the same loss (tests/test_latent.py)
     student.train()
 
     ebb_tau = cfg.ebb.tau if (cfg.ebb.enabled and quant is not None) else 0.0
     # optim.total_steps null: the cosine ends at the trainer's max_steps (DiffusionQAT reads it there).
     module = DiffusionQAT(student, scheduler, teacher, loss=OmegaConf.to_object(cfg.loss),
                           optim=OmegaConf.to_object(cfg.optim), seed=cfg.seed, ebb_tau=ebb_tau)
-    data = data if data is not None else data_module(cfg)
+    data = data if data is not None else data_module(cfg, components)
 
     # First, so that a diverged step stops before any other callback (or the checkpoint) sees it.
     callbacks: list = [DivergenceGuard(lr=cfg.optim.lr)]
@@ -149,9 +203,10 @@ def build(cfg: Union[DictConfig, RunConfig], data: Optional[DiffusionDataModule]
         ema = EMA(cfg.ema.decay, start)
         callbacks.append(ema)
     samples = SampleGrid(run_dir / "samples", cfg.sample.num_images, cfg.sample.num_inference_steps,
-                         cfg.sample.seed)
+                         cfg.sample.seed, components=components, prompts=list(cfg.sample.prompts) or None,
+                         guidance_scale=float(cfg.sample.guidance_scale))
     callbacks.append(samples)
-    return Built(module, data, callbacks, quant, run_dir, progressive, samples, ema)
+    return Built(module, data, callbacks, quant, run_dir, progressive, samples, ema, components)
 
 
 def _strategy(cfg: DictConfig, quantized: bool):
@@ -197,15 +252,21 @@ def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) 
 
 
 # ---- export ---------------------------------------------------------------------------------
-def export_student(student: nn.Module, quant: Optional[QuantConfig], scheduler, out_dir) -> Path:
+def export_student(student: nn.Module, quant: Optional[QuantConfig], scheduler, out_dir,
+                   components: Optional[Components] = None) -> Path:
     """The student directory: a diffusers model directory, ``config.json`` (the UNet config with binarydm's
     ``quantization_config``), ``diffusion_pytorch_model.safetensors`` (the state dict: latent weights,
     scales, LSQ steps, quantizer flags), ``scheduler_config.json`` and ``SHA256SUMS``. It is what
     ``binarydm.load``, ``binarydm.sample``, ``binarydm.export`` and, with ``import binarydm``,
     ``UNet2DModel.from_pretrained`` / ``UNet2DConditionModel.from_pretrained`` read.
 
-    A full-precision model is saved with ``save_pretrained`` (a plain diffusers model directory).
+    A full-precision model is saved with ``save_pretrained`` (a plain diffusers model directory). With the
+    ``components`` of a latent pipeline the student directory is the whole pipeline (``packing.pipeline``):
+    that directory in ``unet/``, beside the frozen autoencoder, text encoder and tokenizer.
     """
+    if components is not None and components.latent:
+        return save_pipeline_dir(out_dir, components, lambda d: export_student(student, quant, scheduler, d),
+                                 type(student).__name__, dict(scheduler.config))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if quant is None:
@@ -231,7 +292,8 @@ def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, 
         f"# Run `{cfg.name}`",
         "",
         f"- quantization: {built.quant.to_dict() if built.quant else 'none (full precision)'}",
-        f"- model: {cfg.model.pretrained if cfg.model.config is None else 'fresh UNet2DModel from model.config'}",
+        f"- model: {cfg.model.pretrained if cfg.model.config is None else 'fresh ' + str(cfg.model.config.get('_class_name') or 'UNet2DModel') + ' from model.config'}",
+        *([f"- latent pipeline: {built.components.describe()}"] if built.components and built.components.latent else []),
         f"- data: {cfg.data.name} ({cfg.data.root}), batch {cfg.data.batch_size}",
         f"- steps: {trainer.global_step} (max_steps {cfg.trainer.max_steps})",
         f"- wall time of this invocation: {wall:.1f} s ({wall / max(trainer.global_step, 1):.3f} s/step overall)",
@@ -253,7 +315,9 @@ def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, 
     if built.progressive is not None:
         lines += ["", "## Progressive initialisation", "",
                   *[f"- step {s}: {name}" for s, name in built.progressive.history]]
-    if evaluation:
+    if evaluation and "autoencoder" in evaluation:
+        lines += autoencoder.report_lines(evaluation["autoencoder"])
+    elif evaluation:
         lines += report_lines(evaluation, cfg)
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -265,10 +329,13 @@ def prepare(cfg: Union[DictConfig, RunConfig], extra_callbacks: Sequence = ()) -
     run directory is touched."""
     cfg = structured(cfg)
     check_config(cfg)
-    data = data_module(cfg)
+    components = components_of(cfg)  # the frozen autoencoder / text encoder: latents are made with them
+    data = data_module(cfg, components)
+    check_model(cfg, None, components)  # the UNet's config against the autoencoder, before any encoding
     check_data(cfg, data)  # the data set is read before the model is loaded: the cheaper failure first
-    built = build(cfg, data)
-    check_model(cfg, built.module.student)
+    built = build(cfg, data, components)
+    if isinstance(built.module, DiffusionQAT):  # an autoencoder run was checked from its config
+        check_model(cfg, built.module.student, components)
     check_resume(cfg, built.module)
     return built, make_trainer(cfg, built, extra_callbacks)
 
@@ -300,7 +367,13 @@ def run(cfg: Union[DictConfig, RunConfig], extra_callbacks: Sequence = (), overw
             if not built.samples.written or not built.samples.written[-1].name.endswith(
                     f"{trainer.global_step:07d}.png"):
                 built.samples.on_validation_epoch_end(trainer, built.module)
-            if cfg.export:
+            if cfg.export and isinstance(built.module, autoencoder.AutoencoderTraining):
+                ae = built.module.autoencoder
+                student_dir = built.run_dir / "student"
+                evaluation = {"autoencoder": autoencoder.export_autoencoder(
+                    ae, autoencoder.training_images(built.data, cfg.autoencoder.scale_images), student_dir)}
+                evaluation["autoencoder"]["rfid"] = autoencoder.reconstruction_fid(cfg, ae, built.run_dir)
+            elif cfg.export:
                 student = built.module.student
                 ctx = built.ema.applied(student) if built.ema is not None else _null()
                 with ctx:
@@ -309,10 +382,11 @@ def run(cfg: Union[DictConfig, RunConfig], extra_callbacks: Sequence = (), overw
                         raise DivergenceError(f"training diverged by step {trainer.global_step}: {bad} of the "
                                               "model to export is not finite; lower optim.lr; nothing was exported")
                     student_dir = export_student(student, built.quant, built.module.noise_scheduler,
-                                                 built.run_dir / "student")
-            if student_dir is not None and (cfg.eval.packed or cfg.eval.fid_samples > 0):
+                                                 built.run_dir / "student", built.components)
+            if evaluation is None and student_dir is not None and (cfg.eval.packed or cfg.eval.fid_samples > 0):
                 evaluation = evaluate_run(cfg, built.module.teacher, student_dir, built.run_dir,
-                                          dict(built.module.noise_scheduler.config))
+                                          dict(built.module.noise_scheduler.config), built.components,
+                                          built.samples.resolve_prompts(built.data))
             if cfg.report:
                 report = write_report(built.run_dir / "report.md", cfg, built, trainer, time.time() - start,
                                       student_dir, evaluation)

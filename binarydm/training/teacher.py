@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 
 from torch import nn
 
-from ..unets import PACKAGE_PARENT, resolve_local, unet_class  # noqa: F401 (re-exported)
+from ..unets import PACKAGE_PARENT, quiet_hub, resolve_local, unet_class  # noqa: F401 (re-exported)
 
 DEFAULT_PRETRAINED = "google/ddpm-cifar10-32"
 
@@ -93,15 +93,22 @@ def load_unet(pretrained: Optional[str] = DEFAULT_PRETRAINED, subfolder: Optiona
             "config=teacher_fmnist` and lives in binarydm/assets/fmnist_teacher"
         )
     try:
-        return UNet2DModel.from_pretrained(pretrained, subfolder=subfolder)
+        with quiet_hub():
+            cls = unet_class(UNet2DModel.load_config(pretrained, subfolder=subfolder))
+            return cls.from_pretrained(pretrained, subfolder=subfolder)
     except Exception as err:  # diffusers raises OSError/EnvironmentError/HF errors depending on the case
-        raise TeacherNotFoundError(
-            f"cannot load the pretrained UNet model.pretrained={pretrained!r}: it is not a local directory and "
-            f"the hub copy is unavailable (offline, or no such id). Set model.pretrained=/path/to/a/diffusers/dir "
-            f"(e.g. binarydm/assets/fmnist_teacher), download it where there is a network "
-            f"(huggingface-cli download {pretrained} --local-dir DIR), or train one here with quant=none. "
-            f"[{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}]"
-        ) from None
+        raise hub_unavailable(pretrained, err) from None
+
+
+def hub_unavailable(pretrained: str, err: Optional[BaseException] = None) -> TeacherNotFoundError:
+    """The one-line error for a hub id that cannot be read here (offline, or no such id)."""
+    why = f" [{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}]" if err is not None else ""
+    return TeacherNotFoundError(
+        f"cannot load the pretrained model model.pretrained={pretrained!r}: it is not a local directory and "
+        f"the hub copy is unavailable (offline, or no such id). Download it where there is a network "
+        f"(huggingface-cli download {pretrained} --local-dir DIR) and set model.pretrained=DIR, point "
+        f"model.pretrained at another diffusers directory (e.g. binarydm/assets/fmnist_teacher), or train one here "
+        f"with quant=none.{why}")
 
 
 def load_scheduler(pretrained: Optional[str], fallback: Mapping[str, Any]):

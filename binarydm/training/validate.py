@@ -36,6 +36,7 @@ _INT_MIN = {
     "data.num_workers": 0,
     "data.val_size": 1,
     "data.synthetic_size": 1,
+    "data.subset": 0,
     "optim.warmup_steps": 0,
     "optim.total_steps": 1,
     "loss.lrm_rank_divisor": 1,
@@ -50,6 +51,7 @@ _INT_MIN = {
     "eval.sample_steps": 1,
     "eval.sample_batch": 1,
     "eval.seed": 0,
+    "autoencoder.scale_images": 2,
 }
 # key -> (low, high, low inclusive, high inclusive) for floats
 _FLOAT_RANGE = {
@@ -61,6 +63,10 @@ _FLOAT_RANGE = {
     "loss.kd_weight": (0.0, 1.0, True, True),
     "ebb.tau": (0.0, math.inf, True, False),
     "ema.decay": (0.0, 1.0, True, True),
+    "data.caption_dropout": (0.0, 1.0, True, False),
+    "sample.guidance_scale": (1.0, math.inf, True, False),
+    "autoencoder.kl_weight": (0.0, math.inf, True, False),
+    "autoencoder.codebook_weight": (0.0, math.inf, True, False),
 }
 
 
@@ -115,6 +121,11 @@ def _check_numbers(cfg: DictConfig) -> None:
         if _get(cfg, "data.batch_size") % world:
             raise UsageError(f"data.batch_size={_get(cfg, 'data.batch_size')}: the global batch must split evenly "
                              f"between the {world} processes (trainer.devices x trainer.num_nodes)")
+    guidance = _get(cfg, "eval.guidance_scale")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                 or not math.isfinite(guidance) or guidance < 1):
+        raise UsageError(f"eval.guidance_scale={guidance!r}: must be a number >= 1 (1: no guidance), or null for "
+                         "sample.guidance_scale")
     fid = _get(cfg, "eval.fid_samples")
     if fid == 1:
         raise UsageError("eval.fid_samples=1: FID needs a covariance, so at least 2 samples (0 turns FID off)")
@@ -167,6 +178,17 @@ def _check_model_keys(cfg: DictConfig) -> None:
             f"model.pretrained={pretrained!r} and model.config are both set, and model.config would win silently; "
             "set model.config=null to start from model.pretrained, or model.pretrained=null for a fresh UNet"
         )
+    if config is not None and dict(config).get("_class_name") in ("AutoencoderKL", "VQModel"):
+        if str(_get(cfg, "quant")).lower() not in ("none", "fp", "fp32"):
+            raise UsageError(f"model.config is a {config['_class_name']}: an autoencoder is trained in full precision "
+                             f"(binarydm binarizes the UNet only); set quant=none")
+    if pretrained and config is None and not _get(cfg, "model.autoencoder"):
+        from ..latent.components import refuse_unet_of_pipeline
+        from ..unets import resolve_local
+
+        local = resolve_local(str(pretrained))
+        if local is not None and not (local / "model_index.json").is_file():
+            refuse_unet_of_pipeline(local, "model.pretrained")  # its latents, not pixels, are its data
     if not pretrained and config is None:
         raise UsageError("neither model.pretrained nor model.config is set: name a diffusers UNet directory or hub id "
                          "(model.pretrained=...) or give a UNet2DModel config (model.config={...})")
@@ -276,14 +298,52 @@ def _size(value: Any) -> Optional[int]:
     return int(value)
 
 
-def _check_unet_config(cfg: DictConfig, config: dict) -> None:
+def _declares_latent(cfg: DictConfig) -> bool:
+    """Whether the run is in a latent space (model.autoencoder, or a local pipeline with vae/ or vqvae/),
+    known from the config alone (a hub pipeline is known once its components are loaded)."""
+    if _get(cfg, "model.autoencoder"):
+        return True
+    if cfg.model.config is not None or not cfg.model.pretrained:
+        return False
+    from ..latent.components import autoencoder_slot, model_index
+    from ..unets import resolve_local
+
+    local = resolve_local(str(cfg.model.pretrained))
+    return local is not None and autoencoder_slot(model_index(str(local))) is not None
+
+
+def _declares_text(cfg: DictConfig) -> bool:
+    if _get(cfg, "model.text_encoder"):
+        return True
+    if cfg.model.config is not None or not cfg.model.pretrained:
+        return False
+    from ..latent.components import model_index
+    from ..unets import resolve_local
+
+    local = resolve_local(str(cfg.model.pretrained))
+    index = model_index(str(local)) if local is not None else None
+    return bool(index and "text_encoder" in index)
+
+
+def _check_unet_config(cfg: DictConfig, config: dict, components=None) -> None:
+    from ..unets import needs_text
+
     source = f"model.pretrained={cfg.model.pretrained}" if cfg.model.config is None else "model.config"
+    latent = components.latent if components is not None else _declares_latent(cfg)
+    text = components.text if components is not None else _declares_text(cfg)
+    _check_condition(cfg, config, source, text)
+    if needs_text(config) and not latent:
+        raise UsageError(f"{source}: text conditioning is trained in latent space here (a Stable Diffusion-like "
+                         "pipeline): the pipeline needs an AutoencoderKL (vae/) too, or set model.autoencoder=DIR")
+    if latent:  # sizes and channels are the autoencoder's business: Components.check_unet
+        if components is not None:
+            components.check_unet(config, int(cfg.data.image_size), int(cfg.data.channels), source)
+        return
     size = _size(config.get("sample_size"))
     image_size = int(cfg.data.image_size)
     if size is not None and size != image_size:
         raise UsageError(f"data.image_size={image_size} does not match the UNet's sample_size={size} ({source}); "
                          f"set data.image_size={size} or use a UNet built for {image_size}-pixel images")
-    _check_condition(cfg, config, source)
     channels = int(cfg.data.channels)
     for attr in ("in_channels", "out_channels"):
         have = config.get(attr, 3)  # UNet2DModel's default
@@ -292,18 +352,26 @@ def _check_unet_config(cfg: DictConfig, config: dict) -> None:
                              f"data.channels={have} or use a UNet with {attr}={channels}")
 
 
-def _check_condition(cfg: DictConfig, config: dict, source: str) -> None:
+def _check_condition(cfg: DictConfig, config: dict, source: str, text: bool = False) -> None:
     """A class-conditional UNet needs data.labels=true, an unconditional one must not get labels, and a
-    text-conditioned UNet (Stable Diffusion) has no training data here."""
+    text-conditioned UNet (Stable Diffusion) needs its text encoder (``text``) and takes no labels."""
     from ..unets import needs_text, num_classes
 
     labels = bool(OmegaConf.select(cfg, "data.labels", default=False))
     classes = num_classes(config)
     if needs_text(config):
-        raise UsageError(f"{source}: a UNet2DConditionModel conditioned on text (encoder_hidden_states of "
-                         f"cross_attention_dim {config.get('cross_attention_dim', 1280)}); binarydm.train trains "
-                         "unconditional and class-conditional UNets (labels as num_class_embeds, or as one token with "
-                         "encoder_hid_dim_type=text_proj: configs/tiny_cond.yaml)")
+        if not text:
+            raise UsageError(f"{source}: a UNet2DConditionModel conditioned on text (encoder_hidden_states of "
+                             f"cross_attention_dim {config.get('cross_attention_dim', 1280)}) needs its text encoder: "
+                             "point model.pretrained at its pipeline (with text_encoder/ and tokenizer/) or set "
+                             "model.text_encoder=DIR")
+        if labels:
+            raise UsageError(f"data.labels=true, but the UNet ({source}) is conditioned on text (captions); set "
+                             "data.labels=false")
+        return
+    if _get(cfg, "data.caption_dropout"):
+        raise UsageError(f"data.caption_dropout={_get(cfg, 'data.caption_dropout')}: the UNet ({source}) takes no "
+                         "text; set data.caption_dropout=0")
     if classes is not None and not labels:
         raise UsageError(f"{source}: the UNet is class-conditional ({classes} classes); set data.labels=true")
     if classes is None and labels:
@@ -335,12 +403,20 @@ def _local_unet_config(cfg: DictConfig) -> Optional[dict]:
     return None
 
 
-def check_model(cfg: DictConfig, unet=None) -> None:
-    """The data must fit the UNet: its sample_size, in_channels and out_channels (noise prediction).
+def check_model(cfg: DictConfig, unet=None, components=None) -> None:
+    """The data must fit the UNet: its sample_size, in_channels and out_channels (noise prediction), or,
+    with a latent pipeline's ``components``, the autoencoder's latents (and the text encoder's captions).
     Without ``unet``, from the config alone (before any weights are loaded), where that is known."""
     config = dict(unet.config) if unet is not None else _local_unet_config(cfg)
-    if config is not None:
-        _check_unet_config(cfg, config)
+    if config is None:
+        return
+    if config.get("_class_name") in ("AutoencoderKL", "VQModel"):  # an autoencoder run: it reads the images
+        have = config.get("in_channels", 3)
+        if int(have) != int(cfg.data.channels):
+            raise UsageError(f"data.channels={cfg.data.channels} does not match the autoencoder's in_channels={have} "
+                             f"(model.config); set data.channels={have}")
+        return
+    _check_unet_config(cfg, config, components)
 
 
 def check_data(cfg: DictConfig, datamodule) -> None:
