@@ -44,7 +44,7 @@ _USER_ERRORS = (
     ("binarydm.training.config", "ConfigError"),
     ("binarydm.datasets", "DatasetNotFoundError"),
     ("binarydm.training.teacher", "TeacherNotFoundError"),
-    ("binarydm.packing.format", "PackedFormatError"),
+    ("binarydm.packing.files", "PackedFormatError"),
     ("binarydm.evaluation.inception", "InceptionWeightsNotFound"),
     ("binarydm.evaluation.fid", "DatasetNotFound"),
 )

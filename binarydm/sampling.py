@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError
-from .packing.format import atomic_path, atomic_write, check_output_path
+from .packing.files import atomic_path, atomic_write, check_output_path
 from .packing.loading import load_for_cli
 from .unets import condition_kwargs, conditioned, needs_text, num_classes
 

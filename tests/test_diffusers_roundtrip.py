@@ -14,7 +14,7 @@ from conftest import TINY_UNET, make_tiny_unet
 import binarydm
 from binarydm.errors import UsageError
 from binarydm.packing import PackedFormatError, export_packed, save_student_dir
-from binarydm.packing.format import CHECKSUM_FILE
+from binarydm.packing.files import CHECKSUM_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

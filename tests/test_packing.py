@@ -18,7 +18,7 @@ from binarydm.packing import (
     save_student_dir,
     unpack_bits,
 )
-from binarydm.packing.format import lmb_latent, lsq_latent
+from binarydm.packing.bits import lmb_latent, lsq_latent
 from binarydm.quant import LMB, LSQ, quant_layers, weight_quantizers
 from conftest import make_tiny_unet
 
@@ -135,7 +135,7 @@ def test_version_1_files_are_still_read(tmp_path):
 
     from safetensors.torch import save_file
 
-    from binarydm.packing import format as fmt
+    from binarydm.packing import packed as fmt
 
     model, unet_config, batch = trained_student("w1a4")
     v2 = export_packed(model, unet_config, "w1a4", tmp_path / "v2.safetensors")

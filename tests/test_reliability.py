@@ -18,7 +18,7 @@ import torch
 import binarydm
 from binarydm.errors import CLIExit, UsageError
 from binarydm.packing import PackedFormatError, export_packed, load_packed, load_student_dir, save_student_dir
-from binarydm.packing.format import TMP_SUFFIX, clean_stale_temp
+from binarydm.packing.files import TMP_SUFFIX, clean_stale_temp
 from binarydm.training import load_config
 from binarydm.training.guards import LOCK_FILE, AtomicCheckpointIO, DivergenceError
 from binarydm.training.runner import run

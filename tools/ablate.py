@@ -92,7 +92,7 @@ def run_one(config: str, overrides: list[str], run_dir: Path, steps: int, seed: 
 
 
 def _write(path: Path, metrics: dict) -> None:
-    from binarydm.packing.format import atomic_write
+    from binarydm.packing.files import atomic_write
 
     with atomic_write(path, "w") as f:  # a killed run never leaves half a cache entry
         f.write(json.dumps(metrics))

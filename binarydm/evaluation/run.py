@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import UsageError
-from ..packing.format import atomic_write, check_output_path
+from ..packing.files import atomic_write, check_output_path
 from ..sampling import SAMPLERS, SampleArgs, sample_to_folder
 from .fid import DatasetNotFound, evaluate, image_files, resolve_folder
 from .inception import get_extractor

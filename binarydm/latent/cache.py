@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..packing.format import atomic_path, atomic_write, fsync_dir
+from ..packing.files import atomic_path, atomic_write, fsync_dir
 from .components import encode_images
 from .text import embed_prompts
 

@@ -1,22 +1,13 @@
-"""The packed 1-bit checkpoint (safetensors): bit-planes for binarized weights, int8 codes for 8-bit
-kept layers, everything else as stored; :func:`load_packed` rebuilds the fake-quantized model exactly."""
+"""The on-disk forms, one module each: ``files`` (atomic writes, checksums), ``bits`` (bit planes),
+``packed`` (the packed 1-bit checkpoint: bit-planes for binarized weights, int8 codes for 8-bit kept
+layers, everything else as stored; :func:`load_packed` rebuilds the fake-quantized model exactly),
+``student`` (the student directory), ``pipeline`` (the pipeline directory of a latent run); ``loading``
+reads any of them, ``hf`` makes diffusers' ``from_pretrained`` read them."""
 
-from .format import (
-    FORMAT,
-    FORMAT_VERSION,
-    PackedFormatError,
-    build_model,
-    export_packed,
-    file_sizes,
-    load_checkpoint,
-    load_packed,
-    load_student_dir,
-    pack_bits,
-    packed_metadata,
-    read_packed,
-    save_student_dir,
-    unpack_bits,
-)
+from .bits import pack_bits, unpack_bits
+from .files import PackedFormatError
+from .packed import FORMAT, FORMAT_VERSION, build_model, export_packed, file_sizes, load_packed, packed_metadata, read_packed
+from .student import load_checkpoint, load_student_dir, save_student_dir
 from ._hook import register_with_diffusers
 
 # `import binarydm` makes diffusers' from_pretrained load binarized checkpoints binarized (packing/hf.py):

@@ -24,7 +24,8 @@ from torch import nn
 from ..errors import UsageError
 from ..quant.summary import summary
 from ..unets import condition_kwargs, needs_text
-from .format import PathLike, check_output_path, export_packed, file_sizes, load_packed
+from .files import PathLike, check_output_path
+from .packed import export_packed, file_sizes, load_packed
 from .loading import is_packed_file, load_for_cli
 
 

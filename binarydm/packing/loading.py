@@ -29,7 +29,9 @@ from torch import nn
 from .. import algorithms
 from ..errors import UsageError, one_line
 from ..quant.config import PRESETS, QuantConfig
-from .format import FORMAT, PackedFormatError, PathLike, build_model, load_packed, load_student_dir
+from .files import PackedFormatError, PathLike
+from .packed import FORMAT, build_model, load_packed
+from .student import load_student_dir
 
 ACCEPTED = ("a student directory (config.json with binarydm's quantization_config + "
             "diffusion_pytorch_model.safetensors, or student.safetensors + quant_config.json + unet_config.json), "
@@ -47,7 +49,7 @@ def _check_packed(path: Path) -> None:
     its diagnosis), UsageError naming the accepted forms for a file of another kind."""
     if is_packed_file(path):
         return
-    from .format import read_packed
+    from .packed import read_packed
 
     try:
         read_packed(path)
@@ -275,7 +277,7 @@ def load_with_configs(path: PathLike, *, ema: bool = True, allow_fp: bool = Fals
         return _training_checkpoint(path, ema)
     if path.is_file():
         _check_packed(path)
-        from .format import load_checkpoint
+        from .student import load_checkpoint
 
         return load_checkpoint(path)
     configs: dict[str, Any] = {}

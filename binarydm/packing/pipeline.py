@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .format import atomic_path, atomic_write
+from .files import atomic_path, atomic_write
 
 PIPELINE_CLASSES = {"latent": "LDMPipeline", "text": "StableDiffusionPipeline"}
 # The slots a StableDiffusionPipeline declares beside its models (none of them is needed to sample).

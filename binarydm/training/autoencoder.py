@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..latent.components import AUTOENCODER_CLASSES, autoencoder_class, encode_images
-from ..packing.format import write_checksums
+from ..packing.files import write_checksums
 from ..sampling import save_grid
 from .config import AutoencoderConfig, OptimConfig
 from .module import lr_factor

@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .. import cli
 from ..errors import UsageError
-from ..packing.format import atomic_write
+from ..packing.files import atomic_write
 from ..resources import config_dir
 
 DATASETS = ("cifar10", "fashion_mnist", "folder", "synthetic")

@@ -29,7 +29,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import RunFailed, UsageError
-from ..packing.format import atomic_path, clean_stale_temp
+from ..packing.files import atomic_path, clean_stale_temp
 
 
 class DivergenceError(RunFailed):

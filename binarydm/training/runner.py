@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..errors import UsageError, one_line
-from ..packing.format import atomic_write, save_student_dir, write_checksums
+from ..packing.files import atomic_write, write_checksums
+from ..packing.student import save_student_dir
 from ..latent.components import Components, load_components
 from ..packing.loading import load_student, quant_config_from, run_unet_config
 from ..packing.pipeline import save_pipeline_dir

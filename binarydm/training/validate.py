@@ -230,7 +230,7 @@ def _check_conflicting_keys(cfg: DictConfig) -> None:
 
 
 def _check_paths(cfg: DictConfig) -> None:
-    from ..packing.format import check_output_path
+    from ..packing.files import check_output_path
 
     check_output_path(Path(str(cfg.out_dir)) / str(cfg.name), "out_dir", directory=True)
     resume = _get(cfg, "resume")

@@ -53,12 +53,23 @@ def test_track_ratios_follow_their_definitions():
 
 
 def test_unknown_suite_task_and_method_name_the_valid_ones():
-    with pytest.raises(ValueError, match="valid: \\['smoke', 'paper', 'full'\\]"):
+    with pytest.raises(ValueError, match="valid: \\['smoke', 'paper', 'full', 'latent'\\]"):
         suites.build("nope")
     with pytest.raises(ValueError, match="its tasks"):
         suites.build("paper", tasks=["classification"])
     with pytest.raises(ValueError, match="its methods"):
         suites.build("paper", methods=["nope"])
+
+
+def test_latent_suite_is_the_papers_latent_ablation_in_miniature():
+    specs = suites.build("latent", seeds=[0, 1, 2])
+    assert {s.dataset for s in specs} == {"latent_fashion_mnist"} and {s.seed for s in specs} == {0, 1, 2}
+    assert [s.method for s in specs if s.seed == 0] == [FP, "baseline", "+lmb", "+lrm", "+lmb+lrm", "binarydm",
+                                                       "lsq-w2a4", "xnor"]
+    from suite.tasks import diffusion
+
+    opts = diffusion.options_of(specs[0])
+    assert opts["config"] == "ldm_demo" and opts["pretrained"].endswith("ldm_fmnist")
 
 
 def test_paper_suite_is_binarydms_w1a4_comparison():

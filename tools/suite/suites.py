@@ -8,6 +8,9 @@ paper  BinaryDM's comparison (arXiv 2404.05662, Table 1) at W1A4 on the offline 
        1-bit-activation methods are paired with 4-bit LSQ activations here, as the paper does.
 full   every algorithm of ``binarydm.algorithms`` in its own configuration (BiBench's W1A1 for
        the 1-bit-activation ones) on all three tasks, with the learning-rate/optimiser grids.
+latent the paper's latent ablation in miniature (its Table 4 is on LDM-4 LSUN-Bedrooms): the diffusion
+       task on the latent miniature (an LDMPipeline with a VQ autoencoder of factor 4): FP, the
+       baseline, + LMB, + LRM, both, BinaryDM, LSQ W2A4 and XNOR.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ _GRIDS: dict[str, list[tuple[str, float]]] = {
     "classification": [("adamw", 1.0), ("adamw", 0.1), ("sgd", 50.0), ("sgd", 5.0)],
     "language": [("adamw", 1.0), ("adamw", 0.3), ("sgd", 100.0)],
 }
-SUITES = ("smoke", "paper", "full")
+_LATENT_METHODS = (FP, "baseline", "+lmb", "+lrm", "+lmb+lrm", "binarydm", "lsq-w2a4", "xnor")
+SUITES = ("smoke", "paper", "full", "latent")
 
 
 def _specs(task: str, dataset: str, lr: float, steps: int, options: dict, methods: dict, grid: list,
@@ -83,10 +87,13 @@ def build(name: str, steps: Optional[int] = None, tasks: Optional[list[str]] = N
     repeats every run once per seed (the report then shows mean +- std); default ``[seed]``."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; valid: {list(SUITES)}")
-    if name == "paper":
+    if name in ("paper", "latent"):
         table = {"diffusion": _FULL_TASKS["diffusion"]}
         method_table = PAPER_METHODS
         grids: dict[str, list] = {}
+        if name == "latent":
+            table = {"diffusion": ("latent_fashion_mnist", *_FULL_TASKS["diffusion"][1:])}
+            method_table = {m: PAPER_METHODS[m] for m in _LATENT_METHODS}
     else:
         table = _SMOKE_TASKS if name == "smoke" else _FULL_TASKS
         if name == "smoke":

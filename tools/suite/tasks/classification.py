@@ -276,6 +276,22 @@ def _pretrained(spec: RunSpec, options: dict[str, Any], train: Split, ctx: Conte
     return model, {"pretrain_cached": False, "pretrain_s": seconds}
 
 
+def pretrained_classifier(dataset: str, cache_dir: Path, pretrain_steps: int = 1000, seed: int = 0,
+                          progress: bool = True) -> tuple[nn.Module, float]:
+    """The task's full-precision ResNet-20 of ``dataset`` (cached; trained now if absent), in eval mode, and its
+    top-1 (%) on the first ``eval_size`` test images: the judge of class-conditional and text-to-image samples
+    (tools/prompt_accuracy.py)."""
+    spec = RunSpec.make(task="classification", dataset=dataset, method="pretrain", algorithm=FP, seed=seed,
+                        options={"pretrain_steps": pretrain_steps})
+    options = _options(spec)
+    train, test = load(dataset, options, True), load(dataset, options, False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, _ = _pretrained(spec, options, train, Context(Path(cache_dir), Path(cache_dir), progress))
+    x, y = to_float(test.images[:options["eval_size"]]), test.labels[:options["eval_size"]]
+    return model.eval(), top1(model, x, y, options["batch_size"])
+
+
 def run(spec: RunSpec, ctx: Context) -> RunResult:
     """Train and evaluate one classification run (see the module docstring)."""
     options = _options(spec)
@@ -319,4 +335,4 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
 
 __all__ = ["CORRUPTIONS", "DATASETS", "DEFAULT_OPTIONS", "HIGHER_IS_BETTER", "KEEP", "METRIC", "TRAIN_OPTIONS",
            "BasicBlock", "ResNetCifar", "Split", "batch", "cifar10", "corrupt", "fashion_mnist", "load",
-           "pretrained_path", "relu_to_hardtanh_", "run", "synthetic", "to_float", "top1"]
+           "pretrained_classifier", "pretrained_path", "relu_to_hardtanh_", "run", "synthetic", "to_float", "top1"]

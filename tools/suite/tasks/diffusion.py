@@ -14,7 +14,10 @@ Datasets:
     cifar10        ``google/ddpm-cifar10-32`` (config ``ddpm_cifar``; a local copy via option
                    ``pretrained``), FID against the CIFAR-10 training split;
     synthetic      the tests' tiny UNet (config ``tiny``) on synthetic images, FID with a small
-                   random feature network (``features=tiny``): fast, only a plumbing check.
+                   random feature network (``features=tiny``): fast, only a plumbing check;
+    latent_fashion_mnist  the latent miniature ``binarydm/assets/ldm_fmnist`` (config ``ldm_demo``: an
+                   LDMPipeline, VQ autoencoder of factor 4): the UNet trained on cached latents, samples
+                   decoded, the paired metric on the latents of the held-out images (LDM-4 in miniature).
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ import torch
 from .base import FP, Context, RunResult, RunSpec, merged_options
 from .common import complexity
 
-DATASETS = ("fashion_mnist", "cifar10", "synthetic")
+DATASETS = ("fashion_mnist", "cifar10", "synthetic", "latent_fashion_mnist")
 METRIC = "fid"
 HIGHER_IS_BETTER = False
 
-_ASSET_TEACHER = Path(__file__).resolve().parents[3] / "binarydm" / "assets" / "fmnist_teacher"
+_ASSETS = Path(__file__).resolve().parents[3] / "binarydm" / "assets"
+_ASSET_TEACHER = _ASSETS / "fmnist_teacher"
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "config": None,            # the binarydm.train experiment config (None: by dataset)
@@ -52,6 +56,8 @@ _BY_DATASET = {
     "fashion_mnist": {"config": "demo", "pretrained": str(_ASSET_TEACHER), "ref": "fashion-mnist", "split": "test"},
     "cifar10": {"config": "ddpm_cifar", "pretrained": "google/ddpm-cifar10-32", "ref": "cifar10", "split": "train"},
     "synthetic": {"config": "tiny", "pretrained": None, "ref": None, "split": "test"},
+    "latent_fashion_mnist": {"config": "ldm_demo", "pretrained": str(_ASSETS / "ldm_fmnist"), "ref": "fashion-mnist",
+                             "split": "test"},
 }
 
 
@@ -113,18 +119,22 @@ def _reference(spec: RunSpec, opts: dict[str, Any], cfg, ctx: Context) -> tuple[
     return str(folder / "images"), "test"
 
 
-def _paired(model, module, cfg, num: int) -> dict[str, float]:
+def _paired(model, module, cfg, num: int, components=None) -> dict[str, float]:
     """The paired fidelity metric (``binarydm.evaluation.paired_mse``) on the first ``num`` held-out
-    images with t and noise from seed 0 for every run and seed, so that all rows see the same inputs."""
+    images (their latents in a latent pipeline) with t and noise from seed 0 for every run and seed, so
+    that all rows see the same inputs."""
     from omegaconf import OmegaConf
 
     from binarydm.evaluation import paired_mse
+    from binarydm.latent.components import encode_images
     from binarydm.training.data import build_dataset
 
     if num <= 0:
         return {}
-    held_out = build_dataset(OmegaConf.to_object(cfg.data), train=False, seed=0)
+    held_out = build_dataset(OmegaConf.to_object(cfg.data), train=False, seed=0, labels=False)
     x0 = torch.stack([held_out[i] for i in range(min(num, len(held_out)))])
+    if components is not None and components.latent:
+        x0 = encode_images(components.autoencoder, x0)
     teacher = module.teacher
     if teacher is None and cfg.model.pretrained:  # the FP row: its teacher is the untouched pretrained model
         from binarydm.training.teacher import load_unet
@@ -135,7 +145,7 @@ def _paired(model, module, cfg, num: int) -> dict[str, float]:
 
 def run(spec: RunSpec, ctx: Context) -> RunResult:
     from binarydm.evaluation import evaluate, get_extractor
-    from binarydm.packing.loading import load_student
+    from binarydm.packing.loading import load_with_configs
     from binarydm.sampling import sample_images, save_images
     from binarydm.training.runner import run as train_run
 
@@ -154,11 +164,13 @@ def run(spec: RunSpec, ctx: Context) -> RunResult:
         model = load_unet(cfg.model.pretrained, cfg.model.subfolder, None).eval()
         evaluated = f"the teacher {cfg.model.pretrained} (untouched)"
     else:
-        model = load_student(out["student_dir"]).eval()
+        model = load_with_configs(out["student_dir"], allow_fp=True)[0].eval()  # a student or pipeline directory
 
-    paired = _paired(model, out["module"], cfg, int(opts["paired_samples"]))
+    components = out["built"].components
+    paired = _paired(model, out["module"], cfg, int(opts["paired_samples"]), components)
     images = sample_images(model, int(opts["fid_samples"]), int(opts["sample_steps"]), "ddim",
-                           int(opts["sample_batch"]), seed=spec.seed, progress=ctx.progress)
+                           int(opts["sample_batch"]), seed=spec.seed, progress=ctx.progress,
+                           scheduler_config=dict(out["module"].noise_scheduler.config), components=components)
     folder = ctx.work_dir / "samples"
     save_images(images, folder)
     ref, split = _reference(spec, opts, cfg, ctx)
