@@ -1,7 +1,9 @@
 """The one sampling path and the one grid writer.
 
 :func:`sample_images` draws images from a UNet inside diffusers' own ``DDIMPipeline`` (Song et al. 2021,
-deterministic with eta=0) or ``DDPMPipeline`` (Ho et al. 2020, ancestral sampling); :func:`save_grid`
+deterministic with eta=0) or ``DDPMPipeline`` (Ho et al. 2020, ancestral sampling) with that scheduler, or,
+for the UNet of a latent pipeline, inside ``LDMPipeline`` / ``StableDiffusionPipeline`` (decoded by its
+autoencoder; prompts and classifier-free guidance for a text-conditioned UNet); :func:`save_grid`
 writes a set of images as one PNG grid. Both serve the validation grids of training
 (``training.callbacks.SampleGrid``), the final evaluation of a run (``training.final_eval``), the
 ``python -m binarydm.sample`` command (:func:`sample_to_folder`), FID of a checkpoint

@@ -51,6 +51,12 @@ def quiet_hub() -> Iterator[None]:
         yield
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether a model name is meant as a local path: hub ids are "owner/name", so a leading / . ~ or more
+    than one separator means a path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
 def resolve_local(pretrained: str) -> Optional[Path]:
     """The local directory ``pretrained`` names (as given, or relative to the checkout), else None."""
     path = Path(pretrained).expanduser()

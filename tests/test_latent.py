@@ -242,10 +242,22 @@ def _refused(values, match, tmp_path):
     assert not (Path(values["out_dir"]) / values["name"]).exists()  # nothing written
 
 
-def test_the_unet_folder_of_a_latent_pipeline_is_never_trained_on_pixels(tmp_path):
-    pipe = make_pipeline(tmp_path / "pipe", "ldm")
+@pytest.mark.parametrize("kind", ["ldm", "sd"])
+def test_the_unet_folder_of_a_latent_pipeline_is_never_trained_on_pixels(tmp_path, kind):
+    pipe = make_pipeline(tmp_path / "pipe", kind)
     values = latent_run_values(pipe / "unet", tmp_path / "runs")
     _refused(values, r"is the unet/ of the latent pipeline .*: point model.pretrained at", tmp_path)
+
+
+def test_a_pixel_pipeline_trains_on_pixels(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from binarydm.training.runner import prepare
+
+    DDPMPipeline(unet=make_tiny_unet(), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    values = latent_run_values(tmp_path / "ddpm", tmp_path / "runs", **{"data.image_size": 8})
+    built, _ = prepare(load_config(None, values=values))
+    assert not built.components.latent and built.data.train_set[0].shape == (3, 8, 8)  # images, no cache
 
 
 def test_a_pixel_unet_is_never_trained_on_latents(tmp_path):
@@ -336,7 +348,8 @@ def test_sample_cli_prompts_a_text_pipeline_and_refuses_what_it_cannot_sample(sd
     assert info["complete"] and info["guidance_scale"] == 3
     packed = sd_run["run_dir"] / "student.packed.safetensors"
     bad = [([f"ckpt={student}", f"out={tmp_path / 'b'}"], "give prompt="),
-           ([f"ckpt={packed}", 'prompt="a pattern 1"', f"out={tmp_path / 'c'}"], "the UNet of a latent pipeline (StableDiffusionPipeline)"),
+           ([f"ckpt={packed}", 'prompt="a pattern 1"', f"out={tmp_path / 'c'}"],
+            "the UNet of a latent pipeline (StableDiffusionPipeline)"),
            ([f"ckpt={student}", 'prompt="a pattern 1"', "guidance_scale=0.5", f"out={tmp_path / 'd'}"],
             "guidance_scale=0.5: must be a number >= 1")]
     for argv, message in bad:
@@ -422,3 +435,38 @@ def test_gradient_checkpointing_gives_the_plain_steps_loss_and_gradients():
         losses.append(loss.detach())
         grads.append(torch.cat([p.grad.reshape(-1) for p in student.parameters() if p.grad is not None]))
     assert torch.equal(losses[0], losses[1]) and torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+# ---- autoencoder runs ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["AutoencoderKL", "VQModel"])
+def test_an_autoencoder_run_trains_and_exports_unit_variance_latents(tmp_path, kind):
+    from diffusers import AutoencoderKL, VQModel
+
+    config = {"_class_name": kind, "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+              "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+              "block_out_channels": [8, 8], "layers_per_block": 1, "norm_num_groups": 4, "sample_size": IMAGE_SIZE}
+    if kind == "VQModel":
+        config.update(num_vq_embeddings=16, vq_embed_dim=4)
+    values = {"name": "ae", "out_dir": str(tmp_path), "quant": "none", "model.pretrained": None,
+              "model.config": config, "data.name": "synthetic", "data.image_size": IMAGE_SIZE,
+              "data.batch_size": 4, "data.num_workers": 0, "data.val_size": 4, "data.synthetic_size": 12,
+              "optim.lr": 1e-3, "optim.schedule": "constant", "autoencoder.scale_images": 8,
+              "trainer.accelerator": "cpu", "trainer.max_steps": 4, "trainer.val_check_interval": 2,
+              "trainer.limit_val_batches": 1, "trainer.checkpoint_every_n_steps": 2, "trainer.log_every_n_steps": 1,
+              "trainer.enable_progress_bar": False}
+    out = _run(values)
+    losses = [float(r["train/l1"]) for r in __import__("csv").DictReader(
+        open(next((tmp_path / "ae" / "csv").glob("version_*/metrics.csv")))) if r.get("train/l1")]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    ae = (VQModel if kind == "VQModel" else AutoencoderKL).from_pretrained(out["student_dir"])
+    images = out["built"].data.train_set
+    x = torch.stack([images[i] for i in range(8)])
+    z = encode_images(ae, x)
+    assert abs(float(z.std()) - 1.0) < 1e-3  # scaling_factor = 1 / std of these very latents
+    report = out["report"].read_text()
+    assert "scaling_factor = 1 / std of the latents of 8 training images" in report
+    assert (tmp_path / "ae" / "samples" / "step_0000004.png").is_file()  # originals above reconstructions
+    # An autoencoder is never binarized.
+    values.update(quant="w1a4", name="ae2")
+    with pytest.raises(UsageError, match="an autoencoder is trained in full precision .* set quant=none"):
+        _run(values)

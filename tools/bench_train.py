@@ -1,6 +1,7 @@
 """Step time of BinaryDM QAT (student + frozen teacher + LRM) against plain FP fine-tuning, same UNet.
 
     .venv/bin/python tools/bench_train.py [--batch 8] [--steps 20] [--threads 2] [--unet attn16 demo]
+    .venv/bin/python tools/bench_train.py --latent binarydm/assets/ldm_fmnist [--batch 32]
 
 Two UNets by default: ``attn16``, 0.7M parameters with attention at 16x16 (256 tokens, the
 resolution of the CIFAR-10 DDPM's attention: the attention-heavy case), and ``demo``, the
@@ -9,6 +10,10 @@ Both loops run in this one process on the same UNet, data and optimiser (AdamW),
 (its overhead is the same for both and would only dilute the ratio). The QAT step is the one
 ``DiffusionQAT.training_step`` runs: teacher forward (no grad) with feature hooks, binarized student
 forward/backward with all quantizers on (W1A4, attention operands included), the LRM loss.
+
+``--latent PIPELINE``: the QAT step of a latent pipeline's UNet on cached latents (what ``binarydm.train``
+runs: no autoencoder, no text encoder) against the same step preceded by encoding the batch's images (and
+embedding its captions), what a trainer without the latent cache runs every step.
 """
 
 from __future__ import annotations
@@ -89,14 +94,65 @@ def measure(config: dict, batch: int, steps: int) -> dict[str, float]:
     return result
 
 
+def measure_latent(pipeline: str, batch: int, steps: int) -> dict[str, float]:
+    """Median ms/step of the latent QAT step with the cache and with per-step encoding."""
+    from diffusers import DDPMScheduler
+
+    import binarydm
+    from binarydm.latent.components import encode_images, load_components
+    from binarydm.latent.text import FASHION_MNIST_CLASSES, class_captions, embed_prompts
+    from binarydm.training.module import DiffusionQAT, LossConfig
+    from binarydm.training.teacher import load_unet
+
+    teacher = load_unet(pipeline).eval()
+    parts = load_components(pipeline, dict(teacher.config))
+    ae = parts.autoencoder
+    size = int(teacher.config.sample_size) * 2 ** (len(ae.config.block_out_channels) - 1)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, int(ae.config.in_channels), size, size, generator=g) * 2 - 1
+    captions = class_captions(torch.randint(0, 10, (batch,), generator=g).tolist(), FASHION_MNIST_CLASSES)
+    student = binarydm.binarize_(copy.deepcopy(teacher), "w1a4")
+    qat = DiffusionQAT(student, DDPMScheduler(num_train_timesteps=1000), teacher=teacher, loss=LossConfig())
+    latents = encode_images(ae, images)
+    cond = {"encoder_hidden_states": embed_prompts(parts.text_encoder, parts.tokenizer, captions)} if parts.text else {}
+    x_t, t, eps = qat.noisy_inputs(latents, g)
+    binarydm.calibrate_(student, x_t, t, **cond)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
+
+    def qat_step(z, c):
+        loss = qat.compute_losses(*qat.noisy_inputs(z, torch.Generator().manual_seed(1)), c)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def uncached():
+        with torch.no_grad():
+            z = encode_images(ae, images)
+            c = {"encoder_hidden_states": embed_prompts(parts.text_encoder, parts.tokenizer, captions)} \
+                if parts.text else {}
+        qat_step(z, c)
+
+    times = time_interleaved({"cached": lambda: qat_step(latents, cond), "uncached": uncached}, steps)
+    return {k: statistics.median(v) * 1000 for k, v in times.items()} | {"image_size": size, "text": parts.text}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--unet", nargs="+", default=["attn16", "demo"], choices=["attn16", "demo"])
+    parser.add_argument("--latent", help="a latent pipeline directory: the step with and without the latent cache")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.latent:
+        r = measure_latent(args.latent, args.batch, args.steps)
+        print(f"{args.latent}: batch {args.batch} of {r['image_size']}-pixel images, {args.threads} threads, median "
+              f"of {args.steps} steps, W1A4 QAT (teacher + LRM){', text-conditioned' if r['text'] else ''}")
+        print(f"{'cached latents (binarydm.train)':>40}: {r['cached']:8.1f} ms/step")
+        print(f"{'encoding every step (no cache)':>40}: {r['uncached']:8.1f} ms/step")
+        print(f"{'the cache saves':>40}: {1 - r['cached'] / r['uncached']:8.1%} of the step")
+        return
     print(f"batch {args.batch}, {args.threads} threads, median of {args.steps} steps, W1A4 (attention operands "
           "quantized), LRM lambda 1e-4")
     for name in args.unet:

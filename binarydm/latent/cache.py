@@ -185,6 +185,27 @@ def _build(directory: Path, key: Mapping[str, Any], n: int, images, autoencoder,
     probe = encode_images(autoencoder, images(0, 1))
     shape = [views, n, *probe.shape[1:]]
     partial = directory / PARTIAL
+    if not _finished_latents(directory, shape):
+        _encode(directory, partial, shape, n, images, autoencoder, views, chunk, progress, desc)
+    if captions is not None:
+        _write_embeddings(directory, captions, text_encoder, tokenizer)
+        meta["embeddings"] = {"shape": list(np.load(directory / "embeddings.npy", mmap_mode="r").shape)}
+    meta.update({"latent_shape": shape, "complete": True, "version": CACHE_VERSION})
+    _write_json(directory / "meta.json", meta)
+    (directory / "progress.json").unlink(missing_ok=True)
+    return open_cache(directory, key, option)
+
+
+def _finished_latents(directory: Path, shape: list) -> bool:
+    """latents.npy renamed into place by a build killed before it wrote meta.json's ``complete``."""
+    try:
+        return list(np.load(directory / LATENTS, mmap_mode="r").shape) == shape
+    except (OSError, ValueError):
+        return False
+
+
+def _encode(directory: Path, partial: Path, shape: list, n: int, images, autoencoder, views: int, chunk: int,
+            progress: bool, desc: str) -> None:
     rows = 0
     if partial.is_file() and (directory / "progress.json").is_file():
         rows = int(json.loads((directory / "progress.json").read_text()).get("rows", 0))
@@ -212,13 +233,6 @@ def _build(directory: Path, key: Mapping[str, Any], n: int, images, autoencoder,
         os.fsync(f.fileno())
     os.replace(partial, directory / LATENTS)
     fsync_dir(directory)
-    if captions is not None:
-        _write_embeddings(directory, captions, text_encoder, tokenizer)
-        meta["embeddings"] = {"shape": list(np.load(directory / "embeddings.npy", mmap_mode="r").shape)}
-    meta.update({"latent_shape": shape, "complete": True, "version": CACHE_VERSION})
-    _write_json(directory / "meta.json", meta)
-    (directory / "progress.json").unlink(missing_ok=True)
-    return open_cache(directory, key, option)
 
 
 def _write_embeddings(directory: Path, captions: Sequence[str], text_encoder: nn.Module, tokenizer) -> None:

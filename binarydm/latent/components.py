@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError, one_line
-from ..unets import needs_text, quiet_hub, resolve_local
+from ..unets import looks_like_path, needs_text, quiet_hub, resolve_local
 
 AUTOENCODER_CLASSES = ("AutoencoderKL", "VQModel")
 AUTOENCODER_SLOTS = ("vae", "vqvae")  # StableDiffusionPipeline & co. / LDMPipeline
@@ -225,6 +225,8 @@ def _load_autoencoder_from(location: str, key: str) -> tuple[nn.Module, str, Any
                              f"({', '.join(AUTOENCODER_CLASSES)})")
         model = autoencoder_class(name).from_pretrained(str(folder), low_cpu_mem_usage=False)
         return model, slot or ("vqvae" if name == "VQModel" else "vae"), folder
+    if looks_like_path(location):
+        raise UsageError(f"{key}={location}: no such directory")
     index = model_index(location)
     slot = autoencoder_slot(index)
     if slot is None:
@@ -260,6 +262,8 @@ def _read_text_parts(location: str, key: str, index: Optional[Mapping[str, Any]]
     import transformers
 
     path = resolve_local(location)
+    if path is None and looks_like_path(location):
+        raise UsageError(f"{key}={location}: no such directory")
     index = index if index is not None else (model_index(str(path)) if path is not None else model_index(location))
     names = {slot: (_slot_class(index, slot) if index else None) for slot in ("text_encoder", "tokenizer")}
     encoder_cls = getattr(transformers, names["text_encoder"] or "CLIPTextModel", None)

@@ -6,7 +6,8 @@ reads any of them, ``hf`` makes diffusers' ``from_pretrained`` read them."""
 
 from .bits import pack_bits, unpack_bits
 from .files import PackedFormatError
-from .packed import FORMAT, FORMAT_VERSION, build_model, export_packed, file_sizes, load_packed, packed_metadata, read_packed
+from .packed import (FORMAT, FORMAT_VERSION, build_model, export_packed, file_sizes, load_packed, packed_metadata,
+                     read_packed)
 from .student import load_checkpoint, load_student_dir, save_student_dir
 from ._hook import register_with_diffusers
 

@@ -328,6 +328,6 @@ def save_config(cfg: DictConfig, path: Union[str, Path]) -> Path:
     return Path(path)
 
 
-__all__ = ["AutoencoderConfig", "ConfigError", "DATASETS", "DataConfig", "EBBConfig", "EMAConfig", "EvalConfig", "LossConfig",
-           "ModelConfig", "OptimConfig", "ProgressiveSchedule", "RunConfig", "SampleConfig", "SchedulerConfig",
+__all__ = ["AutoencoderConfig", "ConfigError", "DATASETS", "DataConfig", "EBBConfig", "EMAConfig", "EvalConfig",
+           "LossConfig", "ModelConfig", "OptimConfig", "ProgressiveSchedule", "RunConfig", "SampleConfig", "SchedulerConfig",
            "TrainerConfig", "available_configs", "from_argv", "load_config", "save_config", "structured"]

@@ -288,13 +288,15 @@ def _last_metrics(trainer: L.Trainer) -> dict[str, float]:
 def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, wall: float,
                  student_dir: Optional[Path], evaluation: Optional[dict] = None) -> Path:
     m = _last_metrics(trainer)
+    fresh = (cfg.model.config or {}).get("_class_name") or "UNet2DModel"
+    latent = built.components is not None and built.components.latent
     ckpts = sorted((built.run_dir / "checkpoints").glob("*.ckpt"))
     lines = [
         f"# Run `{cfg.name}`",
         "",
         f"- quantization: {built.quant.to_dict() if built.quant else 'none (full precision)'}",
-        f"- model: {cfg.model.pretrained if cfg.model.config is None else 'fresh ' + str(cfg.model.config.get('_class_name') or 'UNet2DModel') + ' from model.config'}",
-        *([f"- latent pipeline: {built.components.describe()}"] if built.components and built.components.latent else []),
+        f"- model: {cfg.model.pretrained if cfg.model.config is None else f'fresh {fresh} from model.config'}",
+        *([f"- latent pipeline: {built.components.describe()}"] if latent else []),
         f"- data: {cfg.data.name} ({cfg.data.root}), batch {cfg.data.batch_size}",
         f"- steps: {trainer.global_step} (max_steps {cfg.trainer.max_steps})",
         f"- wall time of this invocation: {wall:.1f} s ({wall / max(trainer.global_step, 1):.3f} s/step overall)",

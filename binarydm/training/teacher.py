@@ -14,14 +14,9 @@ from typing import Any, Mapping, Optional
 
 from torch import nn
 
-from ..unets import PACKAGE_PARENT, quiet_hub, resolve_local, unet_class  # noqa: F401 (re-exported)
+from ..unets import PACKAGE_PARENT, looks_like_path, quiet_hub, resolve_local, unet_class  # noqa: F401 (re-exported)
 
 DEFAULT_PRETRAINED = "google/ddpm-cifar10-32"
-
-
-def _looks_like_path(pretrained: str) -> bool:
-    # Hub ids are "owner/name": a leading / . ~ or more than one separator means a local path.
-    return pretrained.startswith(("/", ".", "~")) or pretrained.count("/") > 1
 
 
 class TeacherNotFoundError(OSError):
@@ -86,7 +81,7 @@ def load_unet(pretrained: Optional[str] = DEFAULT_PRETRAINED, subfolder: Optiona
         sub = _local_subfolder(path, subfolder)
         _refuse_binarized(path, sub)
         return _class_of(path, sub).from_pretrained(str(path), subfolder=sub)
-    if _looks_like_path(pretrained):
+    if looks_like_path(pretrained):
         raise TeacherNotFoundError(
             f"model.pretrained={pretrained!r}: no such directory. Point model.pretrained at a diffusers UNet "
             "directory (or a hub id); the demo's teacher is made with `python -m binarydm.train "
