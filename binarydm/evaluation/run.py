@@ -67,6 +67,8 @@ class FidArgs:
     out: Optional[str] = None
     json: Optional[str] = None
     overwrite: bool = False  # gen is a checkpoint: let the sampling delete foreign files in out
+    prompt: Any = None  # gen is a text-to-image pipeline: its prompts (cycled), as binarydm.sample takes them
+    guidance_scale: float = 1.0
 
 
 def _dataset(ref: str) -> Optional[str]:
@@ -148,7 +150,8 @@ def _sample_checkpoint(args: FidArgs) -> Path:
         raise UsageError(f"gen={args.gen} is a checkpoint: pass num=N, the number of images to sample")
     out = Path(args.out or f"{args.gen}-samples")
     sample_to_folder(SampleArgs(ckpt=args.gen, num=args.num, steps=args.steps, sampler=args.sampler,
-                                batch=args.batch, seed=args.seed, out=str(out), overwrite=args.overwrite))
+                                batch=args.batch, seed=args.seed, out=str(out), overwrite=args.overwrite,
+                                prompt=args.prompt, guidance_scale=args.guidance_scale))
     return out / "images"
 
 

@@ -177,8 +177,9 @@ class Components:
             return
         ae = self.autoencoder
         f, c = downsampling_factor(ae), latent_channels(ae)
+        default = 4 if config.get("_class_name") == "UNet2DConditionModel" else 3  # the classes' own defaults
         for attr in ("in_channels", "out_channels"):
-            have = config.get(attr, 4)
+            have = config.get(attr, default)
             if have is not None and int(have) != c:
                 raise UsageError(f"{source}: the UNet's {attr}={have} does not match the autoencoder's {c} latent "
                                  f"channels ({type(ae).__name__} from {self.sources.get(self.autoencoder_slot)}); "
