@@ -127,11 +127,13 @@ def sample_images(model: nn.Module, num: int, steps: int = 100, sampler: str = "
 
 
 # ---- images on disk ------------------------------------------------------------------------------
-def grid_image(images: torch.Tensor, pad_value: int = 0) -> torch.Tensor:
-    """uint8 images [N, C, H, W] as one uint8 grid [C, H', W']: ceil(sqrt(N)) columns, 1-pixel padding."""
+def grid_image(images: torch.Tensor, pad_value: int = 0, columns: Optional[int] = None) -> torch.Tensor:
+    """uint8 images [N, C, H, W] as one uint8 grid [C, H', W']: ``columns`` (default ceil(sqrt(N))) columns,
+    1-pixel padding."""
     from torchvision.utils import make_grid
 
-    return make_grid(images, nrow=max(1, math.ceil(math.sqrt(images.shape[0]))), padding=1, pad_value=pad_value)
+    columns = columns or max(1, math.ceil(math.sqrt(images.shape[0])))
+    return make_grid(images, nrow=columns, padding=1, pad_value=pad_value)
 
 
 def save_png(img: torch.Tensor, path: Path) -> Path:
@@ -144,9 +146,9 @@ def save_png(img: torch.Tensor, path: Path) -> Path:
     return Path(path)
 
 
-def save_grid(images: torch.Tensor, path: Path) -> Path:
+def save_grid(images: torch.Tensor, path: Path, columns: Optional[int] = None) -> Path:
     """uint8 images [N, C, H, W] as one PNG grid (:func:`grid_image`), written atomically."""
-    return save_png(grid_image(images), path)
+    return save_png(grid_image(images, columns=columns), path)
 
 
 def save_images(images: torch.Tensor, out: Path, grid: int = 64) -> None:

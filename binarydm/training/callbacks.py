@@ -307,7 +307,10 @@ class SampleGrid(L.Callback):
                                        guidance_scale=self.guidance_scale)
         finally:
             student.train(was_training)
-        path = save_grid(images, self.out_dir / f"step_{trainer.global_step:07d}.png")
+        prompts = self.resolve_prompts(trainer.datamodule)
+        # Prompts cycled over the images: one column per prompt when they fill whole rows.
+        columns = len(prompts) if prompts and self.num_images % len(prompts) == 0 else None
+        path = save_grid(images, self.out_dir / f"step_{trainer.global_step:07d}.png", columns)
         self.written.append(path)
 
 

@@ -41,12 +41,14 @@ def reference_of(cfg: DictConfig) -> Optional[tuple[str, str, Optional[str]]]:
     return None
 
 
-def side_by_side(left: torch.Tensor, right: torch.Tensor, path: Path, labels=("teacher", "student")) -> Path:
-    """Two uint8 image sets [N, C, H, W] as two square grids next to each other, captioned."""
+def side_by_side(left: torch.Tensor, right: torch.Tensor, path: Path, labels=("teacher", "student"),
+                 columns: Optional[int] = None) -> Path:
+    """Two uint8 image sets [N, C, H, W] as two grids (square, or of ``columns`` columns) next to each other,
+    captioned."""
     from PIL import Image, ImageDraw
 
     def grid(x: torch.Tensor) -> Image.Image:
-        return Image.fromarray(grid_image(x, pad_value=255).permute(1, 2, 0).numpy()).convert("RGB")
+        return Image.fromarray(grid_image(x, pad_value=255, columns=columns).permute(1, 2, 0).numpy()).convert("RGB")
 
     a, b = grid(left), grid(right)
     scale = max(1, 256 // max(a.height, 1))  # small images: enlarge so the picture can be looked at
@@ -91,8 +93,10 @@ def evaluate_run(cfg: DictConfig, teacher: Optional[nn.Module], student_dir: Pat
         out.setdefault("seconds_per_image", {})[name] = (time.perf_counter() - start) / n
         save_images(images[name], run_dir / "eval" / name, grid=16)
     if "teacher" in images:
-        out["side_by_side"] = str(side_by_side(images["teacher"][:16], images["student"][:16],
-                                               run_dir / "eval" / "teacher_vs_student.png"))
+        # Prompts cycled over the samples: two rows, one column per prompt.
+        shown, columns = (2 * len(prompts), len(prompts)) if prompts and len(prompts) <= 16 else (16, None)
+        out["side_by_side"] = str(side_by_side(images["teacher"][:shown], images["student"][:shown],
+                                               run_dir / "eval" / "teacher_vs_student.png", columns=columns))
     ref = reference_of(cfg)
     if ref is None:
         out["fid_skipped"] = f"no reference images for data.name={cfg.data.name}: set eval.reference"
