@@ -210,6 +210,11 @@ def test_class_conditional_latent_unet_trains_on_labelled_latents(tmp_path):
     assert out["trainer"].global_step == 3
     z, label = out["built"].data.train_set[(1, False, False)]
     assert z.shape == (4, 8, 8) and int(label) == 1
+    from binarydm.sample import main
+
+    main([f"ckpt={out['student_dir']}", "num=2", "steps=2", "label=3", f"out={tmp_path / 's'}"])
+    info = json.loads((tmp_path / "s" / "sample_info.json").read_text())
+    assert info["complete"] and info["label"] == 3 and (tmp_path / "s" / "images" / "00001.png").is_file()
 
 
 def test_classifier_free_guidance_changes_text_samples_and_matches_the_pipeline(tmp_path):
