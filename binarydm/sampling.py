@@ -66,7 +66,10 @@ def pipeline_for(model: nn.Module, sampler: str, scheduler_config: Optional[Mapp
     classifier-free guidance); the scheduler is ``sampler``'s, from the training noise schedule."""
     from diffusers import DDIMPipeline, DDPMPipeline, LDMPipeline, StableDiffusionPipeline
 
-    scheduler = scheduler_for(sampler, scheduler_config)
+    text = components is not None and components.text
+    # StableDiffusionPipeline rewrites any other steps_offset to 1 (with a deprecation warning): say it at once.
+    scheduler = scheduler_for(sampler, {**dict(scheduler_config or DEFAULT_SCHEDULER), "steps_offset": 1} if text
+                              else scheduler_config)
     if components is None or not components.latent:
         pipe = (DDIMPipeline if sampler == "ddim" else DDPMPipeline)(unet=model.eval(), scheduler=scheduler)
     elif components.text:

@@ -40,7 +40,8 @@ def make_pipeline(directory: Path, kind: str = "ldm", unet=None, seed: int = 0) 
 
     from conftest import make_tiny_unet
 
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195, clip_sample=False)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195, clip_sample=False,
+                              steps_offset=1)
     if kind == "ldm":
         unet = unet if unet is not None else make_tiny_unet(seed, in_channels=4, out_channels=4)
         pipe = LDMPipeline(vqvae=make_autoencoder("vq", seed=seed), unet=unet, scheduler=scheduler)

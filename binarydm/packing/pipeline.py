@@ -72,6 +72,8 @@ def save_pipeline_dir(out, components, write_unet: Callable[[Path], Any], unet_c
         _copy_dir(Path(source) / "scheduler", out / "scheduler")
     else:
         config = {k: v for k, v in dict(scheduler_config or {}).items() if not k.startswith("_")}
+        if components.kind == "text":  # StableDiffusionPipeline rewrites any other value to 1 (and warns)
+            config["steps_offset"] = 1
         scheduler = DDIMScheduler.from_config(config)
         scheduler.save_pretrained(out / "scheduler")
         index["scheduler"] = ["diffusers", "DDIMScheduler"]
