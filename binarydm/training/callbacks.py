@@ -295,6 +295,7 @@ class SampleGrid(L.Callback):
             return
         student = pl_module.student
         ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+        prompts = self.resolve_prompts(trainer.datamodule)
         was_training = student.training
         try:
             with ema.applied(student) if ema is not None else contextlib.nullcontext():
@@ -303,11 +304,10 @@ class SampleGrid(L.Callback):
                 images = sample_images(student, self.num_images, self.num_inference_steps, "ddim",
                                        batch=self.num_images, seed=self.seed,
                                        scheduler_config=dict(pl_module.noise_scheduler.config), progress=False,
-                                       components=self.components, prompts=self.resolve_prompts(trainer.datamodule),
+                                       components=self.components, prompts=prompts,
                                        guidance_scale=self.guidance_scale)
         finally:
             student.train(was_training)
-        prompts = self.resolve_prompts(trainer.datamodule)
         # Prompts cycled over the images: one column per prompt when they fill whole rows.
         columns = len(prompts) if prompts and self.num_images % len(prompts) == 0 else None
         path = save_grid(images, self.out_dir / f"step_{trainer.global_step:07d}.png", columns)

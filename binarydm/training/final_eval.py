@@ -6,8 +6,10 @@
 - the packed 1-bit checkpoint (``binarydm.packing.export``): its size and ratio against the FP32 model;
 - the teacher's and the student's first samples side by side in one picture.
 
-Sampling is the one DDIM path (``binarydm.sampling.sample_images``, diffusers' DDIMPipeline). Without a
-reference (synthetic data and no ``eval.reference``) the FID is skipped and the report says so.
+Sampling is the one DDIM path (``binarydm.sampling.sample_images``, diffusers' DDIMPipeline, or for a latent
+pipeline its LDMPipeline / StableDiffusionPipeline, decoded by the frozen autoencoder; a text-conditioned UNet is
+prompted with the run's prompts at ``eval.guidance_scale``). Without a reference (synthetic data and no
+``eval.reference``) the FID is skipped and the report says so.
 """
 
 from __future__ import annotations

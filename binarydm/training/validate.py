@@ -298,31 +298,29 @@ def _size(value: Any) -> Optional[int]:
     return int(value)
 
 
-def _declares_latent(cfg: DictConfig) -> bool:
-    """Whether the run is in a latent space (model.autoencoder, or a local pipeline with vae/ or vqvae/),
-    known from the config alone (a hub pipeline is known once its components are loaded)."""
-    if _get(cfg, "model.autoencoder"):
-        return True
+def _local_index(cfg: DictConfig) -> Optional[dict]:
+    """The model_index.json of a local pipeline named by model.pretrained (None otherwise: a hub pipeline is
+    known once its components are loaded)."""
     if cfg.model.config is not None or not cfg.model.pretrained:
-        return False
-    from ..latent.components import autoencoder_slot, model_index
-    from ..unets import resolve_local
-
-    local = resolve_local(str(cfg.model.pretrained))
-    return local is not None and autoencoder_slot(model_index(str(local))) is not None
-
-
-def _declares_text(cfg: DictConfig) -> bool:
-    if _get(cfg, "model.text_encoder"):
-        return True
-    if cfg.model.config is not None or not cfg.model.pretrained:
-        return False
+        return None
     from ..latent.components import model_index
     from ..unets import resolve_local
 
     local = resolve_local(str(cfg.model.pretrained))
-    index = model_index(str(local)) if local is not None else None
-    return bool(index and "text_encoder" in index)
+    return model_index(str(local)) if local is not None else None
+
+
+def _declares_latent(cfg: DictConfig) -> bool:
+    """Whether the run is in a latent space (model.autoencoder, or a pipeline with vae/ or vqvae/)."""
+    from ..latent.components import autoencoder_slot
+
+    return bool(_get(cfg, "model.autoencoder")) or autoencoder_slot(_local_index(cfg)) is not None
+
+
+def _declares_text(cfg: DictConfig) -> bool:
+    """Whether the run has a text encoder (model.text_encoder, or a pipeline with text_encoder/)."""
+    index = _local_index(cfg)
+    return bool(_get(cfg, "model.text_encoder")) or bool(index and "text_encoder" in index)
 
 
 def _check_unet_config(cfg: DictConfig, config: dict, components=None) -> None:
