@@ -24,6 +24,7 @@ from binarydm.quant.registry import register_preset, with_options
 
 from . import (  # noqa: F401  (imported to register the quantizers)
     baseline,
+    bidm,
     bipft,
     biper,
     bireal,
@@ -59,6 +60,9 @@ _ALGORITHMS: dict[str, QuantConfig] = {
     "lmb": PRESETS["w1a4"],
     "ebb": QuantConfig(weight="ebb"),
     "db-sigmoid": QuantConfig(weight="lmb", surrogate="db_sigmoid"),
+    # BiDM (W1A1): its binary structure and cross-timestep connection (the last 8 output stages, as the authors'
+    # LDM-4); stem, head and embeddings stay full precision, as in their code. SPD is a loss (loss.spd_weight).
+    "bidm": QuantConfig(weight="bidm", act="bidm", a_bits=1, attention=False, keep_bits=32, timestep_connection=8),
 }
 for _name, _config in _ALGORITHMS.items():
     register_preset(_name, _config)

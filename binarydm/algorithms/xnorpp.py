@@ -6,7 +6,7 @@
 
 For a linear layer (tokens [..., C_out]) Gamma is o[c] alone. Unlike a per-channel alpha, Gamma
 varies over the output's spatial positions, so it cannot be folded into the weight: it acts on the
-layer OUTPUT through the weight quantizer's :meth:`XnorPPWeight.scale_output`, which ``QuantConv2d``
+layer OUTPUT through the weight quantizer's :meth:`XnorPPWeight.transform_output`, which ``QuantConv2d``
 / ``QuantLinear`` apply before the bias.
 
 Sizing h and w: they depend on the layer's output resolution, which the weight alone does not give,
@@ -18,6 +18,8 @@ raises a clear error.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -90,8 +92,8 @@ class XnorPPWeight(Quantizer):
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:
         return sign_ste(weight, "clipped")
 
-    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
-        """Gamma * y for the layer output y before its bias ([B, C, H, W] or [..., C])."""
+    def transform_output(self, y: torch.Tensor, x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Gamma * y for the layer output y before its bias ([B, C, H, W] or [..., C]); the input x is not used."""
         return self.output_quantizer(y)
 
     def inference_numel(self) -> int:

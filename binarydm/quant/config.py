@@ -34,6 +34,9 @@ class QuantConfig:
             inputs to 8 bits with LSQ, as the final BinaryDM paper does.
         attention: quantize q, k, softmax output and v of diffusers attention at ``a_bits``.
         surrogate: backward of sign for binarizers (a name in ``binarydm.quant.ste.SURROGATES``).
+        timestep_connection: BiDM's cross-timestep feature connection on the last n output stages of a
+            UNet's up path (``binarydm.quant.connection``); 0: none. Models without an up path
+            (a classifier) have nothing to connect and are binarized without it.
     """
 
     weight: str = "lmb"
@@ -45,10 +48,11 @@ class QuantConfig:
     keep_bits: int = 8
     attention: bool = True
     surrogate: str = "clipped"
+    timestep_connection: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", tuple(self.keep))
-        for name, lo, hi in (("w_bits", 1, 32), ("a_bits", 1, 32)):
+        for name, lo, hi in (("w_bits", 1, 32), ("a_bits", 1, 32), ("timestep_connection", 0, 10**6)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise ValueError(f"QuantConfig.{name} must be an integer in [{lo}, {hi}], got {value!r}")

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from .attention import QuantAttnProcessor
+from .connection import attach as attach_connection
+from .connection import output_stages
 from .base import Quantizer, observing
 from .config import QuantConfig, resolve
 from .layers import QUANT_LAYERS, QuantConv2d, QuantLinear
@@ -137,6 +139,8 @@ def binarize_(
                     if cfg.a_bits == 1:  # signed LSQ has no 1-bit code: binarize q, k, v like layer inputs
                         operand = lambda name=name: afactory(LayerSpec(name=name, config=cfg))  # noqa: E731
                     module.set_processor(QuantAttnProcessor(cfg.a_bits, operand).to(_device_of(module)))
+    if cfg.timestep_connection and output_stages(model):  # a model without an up path has nothing to connect
+        attach_connection(model, cfg.timestep_connection)
     record_quantization_config(model, cfg, excluded)
     return model
 

@@ -35,22 +35,18 @@ class _QuantSlots:
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.act_quantizer is None else self.act_quantizer(x)
 
-    def _output_scale(self):
-        """The weight quantizer's ``scale_output`` (an algorithm acting on the layer output, e.g.
-        XNOR++'s Gamma), or None: applied to the output before the bias, only while the weight
-        quantizer is enabled."""
+    def _output_transform(self):
+        """The weight quantizer's ``transform_output(y, x)`` (an algorithm acting on the layer output and
+        its raw input, e.g. XNOR++'s Gamma, BiDM's scale map and shortcut), or None: applied to the output
+        before the bias, only while the weight quantizer is enabled."""
         q = self.weight_quantizer
-        scale = getattr(q, "scale_output", None)
-        if scale is None:
+        transform = getattr(q, "transform_output", None)
+        if transform is None:
             return None
         # Also while calibrate_ observes the output quantizer: it must see the outputs even when the
         # weight quantizer is still off (progressive initialisation calibrates everything in FP).
         out_q = getattr(q, "output_quantizer", None)
-        return scale if q.enabled or (out_q is not None and out_q.observing) else None
-
-    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
-        scale = self._output_scale()
-        return y if scale is None else scale(y)
+        return transform if q.enabled or (out_q is not None and out_q.observing) else None
 
 
 class QuantConv2d(_QuantSlots, nn.Conv2d):
@@ -61,9 +57,10 @@ class QuantConv2d(_QuantSlots, nn.Conv2d):
         self._set_quantizers(weight_quantizer, act_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._output_scale() is None:
+        transform = self._output_transform()
+        if transform is None:
             return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
-        y = self.scale_output(self._conv_forward(self.quantized_input(x), self.quantized_weight(), None))
+        y = transform(self._conv_forward(self.quantized_input(x), self.quantized_weight(), None), x)
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
     @classmethod
@@ -88,9 +85,10 @@ class QuantLinear(_QuantSlots, nn.Linear):
         self._set_quantizers(weight_quantizer, act_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._output_scale() is None:
+        transform = self._output_transform()
+        if transform is None:
             return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
-        y = self.scale_output(F.linear(self.quantized_input(x), self.quantized_weight()))
+        y = transform(F.linear(self.quantized_input(x), self.quantized_weight()), x)
         return y if self.bias is None else y + self.bias
 
     @classmethod

@@ -10,6 +10,9 @@ Q K^T at b_q x b_k and P V at b_p x b_v in a diffusers ``Attention`` (``QuantAtt
 those a module lists itself through a ``matmuls(*inputs)`` method (BiPFT's self-attention:
 B(Q) B(K)^T, the rank-1 estimator terms, B(P) B(V), B(P) v_p and the estimator maps).
 Normalisations, activations, additions and per-channel scalings are not counted (as in the papers).
+A weight quantizer with full-precision parts of its own on the layer output (BiDM's scale map and
+shortcut projection) reports their multiply-accumulates through ``extra_macs(output)``: they are
+added to the layer's OPs at full precision (and not to the full-precision model's, which has none).
 
 Storage: a quantized weight takes numel * bits (bits = the number of binary bases for LMB), its
 scales and steps take their dtype's width; every other tensor (biases, norms, kept layers) takes
@@ -133,6 +136,7 @@ def summary(model: nn.Module, *example_inputs, **example_kwargs) -> Summary:
     first = next((t for t in list(example_inputs) + list(example_kwargs.values()) if torch.is_tensor(t)), None)
     batch = first.shape[0] if first is not None and first.dim() > 0 else 1
     macs: dict[str, int] = {}
+    extra: dict[str, int] = {}  # full-precision MACs of a weight quantizer's output-side parts
     handles = []
     names = {m: n for n, m in model.named_modules()}
 
@@ -142,6 +146,9 @@ def summary(model: nn.Module, *example_inputs, **example_kwargs) -> Summary:
         else:
             per_out = mod.in_features
         macs[names[mod]] = macs.get(names[mod], 0) + output.numel() * per_out
+        wq = getattr(mod, "weight_quantizer", None)
+        if wq is not None and wq.enabled and callable(getattr(wq, "extra_macs", None)):
+            extra[names[mod]] = extra.get(names[mod], 0) + wq.extra_macs(output)
 
     def attn_hook(mod, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -201,6 +208,7 @@ def summary(model: nn.Module, *example_inputs, **example_kwargs) -> Summary:
             layer_macs = macs.get(name, 0) // batch
             quantized = wq is not None and wq.enabled
             ops = layer_macs * ops_per_mac(w_bits, a_bits) if quantized else float(layer_macs)
+            ops += extra.get(name, 0) // batch
             fp_ops += layer_macs
             kind = type(m).__name__.replace("Quant", "Q")
             params = m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
@@ -215,8 +223,8 @@ def summary(model: nn.Module, *example_inputs, **example_kwargs) -> Summary:
                                      layer_macs * ops_per_mac(bx, by)))
                 fp_ops += layer_macs
                 storage = 0
-        if isinstance(m, Quantizer):
-            counted.update(id(p) for p in m.parameters(recurse=False))
+        if isinstance(m, Quantizer):  # its own parts too (BiDM's scale map, shortcut): in inference_numel
+            counted.update(id(p) for p in m.parameters())
 
     other = [p for p in model.parameters() if id(p) not in counted]
     fp_storage = 32 * sum(r.params for r in rows) + 32 * sum(p.numel() for p in other)

@@ -60,14 +60,18 @@ class SchedulerConfig:
 
 @dataclass
 class LossConfig:
-    """L = (1 - kd_weight) * L_simple + kd_weight * L_KD + lrm_weight * L_LRM (LRM: BinaryDM's low-rank
-    representation mimicking; L_KD = |eps_student - eps_teacher|^2, the teacher's output as the target)."""
+    """L = (1 - kd_weight) * L_simple + kd_weight * L_KD + lrm_weight * L_LRM + spd_weight * L_SPD (LRM: BinaryDM's
+    low-rank representation mimicking; L_KD = |eps_student - eps_teacher|^2, the teacher's output as the target;
+    SPD: BiDM's space patched distillation, binarydm.training.spd)."""
 
     lrm_weight: float = 1.0  # lambda (normalised LRM; docs/training.md); 0 turns LRM off
     lrm_rank_divisor: int = 4  # K: each block keeps ceil(C / K) principal directions
     lrm_normalize: bool = True  # each block's term divided by the teacher's variance in its subspace (scale-free)
     lrm_taps: str = "blocks"  # blocks (each down/up block, the mid block) | all (every stage, as the authors' code)
     kd_weight: float = 0.0  # alpha: the student regresses (1 - alpha) eps + alpha eps_teacher; 0: the paper's L_simple
+    spd_weight: float = 0.0  # BiDM's SPD (1e-2 in the authors' LDM code); 0 turns it off
+    spd_taps: str = "all"  # the features SPD compares (as lrm_taps; all: every stage, as BiDM's code)
+    spd_grid: int = 4  # P: each feature is cut into P x P patches
 
 
 @dataclass

@@ -114,10 +114,14 @@ class FeatureTap:
         return exc_type is _FeaturesComplete  # swallow only our own early stop
 
     def ordered(self) -> list[torch.Tensor]:
-        missing = [n for n in self.names if n not in self.features]
+        return self.take(self.names)
+
+    def take(self, names: Sequence[str]) -> list[torch.Tensor]:
+        """The recorded outputs of ``names`` (a subset of the tapped blocks), in that order."""
+        missing = [n for n in names if n not in self.features]
         if missing:
             raise RuntimeError(f"FeatureTap: blocks {missing} produced no output during the forward pass")
-        return [self.features[n] for n in self.names]
+        return [self.features[n] for n in names]
 
 
 def channel_moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

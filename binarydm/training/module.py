@@ -4,6 +4,7 @@ Objective (BinaryDM, Zheng, Qin et al., arXiv 2404.05662, Sec. 3.3 and 4.1):
 
     x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,   t ~ U{0..T-1}, eps ~ N(0, I)
     L   = MSE(eps_student(x_t, t), eps) + lambda * L_LRM  [+ tau * mean_l mean(s2_l)  (EBB stage 1)]
+                                                       [+ mu * L_SPD  (BiDM's space patched distillation)]
 
 The module receives its networks: the student (already converted by ``binarydm.binarize_``), the
 frozen full-precision teacher (None for FP training) and a diffusers noise scheduler that defines
@@ -13,6 +14,7 @@ resumed run draws exactly what the uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Optional
@@ -24,10 +26,12 @@ from torch.nn import functional as F
 
 from ..quant.attention import QuantAttnProcessor
 from ..quant.base import Quantizer
+from ..quant.connection import connection_of
 from ..quant.lmb import LMB
 from ..unets import condition_kwargs
 from .config import LossConfig, OptimConfig
-from .lrm import LRM, FeatureTap, lrm_block_names
+from .lrm import LRM, TAPS, FeatureTap, lrm_block_names
+from .spd import spd_loss
 
 
 def lr_factor(step: int, cfg: OptimConfig) -> float:
@@ -128,6 +132,11 @@ class DiffusionQAT(L.LightningModule):
         self.use_lrm = teacher is not None and loss.lrm_weight > 0
         self.blocks = lrm_block_names(student, loss.lrm_taps) if self.use_lrm else []
         self.lrm = LRM(self.blocks, loss.lrm_rank_divisor, loss.lrm_normalize) if self.use_lrm else None
+        if loss.spd_taps not in TAPS:
+            raise ValueError(f"loss.spd_taps must be one of {list(TAPS)}, got {loss.spd_taps!r}")
+        self.use_spd = teacher is not None and loss.spd_weight > 0
+        self.spd_blocks = lrm_block_names(student, loss.spd_taps) if self.use_spd else []
+        self.taps = list(dict.fromkeys(self.blocks + self.spd_blocks))  # one tap per network serves both losses
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
 
     # ---- noise -----------------------------------------------------------------------------
@@ -144,6 +153,31 @@ class DiffusionQAT(L.LightningModule):
         eps = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
         abar = self.alphas_cumprod.to(self.device)[t].view(n, *([1] * (x0.dim() - 1))).to(x0.dtype)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * eps, t, eps
+
+    def previous_inputs(self, x_t, t, eps):
+        """(x_{t+1}, t + 1) with the same x_0 and noise as x_t (t + 1 capped at T - 1):
+        x_{t+1} = r x_t + (sqrt(1 - abar_{t+1}) - r sqrt(1 - abar_t)) eps,  r = sqrt(abar_{t+1} / abar_t)."""
+        t1 = (t + 1).clamp(max=self.alphas_cumprod.numel() - 1)
+        shape = (-1, *([1] * (x_t.dim() - 1)))
+        abar = self.alphas_cumprod.to(x_t.device)
+        a0, a1 = abar[t].view(shape), abar[t1].view(shape)
+        r = (a1 / a0).sqrt()
+        return (r * x_t + ((1 - a1).sqrt() - r * (1 - a0).sqrt()) * eps).to(x_t.dtype), t1
+
+    @contextlib.contextmanager
+    def connected(self, x_t, t, eps, cond: dict):
+        """Around the student's forward at (x_t, t): with BiDM's cross-timestep connection
+        (``binarydm.quant.connection``), first a no-grad student pass at t + 1 whose stage outputs the
+        forward inside then mixes in, as the authors' training does; without it, nothing."""
+        connection = connection_of(self.student)
+        if connection is None:
+            yield
+            return
+        x1, t1 = self.previous_inputs(x_t, t, eps)
+        with torch.no_grad(), connection.recording():
+            self.student(x1, t1, **cond)
+        with connection.replaying():
+            yield
 
     def batch_inputs(self, batch, step: int):
         x0 = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -173,22 +207,25 @@ class DiffusionQAT(L.LightningModule):
         cond = cond or {}
         kd = self.loss_cfg.kd_weight if self.teacher is not None else 0.0
         teacher_eps = None
-        if self.use_lrm:
+        if self.taps:
             # stop=True without KD: the teacher's output head is never used, only its block features.
-            with torch.no_grad(), FeatureTap(self.teacher, self.blocks, stop=not kd) as ttap:
+            with torch.no_grad(), FeatureTap(self.teacher, self.taps, stop=not kd) as ttap:
                 teacher_eps = self.teacher(x_t, t, **cond).sample  # not reached when stopped early
-            teacher_feats = ttap.ordered()
-            if not self.lrm.is_fitted:
-                # Once, on the first training batch; then fixed (and saved with the checkpoint).
-                self.lrm.fit_(teacher_feats, all_reduce_sum=self._all_reduce_sum)
-            with FeatureTap(self.student, self.blocks) as stap:
+            with self.connected(x_t, t, eps, cond), FeatureTap(self.student, self.taps) as stap:
                 pred = self.student(x_t, t, **cond).sample
-            losses["lrm"] = self.lrm(teacher_feats, stap.ordered())
+            if self.use_lrm:
+                if not self.lrm.is_fitted:
+                    # Once, on the first training batch; then fixed (and saved with the checkpoint).
+                    self.lrm.fit_(ttap.take(self.blocks), all_reduce_sum=self._all_reduce_sum)
+                losses["lrm"] = self.lrm(ttap.take(self.blocks), stap.take(self.blocks))
+            if self.use_spd:
+                losses["spd"] = spd_loss(ttap.take(self.spd_blocks), stap.take(self.spd_blocks), self.loss_cfg.spd_grid)
         else:
             if kd:
                 with torch.no_grad():
                     teacher_eps = self.teacher(x_t, t, **cond).sample
-            pred = self.student(x_t, t, **cond).sample
+            with self.connected(x_t, t, eps, cond):
+                pred = self.student(x_t, t, **cond).sample
         losses["simple"] = F.mse_loss(pred.float(), eps.float())
         total = losses["simple"]
         if kd:
@@ -198,6 +235,8 @@ class DiffusionQAT(L.LightningModule):
             total = (1.0 - kd) * losses["simple"] + kd * losses["kd"]
         if "lrm" in losses:
             total = total + self.loss_cfg.lrm_weight * losses["lrm"]
+        if "spd" in losses:
+            total = total + self.loss_cfg.spd_weight * losses["spd"]
         if self.ebb_tau > 0:
             lmbs = two_basis_lmbs(self.student)
             if lmbs:
@@ -220,7 +259,7 @@ class DiffusionQAT(L.LightningModule):
         # validations, and runs with the same seed and data are paired (docs/training.md).
         x_t, t, eps = self.noisy_inputs(x0, self.step_generator(batch_idx, salt=7919))
         cond = self.condition(batch)
-        with torch.no_grad():
+        with torch.no_grad(), self.connected(x_t, t, eps, cond):
             pred = self.student(x_t, t, **cond).sample.float()
             loss = F.mse_loss(pred, eps.float())
             self.log("val/simple", loss, prog_bar=True, sync_dist=True)

@@ -13,7 +13,7 @@ from binarydm.quant.convert import weight_quantizers
 from .helpers import TinyResNet, TinyTransformer, resnet_input, transformer_input
 
 EXPECTED = {"bnn", "xnor", "dorefa", "bireal", "xnorpp", "reactnet", "recu", "fda", "biper", "fdb", "bipft", "lsq",
-            "baseline", "lmb", "ebb", "db-sigmoid"}
+            "baseline", "lmb", "ebb", "db-sigmoid", "bidm"}
 
 
 def test_available_lists_every_algorithm():

@@ -78,10 +78,10 @@ def test_linear_gamma_is_per_output_feature():
 def test_unsized_or_wrong_resolution_raises():
     q = XnorPPWeight(2).initialize_(torch.zeros(2, 1, 3, 3))
     with pytest.raises(RuntimeError, match="never initialised"):
-        q.scale_output(torch.zeros(1, 2, 4, 4))
+        q.transform_output(torch.zeros(1, 2, 4, 4))
     q.output_quantizer.initialize_(torch.zeros(1, 2, 4, 4))
     with pytest.raises(RuntimeError, match="4x4 output, got 8x8"):
-        q.scale_output(torch.zeros(1, 2, 8, 8))
+        q.transform_output(torch.zeros(1, 2, 8, 8))
 
 
 def test_state_dict_round_trip_restores_gamma_shapes():

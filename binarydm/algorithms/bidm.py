@@ -1,0 +1,165 @@
+"""BiDM (Zheng et al., NeurIPS 2024): the Timestep-friendly Binary Structure of a binarized convolution.
+
+    activations:  x_b = sign(x + t_c),  t one learnable threshold per input channel, init 0 (RSign);
+                  backward ApproxSign on u = x + t:  d x_b/du = max(0, 2 - 2|u|)
+    weights:      a_w * sign(W),  a_w = mean|W| per output channel (detached); clipped STE
+    convolution:  y = K(x) * conv(x_b, W_b) + s * shortcut(x) + bias
+                  K(x) = box_k(mean_c |x|) + b_K   the local activation scale: one map (B, 1, H', W')
+                         shared by every output channel, the channel mean of the RAW input filtered by
+                         a learnable 1 -> 1 convolution with the layer's kernel size, stride, padding and
+                         dilation (weight initialised to the box filter 1/k^2)
+                  shortcut(x) = x (same channels), its s x s average pool (stride s), then a full-
+                         precision 1x1 convolution where the channel counts differ; s learnable, init 0
+    linear layers (attention projections, feed-forward, time projections): sign and a_w only.
+    full precision: the ResBlocks' skip convolutions (``conv_shortcut``), the attention products, and the
+                    preset's kept layers (stem, head, embeddings), as in the authors' code.
+
+Read against the public code (``Xingyu-Zheng/BiDM``, docs/results/bidm_public_code.md); where paper and code
+differ this file follows the code, with these exceptions, each a defect of the code rather than the method:
+
+* The scale map's bias starts at 0, not at PyTorch's random default, and its filter is a learned parameter
+  that a reload keeps (the code resets it to 1/k^2 on every new model object, so a reloaded model samples
+  with a filter it was not trained with).
+* s starts at 0 and is used as it is (the CIFAR code). The LDM code uses |s| from 0.3, but its zero-
+  initialised layers start at s = 0 where |s| has no gradient, so those shortcuts never learn.
+* The layer's bias is kept (the code drops it in the binarized mode): it is free, and starts the student
+  nearer to its full-precision teacher.
+* Every binarized layer, linear ones included, uses the threshold (the code's linear layers drop it in the
+  forward pass and keep it in the backward pass).
+
+``BiDMOptions`` switch the scale map and the shortcut off one at a time (the paper's ablation):
+``bidm(scale_map=False)``, ``bidm(shortcut=False)``. The cross-timestep connection and Space Patched
+Distillation, BiDM's other two parts, are not layer operators: ``binarydm.training.timestep_connection``
+and ``binarydm.training.spd``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from binarydm.quant.registry import LayerSpec, register_act, register_weight
+
+from .reactnet import RSign
+from .xnor import XnorWeight
+
+
+@dataclass(frozen=True)
+class BiDMOptions:
+    """scale_map / shortcut: the two output-side parts of the binary structure; shortcut_init: s at start;
+    projection: where the channel counts differ, the shortcut's full-precision 1x1 projection (the code) or,
+    False, the input's channels cut or repeated to the output's (no parameters, no multiply-accumulates);
+    fp_skip: the ResBlocks' skip convolutions stay full precision (the code) or, False, are binarized too."""
+
+    scale_map: bool = True
+    shortcut: bool = True
+    shortcut_init: float = 0.0
+    projection: bool = True
+    fp_skip: bool = True
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class LocalScale(nn.Module):
+    """K(x) = conv(mean_c |x|, w, b) with the layer's kernel size, stride, padding and dilation; w = 1/k^2, b = 0."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        kh, kw = _pair(conv.kernel_size)
+        self.weight = nn.Parameter(torch.full((1, 1, kh, kw), 1.0 / (kh * kw)))
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        energy = x.abs().mean(dim=1, keepdim=True)
+        return F.conv2d(energy, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding,
+                        self.dilation)
+
+
+class ScaledShortcut(nn.Module):
+    """s * P(pool_s(x)): pool the stride's average pool (identity at stride 1), P a 1x1 full-precision
+    projection where the channel counts differ (else the identity)."""
+
+    def __init__(self, conv: nn.Conv2d, init: float, projection: bool = True) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+        self.stride = _pair(conv.stride)
+        self.out_channels = conv.out_channels
+        if conv.in_channels == conv.out_channels or not projection:
+            self.projection = None
+        else:
+            # A bare parameter, not an nn.Conv2d: binarize_ and summary must not take it for a layer to binarize.
+            self.projection = nn.Parameter(torch.empty(conv.out_channels, conv.in_channels, 1, 1))
+            nn.init.kaiming_uniform_(self.projection, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != (1, 1):
+            x = F.avg_pool2d(x, self.stride, self.stride)
+        if self.projection is not None:
+            x = F.conv2d(x, self.projection.to(x.dtype))
+        elif x.shape[1] != self.out_channels:  # the first channels, repeated as often as needed
+            x = x.repeat(1, -(-self.out_channels // x.shape[1]), 1, 1)[:, :self.out_channels]
+        return self.scale.to(x.dtype) * x
+
+    def extra_macs(self, output: torch.Tensor) -> int:
+        """Full-precision multiply-accumulates of the projection for one layer ``output``."""
+        return 0 if self.projection is None else output.numel() * self.projection.shape[1]
+
+
+class BiDMWeight(XnorWeight):
+    """XNOR's a_w sign(W) that also owns the layer's output-side parts (scale map, shortcut)."""
+
+    def __init__(self, conv: nn.Conv2d, options: BiDMOptions) -> None:
+        super().__init__("clipped", scaled_grad=False)
+        self.local_scale: Optional[LocalScale] = LocalScale(conv) if options.scale_map else None
+        self.shortcut: Optional[ScaledShortcut] = (
+            ScaledShortcut(conv, options.shortcut_init, options.projection) if options.shortcut else None)
+
+    def transform_output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """K(x) * y + s * shortcut(x) for the binary convolution's output y (before the bias) and raw input x."""
+        if self.local_scale is not None:
+            y = y * self.local_scale(x)
+        if self.shortcut is not None:
+            y = y + self.shortcut(x)
+        return y
+
+    def inference_numel(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_macs(self, output: torch.Tensor) -> int:
+        """Full-precision multiply-accumulates of the scale map (k x k per output position) and of the
+        shortcut's projection for one layer ``output`` (``binarydm.summary`` adds them to the layer's OPs)."""
+        macs = 0
+        if self.local_scale is not None:
+            macs += output.shape[0] * output[0, 0].numel() * self.local_scale.weight.numel()
+        if self.shortcut is not None:
+            macs += self.shortcut.extra_macs(output)
+        return macs
+
+
+def _skip(spec: LayerSpec) -> bool:
+    # The ResBlocks' skip convolutions stay full precision in BiDM (both code bases).
+    fp_skip = spec.options.fp_skip if spec.options is not None else True
+    return fp_skip and spec.name.rsplit(".", 1)[-1] == "conv_shortcut"
+
+
+@register_weight("bidm", options=BiDMOptions)
+def _weight(layer, spec: LayerSpec):
+    if _skip(spec):
+        return None
+    options = spec.options or BiDMOptions()
+    if isinstance(layer, nn.Conv2d) and (options.scale_map or options.shortcut):
+        return BiDMWeight(layer, options)
+    return XnorWeight("clipped", scaled_grad=False)
+
+
+@register_act("bidm", options=BiDMOptions, one_bit=True)
+def _act(spec: LayerSpec) -> Optional[RSign]:
+    return None if _skip(spec) else RSign()
