@@ -16,6 +16,7 @@ from binarydm.kernels.packing import (
     byte_codes,
     pack_activation,
     pack_codes,
+    pack_sign_input,
     pack_weight,
 )
 from kernel_emu import emu
@@ -83,6 +84,18 @@ def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_d
     expected = reference.w1a4_conv2d(x, w, out_dtype)
     assert not torch.isnan(y).any(), "outputs left unwritten (the emulator poisons them with NaN)"
     assert torch.equal(_bits(y), _bits(expected))
+
+
+@pytest.mark.parametrize("variant", ["mma", "simt", "bmma"])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[9]], ids=["40x24", "70x33s2", "128x72"])
+def test_emulated_kernel_runs_w1a1_bit_for_bit(exe, shape, variant):
+    """W1A1 (BiDM, ReActNet): sign(x + beta) as codes {0, 2} with zero point 1 on the same kernels."""
+    _, w = _operands(shape, seed=3)
+    cin, n, h, wd = shape[0], shape[8], shape[9], shape[10]
+    gen = torch.Generator().manual_seed(4)
+    x = pack_sign_input(torch.randn(n, cin, h, wd, generator=gen), 0.3 * torch.randn(cin, generator=gen))
+    y = emu.run_conv(exe, x, w, torch.float32, variant)
+    assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(x, w, torch.float32)))
 
 
 @pytest.mark.parametrize("variant, agrees", [("mma", False), ("bmma", False), ("simt", True)])

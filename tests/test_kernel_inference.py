@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import binarydm
-from binarydm.kernels.inference import W1A4Conv2d, eligible, fuse_norm_silu_, w1a4_inference_
+from binarydm.algorithms import preset
+from binarydm.kernels.inference import W1A1Conv2d, W1A4Conv2d, eligible, eligible_w1a1, fuse_norm_silu_, w1a4_inference_
 from binarydm.quant import QuantConv2d
 from conftest import make_tiny_unet
 
@@ -87,3 +88,49 @@ def test_fused_norm_silu_blocks_compute_what_the_unfused_blocks_do():
             assert not torch.equal(model(x, t).sample, unfused)
     finally:
         block.norm1 = norm
+
+
+def _w1a1_unet(name="bidm", **options):
+    model = make_tiny_unet(block_out_channels=(32, 32), norm_num_groups=8)
+    binarydm.binarize_(model, preset(name, **options))
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 700])
+    binarydm.calibrate_(model, x, t)
+    with torch.no_grad():  # thresholds, scale-map biases and shortcut scales away from their initial values
+        for m in model.modules():
+            if isinstance(m, QuantConv2d) and eligible_w1a1(m) is None:
+                m.act_quantizer.beta.normal_(0, 0.2) if hasattr(m.act_quantizer, "beta") else None
+                for p in m.weight_quantizer.parameters():
+                    p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval(), x, t
+
+
+@pytest.mark.parametrize("name, options", [("bidm", {}), ("bidm", {"projection": False, "fp_skip": False}),
+                                           ("reactnet", {}), ("bireal", {})])
+def test_w1a1_layers_equal_their_fake_quantized_convs_and_the_unet_follows(name, options):
+    model, x, t = _w1a1_unet(name, **options)
+    layers = [m for m in model.modules() if isinstance(m, QuantConv2d) and eligible_w1a1(m) is None]
+    assert layers and any(m.stride == (2, 2) for m in layers)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the CPU fallback warns once
+        for layer in layers:
+            inp = torch.randn(2, layer.in_channels, 8, 8, generator=torch.Generator().manual_seed(1))
+            torch.testing.assert_close(W1A1Conv2d(layer, torch.float32)(inp), layer(inp), rtol=1e-5, atol=1e-5)
+        expected = model(x, t).sample
+        if hasattr(model, "timestep_connection"):
+            model.timestep_connection.reset()
+        report = w1a4_inference_(model)
+        assert {n for n, why in report.items() if why == "w1a1"} and "w1a4" not in report.values()
+        got = model(x, t).sample
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_w1a1_operand_is_the_sign_as_codes_with_zero_point_one():
+    from binarydm.kernels.packing import pack_sign_input
+
+    x = torch.tensor([[[[-0.5, 0.0], [-0.0, 2.0]]], [[[0.1, -3.0], [0.3, -0.2]]]]).reshape(1, 2, 2, 2)
+    packed = pack_sign_input(x, torch.tensor([0.0, 0.2]))
+    assert packed.zero_point == 1 and float(packed.step) == 1.0
+    # sign(0) = sign(-0.0) = +1; the second channel is shifted by 0.2 before the sign
+    expected = torch.tensor([[[[-1, 1], [1, 1]], [[1, -1], [1, 1]]]], dtype=torch.float64)
+    assert torch.equal(packed.dequantize(), expected)

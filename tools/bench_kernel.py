@@ -26,7 +26,10 @@ time SiLU(GroupNorm(x)) to s8 codes, unfused (fp16 norm and SiLU, then ``quantiz
 (``groupnorm_silu_bytes``).
 
     python tools/bench_kernel.py [--batch 1 64 256] [--bases 1 2] [--variants bmma mma] [--json bench_kernel.json]
-                                 [--out kernel_figures.md] [--no-layers] [--no-unet] [--dry-run]
+                                 [--out kernel_figures.md] [--no-layers] [--no-unet] [--quant w1a4|bidm] [--dry-run]
+
+``--quant bidm`` binarizes the whole UNet with BiDM (W1A1): its convolutions run on the same kernels with
+sign codes (``binarydm.kernels.inference.W1A1Conv2d``), the scale maps and shortcuts in PyTorch.
 
 ``--json`` is rewritten after every row, so a run cut short keeps what it measured; ``tools/bench.py
 kernel_results=`` reads its ``unet_speedup``. ``--dry-run`` runs every step on the CPU (the PyTorch
@@ -270,8 +273,9 @@ def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
 
 
 # ---- whole UNet ---------------------------------------------------------------------------------
-def build_models(device: torch.device):
-    """(fp16 model, W1A4 kernel-mode model, fake-quantized float32 student) of ddpm-cifar10-32."""
+def build_models(device: torch.device, quant: str = "w1a4"):
+    """(fp16 model, kernel-mode model, fake-quantized float32 student) of ddpm-cifar10-32 binarized by
+    ``quant`` (a preset: ``w1a4``, or ``bidm`` for BiDM's W1A1 on the same kernels)."""
     import copy
     import warnings
 
@@ -282,7 +286,7 @@ def build_models(device: torch.device):
     torch.manual_seed(0)
     fp = build_unet("ddpm-cifar10-32").eval()
     student = copy.deepcopy(fp)
-    binarydm.binarize_(student, "w1a4")
+    binarydm.binarize_(student, quant)
     binarydm.calibrate_(student, torch.randn(4, 3, 32, 32), torch.tensor([10, 300, 600, 900]))
     fake = copy.deepcopy(student).to(device)
     half = torch.float16 if device.type == "cuda" else torch.float32
@@ -299,8 +303,9 @@ def build_models(device: torch.device):
 def bench_unet(bench: Bench, args, device: torch.device) -> None:
     from binarydm.kernels import cuda as kcuda
 
-    fp, student, fake, report = build_models(device)
-    swapped = sum(v == "w1a4" for v in report.values())
+    fp, student, fake, report = build_models(device, args.quant)
+    swapped = sum(v in ("w1a4", "w1a1") for v in report.values())
+    bench.data["quant"] = args.quant
     half = next(fp.parameters()).dtype
     on_gpu = device.type == "cuda"
     # "auto": no variant forced, each conv on the kernel choose_variant picks for its size (what users get).
@@ -377,7 +382,8 @@ def table(data: dict) -> str:
                   f"{fmt(r['norm_fused_graph_us'])} |" for r in norms if r["bases"] == min(x["bases"] for x in norms)]
     if not data["unet"]:
         return "\n".join(lines) + "\n"
-    lines += ["", f"Whole UNet forward (ddpm-cifar10-32, random weights, one timestep) on {data['device']}, ms:", "",
+    lines += ["", f"Whole UNet forward (ddpm-cifar10-32, random weights, one timestep, binarized by "
+                  f"{data.get('quant', 'w1a4')}) on {data['device']}, ms:", "",
               "| batch | variant | fp16 | W1A4 | speedup | graph | convs on the kernel | rel. error vs fake-quant |",
               "|---|---|---|---|---|---|---|---|"]
     for r in data["unet"]:
@@ -399,6 +405,7 @@ def main(argv=None) -> int:
                         help="kernel variants to time beside fp16 (bmma: bit-plane, mma: s8 x s8, simt)")
     parser.add_argument("--variant", choices=["bmma", "mma", "simt"], default=None, help="one variant only")
     parser.add_argument("--no-graph", action="store_true", help="time eager calls only")
+    parser.add_argument("--quant", default="w1a4", help="the whole UNet's preset: w1a4, or bidm (W1A1, same kernels)")
     parser.add_argument("--no-layers", action="store_true")
     parser.add_argument("--no-unet", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="CPU, reference, two shapes: checks the script only")

@@ -8,10 +8,10 @@
 # and what it needs that the GPU image lacks), nvidia-smi, versions, `pytest -m gpu` on the kernel
 # tests, tools/bench_kernel.py per layer (cuDNN fp16 vs W1A4, batch 1/64/256, one and two bases, both
 # kernels: the bit-plane one of cuda/w1a4_bmma.cu and the s8 x s8 one of cuda/w1a4_conv.cu), the whole
-# UNet fp16 vs W1A4 (each kernel), the tensor-core issue rates (cuda/mma_rates.cu: IMMA, BMMA, HMMA, IGMMA,
+# UNet fp16 vs W1A4 (each kernel), the same for BiDM's W1A1 UNet (batch 64), the tensor-core issue rates (cuda/mma_rates.cu: IMMA, BMMA, HMMA, IGMMA,
 # BGMMA, HGMMA), and a summary. Writes $OUT/device_check.json (every stage's exit status and
 # seconds, the pytest summary, the benchmark figures), $OUT/device_check.log (everything printed),
-# $OUT/bench_kernel.{json,md}, $OUT/bench_unet.{json,md} and $OUT/mma_rates.jsonl. The whole run
+# $OUT/bench_kernel.{json,md}, $OUT/bench_unet{,_w1a1}.{json,md} and $OUT/mma_rates.jsonl. The whole run
 # stops inside $BUDGET seconds (330 by default) even if a stage hangs: each stage gets the lesser of
 # its own limit and what is left.
 set -u
@@ -113,12 +113,17 @@ stage pytest_gpu 120 "$PY" -m pytest "${PYTEST_ARGS[@]}"
 BENCH=("$PY" tools/bench_kernel.py --json "$OUT/bench_kernel.json" --batch 256 64 1 --target-us 10000)
 BENCH_UNET=("$PY" tools/bench_kernel.py --json "$OUT/bench_unet.json" --out "$OUT/bench_unet.md" --no-layers
             --batch 256 64 1)
+# BiDM's W1A1 UNet on the same kernels (sign codes), batch 64 only: the W1A1 figure beside the W1A4 one.
+BENCH_W1A1=("$PY" tools/bench_kernel.py --json "$OUT/bench_unet_w1a1.json" --out "$OUT/bench_unet_w1a1.md"
+            --no-layers --quant bidm --batch 64)
 if [ $DRY = 1 ]; then
     BENCH+=(--dry-run)
     BENCH_UNET+=(--dry-run)
+    BENCH_W1A1+=(--dry-run)
 fi
 stage bench_layers 150 "${BENCH[@]}" --no-unet --out "$OUT/bench_kernel.md"
 stage bench_unet 130 "${BENCH_UNET[@]}"
+stage bench_unet_w1a1 60 "${BENCH_W1A1[@]}"
 rm -f "$OUT/mma_rates.jsonl"
 stage mma_rates 60 bash -c mma_rates
 
@@ -149,7 +154,8 @@ if py:
 rates = out / "mma_rates.jsonl"
 result["mma_rates"] = [json.loads(l) for l in rates.read_text().splitlines() if l.startswith("{")] \
     if rates.exists() else None
-for key, name in (("bench", "bench_kernel.json"), ("bench_unet", "bench_unet.json")):
+for key, name in (("bench", "bench_kernel.json"), ("bench_unet", "bench_unet.json"),
+                  ("bench_unet_w1a1", "bench_unet_w1a1.json")):
     p = out / name
     try:
         result[key] = json.loads(p.read_text()) if p.exists() else None

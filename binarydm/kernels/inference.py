@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from ..quant.layers import QuantConv2d
 from . import cuda
-from .packing import pack_activation, pack_quant_conv
+from .packing import pack_activation, pack_quant_conv, pack_sign_input
 
 
 class W1A4Conv2d(nn.Module):
@@ -100,6 +100,71 @@ class W1A4Conv2d(nn.Module):
                 f"padding={p.padding}, bases={p.n_bases}, codes=[{self.qn}, {self.qp}]")
 
 
+class W1A1Conv2d(nn.Module):
+    """Inference-only replacement of a W1A1 ``QuantConv2d`` (XNOR-type weights a_w sign(W), inputs
+    sign(x + beta) of ReActNet's or BiDM's binarizer): the kernel's arithmetic with codes x_b + 1, zero
+    point 1 and step 1 (``binarydm.kernels.packing``), then the weight quantizer's output-side parts
+    (BiDM's scale map and shortcut, in PyTorch: they read the layer's raw input) and the bias."""
+
+    def __init__(self, layer: QuantConv2d, out_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        wq = layer.weight_quantizer
+        self.transform = wq if callable(getattr(wq, "transform_output", None)) else None  # BiDM's K(x), shortcut
+        self.packed = pack_quant_conv(layer, bias=self.transform is None)
+        self.bias = None if self.transform is None or layer.bias is None else layer.bias.detach().clone()
+        beta = getattr(layer.act_quantizer, "beta", None)
+        self.beta = None if beta is None or beta.numel() == 0 else beta.detach().clone()
+        self.out_dtype = out_dtype
+        self.out_channels = layer.out_channels
+        self.scale = self.packed.alpha.to(torch.float32).contiguous()  # s = fl32(alpha * 1)
+
+    def _apply(self, fn, recurse=True):
+        device = fn(torch.empty(0, device=self.scale.device)).device
+        self.scale = self.scale.to(device)
+        self.packed = self.packed.to(device)
+        self.beta = None if self.beta is None else self.beta.to(device)
+        self.bias = None if self.bias is None else self.bias.to(device)
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_dtype = torch.float32 if self.transform is not None else (
+            self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32))
+        y = cuda.w1a4_conv2d(pack_sign_input(x, self.beta), self.packed, out_dtype, scale=self.scale).to(x.dtype)
+        if self.transform is not None:
+            y = self.transform.transform_output(y, x)
+            if self.bias is not None:
+                y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
+        return y
+
+    def extra_repr(self) -> str:
+        p = self.packed
+        return (f"{p.in_channels}, {self.out_channels}, kernel_size={p.kernel_size}, stride={p.stride}, "
+                f"padding={p.padding}, W1A1, output_parts={self.transform is not None}")
+
+
+def _conv_arguments_supported(layer: QuantConv2d) -> bool:
+    return layer.groups == 1 and tuple(layer.dilation) == (1, 1) and layer.padding_mode == "zeros" \
+        and not isinstance(layer.padding, str)
+
+
+def eligible_w1a1(layer: nn.Module) -> Optional[str]:
+    """None if ``layer`` can run as a :class:`W1A1Conv2d`, else why not."""
+    from ..algorithms.bnn import SignBinarizer
+    from ..algorithms.reactnet import RSign
+    from ..algorithms.xnor import XnorWeight
+
+    if not isinstance(layer, QuantConv2d):
+        return "not a QuantConv2d"
+    wq, aq = layer.weight_quantizer, layer.act_quantizer
+    if not (isinstance(wq, XnorWeight) and wq.enabled):
+        return "weights not binarized by an enabled XNOR-type quantizer"
+    if not (isinstance(aq, (RSign, SignBinarizer)) and aq.enabled and aq.initialized):
+        return "input not binarized by an enabled sign(x + beta) binarizer"
+    if not _conv_arguments_supported(layer):
+        return "groups, dilation or padding the kernel does not support"
+    return None
+
+
 def eligible(layer: nn.Module) -> Optional[str]:
     """None if ``layer`` can run on the W1A4 kernel, else why not."""
     from ..quant.lmb import LMB
@@ -114,8 +179,7 @@ def eligible(layer: nn.Module) -> Optional[str]:
         return "input not quantized by an enabled LSQ"
     if aq.bits > 4 or aq.step.numel() != 1:
         return f"input quantizer has {aq.bits} bits or a per-channel step (the kernel takes 4-bit per-tensor codes)"
-    if layer.groups != 1 or tuple(layer.dilation) != (1, 1) or layer.padding_mode != "zeros" \
-            or isinstance(layer.padding, str):
+    if not _conv_arguments_supported(layer):
         return "groups, dilation or padding the kernel does not support"
     return None
 
@@ -161,27 +225,33 @@ def fuse_norm_silu_(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def w1a4_inference_(model: nn.Module, out_dtype: Optional[torch.dtype] = None, fuse: bool = True) -> dict[str, str]:
-    """Swap every eligible QuantConv2d of ``model`` for a :class:`W1A4Conv2d`, in place, and (``fuse``)
-    let ResNet blocks hand their GroupNorm + SiLU to the swapped convs (:func:`fuse_norm_silu_`).
+    """Swap every eligible QuantConv2d of ``model`` for a :class:`W1A4Conv2d` (LMB weights, 4-bit LSQ
+    inputs) or a :class:`W1A1Conv2d` (XNOR-type weights, sign inputs: BiDM, ReActNet, Bi-Real), in place,
+    and (``fuse``) let ResNet blocks hand their GroupNorm + SiLU to swapped W1A4 convs (:func:`fuse_norm_silu_`).
 
-    Returns {layer name: "w1a4" or the reason it was left on the fake-quantized path}. The model is
-    for inference only afterwards (the packed layers have no trainable weights).
+    Returns {layer name: "w1a4", "w1a1" or the reason it was left on the fake-quantized path}. The model
+    is for inference only afterwards (the packed layers have no trainable weights).
     """
     report: dict[str, str] = {}
     swaps = []
     for name, module in model.named_modules():
         if isinstance(module, QuantConv2d):
             why = eligible(module)
-            report[name] = why or "w1a4"
             if why is None:
-                swaps.append((name, module))
-    for name, module in swaps:
+                report[name] = "w1a4"
+                swaps.append((name, W1A4Conv2d, module))
+            elif eligible_w1a1(module) is None:
+                report[name] = "w1a1"
+                swaps.append((name, W1A1Conv2d, module))
+            else:
+                report[name] = why
+    for name, cls, module in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, W1A4Conv2d(module, out_dtype).to(module.weight.device))
+        setattr(parent, child, cls(module, out_dtype).to(module.weight.device))
     if fuse:
         fuse_norm_silu_(model)
     return report
 
 
-__all__ = ["W1A4Conv2d", "eligible", "fuse_norm_silu_", "w1a4_inference_"]
+__all__ = ["W1A1Conv2d", "W1A4Conv2d", "eligible", "eligible_w1a1", "fuse_norm_silu_", "w1a4_inference_"]

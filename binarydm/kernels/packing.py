@@ -23,6 +23,11 @@ four 32-bit activation words cover the same 32 channels):
 * byte codes    int8 [N, H, W, C_pad] (NHWC): q - z, one byte per channel, 0 in padded channels: the
   operand of the s8 x s8 tensor-core kernel (:class:`ByteActivation`).
 
+W1A1 (BiDM, ReActNet: x_b = sign(x + beta) in {-1, +1}, XNOR-type weights a_w sign(W)) is the same
+arithmetic with d = 1, z = 1 and codes q = x_b + 1 in {0, 2}: real zero (the convolution's zero padding)
+is the code z, as for 4-bit codes, so the kernels run it unchanged (:func:`pack_sign_input`,
+:func:`xnor_bits`); two of the four bit-planes are then always zero.
+
 The 32-bit words are stored in int32 tensors (PyTorch has no uint32 arithmetic on every device);
 bit 31 is the sign bit, which is only a matter of reading them as unsigned.
 """
@@ -187,19 +192,32 @@ def lmb_bits(quantizer: LMB, weight: torch.Tensor) -> tuple[torch.Tensor, torch.
     return bits, torch.stack(alphas).to(torch.float32)
 
 
-def pack_quant_conv(layer: QuantConv2d) -> PackedConvWeight:
-    """The kernel's weight operand of a QuantConv2d whose weight quantizer is an initialised LMB."""
+@torch.no_grad()
+def xnor_bits(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The basis and scale of the XNOR family's forward, a_w sign(W) with a_w = mean|W| per output channel
+    (``binarydm.algorithms.xnor.XnorWeight`` and BiDM's weight): bits uint8 [1, C_out, C_in, KH, KW] and
+    alpha float32 [1, C_out], a_w computed by the same operations as the quantizer's."""
+    w = weight.detach()
+    alpha = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+    return (binary_sign(w) > 0).to(torch.uint8)[None], alpha.reshape(1, -1).to(torch.float32)
+
+
+def pack_quant_conv(layer: QuantConv2d, bias: bool = True) -> PackedConvWeight:
+    """The kernel's weight operand of a QuantConv2d whose weight quantizer is an initialised LMB or
+    an XNOR-type binarizer (``bias=False``: the epilogue leaves the layer's bias out)."""
+    from ..algorithms.xnor import XnorWeight
+
     _check_conv(layer)
     wq = layer.weight_quantizer
-    if not isinstance(wq, LMB):
+    if not isinstance(wq, (LMB, XnorWeight)):
         raise TypeError(
-            f"the W1A4 kernel needs an LMB weight quantizer, got {type(wq).__name__}; binarize the "
+            f"the W1A4 kernel needs an LMB or XNOR-type weight quantizer, got {type(wq).__name__}; binarize the "
             "layer with a BinaryDM preset (e.g. binarydm.binarize_(model, 'w1a4'))"
         )
     if not (wq.enabled and wq.initialized):
-        raise ValueError("the LMB weight quantizer is disabled or not initialised: nothing binary to pack")
-    bits, alpha = lmb_bits(wq, layer.weight)
-    return pack_weight(bits, alpha, layer.bias, layer.stride, layer.padding)
+        raise ValueError("the weight quantizer is disabled or not initialised: nothing binary to pack")
+    bits, alpha = lmb_bits(wq, layer.weight) if isinstance(wq, LMB) else xnor_bits(layer.weight)
+    return pack_weight(bits, alpha, layer.bias if bias else None, layer.stride, layer.padding)
 
 
 def _check_conv(layer: nn.Module) -> None:
@@ -292,6 +310,14 @@ def pack_activation(x: torch.Tensor, step, qn: int = -8, qp: int = 7) -> PackedA
         raise ValueError(f"the code range [{qn}, {qp}] needs more than 4 bits")
     step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
     return PackedActivation(pack_codes(quantize_codes(x, step_t, qn, qp)), step_t, -qn, x.shape[1])
+
+
+def pack_sign_input(x: torch.Tensor, beta: Optional[torch.Tensor] = None) -> PackedActivation:
+    """The W1A1 operand of ``x`` [N, C, H, W]: x_b = sign(x + beta_c) (sign(0) = +1; beta None: 0) as codes
+    q = x_b + 1 in {0, 2} with step 1 and zero point 1 (real zero, the padding, is the code z)."""
+    u = x if beta is None else x + beta.to(x.dtype).view(1, -1, 1, 1)
+    codes = (binary_sign(u) > 0).to(torch.int32) * 2
+    return PackedActivation(pack_codes(codes), torch.ones((), device=x.device), 1, x.shape[1])
 
 
 def pack_quant_conv_input(layer: QuantConv2d, x: torch.Tensor) -> PackedActivation:
