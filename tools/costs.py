@@ -40,7 +40,6 @@ class CostsArgs:
 def build(model: str):
     """A float UNet with random weights: a named architecture, or the config.json of a model directory."""
     import json
-    from pathlib import Path
 
     from binarydm.unets import ARCHITECTURES, build_unet, resolve_local
 
