@@ -112,6 +112,9 @@ def run_main(main: Callable[[list[str]], Any], argv: Optional[Sequence[str]], *,
     ``raise_exit``: raise :class:`CLIExit` (a SystemExit) with the status, as ``sample``, ``export``
     and ``fid`` always did; otherwise return the status (``train``'s ``main`` returns one).
     """
+    from .console import quiet_third_party
+
+    quiet_third_party()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         return main(args)

@@ -52,6 +52,10 @@ def paths(tmp_path_factory):
     p["one"], p["three"], p["killed"] = root / "one", root / "three", root / "killed"
     save_images(images[:1], p["one"])
     save_images(images, p["three"])
+    p["mixed"] = root / "mixed"  # images of two sizes
+    save_images(images[:2], p["mixed"])
+    save_images(torch.zeros(1, 3, 6, 6, dtype=torch.uint8), root / "six")
+    (root / "six" / "images" / "00000.png").rename(p["mixed"] / "images" / "zz_small.png")
     p["foreign"] = root / "foreign"
     p["foreign"].mkdir()
     (p["foreign"] / "thesis.tex").write_text("precious")
@@ -164,6 +168,9 @@ CASES = [
     ("fid", ["gen={three}", "ref={three}", "batch=0"], "batch"),
     ("fid", ["gen={packed}", "ref={three}", "extractor=tiny"], "num"),
     ("fid", ["gen={killed}", "ref={three}", "extractor=tiny"], "sample_info.json"),
+    ("fid", ["gen={mixed}", "ref={three}", "extractor=tiny"], "zz_small.png is 6x6"),
+    ("fid", ["gen={mixed}", "ref={three}", "extractor=tiny", "backend=cleanfid"], "different sizes"),
+    ("fid", ["gen={mixed}", "ref={three}", "extractor=tiny", "backend=torchmetrics"], "different sizes"),
 ]
 
 

@@ -75,6 +75,25 @@ def image_files(folder: PathLike) -> list[Path]:
     return files
 
 
+def check_one_size(folder: PathLike, files: Optional[Sequence[Path]] = None) -> tuple[int, int]:
+    """The (width, height) every image of ``folder`` has (read from the headers), or a one-line UsageError
+    naming a file of each size: generated images are compared as they are, so they must agree."""
+    from PIL import Image
+
+    from ..errors import UsageError
+
+    first: dict[tuple[int, int], Path] = {}
+    for f in files if files is not None else image_files(folder):
+        with Image.open(f) as im:
+            first.setdefault(im.size, f)
+        if len(first) > 1:
+            (a, fa), (b, fb) = list(first.items())[:2]
+            raise UsageError(f"{folder}: images of different sizes ({fa.name} is {a[0]}x{a[1]}, {fb.name} is "
+                             f"{b[0]}x{b[1]}); FID compares generated images of one size: sample them again, or "
+                             "resize them to one size")
+    return next(iter(first))
+
+
 def folder_subset(files: Sequence[Path], num: Optional[int], seed: int = 0) -> list[Path]:
     """``num`` of ``files`` drawn at random without replacement (numpy's ``default_rng(seed)``), kept in
     their order; all of them where ``num`` is None. The same files and seed give the same subset."""
@@ -100,14 +119,13 @@ def load_folder(folder: PathLike, num: Optional[int] = None, seed: Optional[int]
     if num is not None and len(files) < num:
         raise ValueError(f"{folder}: {len(files)} images, {num} requested")
     files = folder_subset(files, num, seed) if seed is not None else files[:num]
+    if size is None:
+        check_one_size(folder, files)
     fit = _fit_to(size) if size is not None else (lambda im: im)
     arrays = []
     for f in files:
         with Image.open(f) as im:
             arrays.append(np.asarray(fit(im.convert("RGB"))))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(f"{folder}: images of different sizes {sorted(shapes)[:3]}")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -315,6 +333,7 @@ def evaluate(fake_folder: PathLike, ref: str, extractor: FeatureExtractor, split
     reference gives ``ref_num`` images drawn with ``ref_seed``, fitted to the generated images' size
     (``size`` where they are not square)."""
     fake_folder = resolve_folder(fake_folder)
+    check_one_size(fake_folder)  # before any backend reads them (clean-fid would resize them silently)
     if ref.lower().replace("_", "-") not in ("fashion-mnist", "cifar10"):
         size = _square_size(fake_folder) or size
     results: dict[str, float] = {}
@@ -339,7 +358,7 @@ def evaluate(fake_folder: PathLike, ref: str, extractor: FeatureExtractor, split
 
 __all__ = [
     "DatasetNotFound", "cifar10", "cleanfid_compare_folders", "cleanfid_folder_features", "default_cache_dir",
-    "evaluate", "extract_features", "fashion_mnist", "fid_from_features", "folder_subset", "image_files",
+    "check_one_size", "evaluate", "extract_features", "fashion_mnist", "fid_from_features", "folder_subset", "image_files",
     "kid_from_features", "load_folder", "reference_features", "reference_images", "reference_key", "resolve_folder",
     "stats", "torchmetrics_fid",
 ]

@@ -28,7 +28,7 @@ from typing import Any, Optional
 from ..errors import UsageError
 from ..packing.files import atomic_write, check_output_path
 from ..sampling import SAMPLERS, SampleArgs, sample_to_folder
-from .fid import DatasetNotFound, evaluate, image_files, resolve_folder
+from .fid import DatasetNotFound, check_one_size, evaluate, image_files, resolve_folder
 from .inception import get_extractor
 
 MIN_IMAGES = 2  # a covariance needs two samples; FID is defined (if biased) from there
@@ -179,6 +179,7 @@ def fid_run(args: FidArgs) -> dict[str, Any]:
         folder = resolve_folder(folder)
         check_complete(folder)
         counts["generated"] = count_images(folder, "gen", "num", args.num)
+        check_one_size(folder)
         return folder
 
     folder = None if is_checkpoint(Path(args.gen)) else generated(Path(args.gen))
