@@ -28,8 +28,9 @@ Requirements and limits (diffusers' quantizer machinery):
 - Only checkpoints binarized by binarydm are loaded this way (``requires_calibration``): an FP model
   with ``quantization_config=BinaryDMQuantizationConfig(...)`` is refused; call ``binarize_`` and
   ``calibrate_`` instead.
-- A model loaded through the plug-in is marked quantized by diffusers: ``.half()`` / ``.to(dtype)`` raise
-  (``.to(device)`` works). :func:`binarydm.load` returns a model without that mark.
+- ``.half()``, ``.to(dtype)`` and ``torch_dtype=`` cast a binarized model like any model, except its latent
+  weights and its quantizers' scales and steps, which stay float32 (the quantizers compute in float32 and
+  hand back the model's dtype).
 
 The hooks used (``_process_model_before_weight_loading``, ``check_if_quantized_param``,
 ``create_quantized_param``, the ``AUTO_QUANTIZER_MAPPING`` / ``AUTO_QUANTIZATION_CONFIG_MAPPING``
@@ -43,6 +44,7 @@ import importlib
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from ..quant.config import QuantConfig, resolve
 from ..quant.layers import QUANT_LAYERS
@@ -96,6 +98,7 @@ class BinaryDMQuantizer(DiffusersQuantizer):
     # Only pre-binarized checkpoints: binarizing on the fly needs calibrate_ (activation statistics).
     requires_calibration = True
     use_keep_in_fp32_modules = False
+    _requested_dtype = None
 
     def validate_environment(self, *args, **kwargs) -> None:
         if not self.pre_quantized:  # pragma: no cover - requires_calibration refuses earlier
@@ -109,6 +112,12 @@ class BinaryDMQuantizer(DiffusersQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        # diffusers marks a quantized model so that .half() / .to(dtype) raise (formats that cannot be cast); a
+        # binarized model casts like any model, its latent weights and quantizer scales staying float32
+        # (QuantConv2d._apply, Quantizer._apply). torch_dtype= is applied here, after loading in float32.
+        model.is_quantized = False
+        if self._requested_dtype is not None:
+            nn.Module.to(model, self._requested_dtype)  # not ModelMixin.to: its fp32-modules notice is not ours
         return model
 
     def check_if_quantized_param(self, model, param_value, param_name: str, state_dict, **kwargs) -> bool:
@@ -143,7 +152,11 @@ class BinaryDMQuantizer(DiffusersQuantizer):
         return True
 
     def update_torch_dtype(self, torch_dtype):
-        return torch_dtype
+        # Load every tensor at its file's float32: a latent weight rounded to fp16 on the way in would change
+        # the binarized weight (a packed file's latents lie one float32 ulp from a scale). The requested dtype
+        # is applied after loading, as .to(dtype) applies it.
+        self._requested_dtype = torch_dtype
+        return None
 
     @property
     def is_serializable(self) -> bool:

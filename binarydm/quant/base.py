@@ -21,6 +21,21 @@ import torch
 from torch import nn
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def keep_float_dtype(fn):
+    """``fn`` (an ``nn.Module._apply`` function) that no longer lowers a float32/float64 tensor to fp16 or
+    bf16: such a tensor only takes the device ``fn`` would give it. Other conversions (devices, float64) stay."""
+    def apply(t: torch.Tensor) -> torch.Tensor:
+        out = fn(t)
+        if out.dtype in _LOW_PRECISION and t.is_floating_point() and t.dtype not in _LOW_PRECISION:
+            return t.to(device=out.device)
+        return out
+
+    return apply
+
+
 class Quantizer(nn.Module):
     """Base class: ``forward(x)`` returns ``x`` when disabled, else ``quantize(x)``.
 
@@ -63,7 +78,7 @@ class Quantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
-            self.initialize_(x)
+            self.initialize_(x.float())
             return x
         if not self.enabled:
             return x
@@ -74,7 +89,16 @@ class Quantizer(nn.Module):
                 "quantizer.initialize_(weight) for weight quantizers, before the first forward "
                 "(or load a state dict that holds trained scales)"
             )
+        if x.dtype in _LOW_PRECISION:
+            # A half-precision model (.half(), torch_dtype=, autocast): quantize in float32, where the scales
+            # and steps are kept (_apply), and hand back the model's dtype; float32 inputs are untouched.
+            return self.quantize(x.float()).to(x.dtype)
         return self.quantize(x)
+
+    def _apply(self, fn, recurse=True):
+        # .half() / .to(fp16 or bf16) of a model moves a quantizer's tensors to the new device but keeps their float32:
+        # an fp16 step or scale would move every rounding boundary (forward quantizes in float32 anyway).
+        return super()._apply(keep_float_dtype(fn), recurse)
 
     def get_extra_state(self) -> torch.Tensor:
         return torch.tensor([int(getattr(self, f)) for f in self.flags], dtype=torch.int64)

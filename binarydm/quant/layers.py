@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Quantizer
+from .base import Quantizer, keep_float_dtype
 
 
 class _QuantSlots:
@@ -25,12 +25,47 @@ class _QuantSlots:
     def _set_quantizers(self, weight_quantizer, act_quantizer) -> None:
         self.weight_quantizer = weight_quantizer
         self.act_quantizer = act_quantizer
+        if weight_quantizer is not None and self._parameters.get("bias") is not None:
+            # The bias first: diffusers' ModelMixin.dtype is the dtype of a model's first floating parameter, and
+            # a half-precision model keeps the latent weight float32 (_apply). Optimizer groups hold weights and
+            # biases apart and the EMA is keyed by name, so the order changes nothing else.
+            params = dict(self._parameters)
+            self._parameters.clear()
+            self._parameters["bias"] = params.pop("bias")
+            self._parameters.update(params)
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight the forward pass uses (binarized when the weight quantizer is on)."""
         if self.weight_quantizer is None:
             return self.weight
         return self.weight_quantizer(self.weight)
+
+    def _weight_for(self, x: torch.Tensor) -> torch.Tensor:
+        # The latent weight stays float32 in a half-precision model (see _apply): the binarized weight is
+        # computed from it in float32 and cast to the input's dtype.
+        w = self.quantized_weight()
+        return w if w.dtype == x.dtype else w.to(x.dtype)
+
+    def _apply(self, fn, recurse=True):
+        # .half() / .to(dtype): a quantized layer's latent weight keeps its float32 (moved, not cast), because
+        # the binarized value is a function of it (LMB's second sign, a packed file's latents one float32 ulp
+        # from a scale); its bias, and the weight of an unquantized layer, are cast as usual.
+        if self.weight_quantizer is None or self.weight.is_meta:
+            return super()._apply(fn, recurse)
+        order = list(self._parameters)
+        weight = self._parameters.pop("weight")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._parameters["weight"] = weight
+            # the original order: optimizers and their checkpoints index parameters by it
+            params = {name: self._parameters.pop(name) for name in order}
+            self._parameters.update(params)
+        keep = keep_float_dtype(fn)
+        weight.data = keep(weight.data)
+        if weight.grad is not None:
+            weight.grad.data = keep(weight.grad.data)
+        return self
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.act_quantizer is None else self.act_quantizer(x)
@@ -59,8 +94,8 @@ class QuantConv2d(_QuantSlots, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         transform = self._output_transform()
         if transform is None:
-            return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
-        y = transform(self._conv_forward(self.quantized_input(x), self.quantized_weight(), None), x)
+            return self._conv_forward(self.quantized_input(x), self._weight_for(x), self.bias)
+        y = transform(self._conv_forward(self.quantized_input(x), self._weight_for(x), None), x)
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
     @classmethod
@@ -87,8 +122,8 @@ class QuantLinear(_QuantSlots, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         transform = self._output_transform()
         if transform is None:
-            return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
-        y = transform(F.linear(self.quantized_input(x), self.quantized_weight()), x)
+            return F.linear(self.quantized_input(x), self._weight_for(x), self.bias)
+        y = transform(F.linear(self.quantized_input(x), self._weight_for(x)), x)
         return y if self.bias is None else y + self.bias
 
     @classmethod

@@ -78,3 +78,27 @@ def test_each_quantizer_can_be_switched_off():
     aq.enabled = True
     x_q = torch.round(torch.clamp(x / 0.25, -8, 7)) * 0.25
     torch.testing.assert_close(q(x), conv(x_q))
+
+
+def test_half_keeps_a_quantized_layers_latent_weight_and_scales_float32_and_the_parameter_order():
+    import torch
+    from torch import nn
+
+    import binarydm
+    from binarydm.quant.layers import QuantConv2d
+
+    model = binarydm.binarize_(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.GroupNorm(2, 4)), "w1a4")
+    x = torch.randn(2, 4, 5, 5)
+    binarydm.calibrate_(model, x)
+    layer = model[0]
+    assert isinstance(layer, QuantConv2d)
+    names = [n for n, _ in model.named_parameters()]
+    model.half()
+    assert [n for n, _ in model.named_parameters()] == names
+    assert layer.weight.dtype == torch.float32 and layer.weight_quantizer.s1.dtype == torch.float32
+    assert layer.act_quantizer.step.dtype == torch.float32
+    assert layer.bias.dtype == torch.float16 and model[1].weight.dtype == torch.float16
+    y = model(x.half())
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    model.double()  # widening casts still apply
+    assert layer.weight.dtype == torch.float64 and layer.weight_quantizer.s1.dtype == torch.float64
