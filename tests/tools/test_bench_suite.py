@@ -53,7 +53,7 @@ def test_track_ratios_follow_their_definitions():
 
 
 def test_unknown_suite_task_and_method_name_the_valid_ones():
-    with pytest.raises(ValueError, match="valid: \\['smoke', 'paper', 'full', 'latent'\\]"):
+    with pytest.raises(ValueError, match="valid: \\['smoke', 'paper', 'full', 'latent', 'w1a1'\\]"):
         suites.build("nope")
     with pytest.raises(ValueError, match="its tasks"):
         suites.build("paper", tasks=["classification"])
@@ -70,6 +70,23 @@ def test_latent_suite_is_the_papers_latent_ablation_in_miniature():
 
     opts = diffusion.options_of(specs[0])
     assert opts["config"] == "ldm_demo" and opts["pretrained"].endswith("ldm_fmnist")
+
+
+def test_w1a1_suite_is_bidms_ablation_and_the_other_w1a1_methods():
+    from binarydm import algorithms
+    from suite.report import bits_of
+
+    specs = suites.build("w1a1", seeds=[0, 1, 2])
+    by = {s.method: s for s in specs if s.seed == 0}
+    assert {bits_of(s) for m, s in by.items() if m not in (FP, "binarydm")} == {"W1A1"}
+    assert bits_of(by["binarydm"]) == "W1A4" and all(s.dataset == "fashion_mnist" for s in specs)
+    assert by["bidm"].train_dict == {"loss.spd_weight": 0.01} and by["bidm-spd"].train_dict == {}
+    # each ablation row removes one part of the full row
+    full = algorithms.preset("bidm", **by["bidm"].quant_dict)
+    for method, removed in (("bidm-connection", {"timestep_connection": 0}), ("bidm-scale_map", {"scale_map": False}),
+                            ("bidm-shortcut", {"shortcut": False})):
+        assert algorithms.preset("bidm", **by[method].quant_dict) == algorithms.preset("bidm", **removed) != full
+        assert by[method].train_dict == by["bidm"].train_dict
 
 
 def test_paper_suite_is_binarydms_w1a4_comparison():

@@ -11,6 +11,10 @@ full   every algorithm of ``binarydm.algorithms`` in its own configuration (BiBe
 latent the paper's latent ablation in miniature (its Table 4 is on LDM-4 LSUN-Bedrooms): the diffusion
        task on the latent miniature (an LDMPipeline with a VQ autoencoder of factor 4): FP, the
        baseline, + LMB, + LRM, both, BinaryDM, LSQ W2A4 and XNOR.
+w1a1   fully binarized diffusion on the offline diffusion task: BiDM, BiDM with each of its parts removed (its
+       paper's ablation in miniature), BiDM without its full-precision extras, BinaryDM's recipe with 1-bit
+       activations, XNOR, ReActNet and Bi-Real at W1A1, and BinaryDM at W1A4 for reference
+       (docs/ablation_variants_w1a1.yaml holds the same rows for tools/ablate.py).
 """
 
 from __future__ import annotations
@@ -64,7 +68,23 @@ _GRIDS: dict[str, list[tuple[str, float]]] = {
     "language": [("adamw", 1.0), ("adamw", 0.3), ("sgd", 100.0)],
 }
 _LATENT_METHODS = (FP, "baseline", "+lmb", "+lrm", "+lmb+lrm", "binarydm", "lsq-w2a4", "xnor")
-SUITES = ("smoke", "paper", "full", "latent")
+# BiDM's loss: space patched distillation at the authors' LDM weight (docs/algorithms.md, "BiDM (W1A1)").
+_SPD = {"loss.spd_weight": 0.01}
+W1A1_METHODS: dict[str, tuple[str, dict, dict]] = {
+    FP: (FP, {}, {}),
+    "bidm": ("bidm", {}, _SPD),
+    "bidm-spd": ("bidm", {}, {}),
+    "bidm-connection": ("bidm", {"timestep_connection": 0}, _SPD),
+    "bidm-scale_map": ("bidm", {"scale_map": False}, _SPD),
+    "bidm-shortcut": ("bidm", {"shortcut": False}, _SPD),
+    "bidm-compact": ("bidm", {"projection": False, "fp_skip": False, "attention": True, "keep_bits": 8}, _SPD),
+    "binarydm-w1a1": ("lmb", {"act": "reactnet", "a_bits": 1, "attention": False}, {**_LRM, **_PROG}),
+    "xnor-w1a1": ("xnor", {}, {}),
+    "reactnet-w1a1": ("reactnet", {}, {}),
+    "bireal": ("bireal", {}, {}),
+    "binarydm": PAPER_METHODS["binarydm"],
+}
+SUITES = ("smoke", "paper", "full", "latent", "w1a1")
 
 
 def _specs(task: str, dataset: str, lr: float, steps: int, options: dict, methods: dict, grid: list,
@@ -87,9 +107,9 @@ def build(name: str, steps: Optional[int] = None, tasks: Optional[list[str]] = N
     repeats every run once per seed (the report then shows mean +- std); default ``[seed]``."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; valid: {list(SUITES)}")
-    if name in ("paper", "latent"):
+    if name in ("paper", "latent", "w1a1"):
         table = {"diffusion": _FULL_TASKS["diffusion"]}
-        method_table = PAPER_METHODS
+        method_table = W1A1_METHODS if name == "w1a1" else PAPER_METHODS
         grids: dict[str, list] = {}
         if name == "latent":
             table = {"diffusion": ("latent_fashion_mnist", *_FULL_TASKS["diffusion"][1:])}
@@ -126,4 +146,4 @@ def build(name: str, steps: Optional[int] = None, tasks: Optional[list[str]] = N
     return specs
 
 
-__all__ = ["LRM_WEIGHT", "PAPER_METHODS", "SUITES", "build"]
+__all__ = ["LRM_WEIGHT", "PAPER_METHODS", "SUITES", "W1A1_METHODS", "build"]
