@@ -21,7 +21,8 @@ _DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"`torch\.
 
 class _DropAdvert(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
+        message = str(record.msg)
+        return not (message.startswith("💡 Tip:") and "litlogger" in message)
 
 
 def quiet_third_party() -> None:

@@ -99,9 +99,13 @@ class ScaledShortcut(nn.Module):
             self.projection = nn.Parameter(torch.empty(conv.out_channels, conv.in_channels, 1, 1))
             nn.init.kaiming_uniform_(self.projection, a=math.sqrt(5))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """s * P(pool(x)); ``size``: the convolution's output size (H', W'), which the pool must give."""
         if self.stride != (1, 1):
-            x = F.avg_pool2d(x, self.stride, self.stride)
+            pooled = F.avg_pool2d(x, self.stride, self.stride)
+            # The authors' pool (floor) where it gives the convolution's size; an odd side with padding makes
+            # the convolution round up, and then the pool covers the input adaptively.
+            x = pooled if size is None or tuple(pooled.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(x, size)
         if self.projection is not None:
             x = F.conv2d(x, self.projection.to(x.dtype))
         elif x.shape[1] != self.out_channels:  # the first channels, repeated as often as needed
@@ -127,7 +131,7 @@ class BiDMWeight(XnorWeight):
         if self.local_scale is not None:
             y = y * self.local_scale(x)
         if self.shortcut is not None:
-            y = y + self.shortcut(x)
+            y = y + self.shortcut(x, y.shape[-2:])
         return y
 
     def inference_numel(self) -> int:

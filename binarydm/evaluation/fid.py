@@ -75,9 +75,10 @@ def image_files(folder: PathLike) -> list[Path]:
     return files
 
 
-def check_one_size(folder: PathLike, files: Optional[Sequence[Path]] = None) -> tuple[int, int]:
-    """The (width, height) every image of ``folder`` has (read from the headers), or a one-line UsageError
-    naming a file of each size: generated images are compared as they are, so they must agree."""
+def check_one_size(folder: PathLike, files: Optional[Sequence[Path]] = None) -> Optional[tuple[int, int]]:
+    """The (width, height) every image of ``folder`` (or of ``files``, the ones used) has, read from the
+    headers, or a one-line UsageError naming a file of each size: generated images are compared as they are,
+    so they must agree. None for no files."""
     from PIL import Image
 
     from ..errors import UsageError
@@ -91,7 +92,7 @@ def check_one_size(folder: PathLike, files: Optional[Sequence[Path]] = None) -> 
             raise UsageError(f"{folder}: images of different sizes ({fa.name} is {a[0]}x{a[1]}, {fb.name} is "
                              f"{b[0]}x{b[1]}); FID compares generated images of one size: sample them again, or "
                              "resize them to one size")
-    return next(iter(first))
+    return next(iter(first), None)
 
 
 def folder_subset(files: Sequence[Path], num: Optional[int], seed: int = 0) -> list[Path]:
@@ -333,7 +334,8 @@ def evaluate(fake_folder: PathLike, ref: str, extractor: FeatureExtractor, split
     reference gives ``ref_num`` images drawn with ``ref_seed``, fitted to the generated images' size
     (``size`` where they are not square)."""
     fake_folder = resolve_folder(fake_folder)
-    check_one_size(fake_folder)  # before any backend reads them (clean-fid would resize them silently)
+    check_one_size(fake_folder, image_files(fake_folder)[:num])  # before any backend reads them (clean-fid
+    # would resize them silently)
     if ref.lower().replace("_", "-") not in ("fashion-mnist", "cifar10"):
         size = _square_size(fake_folder) or size
     results: dict[str, float] = {}

@@ -179,7 +179,7 @@ def fid_run(args: FidArgs) -> dict[str, Any]:
         folder = resolve_folder(folder)
         check_complete(folder)
         counts["generated"] = count_images(folder, "gen", "num", args.num)
-        check_one_size(folder)
+        check_one_size(folder, image_files(folder)[:args.num or None])
         return folder
 
     folder = None if is_checkpoint(Path(args.gen)) else generated(Path(args.gen))

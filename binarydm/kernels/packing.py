@@ -315,7 +315,8 @@ def pack_activation(x: torch.Tensor, step, qn: int = -8, qp: int = 7) -> PackedA
 def pack_sign_input(x: torch.Tensor, beta: Optional[torch.Tensor] = None) -> PackedActivation:
     """The W1A1 operand of ``x`` [N, C, H, W]: x_b = sign(x + beta_c) (sign(0) = +1; beta None: 0) as codes
     q = x_b + 1 in {0, 2} with step 1 and zero point 1 (real zero, the padding, is the code z)."""
-    u = x if beta is None else x + beta.to(x.dtype).view(1, -1, 1, 1)
+    # In float32, as the fake-quantized binarizer computes it (binarydm.quant.base.Quantizer.forward).
+    u = x.float() if beta is None else x.float() + beta.float().view(1, -1, 1, 1)
     codes = (binary_sign(u) > 0).to(torch.int32) * 2
     return PackedActivation(pack_codes(codes), torch.ones((), device=x.device), 1, x.shape[1])
 

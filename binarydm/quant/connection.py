@@ -15,8 +15,8 @@ Where the cache comes from (``mode``):
 
 * ``carry`` (the default, so diffusers' own pipelines work unchanged): each forward mixes with the
   previous forward's outputs and keeps its own for the next. A call whose timestep is not below the
-  previous call's, or whose batch differs in shape, starts a new trajectory (no cache): a sampler's
-  first step, or a new sampling run.
+  previous call's, or whose batch differs in shape or device, starts a new trajectory (no cache): a
+  sampler's first step, or a new sampling run. ``binarydm.calibrate_`` starts and leaves a fresh one.
 * ``record``: store the outputs, mix nothing (the training step's extra pass at t + 1).
 * ``replay``: mix with what ``record`` stored, store nothing (the training step's main pass).
 
@@ -60,10 +60,15 @@ class TimestepConnection(nn.Module):
         self.stages = list(stages)
         self.alpha = nn.Parameter(torch.full((ROWS, len(self.stages)), INIT))
         self.mode = "carry"
-        self._cache: dict[str, torch.Tensor] = {}
-        self._recorded: dict[str, torch.Tensor] = {}
-        self._rows: Optional[torch.Tensor] = None
+        self._cache: dict[str, torch.Tensor] = {}  # carry: this call's outputs (the next call's source)
+        self._recorded: dict[str, torch.Tensor] = {}  # record -> replay
         self._last_t: Optional[torch.Tensor] = None
+        # Per call, fixed by before_unet: the mode, the table's rows and what is mixed in. Stage hooks read only
+        # these, so a stage recomputed during the backward pass (gradient checkpointing), after the context that
+        # set the mode has exited, mixes exactly what its forward mixed.
+        self._active = "carry"
+        self._rows: Optional[torch.Tensor] = None
+        self._source: dict[str, torch.Tensor] = {}
 
     # ---- hooks ----------------------------------------------------------------------------------
     def before_unet(self, module, args, kwargs) -> None:
@@ -71,22 +76,29 @@ class TimestepConnection(nn.Module):
         sample = kwargs.get("sample", args[0] if args else None)
         t = torch.as_tensor(t, device=sample.device).reshape(-1).expand(sample.shape[0])
         self._rows = (t // BUCKET).clamp(0, ROWS - 1).long()
+        self._active = self.mode
         if self.mode == "carry":
-            if self._last_t is None or self._last_t.shape != t.shape or bool((t >= self._last_t).any()):
-                self._cache = {}  # a new trajectory
+            last = self._last_t
+            fresh = (last is None or last.shape != t.shape or last.device != t.device
+                     or bool((t >= last).any()))  # a new trajectory (or the model moved)
+            self._source = {} if fresh else self._cache
+            self._cache = {}
             self._last_t = t.detach().clone()
+        elif self.mode == "record":
+            self._source = {}
+        else:
+            self._source = self._recorded
 
     def after_stage(self, k: int, module, args, output):
         hidden = output[0] if isinstance(output, (tuple, list)) else output
         name = self.stages[k]
-        source = self._recorded if self.mode == "replay" else self._cache
-        cached = source.get(name)
-        if self.mode != "record" and cached is not None and cached.shape == hidden.shape:
+        cached = self._source.get(name)
+        if cached is not None and cached.shape == hidden.shape:
             a = self.alpha[self._rows, k].to(hidden.dtype).view(-1, *([1] * (hidden.dim() - 1)))
             hidden = (1 - a) * hidden + a * cached
-        if self.mode == "record":
+        if self._active == "record":
             self._recorded[name] = hidden.detach()
-        elif self.mode == "carry":
+        elif self._active == "carry":
             self._cache[name] = hidden.detach()
         if isinstance(output, tuple):
             return (hidden, *output[1:])
@@ -97,7 +109,7 @@ class TimestepConnection(nn.Module):
     # ---- control --------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget every cached output (a new trajectory starts)."""
-        self._cache, self._recorded, self._last_t = {}, {}, None
+        self._cache, self._recorded, self._source, self._last_t = {}, {}, {}, None
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:

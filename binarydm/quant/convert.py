@@ -15,7 +15,7 @@ from torch import nn
 
 from .attention import QuantAttnProcessor
 from .connection import attach as attach_connection
-from .connection import output_stages
+from .connection import connection_of, output_stages
 from .base import Quantizer, observing
 from .config import QuantConfig, resolve
 from .layers import QUANT_LAYERS, QuantConv2d, QuantLinear
@@ -225,11 +225,16 @@ def calibrate_quantizers_(model: nn.Module, quantizers, *args, **kwargs) -> nn.M
     """:func:`calibrate_` for the given activation quantizers only (the others act as they are set)."""
     was_training = model.training
     model.eval()
+    connection = connection_of(model)
+    if connection is not None:
+        connection.reset()  # the calibration batch is no step of a trajectory: nothing mixed in, nothing kept
     try:
         with observing(quantizers):
             model(*args, **kwargs)
     finally:
         model.train(was_training)
+        if connection is not None:
+            connection.reset()
     return model
 
 

@@ -62,7 +62,12 @@ class _QuantSlots:
             params = {name: self._parameters.pop(name) for name in order}
             self._parameters.update(params)
         keep = keep_float_dtype(fn)
-        weight.data = keep(weight.data)
+        moved = keep(weight.data)
+        if torch._has_compatible_shallow_copy_type(weight.data, moved):
+            weight.data = moved
+        else:  # e.g. to the meta device: a new Parameter, as nn.Module._apply makes one
+            self._parameters["weight"] = weight = nn.Parameter(moved, requires_grad=weight.requires_grad)
+            self._parameters.update({name: self._parameters.pop(name) for name in order})
         if weight.grad is not None:
             weight.grad.data = keep(weight.grad.data)
         return self

@@ -168,3 +168,21 @@ def test_skip_convolutions_binarized_on_request(tiny_unet):
     skips = [m for n, m in tiny_unet.named_modules() if n.endswith("conv_shortcut")]
     assert skips and all(isinstance(m.weight_quantizer, BiDMWeight) and isinstance(m.act_quantizer, RSign)
                          for m in skips)
+
+
+def test_strided_shortcut_follows_the_convolutions_output_size_on_odd_inputs():
+    layer, _ = _layer(4, 4, stride=2)
+    for side in (7, 8, 9):  # padding 1: the convolution rounds up on odd sides, the 2x2 pool would round down
+        x = torch.randn(1, 4, side, side)
+        with torch.no_grad():
+            y = layer(x)
+        assert y.shape[-1] == (side + 1) // 2 and torch.isfinite(y).all()
+    # a convolution without padding (ddpm-cifar10-32's downsamplers pad by hand, then 3x3 stride 2): floor
+    conv = nn.Sequential(nn.Conv2d(4, 4, 3, 2, 0))
+    binarydm.binarize_(conv, preset("bidm"))
+    x = torch.randn(1, 4, 33, 33)
+    binarydm.calibrate_(conv, x)
+    with torch.no_grad():
+        conv[0].weight_quantizer.shortcut.scale.fill_(1.0)
+        assert conv(x).shape[-1] == 16
+        torch.testing.assert_close(conv[0].weight_quantizer.shortcut(x, (16, 16)), F.avg_pool2d(x, 2))

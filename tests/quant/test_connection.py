@@ -143,3 +143,37 @@ def test_training_records_the_student_at_t_plus_one_with_the_same_x0_and_noise(t
     assert [m for m, _ in seen] == ["record", "replay"] and torch.equal(seen[0][1], t1)
     losses["loss"].backward()
     assert connection.alpha.grad.abs().sum() > 0
+
+
+def test_gradient_checkpointing_recomputes_the_same_mix(tiny_unet):
+    """A checkpointed stage runs again in the backward pass, after the replay context has exited: it must mix
+    what its forward mixed (the same loss and the same gradients as without checkpointing)."""
+    grads = []
+    for checkpointing in (False, True):
+        student, connection = _connected()
+        if checkpointing:
+            student.enable_gradient_checkpointing()
+        student.train()
+        module = DiffusionQAT(student, DDPMScheduler(), teacher=copy.deepcopy(tiny_unet))
+        g = torch.Generator().manual_seed(5)
+        x0, eps = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+        t = torch.tensor([40, 800])
+        abar = module.alphas_cumprod[t].view(-1, 1, 1, 1)
+        with torch.no_grad():  # a stale carry cache of the batch's shape, as a sampled grid leaves one
+            student(torch.randn(2, 3, 8, 8), torch.tensor([999, 999]))
+            student(torch.randn(2, 3, 8, 8), torch.tensor([900, 900]))
+        losses = module.compute_losses(abar.sqrt() * x0 + (1 - abar).sqrt() * eps, t, eps)
+        losses["loss"].backward()
+        grads.append(connection.alpha.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+    assert grads[0].abs().sum() > 0
+
+
+def test_calibration_starts_and_leaves_a_fresh_trajectory():
+    unet, connection = _connected()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        unet(x, torch.tensor([500, 500]))
+    assert connection._cache
+    binarydm.calibrate_(unet, x, torch.tensor([400, 400]))  # below the last call: carry would have mixed
+    assert not connection._cache and connection._last_t is None

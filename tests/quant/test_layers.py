@@ -102,3 +102,15 @@ def test_half_keeps_a_quantized_layers_latent_weight_and_scales_float32_and_the_
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
     model.double()  # widening casts still apply
     assert layer.weight.dtype == torch.float64 and layer.weight_quantizer.s1.dtype == torch.float64
+
+
+def test_a_quantized_layer_moves_to_the_meta_device():
+    import torch
+    from torch import nn
+
+    import binarydm
+
+    model = binarydm.binarize_(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1)), "w1a4")
+    names = [n for n, _ in model.named_parameters()]
+    model.to("meta")
+    assert model[0].weight.is_meta and [n for n, _ in model.named_parameters()] == names
