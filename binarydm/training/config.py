@@ -225,7 +225,7 @@ class RunConfig:
     name: str = "run"  # run directory: <out_dir>/<name>/
     out_dir: str = "runs"
     seed: int = 0  # noise, timesteps, batch order and synthetic data
-    num_threads: Optional[int] = None  # torch.set_num_threads (null: torch's default)
+    num_threads: Optional[int] = None  # torch.set_num_threads (null: the free cores, or a resumed run's own count)
     resume: Optional[str] = None  # path to a Lightning checkpoint (.ckpt) to continue from
     export: bool = True  # write <run>/student/ (a diffusers model directory, binarized) at the end
     report: bool = True  # write <run>/report.md at the end

@@ -56,6 +56,7 @@ from .guards import (
 )
 from .module import DiffusionQAT
 from .schedules import QuantScheduleCallback
+from .threads import RecordThreads, choose_threads
 from .teacher import hub_unavailable, load_scheduler, load_unet, resolve_local
 from .validate import check_config, check_data, check_model, check_resume
 
@@ -142,8 +143,9 @@ def build(cfg: Union[DictConfig, RunConfig], data: Optional[DiffusionDataModule]
     trained yet); ``components``: the frozen parts of a latent pipeline (default: ``data``'s, else found
     from the config)."""
     cfg = structured(cfg)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    threads = choose_threads(cfg.num_threads, cfg.resume)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.out_dir) / cfg.name
     quant = quant_config_of(cfg)
@@ -241,7 +243,8 @@ def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) 
             val_check_interval=val_interval, check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
             gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
             enable_progress_bar=t.enable_progress_bar, deterministic=t.deterministic,
-            callbacks=[*built.callbacks, *extra_callbacks, ckpt], logger=loggers, default_root_dir=built.run_dir,
+            callbacks=[*built.callbacks, *extra_callbacks, RecordThreads(), ckpt], logger=loggers,
+            default_root_dir=built.run_dir,
             use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
             # Lightning's own save goes through fsspec's temporary file in $TMPDIR (see guards.py).
             plugins=[AtomicCheckpointIO()],
