@@ -293,7 +293,7 @@ def parse_prompts(value: Any) -> Optional[list[str]]:
 
 
 def check_condition(model: nn.Module, labels: Optional[list[int]], key: str = "ckpt", prompts=None,
-                    components=None) -> None:
+                    components=None, guidance_scale: float = 1.0) -> None:
     """The model's need for a condition against the ``label`` / ``prompt`` given (before sampling starts)."""
     config = getattr(model, "config", {})
     k = num_classes(config)
@@ -309,6 +309,9 @@ def check_condition(model: nn.Module, labels: Optional[list[int]], key: str = "c
         return
     if prompts:
         raise UsageError(f"prompt: the model ({key}) takes no text; drop prompt=")
+    if guidance_scale != 1.0:
+        raise UsageError(f"guidance_scale={guidance_scale}: classifier-free guidance needs a text-conditioned model; "
+                         f"the model ({key}) takes no text: drop guidance_scale=")
     if k is None and labels is not None:
         raise UsageError(f"label={','.join(map(str, labels))}: the model is unconditional (no class labels); drop "
                          "label=")
@@ -349,7 +352,7 @@ def sample_to_folder(args: SampleArgs) -> dict[str, Any]:
     labels = parse_labels(args.label)
     prompts = parse_prompts(args.prompt)
     components = components_for(configs, dict(model.config), args.pipeline)
-    check_condition(model, labels, prompts=prompts, components=components)
+    check_condition(model, labels, prompts=prompts, components=components, guidance_scale=args.guidance_scale)
     model.to(args.device)
     prepare_out(out, args.overwrite)
     info = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},

@@ -79,6 +79,8 @@ T = "config=tiny"
 CASES = [
     # ---- train: config values ----
     ("train", [T, "optim.lr=0"], "optim.lr"),
+    ("train", [T, "loss.spd_taps=every"], "loss.spd_taps"),
+    ("train", [T, "loss.lrm_taps=every"], "loss.lrm_taps"),
     ("train", [T, "optim.lr=-1e-3"], "optim.lr"),
     ("train", [T, "optim.lr=.nan"], "optim.lr"),
     ("train", [T, "optim.lr=.inf"], "optim.lr"),
@@ -123,6 +125,7 @@ CASES = [
     ("train", [T, "resume={fpckpt}"], "resume"),
     # ---- sample ----
     ("sample", ["ckpt={packed}", "steps=-1"], "steps"),
+    ("sample", ["ckpt={packed}", "guidance_scale=3", "out={root}/g"], "guidance_scale"),
     ("sample", ["ckpt={packed}", "steps=0"], "steps"),
     ("sample", ["ckpt={packed}", "num=0"], "num"),
     ("sample", ["ckpt={packed}", "batch=0"], "batch"),
@@ -169,6 +172,7 @@ CASES = [
     ("fid", ["gen={packed}", "ref={three}", "extractor=tiny"], "num"),
     ("fid", ["gen={killed}", "ref={three}", "extractor=tiny"], "sample_info.json"),
     ("fid", ["gen={mixed}", "ref={three}", "extractor=tiny"], "zz_small.png is 6x6"),
+    ("fid", ["gen={three}", "ref={three}", "extractor=tiny", "prompt=a bag"], "prompt"),
     ("fid", ["gen={mixed}", "ref={three}", "extractor=tiny", "backend=cleanfid"], "different sizes"),
     ("fid", ["gen={mixed}", "ref={three}", "extractor=tiny", "backend=torchmetrics"], "different sizes"),
 ]

@@ -112,6 +112,10 @@ def check_args(args: FidArgs) -> None:
         raise UsageError(f"size={args.size}: smaller than Fashion-MNIST's 28 pixels")
     if name is None and not Path(args.ref).is_dir():
         raise UsageError(f"ref={args.ref}: neither fashion-mnist, cifar10 nor an existing image folder")
+    if not is_checkpoint(Path(args.gen)):  # an image folder: the sampling options would be ignored
+        given = [k for k, v in (("prompt", args.prompt), ("guidance_scale", args.guidance_scale != 1.0)) if v]
+        if given:
+            raise UsageError(f"{given[0]}: gen={args.gen} is a folder of images, not a model to sample; drop {given[0]}=")
     if args.json:
         check_output_path(Path(args.json), "json", directory=False)
 

@@ -160,6 +160,15 @@ def _check_names(cfg: DictConfig) -> None:
                          "bf16-true, 64-true")
 
 
+def _check_taps(cfg: DictConfig) -> None:
+    from .lrm import TAPS
+
+    for key in ("loss.lrm_taps", "loss.spd_taps"):
+        value = _get(cfg, key)
+        if value not in TAPS:
+            raise UsageError(f"{key}={value!r}: must be one of {', '.join(TAPS)}")
+
+
 def _check_quant(cfg: DictConfig) -> None:
     from ..packing.loading import quant_config_from  # what runner.quant_config_of builds the run's QuantConfig with
 
@@ -284,6 +293,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_names(cfg)
     _check_model_keys(cfg)
     _check_quant(cfg)
+    _check_taps(cfg)
     _check_conflicting_keys(cfg)
     _check_paths(cfg)
     check_model(cfg)  # a local or given UNet config: before its weights are loaded
