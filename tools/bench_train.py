@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench_train.py [--batch 8] [--steps 20] [--threads 2] [--unet attn16 demo]
     .venv/bin/python tools/bench_train.py --latent binarydm/assets/ldm_fmnist [--batch 32]
+    python tools/bench_train.py --device cuda --unet ddpm-cifar10-32 --batch 64 [--precision bf16-mixed]
 
 Two UNets by default: ``attn16``, 0.7M parameters with attention at 16x16 (256 tokens, the
 resolution of the CIFAR-10 DDPM's attention: the attention-heavy case), and ``demo``, the
@@ -14,6 +15,11 @@ forward/backward with all quantizers on (W1A4, attention operands included), the
 ``--latent PIPELINE``: the QAT step of a latent pipeline's UNet on cached latents (what ``binarydm.train``
 runs: no autoencoder, no text encoder) against the same step preceded by encoding the batch's images (and
 embedding its captions), what a trainer without the latent cache runs every step.
+
+``--device cuda`` runs the same loops on the GPU (CUDA-synchronised timings, the peak memory of each loop);
+``--precision bf16-mixed`` / ``16-mixed`` wraps each step in autocast as Lightning's mixed precision does (the
+quantizers compute in float32 inside it). ``ddpm-cifar10-32`` is that model's architecture with random weights
+(no download): the paper's CIFAR-10 setting at batch 64.
 """
 
 from __future__ import annotations
@@ -35,43 +41,67 @@ DEMO_TEACHER = Path(__file__).resolve().parents[1] / "binarydm" / "assets" / "fm
 def unet_config(name: str) -> dict:
     if name == "attn16":
         return dict(UNET)
+    if name == "ddpm-cifar10-32":
+        from binarydm.unets import DDPM_CIFAR10_32
+
+        return dict(DDPM_CIFAR10_32)
     if name == "demo":  # the shipped teacher's architecture, freshly initialised
         from diffusers import UNet2DModel
 
         return dict(UNet2DModel.load_config(DEMO_TEACHER))
-    raise ValueError(f"unknown --unet {name!r}; valid: attn16, demo")
+    raise ValueError(f"unknown --unet {name!r}; valid: attn16, demo, ddpm-cifar10-32")
 
 
-def time_interleaved(step_fns: dict, steps: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Per-step wall times, the candidates taking turns so that a busy machine slows all alike."""
-    for fn in step_fns.values():
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(step_fns: dict, steps: int, warmup: int = 2,
+                     device: torch.device = torch.device("cpu")) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Per-step wall times, the candidates taking turns so that a busy machine slows all alike; and each
+    candidate's peak device memory in bytes (CUDA only)."""
+    peaks: dict[str, int] = {}
+    for name, fn in step_fns.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         for _ in range(warmup):
             fn()
+        _sync(device)
+        if device.type == "cuda":
+            peaks[name] = torch.cuda.max_memory_allocated(device)
     times: dict[str, list[float]] = {k: [] for k in step_fns}
     for _ in range(steps):
         for name, fn in step_fns.items():
+            _sync(device)
             t0 = time.perf_counter()
             fn()
+            _sync(device)
             times[name].append(time.perf_counter() - t0)
-    return times
+    return times, peaks
 
 
-def measure(config: dict, batch: int, steps: int) -> dict[str, float]:
-    """Median ms/step of FP fine-tuning, QAT (student + teacher + LRM) and the student alone."""
+def measure(config: dict, batch: int, steps: int, device: str = "cpu", precision: str = "32") -> dict[str, float]:
+    """Median ms/step of FP fine-tuning, QAT (student + teacher + LRM) and the student alone (and, on a GPU,
+    their peak memory)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     import binarydm
     from binarydm.training.module import DiffusionQAT, LossConfig
 
+    dev = torch.device(device)
+    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if precision not in ("32", "bf16-mixed", "16-mixed"):
+        raise ValueError(f"--precision {precision!r}: 32, bf16-mixed or 16-mixed")
     torch.manual_seed(0)
     fp = UNet2DModel.from_config(config)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
-    x0 = torch.rand(batch, fp.config.in_channels, fp.config.sample_size, fp.config.sample_size) * 2 - 1
+    x0 = (torch.rand(batch, fp.config.in_channels, fp.config.sample_size, fp.config.sample_size) * 2 - 1).to(dev)
 
     student = binarydm.binarize_(copy.deepcopy(fp), "w1a4")
-    qat = DiffusionQAT(student, scheduler, teacher=copy.deepcopy(fp), loss=LossConfig(lrm_weight=1e-4))
-    plain = DiffusionQAT(copy.deepcopy(fp), scheduler, teacher=None)
-    g = torch.Generator().manual_seed(0)
+    qat = DiffusionQAT(student, scheduler, teacher=copy.deepcopy(fp).to(dev), loss=LossConfig(lrm_weight=1e-4)).to(dev)
+    plain = DiffusionQAT(copy.deepcopy(fp), scheduler, teacher=None).to(dev)
+    g = torch.Generator(device=dev).manual_seed(0)
     x_t, t, eps = qat.noisy_inputs(x0, g)
     binarydm.calibrate_(student, x_t, t)
 
@@ -79,7 +109,8 @@ def measure(config: dict, batch: int, steps: int) -> dict[str, float]:
         opt = torch.optim.AdamW(module.student.parameters(), lr=1e-5)
 
         def step():
-            loss = module.compute_losses(x_t, t, eps)["loss"]
+            with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+                loss = module.compute_losses(x_t, t, eps)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -87,9 +118,11 @@ def measure(config: dict, batch: int, steps: int) -> dict[str, float]:
         return step
 
     # The student alone (quantizers on, no teacher, no LRM): how much of the gap is the quantizers.
-    student_only = DiffusionQAT(student, scheduler, teacher=None)
-    times = time_interleaved({"fp": stepper(plain), "qat": stepper(qat), "student": stepper(student_only)}, steps)
+    student_only = DiffusionQAT(student, scheduler, teacher=None).to(dev)
+    times, peaks = time_interleaved({"fp": stepper(plain), "qat": stepper(qat), "student": stepper(student_only)},
+                                    steps, device=dev)
     result = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    result.update({f"peak_{k}": v for k, v in peaks.items()})
     result["params"] = sum(p.numel() for p in fp.parameters())
     return result
 
@@ -132,7 +165,7 @@ def measure_latent(pipeline: str, batch: int, steps: int) -> dict[str, float]:
                 if parts.text else {}
         qat_step(z, c)
 
-    times = time_interleaved({"cached": lambda: qat_step(latents, cond), "uncached": uncached}, steps)
+    times, _ = time_interleaved({"cached": lambda: qat_step(latents, cond), "uncached": uncached}, steps)
     return {k: statistics.median(v) * 1000 for k, v in times.items()} | {"image_size": size, "text": parts.text}
 
 
@@ -141,7 +174,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--unet", nargs="+", default=["attn16", "demo"], choices=["attn16", "demo"])
+    parser.add_argument("--unet", nargs="+", default=["attn16", "demo"], choices=["attn16", "demo", "ddpm-cifar10-32"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
     parser.add_argument("--latent", help="a latent pipeline directory: the step with and without the latent cache")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -153,17 +188,21 @@ def main() -> None:
         print(f"{'encoding every step (no cache)':>40}: {r['uncached']:8.1f} ms/step")
         print(f"{'the cache saves':>40}: {1 - r['cached'] / r['uncached']:8.1%} of the step")
         return
-    print(f"batch {args.batch}, {args.threads} threads, median of {args.steps} steps, W1A4 (attention operands "
-          "quantized), LRM lambda 1e-4")
+    where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{args.threads} threads")
+    print(f"batch {args.batch}, {where}, precision {args.precision}, median of {args.steps} steps, W1A4 (attention "
+          "operands quantized), LRM lambda 1e-4")
     for name in args.unet:
         config = unet_config(name)
-        r = measure(config, args.batch, args.steps)
+        r = measure(config, args.batch, args.steps, args.device, args.precision)
         size = config["sample_size"]
         print(f"\nUNet {name}: {r['params'] / 1e6:.2f}M params, {config['in_channels']}x{size}x{size}")
         print(f"{'FP fine-tuning':>32}: {r['fp']:8.1f} ms/step")
         print(f"{'QAT (student+teacher+LRM)':>32}: {r['qat']:8.1f} ms/step")
         print(f"{'  of which binarized student':>32}: {r['student']:8.1f} ms/step (no teacher, no LRM)")
         print(f"{'ratio QAT / FP':>32}: {r['qat'] / r['fp']:8.2f}  (target <= 1.6)")
+        if "peak_fp" in r:
+            print(f"{'peak memory FP / QAT / student':>32}: {r['peak_fp'] / 2**20:.0f} / {r['peak_qat'] / 2**20:.0f} / "
+                  f"{r['peak_student'] / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 # and what it needs that the GPU image lacks), nvidia-smi, versions, `pytest -m gpu` on the kernel
 # tests, tools/bench_kernel.py per layer (cuDNN fp16 vs W1A4, batch 1/64/256, one and two bases, both
 # kernels: the bit-plane one of cuda/w1a4_bmma.cu and the s8 x s8 one of cuda/w1a4_conv.cu), the whole
-# UNet fp16 vs W1A4 (each kernel), the same for BiDM's W1A1 UNet (batch 64), the tensor-core issue rates (cuda/mma_rates.cu: IMMA, BMMA, HMMA, IGMMA,
+# UNet fp16 vs W1A4 (each kernel), the same for BiDM's W1A1 UNet (batch 64), the tensor-core issue rates
+# (before the kernel benchmarks: tools/bench_train.py's QAT step of ddpm-cifar10-32 on the GPU, bf16-mixed and fp32) (cuda/mma_rates.cu: IMMA, BMMA, HMMA, IGMMA,
 # BGMMA, HGMMA), and a summary. Writes $OUT/device_check.json (every stage's exit status and
 # seconds, the pytest summary, the benchmark figures), $OUT/device_check.log (everything printed),
 # $OUT/bench_kernel.{json,md}, $OUT/bench_unet{,_w1a1}.{json,md} and $OUT/mma_rates.jsonl. The whole run
@@ -121,6 +122,15 @@ if [ $DRY = 1 ]; then
     BENCH_UNET+=(--dry-run)
     BENCH_W1A1+=(--dry-run)
 fi
+# The trainer on the GPU (issue 28): the QAT step of ddpm-cifar10-32's architecture at batch 64 against FP
+# fine-tuning, fp32 and bf16-mixed, with peak memory. The output is in the log.
+if [ $DRY = 1 ]; then
+    TRAIN=("$PY" tools/bench_train.py --unet attn16 --batch 2 --steps 2 --threads 1)
+else
+    TRAIN=("$PY" tools/bench_train.py --device cuda --unet ddpm-cifar10-32 --batch 64 --steps 10)
+fi
+stage bench_train_bf16 60 "${TRAIN[@]}" --precision bf16-mixed
+stage bench_train_fp32 60 "${TRAIN[@]}"
 stage bench_layers 150 "${BENCH[@]}" --no-unet --out "$OUT/bench_kernel.md"
 stage bench_unet 130 "${BENCH_UNET[@]}"
 stage bench_unet_w1a1 60 "${BENCH_W1A1[@]}"
