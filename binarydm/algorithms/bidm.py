@@ -63,16 +63,12 @@ class BiDMOptions:
     fp_skip: bool = True
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 class LocalScale(nn.Module):
     """K(x) = conv(mean_c |x|, w, b) with the layer's kernel size, stride, padding and dilation; w = 1/k^2, b = 0."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        kh, kw = _pair(conv.kernel_size)
+        kh, kw = conv.kernel_size  # nn.Conv2d keeps its sizes as pairs
         self.weight = nn.Parameter(torch.full((1, 1, kh, kw), 1.0 / (kh * kw)))
         self.bias = nn.Parameter(torch.zeros(1))
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
@@ -90,7 +86,7 @@ class ScaledShortcut(nn.Module):
     def __init__(self, conv: nn.Conv2d, init: float, projection: bool = True) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(float(init)))
-        self.stride = _pair(conv.stride)
+        self.stride = conv.stride
         self.out_channels = conv.out_channels
         if conv.in_channels == conv.out_channels or not projection:
             self.projection = None

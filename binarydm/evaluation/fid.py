@@ -329,13 +329,14 @@ def evaluate(fake_folder: PathLike, ref: str, extractor: FeatureExtractor, split
              num: Optional[int] = None, ref_num: Optional[int] = None, root: Optional[PathLike] = None,
              size: int = 32, cache_dir: Optional[PathLike] = None,
              backends: Sequence[str] = ("cleanfid", "torchmetrics"),
-             kid: bool = True, batch_size: int = 64, progress: bool = False, ref_seed: int = 0) -> dict[str, float]:
+             kid: bool = True, batch_size: int = 64, progress: bool = False, ref_seed: int = 0,
+             check_sizes: bool = True) -> dict[str, float]:
     """FID (each backend) and KID of the images of ``fake_folder`` against a reference. A folder
     reference gives ``ref_num`` images drawn with ``ref_seed``, fitted to the generated images' size
-    (``size`` where they are not square)."""
+    (``size`` where they are not square). ``check_sizes=False``: the caller has run :func:`check_one_size`."""
     fake_folder = resolve_folder(fake_folder)
-    check_one_size(fake_folder, image_files(fake_folder)[:num])  # before any backend reads them (clean-fid
-    # would resize them silently)
+    if check_sizes:  # before any backend reads them (clean-fid would resize them silently)
+        check_one_size(fake_folder, image_files(fake_folder)[:num])
     if ref.lower().replace("_", "-") not in ("fashion-mnist", "cifar10"):
         size = _square_size(fake_folder) or size
     results: dict[str, float] = {}

@@ -194,7 +194,8 @@ def fid_run(args: FidArgs) -> dict[str, Any]:
                  int(getattr(extractor, "num_features", 2048)))
     scores = evaluate(folder, args.ref, extractor, split=args.split, num=args.num or None,
                       ref_num=args.ref_num or None, root=args.root, size=args.size, cache_dir=args.cache,
-                      backends=backends, kid=args.kid, batch_size=args.batch, progress=True)
+                      backends=backends, kid=args.kid, batch_size=args.batch, progress=True,
+                      check_sizes=False)  # done by generated(), before the warnings
     results = {"gen": str(folder), "ref": args.ref, "split": args.split, "extractor": extractor.identity, **scores}
     if args.json:
         with atomic_write(Path(args.json), "w") as f:

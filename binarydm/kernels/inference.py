@@ -35,8 +35,32 @@ from . import cuda
 from .packing import pack_activation, pack_quant_conv, pack_sign_input
 
 
-class W1A4Conv2d(nn.Module):
+class _PackedConv(nn.Module):
+    """What the kernel-mode convolutions share: plain-tensor operands that follow the model's device but keep
+    their dtypes, and the output dtype of a call."""
+
+    _moved: tuple[str, ...] = ()  # attributes (tensors or None) moved with ``packed``
+
+    def _apply(self, fn, recurse=True):
+        # .to(device) / .cuda() / .half() of the model: move the packed operands but keep their dtypes
+        # (bits and codes are integers; the kernel's epilogue scales are float32 whatever the model's dtype).
+        # Probe fn with a tensor on the operands' own device: a dtype-only fn (.half()) leaves it there.
+        device = fn(torch.empty(0, device=self.packed.bits.device)).device
+        self.packed = self.packed.to(device)
+        for name in self._moved:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        return super()._apply(fn, recurse)
+
+    def _out_dtype(self, x: torch.Tensor) -> torch.dtype:
+        return self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
+
+
+class W1A4Conv2d(_PackedConv):
     """Inference-only replacement of a W1A4 ``QuantConv2d``: y = W1A4conv(pack(quantize(x)), packed W)."""
+
+    _moved = ("step", "scale")
 
     def __init__(self, layer: QuantConv2d, out_dtype: Optional[torch.dtype] = None):
         super().__init__()
@@ -48,19 +72,6 @@ class W1A4Conv2d(nn.Module):
         self.out_channels = layer.out_channels
         # The kernel's epilogue scales s_b = fl32(alpha_b * d), made once here rather than per call.
         self.scale = (self.packed.alpha.to(torch.float32) * self.step).contiguous()
-
-    def _apply(self, fn, recurse=True):
-        # .to(device) / .cuda() / .half() of the model: move the packed operands but keep their dtypes
-        # (bits and codes are integers; the kernel's epilogue scales are float32 whatever the model's dtype).
-        # Probe fn with a tensor on the operands' own device: a dtype-only fn (.half()) leaves it there.
-        device = fn(torch.empty(0, device=self.step.device)).device
-        self.step = self.step.to(device)
-        self.scale = self.scale.to(device)
-        self.packed = self.packed.to(device)
-        return super()._apply(fn, recurse)
-
-    def _out_dtype(self, x: torch.Tensor) -> torch.dtype:
-        return self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32)
 
     def _variant(self, x: torch.Tensor) -> Optional[str]:
         """The kernel this call runs (:func:`cuda.choose_variant` for its output pixels), None off the GPU."""
@@ -100,11 +111,13 @@ class W1A4Conv2d(nn.Module):
                 f"padding={p.padding}, bases={p.n_bases}, codes=[{self.qn}, {self.qp}]")
 
 
-class W1A1Conv2d(nn.Module):
+class W1A1Conv2d(_PackedConv):
     """Inference-only replacement of a W1A1 ``QuantConv2d`` (XNOR-type weights a_w sign(W), inputs
     sign(x + beta) of ReActNet's or BiDM's binarizer): the kernel's arithmetic with codes x_b + 1, zero
     point 1 and step 1 (``binarydm.kernels.packing``), then the weight quantizer's output-side parts
     (BiDM's scale map and shortcut, in PyTorch: they read the layer's raw input) and the bias."""
+
+    _moved = ("scale", "beta", "bias")
 
     def __init__(self, layer: QuantConv2d, out_dtype: Optional[torch.dtype] = None):
         super().__init__()
@@ -118,17 +131,8 @@ class W1A1Conv2d(nn.Module):
         self.out_channels = layer.out_channels
         self.scale = self.packed.alpha.to(torch.float32).contiguous()  # s = fl32(alpha * 1)
 
-    def _apply(self, fn, recurse=True):
-        device = fn(torch.empty(0, device=self.scale.device)).device
-        self.scale = self.scale.to(device)
-        self.packed = self.packed.to(device)
-        self.beta = None if self.beta is None else self.beta.to(device)
-        self.bias = None if self.bias is None else self.bias.to(device)
-        return super()._apply(fn, recurse)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out_dtype = torch.float32 if self.transform is not None else (
-            self.out_dtype or (torch.float16 if x.dtype == torch.float16 else torch.float32))
+        out_dtype = torch.float32 if self.transform is not None else self._out_dtype(x)
         y = cuda.w1a4_conv2d(pack_sign_input(x, self.beta), self.packed, out_dtype, scale=self.scale).to(x.dtype)
         if self.transform is not None:
             y = self.transform.transform_output(y, x)

@@ -197,9 +197,10 @@ def xnor_bits(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The basis and scale of the XNOR family's forward, a_w sign(W) with a_w = mean|W| per output channel
     (``binarydm.algorithms.xnor.XnorWeight`` and BiDM's weight): bits uint8 [1, C_out, C_in, KH, KW] and
     alpha float32 [1, C_out], a_w computed by the same operations as the quantizer's."""
+    from ..algorithms._common import out_channel_mean_abs  # the scale XnorWeight itself computes
+
     w = weight.detach()
-    alpha = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
-    return (binary_sign(w) > 0).to(torch.uint8)[None], alpha.reshape(1, -1).to(torch.float32)
+    return (binary_sign(w) > 0).to(torch.uint8)[None], out_channel_mean_abs(w).reshape(1, -1).to(torch.float32)
 
 
 def pack_quant_conv(layer: QuantConv2d, bias: bool = True) -> PackedConvWeight:

@@ -52,24 +52,13 @@ class _QuantSlots:
         # from a scale); its bias, and the weight of an unquantized layer, are cast as usual.
         if self.weight_quantizer is None or self.weight.is_meta:
             return super()._apply(fn, recurse)
-        order = list(self._parameters)
-        weight = self._parameters.pop("weight")
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            self._parameters["weight"] = weight
-            # the original order: optimizers and their checkpoints index parameters by it
-            params = {name: self._parameters.pop(name) for name in order}
-            self._parameters.update(params)
+        # nn.Module._apply replaces tensors rather than writing into them: the float32 values survive its cast.
+        latent, grad = self.weight.data, self.weight.grad
+        super()._apply(fn, recurse)
         keep = keep_float_dtype(fn)
-        moved = keep(weight.data)
-        if torch._has_compatible_shallow_copy_type(weight.data, moved):
-            weight.data = moved
-        else:  # e.g. to the meta device: a new Parameter, as nn.Module._apply makes one
-            self._parameters["weight"] = weight = nn.Parameter(moved, requires_grad=weight.requires_grad)
-            self._parameters.update({name: self._parameters.pop(name) for name in order})
-        if weight.grad is not None:
-            weight.grad.data = keep(weight.grad.data)
+        self.weight.data = keep(latent)
+        if grad is not None:
+            self.weight.grad = keep(grad)
         return self
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
