@@ -88,11 +88,13 @@ def sample_images(model: nn.Module, num: int, steps: int = 100, sampler: str = "
                   progress: bool = True,
                   on_batch: Optional[Callable[[int, torch.Tensor], None]] = None,
                   labels: Optional[Sequence[int]] = None, components=None,
-                  prompts: Optional[Sequence[str]] = None, guidance_scale: float = 1.0) -> torch.Tensor:
+                  prompts: Optional[Sequence[str]] = None, guidance_scale: float = 1.0,
+                  desc: str = "") -> torch.Tensor:
     """DDIM or DDPM sampling through diffusers' pipelines (:func:`pipeline_for`): ``num`` images as uint8
     [N, C, H, W] (decoded by the autoencoder of a latent pipeline's ``components``). A text-conditioned UNet
     takes ``prompts`` (cycled over the images) at ``guidance_scale``; a class-conditional one ``labels``.
-    ``on_batch(first_index, images)`` is called with each batch as soon as it is made."""
+    ``on_batch(first_index, images)`` is called with each batch as soon as it is made; ``desc`` names the
+    progress bar (before the sampler's name)."""
     from tqdm.auto import tqdm
 
     pipe = pipeline_for(model, sampler, scheduler_config, components)
@@ -105,7 +107,7 @@ def sample_images(model: nn.Module, num: int, steps: int = 100, sampler: str = "
     config = getattr(model, "config", {})
     k = None if text else num_classes(config)
     out = []
-    with tqdm(total=num, desc=f"{sampler}-{steps}", unit="img", disable=not progress) as bar:
+    with tqdm(total=num, desc=f"{desc + ' ' if desc else ''}{sampler}-{steps}", unit="img", disable=not progress) as bar:
         for b in range(math.ceil(num / batch)):
             n = min(batch, num - b * batch)
             generator = torch.Generator(device=device).manual_seed(seed + b)

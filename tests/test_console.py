@@ -16,11 +16,21 @@ NOISE = ("Tip:", "litlogger", "is deprecated", "FutureWarning", "DeprecationWarn
 def test_a_training_run_prints_no_third_party_tips_or_deprecations(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "binarydm.train", "config=tiny", f"out_dir={tmp_path}",
-                           "num_threads=1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+                           "num_threads=1", "trainer.enable_progress_bar=true"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "report:" in out  # the run's own lines are still there
     assert not [line for line in out.splitlines() if any(n in line for n in NOISE)], out
+    # One line per phase (the device and precision in binarydm's own words, not Lightning's), a summary of the
+    # phases' times, and a progress bar that says what it counts.
+    lines = out.replace("\r", "\n").splitlines()
+    assert any(line.startswith("training ") and "6 steps of batch 8 on 1 x cpu" in line for line in lines), out
+    assert any(line.startswith("exporting the student to ") for line in lines), out
+    assert any(line.startswith("done in ") and "training" in line and "export" in line for line in lines), out
+    assert not any(line.startswith(("GPU available:", "TPU available:")) or "Epoch 0" in line for line in lines), out
+    assert any(line.startswith("training") and "6/6" in line for line in lines), out  # the bar
+    assert "| training |" in (tmp_path / "tiny" / "report.md").read_text()  # the phases' seconds in the report
 
 
 def test_filters_are_precise():

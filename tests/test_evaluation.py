@@ -61,6 +61,24 @@ def test_fid_diagonal_gaussians_closed_form():
     assert fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-7)
 
 
+@pytest.mark.parametrize("n1,n2,d", [(40, 30, 64), (300, 500, 64), (20, 400, 64)])
+def test_fid_equals_clean_fid_frechet_distance(n1, n2, d):
+    # Fewer samples than features (the report's 200 against 2,048: rank-deficient covariances), more, and mixed.
+    from cleanfid.fid import frechet_distance
+
+    rng = np.random.default_rng(n1)
+    mix = rng.normal(0, 0.5, (d, d))
+    f1, f2 = rng.normal(0, 1, (n1, d)) @ mix, rng.normal(0.2, 1.5, (n2, d)) @ mix
+    (m1, s1), (m2, s2) = (f1.mean(0), np.cov(f1, rowvar=False)), (f2.mean(0), np.cov(f2, rowvar=False))
+    assert fid_from_features(f1, f2) == pytest.approx(frechet_distance(m1, s1, m2, s2), rel=1e-6)
+    assert fid_from_features(f1, f1) == pytest.approx(0.0, abs=1e-6 * fid_from_features(f1, f2))
+
+
+def test_fid_needs_two_samples():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        fid_from_features(np.zeros((1, 4)), np.zeros((5, 4)))
+
+
 def test_kid_is_zero_in_expectation_for_one_set_and_positive_for_two():
     rng = np.random.default_rng(1)
     a, b = rng.normal(0, 1, (200, 8)), rng.normal(1, 1, (200, 8))

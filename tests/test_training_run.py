@@ -214,6 +214,29 @@ def test_report_gains_teacher_and_student_fid_packed_size_and_side_by_side(tmp_p
     assert "teacher_vs_student.png" in report
 
 
+def test_teacher_samples_are_drawn_once_per_teacher_and_protocol(tmp_path, monkeypatch):
+    from binarydm.sampling import save_images
+    from binarydm.training.data import synthetic
+
+    monkeypatch.setenv("BINARYDM_CACHE", str(tmp_path / "cache"))
+    ref = tmp_path / "ref"
+    save_images(synthetic(8, 8, 3, seed=5).images, ref)
+    common = ("trainer.max_steps=1", "sample.num_images=0", "eval.fid_samples=6", "eval.sample_steps=2",
+              "eval.features=tiny", f"eval.reference={ref / 'images'}", "eval.packed=false")
+    first = run(tiny_cfg(tmp_path, *common, "name=first"))["evaluation"]
+    again = run(tiny_cfg(tmp_path, *common, "name=again"))
+    second = again["evaluation"]
+    assert "teacher_cached" not in first and Path(second["teacher_cached"]).parent == tmp_path / "cache" / "fid"
+    assert second["fid"]["teacher"] == first["fid"]["teacher"]  # the same features, so the same FID and KID
+    assert not (again["run_dir"] / "eval" / "teacher").exists()  # not sampled again
+    assert "eval.teacher_cache=false" in (again["run_dir"] / "report.md").read_text()
+    # Another protocol (here: DDIM steps) is another entry; eval.teacher_cache=false samples again.
+    other = run(tiny_cfg(tmp_path, *common, "name=other", "eval.sample_steps=3"))["evaluation"]
+    fresh = run(tiny_cfg(tmp_path, *common, "name=fresh", "eval.teacher_cache=false"))["evaluation"]
+    assert "teacher_cached" not in other and "teacher_cached" not in fresh
+    assert fresh["fid"]["teacher"]["fid"] == pytest.approx(first["fid"]["teacher"]["fid"], rel=1e-5)
+
+
 def test_report_says_why_fid_is_skipped_without_a_reference(tmp_path):
     out = run(tiny_cfg(tmp_path, "trainer.max_steps=1", "sample.num_images=0", "eval.fid_samples=2",
                        "eval.sample_steps=1", "eval.features=tiny", "eval.packed=false"))

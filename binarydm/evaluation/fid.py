@@ -11,8 +11,8 @@ averaged over random subsets (clean-fid's ``kernel_distance``).
 Two independent FID computations share one feature extractor (:mod:`binarydm.evaluation.inception`):
 
 * clean-fid (Parmar et al. 2022): ``cleanfid.fid.compute_fid(..., custom_feat_extractor=...)`` for two
-  folders; its folder reader (PIL, "clean" bicubic float resize) and ``frechet_distance`` (scipy sqrtm)
-  for a folder against a cached reference.
+  folders; its folder reader (PIL, "clean" bicubic float resize) and the value of its ``frechet_distance``
+  (:func:`fid_from_features`, exact without scipy's sqrtm) for a folder against a cached reference.
 * torchmetrics: ``FrechetInceptionDistance(feature=<extractor>)`` fed the raw uint8 batches (the
   extractor applies the same clean resize), or, for a cached reference, its real-feature sums set
   from the cached features (the metric's state is exactly these sufficient statistics).
@@ -206,17 +206,32 @@ def extract_features(images: torch.Tensor, extractor: FeatureExtractor, batch_si
     return np.concatenate(outs)
 
 
-def stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased covariance of features [N, d]."""
-    return features.mean(axis=0), np.cov(features, rowvar=False)
+def _covariance_factor(features: np.ndarray) -> np.ndarray:
+    """B with B^T B = the unbiased covariance of ``features`` [N, d]: the centred features / sqrt(N - 1)
+    (N x d) when N <= d, else Lambda^(1/2) U^T from the covariance's eigendecomposition (d x d)."""
+    n, d = features.shape
+    centred = (features - features.mean(axis=0)) / np.sqrt(n - 1)
+    if n <= d:
+        return centred
+    lam, u = np.linalg.eigh(centred.T @ centred)
+    return np.sqrt(np.clip(lam, 0.0, None))[:, None] * u.T
 
 
 def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
-    """FID between two feature sets (clean-fid's ``frechet_distance``: scipy's matrix square root)."""
-    from cleanfid.fid import frechet_distance
+    """FID between two feature sets: ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)).
 
-    (m1, s1), (m2, s2) = stats(f1), stats(f2)
-    return float(frechet_distance(m1, s1, m2, s2))
+    The value of clean-fid's ``frechet_distance``, computed without scipy's general matrix square root
+    (17 s for 2048 x 2048 on one core, where this takes well under a second at 2,000 samples): with
+    S_i = B_i^T B_i, the eigenvalues of S1 S2 are the squared singular values of B1 B2^T, so
+    tr((S1 S2)^(1/2)) is the sum of those singular values. Exact, and free of sqrtm's imaginary residue
+    on the rank-deficient covariances of fewer samples than features (tests/test_evaluation.py checks it
+    against clean-fid's function)."""
+    if f1.shape[0] < 2 or f2.shape[0] < 2:
+        raise ValueError(f"FID needs at least 2 samples per set, got {f1.shape[0]} and {f2.shape[0]}")
+    b1, b2 = _covariance_factor(f1), _covariance_factor(f2)
+    trace_sqrt = np.linalg.svd(b1 @ b2.T, compute_uv=False).sum()
+    mean_term = float(((f1.mean(axis=0) - f2.mean(axis=0)) ** 2).sum())
+    return float(mean_term + (b1 ** 2).sum() + (b2 ** 2).sum() - 2.0 * trace_sqrt)
 
 
 def kid_from_features(f1: np.ndarray, f2: np.ndarray, seed: int = 0, num_subsets: int = 100,
@@ -363,5 +378,5 @@ __all__ = [
     "DatasetNotFound", "cifar10", "cleanfid_compare_folders", "cleanfid_folder_features", "default_cache_dir",
     "check_one_size", "evaluate", "extract_features", "fashion_mnist", "fid_from_features", "folder_subset", "image_files",
     "kid_from_features", "load_folder", "reference_features", "reference_images", "reference_key", "resolve_folder",
-    "stats", "torchmetrics_fid",
+    "torchmetrics_fid",
 ]

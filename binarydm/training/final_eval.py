@@ -14,15 +14,27 @@ prompted with the run's prompts at ``eval.guidance_scale``). Without a reference
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ..evaluation import evaluate, get_extractor
+from ..evaluation import get_extractor
+from ..evaluation.fid import (
+    cleanfid_folder_features,
+    default_cache_dir,
+    fid_from_features,
+    kid_from_features,
+    reference_features,
+)
+from ..latent.cache import module_digest, tokenizer_digest
 from ..packing.export import export
 from ..packing.loading import load_with_configs
 from ..sampling import grid_image, sample_images, save_images
@@ -68,6 +80,35 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, path: Path, labels=("t
     return path
 
 
+def teacher_cache_path(teacher: nn.Module, protocol: dict, components=None,
+                       cache_dir: Optional[Path] = None) -> Path:
+    """Where the features of a teacher's FID samples are kept: keyed by the teacher's weights and config, the
+    frozen parts of its pipeline, and everything that makes the samples and their features (``protocol``)."""
+    h = hashlib.sha256(module_digest(teacher).encode())
+    if components is not None:
+        for part in (components.autoencoder, components.text_encoder):
+            h.update(module_digest(part).encode() if part is not None else b"-")
+        h.update(tokenizer_digest(components.tokenizer).encode() if components.tokenizer is not None else b"-")
+    h.update(json.dumps(protocol, sort_keys=True, default=str).encode())
+    return Path(cache_dir or default_cache_dir()) / f"teacher-{h.hexdigest()[:32]}.npz"
+
+
+def _read_teacher_cache(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        with np.load(path) as f:
+            return {"features": f["features"], "shown": torch.from_numpy(f["shown"]),
+                    "seconds_per_image": float(f["seconds_per_image"])}
+    except (OSError, KeyError, ValueError):  # none yet, or a damaged file: sample again
+        return None
+
+
+def _write_teacher_cache(path: Path, features: np.ndarray, shown: torch.Tensor, seconds_per_image: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, features=features, shown=shown.numpy(), seconds_per_image=seconds_per_image)
+    os.replace(tmp, path)  # atomic: a killed run never leaves half an entry
+
+
 def evaluate_run(cfg: DictConfig, teacher: Optional[nn.Module], student_dir: Path, run_dir: Path,
                  scheduler_config: Optional[dict] = None, components=None,
                  prompts: Optional[list[str]] = None) -> dict[str, Any]:
@@ -85,31 +126,51 @@ def evaluate_run(cfg: DictConfig, teacher: Optional[nn.Module], student_dir: Pat
     if n <= 0:
         return out
     models = {"teacher": teacher, "student": student} if teacher is not None else {"model": student}
-    images = {}
+    guidance = float(e.guidance_scale if e.guidance_scale is not None else cfg.sample.guidance_scale)
+    # Prompts cycled over the samples: two rows, one column per prompt.
+    shown, columns = (2 * len(prompts), len(prompts)) if prompts and len(prompts) <= 16 else (16, None)
+    ref = reference_of(cfg)
+    extractor = get_extractor(e.weights, kind=str(e.features)) if ref is not None else None
+    cache = None
+    if teacher is not None and extractor is not None and e.teacher_cache:
+        # The teacher is the same in every run that binarizes it: its samples' features are made once.
+        protocol = {"num": n, "steps": int(e.sample_steps), "batch": int(e.sample_batch), "seed": int(e.seed),
+                    "scheduler": scheduler_config, "prompts": prompts, "guidance_scale": guidance,
+                    "features": extractor.identity, "shown": shown, "torch": torch.__version__.split("+")[0],
+                    "device": next(teacher.parameters()).device.type}
+        cache = teacher_cache_path(teacher, protocol, components)
+    cached = _read_teacher_cache(cache) if cache is not None else None
+    images, features = {}, {}
     for name, model in models.items():
+        if name == "teacher" and cached is not None:
+            images[name], features[name] = cached["shown"], cached["features"]
+            out.setdefault("seconds_per_image", {})[name] = cached["seconds_per_image"]
+            out["teacher_cached"] = str(cache)
+            continue
         start = time.perf_counter()
-        guidance = e.guidance_scale if e.guidance_scale is not None else cfg.sample.guidance_scale
         images[name] = sample_images(model.eval(), n, int(e.sample_steps), "ddim", int(e.sample_batch),
                                      seed=int(e.seed), scheduler_config=scheduler_config, components=components,
-                                     prompts=prompts, guidance_scale=float(guidance))
+                                     prompts=prompts, guidance_scale=guidance, desc=name)
         out.setdefault("seconds_per_image", {})[name] = (time.perf_counter() - start) / n
         save_images(images[name], run_dir / "eval" / name, grid=16)
     if "teacher" in images:
-        # Prompts cycled over the samples: two rows, one column per prompt.
-        shown, columns = (2 * len(prompts), len(prompts)) if prompts and len(prompts) <= 16 else (16, None)
         out["side_by_side"] = str(side_by_side(images["teacher"][:shown], images["student"][:shown],
                                                run_dir / "eval" / "teacher_vs_student.png", columns=columns))
-    ref = reference_of(cfg)
     if ref is None:
         out["fid_skipped"] = f"no reference images for data.name={cfg.data.name}: set eval.reference"
         return out
     reference, split, root = ref
-    extractor = get_extractor(e.weights, kind=str(e.features))
+    size = int(cfg.data.image_size)
+    real = reference_features(reference, extractor, split, n, root, size)
     for name in images:
-        scores = evaluate(run_dir / "eval" / name / "images", reference, extractor, split=split, num=n, ref_num=n,
-                          root=root, size=int(cfg.data.image_size), backends=("cleanfid",), kid=True)
-        out.setdefault("fid", {})[name] = {"fid": scores["fid_cleanfid"], "kid": scores["kid"],
-                                          "num_fake": scores["num_fake"], "num_real": scores["num_real"]}
+        if name not in features:
+            features[name] = cleanfid_folder_features(run_dir / "eval" / name / "images", extractor, num=n)
+            if name == "teacher" and cache is not None:
+                _write_teacher_cache(cache, features[name].astype(np.float32), images[name][:shown],
+                                     out["seconds_per_image"][name])
+        f = features[name].astype(np.float64)
+        out.setdefault("fid", {})[name] = {"fid": fid_from_features(f, real), "kid": kid_from_features(f, real),
+                                          "num_fake": int(f.shape[0]), "num_real": int(real.shape[0])}
     out["reference"] = f"{reference} ({split})"
     out["features"] = extractor.identity
     return out
@@ -127,6 +188,10 @@ def report_lines(result: dict[str, Any], cfg: DictConfig) -> list[str]:
         for name, s in result["fid"].items():
             lines.append(f"| {name} | {s['fid']:.2f} | {s['kid']:.4f} | {s['num_fake']} | "
                          f"{result['seconds_per_image'][name]:.3f} |")
+        if "teacher_cached" in result:
+            lines += ["", f"The teacher's samples were not drawn again: their features are those of an earlier run with "
+                          f"the same teacher and protocol ({result['teacher_cached']}); `eval.teacher_cache=false` "
+                          "draws them."]
     elif "fid_skipped" in result:
         lines.append(f"FID skipped: {result['fid_skipped']}.")
     if "packed" in result:

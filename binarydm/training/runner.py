@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..console import Phases, say, training_bar
 from ..errors import UsageError, one_line
 from ..packing.files import atomic_write, write_checksums
 from ..packing.student import save_student_dir
@@ -243,7 +244,8 @@ def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) 
             val_check_interval=val_interval, check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
             gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
             enable_progress_bar=t.enable_progress_bar, deterministic=t.deterministic,
-            callbacks=[*built.callbacks, *extra_callbacks, RecordThreads(), ckpt], logger=loggers,
+            callbacks=[*built.callbacks, *extra_callbacks, RecordThreads(), ckpt,
+                       *([training_bar()] if t.enable_progress_bar else [])], logger=loggers,
             default_root_dir=built.run_dir,
             use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
             # Lightning's own save goes through fsspec's temporary file in $TMPDIR (see guards.py).
@@ -288,8 +290,18 @@ def _last_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
 
 
+def describe_run(cfg: DictConfig, built: Built, trainer: L.Trainer) -> str:
+    """The run in one line: what is trained, how long, where."""
+    what = f"{cfg.quant} student of {cfg.model.pretrained}" if built.quant is not None and cfg.model.config is None \
+        else f"{cfg.quant} {'fresh model' if cfg.model.config is not None else cfg.model.pretrained}"
+    device = f"{trainer.num_devices} x {type(trainer.accelerator).__name__.replace('Accelerator', '').lower()}"
+    return (f"{built.run_dir}: {what}, {cfg.trainer.max_steps} steps of batch {cfg.data.batch_size} on {device} "
+            f"({torch.get_num_threads()} thread(s), precision {cfg.trainer.precision})")
+
+
 def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, wall: float,
-                 student_dir: Optional[Path], evaluation: Optional[dict] = None) -> Path:
+                 student_dir: Optional[Path], evaluation: Optional[dict] = None,
+                 phases: Optional[Phases] = None) -> Path:
     m = _last_metrics(trainer)
     fresh = (cfg.model.config or {}).get("_class_name") or "UNet2DModel"
     latent = built.components is not None and built.components.latent
@@ -325,6 +337,9 @@ def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, 
         lines += autoencoder.report_lines(evaluation["autoencoder"])
     elif evaluation:
         lines += report_lines(evaluation, cfg)
+    if phases is not None and phases.seconds:
+        lines += ["", "## Time", "", "| phase | seconds |", "|---|---|",
+                  *[f"| {name} | {sec:.1f} |" for name, sec in phases.seconds.items()]]
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
@@ -356,17 +371,21 @@ def run(cfg: Union[DictConfig, RunConfig], extra_callbacks: Sequence = (), overw
     start = time.time()
     cfg = structured(cfg)
     overwrite = overwrite or cfg.overwrite
+    phases = Phases(verbose=launcher_rank_zero())
     if launcher_rank_zero():  # a refused directory is said at once, before the model and data are loaded
         check_config(cfg)
         check_run_dir_free(Path(cfg.out_dir) / cfg.name, cfg.resume, overwrite)
-    built, trainer = prepare(cfg, extra_callbacks)
+    with phases("setup"):
+        built, trainer = prepare(cfg, extra_callbacks)
+    phases.verbose = trainer.is_global_zero
     with claim_run_dir(built.run_dir, cfg.resume, overwrite):
         if trainer.is_global_zero:
             # The action, not a setting of the run: running its config.yaml again must not clear it.
             saved = cfg.copy()
             saved.overwrite = False
             save_config(saved, built.run_dir / "config.yaml")
-        trainer.fit(built.module, datamodule=built.data, ckpt_path=cfg.resume)
+        with phases("training", f"training {describe_run(cfg, built, trainer)}"):
+            trainer.fit(built.module, datamodule=built.data, ckpt_path=cfg.resume)
         student_dir = report = evaluation = None
         if trainer.is_global_zero:
             # The final sample grid, when the last step did not fall on a validation.
@@ -387,15 +406,22 @@ def run(cfg: Union[DictConfig, RunConfig], extra_callbacks: Sequence = (), overw
                     if bad is not None:  # e.g. the EMA average of a run that diverged between checks
                         raise DivergenceError(f"training diverged by step {trainer.global_step}: {bad} of the "
                                               "model to export is not finite; lower optim.lr; nothing was exported")
-                    student_dir = export_student(student, built.quant, built.module.noise_scheduler,
-                                                 built.run_dir / "student", built.components)
+                    with phases("export", f"exporting the student to {built.run_dir / 'student'}"):
+                        student_dir = export_student(student, built.quant, built.module.noise_scheduler,
+                                                     built.run_dir / "student", built.components)
             if evaluation is None and student_dir is not None and (cfg.eval.packed or cfg.eval.fid_samples > 0):
-                evaluation = evaluate_run(cfg, built.module.teacher, student_dir, built.run_dir,
-                                          dict(built.module.noise_scheduler.config), built.components,
-                                          built.samples.resolve_prompts(built.data))
+                what = f"FID@{cfg.eval.fid_samples} of the teacher and the student" if cfg.eval.fid_samples > 0 \
+                    else "the packed checkpoint"
+                with phases("evaluation", f"evaluating: {what}"):
+                    evaluation = evaluate_run(cfg, built.module.teacher, student_dir, built.run_dir,
+                                              dict(built.module.noise_scheduler.config), built.components,
+                                              built.samples.resolve_prompts(built.data))
+                if "fid" in evaluation:
+                    say(f"FID@{cfg.eval.fid_samples}: " + ", ".join(f"{k} {v['fid']:.2f}" for k, v in evaluation["fid"].items()))
             if cfg.report:
                 report = write_report(built.run_dir / "report.md", cfg, built, trainer, time.time() - start,
-                                      student_dir, evaluation)
+                                      student_dir, evaluation, phases)
+            say(phases.summary())
     return {"trainer": trainer, "module": built.module, "built": built, "run_dir": built.run_dir,
             "student_dir": student_dir, "report": report, "evaluation": evaluation if trainer.is_global_zero else None}
 
