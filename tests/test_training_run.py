@@ -281,3 +281,17 @@ def test_progressive_switch_resets_optimizer_state_and_recalibrates(tmp_path, re
     before, at = rec.act_steps[4]["level_0"], rec.act_steps[5]["level_0"]
     assert torch.equal(rec.act_steps[1]["level_0"], before)  # calibrated at the first event (step 1)
     assert (not torch.equal(before, at)) == reset
+
+
+def test_precision_auto_is_bf16_where_the_cpu_computes_it_and_scales_stay_float32(tmp_path):
+    from binarydm.training.runner import native_bf16, resolve_precision
+
+    assert resolve_precision("32-true", "cpu") == "32-true" and resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    expected = "bf16-mixed" if native_bf16("cpu") else "32-true"
+    assert resolve_precision("auto", "cpu") == expected
+    out = run(tiny_cfg(tmp_path, "trainer.max_steps=3", "trainer.precision=auto", "eval.packed=false"))
+    assert out["trainer"].precision == expected
+    student = out["module"].student
+    # Autocast computes the convolutions in bf16; the latent weights, LMB scales and LSQ steps stay float32.
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
+    assert all(torch.isfinite(p).all() for p in student.parameters())

@@ -210,7 +210,8 @@ class TrainerConfig:
     devices: Any = 1  # an int, a list of ids, or auto
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_spawn | ...; ddp finds unused parameters while quantizers are off
-    precision: Union[str, int] = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    # 32-true | bf16-mixed | 16-mixed | auto (bf16-mixed where the device computes bf16 natively, else 32-true)
+    precision: Union[str, int] = "32-true"
     max_steps: int = 200000
     val_check_interval: Union[int, float] = 5000  # steps, or a fraction of an epoch
     limit_val_batches: Union[int, float] = 4  # batches, or a fraction of the validation set

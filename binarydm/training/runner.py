@@ -225,6 +225,25 @@ def _strategy(cfg: DictConfig, quantized: bool):
     return name
 
 
+def native_bf16(accelerator: str) -> bool:
+    """Whether the device computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX or AVX512-BF16
+    (elsewhere bf16 is emulated, slower than float32)."""
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    if accelerator in ("cpu", "auto"):
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def resolve_precision(precision, accelerator: str) -> str:
+    """``trainer.precision``; ``auto``: ``bf16-mixed`` where the device computes bf16 natively (the quantizers'
+    scales, steps and rounding stay float32 under autocast), else ``32-true``."""
+    if str(precision) != "auto":
+        return str(precision)
+    return "bf16-mixed" if native_bf16(str(accelerator)) else "32-true"
+
+
 def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -240,7 +259,8 @@ def make_trainer(cfg: DictConfig, built: Built, extra_callbacks: Sequence = ()) 
     try:
         return L.Trainer(
             accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-            strategy=_strategy(cfg, built.quant is not None), precision=t.precision, max_steps=t.max_steps,
+            strategy=_strategy(cfg, built.quant is not None), precision=resolve_precision(t.precision, t.accelerator),
+            max_steps=t.max_steps,
             val_check_interval=val_interval, check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
             gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
             enable_progress_bar=t.enable_progress_bar, deterministic=t.deterministic,
@@ -296,7 +316,7 @@ def describe_run(cfg: DictConfig, built: Built, trainer: L.Trainer) -> str:
         else f"{cfg.quant} {'fresh model' if cfg.model.config is not None else cfg.model.pretrained}"
     device = f"{trainer.num_devices} x {type(trainer.accelerator).__name__.replace('Accelerator', '').lower()}"
     return (f"{built.run_dir}: {what}, {cfg.trainer.max_steps} steps of batch {cfg.data.batch_size} on {device} "
-            f"({torch.get_num_threads()} thread(s), precision {cfg.trainer.precision})")
+            f"({torch.get_num_threads()} thread(s), precision {trainer.precision})")
 
 
 def write_report(path: Path, cfg: DictConfig, built: Built, trainer: L.Trainer, wall: float,

@@ -153,11 +153,11 @@ def _check_names(cfg: DictConfig) -> None:
     if features not in ("inception", "tiny"):
         raise UsageError(f"eval.features={features!r}: must be 'inception' or 'tiny'")
     precision = str(_get(cfg, "trainer.precision"))
-    valid = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "16", "bf16",
+    valid = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "16", "bf16",
              "transformer-engine", "transformer-engine-float16")
     if precision not in valid:
-        raise UsageError(f"trainer.precision={precision!r}: must be one of 32-true, 16-mixed, bf16-mixed, 16-true, "
-                         "bf16-true, 64-true")
+        raise UsageError(f"trainer.precision={precision!r}: must be one of auto, 32-true, 16-mixed, bf16-mixed, "
+                         "16-true, bf16-true, 64-true")
 
 
 def _check_taps(cfg: DictConfig) -> None:
