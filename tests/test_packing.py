@@ -85,7 +85,8 @@ def test_lsq_latent_reproduces_codes():
         assert torch.equal(q(lsq_latent(codes, q.step)), q(w))
 
 
-@pytest.mark.parametrize("config", ["w1a4", "w1a32", "baseline", {"preset": "w1a4", "dual_levels": 2}])
+@pytest.mark.parametrize("config", ["w1a4", "w1a32", "baseline", {"preset": "w1a4", "dual_levels": 2}, "xnor",
+                                    "reactnet", "bidm"])
 def test_export_load_is_bit_identical(tmp_path, config):
     model, unet_config, batch = trained_student(config)
     path = export_packed(model, unet_config, config, tmp_path / "m.safetensors")
@@ -96,6 +97,32 @@ def test_export_load_is_bit_identical(tmp_path, config):
     for name, p in loaded.named_parameters():
         if name.endswith((".s1", ".s2", ".step")):
             assert torch.equal(p, ref[name]), name
+
+
+@pytest.mark.parametrize("config", ["xnor", "bidm"])
+def test_xnor_family_weights_are_one_bit_plane_and_their_stored_scale(tmp_path, config):
+    from binarydm.algorithms.xnor import XnorWeight
+
+    model, unet_config, batch = trained_student(config)
+    path = export_packed(model, unet_config, config, tmp_path / "m.safetensors")
+    meta = packed_metadata(path)
+    xnor = {name for name, kind in meta["layers"].items() if kind == "xnor"}
+    expected = {name for name, layer in quant_layers(model) if isinstance(layer.weight_quantizer, XnorWeight)}
+    assert xnor == expected and xnor
+    tensors, _ = read_packed(path)
+    for name in xnor:
+        weight = model.get_submodule(name).weight
+        assert f"{name}.weight" not in tensors
+        assert tensors[f"{name}.weight.__bits0"].numel() == (weight.numel() + 7) // 8
+        assert tensors[f"{name}.weight.__scale"].numel() == weight.shape[0]
+    loaded = load_packed(path)
+    for name in xnor:
+        q, w = loaded.get_submodule(name).weight_quantizer, model.get_submodule(name).weight
+        assert torch.equal(q.stored_scale, model.get_submodule(name).weight_quantizer.scale(w))
+        assert torch.equal(torch.sign(loaded.get_submodule(name).weight), torch.sign(w))
+    # Loaded and exported again: the same tensors (the stored scale is what a re-export writes).
+    again, _ = read_packed(export_packed(loaded, unet_config, config, tmp_path / "again.safetensors"))
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
 
 
 def test_export_layout_and_scales_moved_from_init(tmp_path):

@@ -54,10 +54,22 @@ class _ScaledSign(ParameterFree):
 
 
 class XnorWeight(_ScaledSign):
-    """a_w * sign(W) with a_w = mean|W| per output channel (detached); clipped STE."""
+    """a_w * sign(W) with a_w = mean|W| per output channel (detached); clipped STE.
+
+    ``stored_scale`` (a buffer, not saved in the state dict) replaces mean|W| when set: the packed 1-bit file
+    stores a_w beside the sign bits, and no latent weight with those signs has exactly that float mean
+    (the mean of equal magnitudes rounds), so the loaded layer uses the stored value itself."""
+
+    def __init__(self, surrogate="clipped", scaled_grad: bool = False) -> None:
+        super().__init__(surrogate, scaled_grad)
+        self.register_buffer("stored_scale", None, persistent=False)
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        """a_w, shaped to broadcast against ``w``."""
+        return self.stored_scale if self.stored_scale is not None else out_channel_mean_abs(w)
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        return scaled_sign(w, out_channel_mean_abs(w), self.surrogate, self.scaled_grad)
+        return scaled_sign(w, self.scale(w), self.surrogate, self.scaled_grad)
 
 
 class XnorAct(_ScaledSign):

@@ -193,14 +193,13 @@ def lmb_bits(quantizer: LMB, weight: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def xnor_bits(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def xnor_bits(quantizer, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The basis and scale of the XNOR family's forward, a_w sign(W) with a_w = mean|W| per output channel
     (``binarydm.algorithms.xnor.XnorWeight`` and BiDM's weight): bits uint8 [1, C_out, C_in, KH, KW] and
-    alpha float32 [1, C_out], a_w computed by the same operations as the quantizer's."""
-    from ..algorithms._common import out_channel_mean_abs  # the scale XnorWeight itself computes
-
+    alpha float32 [1, C_out], a_w the quantizer's own (``XnorWeight.scale``: computed, or stored by a packed
+    file)."""
     w = weight.detach()
-    return (binary_sign(w) > 0).to(torch.uint8)[None], out_channel_mean_abs(w).reshape(1, -1).to(torch.float32)
+    return (binary_sign(w) > 0).to(torch.uint8)[None], quantizer.scale(w).reshape(1, -1).to(torch.float32)
 
 
 def pack_quant_conv(layer: QuantConv2d, bias: bool = True) -> PackedConvWeight:
@@ -217,7 +216,7 @@ def pack_quant_conv(layer: QuantConv2d, bias: bool = True) -> PackedConvWeight:
         )
     if not (wq.enabled and wq.initialized):
         raise ValueError("the weight quantizer is disabled or not initialised: nothing binary to pack")
-    bits, alpha = lmb_bits(wq, layer.weight) if isinstance(wq, LMB) else xnor_bits(layer.weight)
+    bits, alpha = lmb_bits(wq, layer.weight) if isinstance(wq, LMB) else xnor_bits(wq, layer.weight)
     return pack_weight(bits, alpha, layer.bias if bias else None, layer.stride, layer.padding)
 
 

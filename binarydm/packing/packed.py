@@ -6,6 +6,11 @@ What is stored, per tensor of the binarized model's state dict:
   one bit-plane per basis, ``b_k = 1`` for ``+1`` and ``0`` for ``-1``, 8 bits per byte, in the
   row-major order of the weight, least significant bit first (``<name>.weight.__bits{k}``, uint8).
   The scales ``s1``, ``s2`` stay in the state dict as float32 (one per output channel).
+* An enabled XNOR-family weight (``XnorWeight``: XNOR-Net, DoReFa, Bi-Real, ReActNet, and BiDM's W1A1
+  weights), ``a_w sign(w)``: one bit-plane as above (``<name>.weight.__bits0``) and the per-channel scale
+  ``a_w`` as float32 (``<name>.weight.__scale``). The loaded layer uses that stored scale
+  (``XnorWeight.stored_scale``) rather than mean|w'| of the rebuilt latent weight, whose float mean of equal
+  magnitudes rounds away from ``a_w`` in most channels.
 * An enabled LSQ weight with at most 8 bits (the kept layers at ``keep_bits=8``, or ``weight=lsq``):
   the integer codes ``round(clamp(w / a, Qn, Qp))`` as int8 (``<name>.weight.__codes``); the
   per-channel step ``a`` stays in the state dict.
@@ -30,7 +35,7 @@ index is a tenth of that. Version 1 files are still read.
 Metadata (safetensors header, strings): ``format`` (``binarydm-packed``), ``format_version``,
 ``quant_config`` and ``unet_config`` (JSON), ``layers`` (compressed JSON like ``index``: how each
 packed weight is stored, ``lmb1`` / ``lmb2`` bit-planes, ``lmb1z`` one plane and an all-zero s2 left
-out, ``lsq<b>`` int8 codes; the shapes come from the model that :func:`load_packed` rebuilds),
+out, ``xnor`` one plane and the stored scale, ``lsq<b>`` int8 codes; the shapes come from the model that :func:`load_packed` rebuilds),
 ``index``,
 ``digest`` (SHA-256 over every tensor's name, dtype, shape and bytes), ``digest_all`` (the same and
 every other metadata entry: a flipped byte anywhere in the payload, the QuantConfig, the UNet config,
@@ -57,6 +62,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from ..algorithms.xnor import XnorWeight
 from ..quant.config import QuantConfig, resolve
 from ..quant.layers import QUANT_LAYERS
 from ..quant.lmb import LMB
@@ -85,6 +91,9 @@ def _pack_layer(name: str, layer: nn.Module) -> Optional[tuple[dict[str, torch.T
         if q.n_bases == 2:
             tensors[f"{name}.weight.__bits1"] = pack_bits((w - first) >= 0)
         return tensors, f"lmb{q.n_bases}"
+    if isinstance(q, XnorWeight):
+        return {f"{name}.weight.__bits0": pack_bits(binary_sign(w) > 0),
+                f"{name}.weight.__scale": q.scale(w).detach().to(torch.float32).clone()}, "xnor"
     if type(q) is LSQ and q.bits <= 8 and q.signed:
         return {f"{name}.weight.__codes": q.codes(w).to(torch.int8)}, f"lsq{q.bits}"
     return None
@@ -414,6 +423,21 @@ def _unpack_layers(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor
             state[f"{name}.weight"] = lmb_latent(planes[0], planes[1] if len(planes) == 2 else None, s1)
             if record == "lmb1z":
                 state[f"{name}.weight_quantizer.s2"] = torch.zeros_like(s1)
+        elif record == "xnor":
+            if not isinstance(layer.weight_quantizer, XnorWeight):
+                raise PackedFormatError(f"{path}: checkpoint does not match the model architecture: {name} is "
+                                        "packed as an XNOR-family weight, the model's quantizer is "
+                                        f"{type(layer.weight_quantizer).__name__}")
+            packed = tensors.pop(f"{name}.weight.__bits0")
+            scale = tensors.pop(f"{name}.weight.__scale")
+            if packed.numel() != (numel + 7) // 8 or scale.numel() != shape[0]:
+                raise PackedFormatError(
+                    f"{path}: checkpoint does not match the model architecture: {name}.weight has "
+                    f"{packed.numel()} packed bytes and {scale.numel()} scales in the file, the model's weight "
+                    f"{shape} needs {(numel + 7) // 8} and {shape[0]}")
+            plane = unpack_bits(packed, numel).view(shape)
+            state[f"{name}.weight"] = torch.where(plane, scale, -scale)  # the signs; magnitudes do not matter
+            layer.weight_quantizer.stored_scale = scale.clone()
         elif record.startswith("lsq"):
             codes = tensors.pop(f"{name}.weight.__codes")
             if tuple(codes.shape) != shape:
