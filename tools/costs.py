@@ -55,8 +55,28 @@ def build(model: str):
     return build_unet(json.loads(config.read_text()))
 
 
-def costs(model: str, configs: Dict[str, Dict[str, Any]]) -> list[tuple[str, float, float]]:
-    """(name, storage ratio, OPs ratio) per config."""
+def packed_ratio(unet, config) -> float:
+    """FP32 bytes of the model over the bytes of its packed 1-bit file (``binarydm.export``'s format), written to a
+    temporary directory: what the storage figure becomes on disk."""
+    import tempfile
+    from pathlib import Path
+
+    from binarydm.packing import export_packed
+
+    fp32_bytes = sum(4 * t.numel() for name, t in unet.state_dict().items() if not _quantizer_state(name))
+    unet_config = {k: v for k, v in dict(unet.config).items() if k != "quantization_config"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_packed(unet, unet_config, config, Path(tmp) / "packed.safetensors")
+        return fp32_bytes / path.stat().st_size
+
+
+def _quantizer_state(name: str) -> bool:
+    # What binarize_ added to the float model's state dict: the quantizers' own tensors.
+    return any(part.endswith("_quantizer") or part in ("local_scale", "shortcut") for part in name.split("."))
+
+
+def costs(model: str, configs: Dict[str, Dict[str, Any]]) -> list[tuple[str, float, float, float]]:
+    """(name, storage ratio, OPs ratio, packed-file ratio) per config."""
     import binarydm
     from binarydm import algorithms
 
@@ -76,16 +96,16 @@ def costs(model: str, configs: Dict[str, Dict[str, Any]]) -> list[tuple[str, flo
         t = torch.tensor([500])
         binarydm.calibrate_(unet, x, t)
         s = binarydm.summary(unet, x, t)
-        rows.append((name, s.storage_ratio, s.ops_ratio))
+        rows.append((name, s.storage_ratio, s.ops_ratio, packed_ratio(unet, config)))
     return rows
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse(CostsArgs, argv)
     rows = costs(args.model, args.configs)
-    print(f"| {args.model} | storage | OPs |\n|---|---|---|")
-    for name, storage, ops in rows:
-        print(f"| {name} | {storage:.2f}x | {ops:.2f}x |")
+    print(f"| {args.model} | storage | OPs | packed file |\n|---|---|---|---|")
+    for name, storage, ops, packed in rows:
+        print(f"| {name} | {storage:.2f}x | {ops:.2f}x | {packed:.2f}x |")
 
 
 def main(argv: Optional[Sequence[str]] = None):

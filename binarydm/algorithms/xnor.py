@@ -71,6 +71,9 @@ class XnorWeight(_ScaledSign):
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         return scaled_sign(w, self.scale(w), self.surrogate, self.scaled_grad)
 
+    def derived_numel(self, weight: torch.Tensor) -> int:
+        return weight.shape[0]  # a_w, stored in the packed file
+
 
 class XnorAct(_ScaledSign):
     """b * sign(x) with b = mean|x| per sample (C, H, W) or per token (C) (detached)."""

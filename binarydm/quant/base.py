@@ -68,6 +68,11 @@ class Quantizer(nn.Module):
         """How many float values (scales, steps) inference needs from this quantizer."""
         return sum(p.numel() for p in self.parameters())
 
+    def derived_numel(self, weight: torch.Tensor) -> int:
+        """Float values a weight quantizer computes from the weight (not learned) that inference must store, since
+        the latent weight is gone: e.g. XNOR's mean|W| per output channel."""
+        return 0
+
     # ---- shared behaviour ------------------------------------------------------------------
     @torch.no_grad()
     def initialize_(self, x: torch.Tensor) -> "Quantizer":

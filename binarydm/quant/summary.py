@@ -205,6 +205,8 @@ def summary(model: nn.Module, *example_inputs, **example_kwargs) -> Summary:
             for q in (wq, aq):
                 if q is not None and q.enabled:
                     storage += q.inference_numel() * 32
+            if wq is not None and wq.enabled:
+                storage += wq.derived_numel(m.weight) * 32
             layer_macs = macs.get(name, 0) // batch
             quantized = wq is not None and wq.enabled
             ops = layer_macs * ops_per_mac(w_bits, a_bits) if quantized else float(layer_macs)
