@@ -312,8 +312,8 @@ def _last_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 def describe_run(cfg: DictConfig, built: Built, trainer: L.Trainer) -> str:
     """The run in one line: what is trained, how long, where."""
-    what = f"{cfg.quant} student of {cfg.model.pretrained}" if built.quant is not None and cfg.model.config is None \
-        else f"{cfg.quant} {'fresh model' if cfg.model.config is not None else cfg.model.pretrained}"
+    model = "a fresh model" if cfg.model.config is not None else cfg.model.pretrained
+    what = f"{cfg.quant} student of {model}" if built.quant is not None else f"full-precision training of {model}"
     device = f"{trainer.num_devices} x {type(trainer.accelerator).__name__.replace('Accelerator', '').lower()}"
     return (f"{built.run_dir}: {what}, {cfg.trainer.max_steps} steps of batch {cfg.data.batch_size} on {device} "
             f"({torch.get_num_threads()} thread(s), precision {trainer.precision})")
@@ -430,14 +430,15 @@ def run(cfg: Union[DictConfig, RunConfig], extra_callbacks: Sequence = (), overw
                         student_dir = export_student(student, built.quant, built.module.noise_scheduler,
                                                      built.run_dir / "student", built.components)
             if evaluation is None and student_dir is not None and (cfg.eval.packed or cfg.eval.fid_samples > 0):
-                what = f"FID@{cfg.eval.fid_samples} of the teacher and the student" if cfg.eval.fid_samples > 0 \
-                    else "the packed checkpoint"
+                models = "the teacher and the student" if built.module.teacher is not None else "the model"
+                what = f"FID@{cfg.eval.fid_samples} of {models}" if cfg.eval.fid_samples > 0 else "the packed checkpoint"
                 with phases("evaluation", f"evaluating: {what}"):
                     evaluation = evaluate_run(cfg, built.module.teacher, student_dir, built.run_dir,
                                               dict(built.module.noise_scheduler.config), built.components,
                                               built.samples.resolve_prompts(built.data))
                 if "fid" in evaluation:
-                    say(f"FID@{cfg.eval.fid_samples}: " + ", ".join(f"{k} {v['fid']:.2f}" for k, v in evaluation["fid"].items()))
+                    say(f"FID@{cfg.eval.fid_samples}: "
+                        + ", ".join(f"{k} {v['fid']:.2f}" for k, v in evaluation["fid"].items()))
             if cfg.report:
                 report = write_report(built.run_dir / "report.md", cfg, built, trainer, time.time() - start,
                                       student_dir, evaluation, phases)
