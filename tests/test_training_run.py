@@ -235,6 +235,10 @@ def test_teacher_samples_are_drawn_once_per_teacher_and_protocol(tmp_path, monke
     fresh = run(tiny_cfg(tmp_path, *common, "name=fresh", "eval.teacher_cache=false"))["evaluation"]
     assert "teacher_cached" not in other and "teacher_cached" not in fresh
     assert fresh["fid"]["teacher"]["fid"] == pytest.approx(first["fid"]["teacher"]["fid"], rel=1e-5)
+    # A damaged entry is a miss: sampled again and written anew.
+    Path(second["teacher_cached"]).write_bytes(b"PK\x03\x04 not a zip")
+    redone = run(tiny_cfg(tmp_path, *common, "name=redone"))["evaluation"]
+    assert "teacher_cached" not in redone and redone["fid"]["teacher"] == first["fid"]["teacher"]
 
 
 def test_report_says_why_fid_is_skipped_without_a_reference(tmp_path):

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -98,7 +99,7 @@ def _read_teacher_cache(path: Path) -> Optional[dict[str, Any]]:
         with np.load(path) as f:
             return {"features": f["features"], "shown": torch.from_numpy(f["shown"]),
                     "seconds_per_image": float(f["seconds_per_image"])}
-    except (OSError, KeyError, ValueError):  # none yet, or a damaged file: sample again
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # none yet, or damaged: sample again
         return None
 
 
