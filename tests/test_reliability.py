@@ -92,6 +92,28 @@ def test_a_nan_parameter_never_reaches_a_checkpoint(tmp_path):
     assert state["global_step"] == 3
 
 
+def test_deferred_loss_check_reads_the_device_flag_every_n_steps_and_before_a_checkpoint():
+    # On an accelerator the guard folds isfinite(loss) into a flag on the device and reads it every loss_every
+    # steps: no host synchronisation in between (loss_every forces that path here, on the CPU).
+    from types import SimpleNamespace
+
+    from binarydm.training.guards import DivergenceGuard
+
+    guard = DivergenceGuard(lr=1e-3, loss_every=4)
+    trainer = SimpleNamespace(global_step=1, world_size=1, checkpoint_callback=None)
+    guard.check_loss(trainer, torch.tensor(float("nan")))  # seen, not read
+    trainer.global_step = 2
+    guard.check_loss(trainer, torch.tensor(1.0))
+    trainer.global_step = 4
+    with pytest.raises(DivergenceError, match="diverged at step 4: the loss became non-finite since"):
+        guard.check_loss(trainer, torch.tensor(1.0))
+    guard.check_loss(trainer, torch.tensor(1.0))  # the flag starts again after a read
+    trainer.global_step = 5
+    guard.check_loss(trainer, torch.tensor(float("inf")))
+    with pytest.raises(DivergenceError, match="diverged at step 5"):  # a checkpoint is never written after it
+        guard.on_save_checkpoint(trainer, torch.nn.Linear(1, 1), {})
+
+
 # ---- 2. one run per directory -------------------------------------------------------------------
 def test_a_live_run_holds_its_directory(tmp_path, capsys):
     run_dir = tmp_path / "tiny"

@@ -52,15 +52,21 @@ def first_non_finite(module: torch.nn.Module) -> Optional[str]:
 class DivergenceGuard(L.Callback):
     """Stop training at the first non-finite loss or parameter, with one message naming the step.
 
-    The loss is checked after every step (one scalar). Parameters are checked every ``param_every``
-    steps, before each checkpoint is written (so a diverged state never becomes ``last.ckpt``), before
-    each validation (no black sample grids) and at the end of training (nothing diverged is exported).
-    Under DDP the decision is reduced over ranks, so every rank stops at the same step.
+    The loss is checked after every step on the CPU (one scalar). On an accelerator reading it would make the
+    host wait for every step, so each step folds ``isfinite(loss)`` into a flag on the device and the flag is
+    read every ``loss_every`` steps (default 50) and before every checkpoint, validation and the end: a
+    diverged step is then named by the step where it was seen, at most ``loss_every - 1`` steps late.
+    Parameters are checked every ``param_every`` steps, before each checkpoint is written (so a diverged
+    state never becomes ``last.ckpt``), before each validation (no black sample grids) and at the end of
+    training (nothing diverged is exported). Under DDP the decision is reduced over ranks, so every rank
+    stops at the same step.
     """
 
-    def __init__(self, lr: Optional[float] = None, param_every: int = 100):
+    def __init__(self, lr: Optional[float] = None, param_every: int = 100, loss_every: Optional[int] = None):
         self.lr = lr
         self.param_every = int(param_every)
+        self.loss_every = loss_every  # None: 1 on the CPU, 50 elsewhere
+        self._finite: Optional[torch.Tensor] = None  # the device flag of the steps not yet read
 
     # -- the checks ------------------------------------------------------------------------------
     def _fail(self, trainer, what: str) -> None:
@@ -83,10 +89,27 @@ class DivergenceGuard(L.Callback):
         if loss is None or not torch.is_tensor(loss):
             return
         loss = loss.detach()
-        bad = not bool(torch.isfinite(loss).all())
+        every = self.loss_every if self.loss_every is not None else (1 if loss.device.type == "cpu" else 50)
+        if every <= 1:
+            bad = not bool(torch.isfinite(loss).all())
+            if self._any_rank(trainer, bad):
+                value = loss.float().reshape(-1)[0].item() if bad else "non-finite on another process"
+                self._fail(trainer, f"the loss is {value}")
+            return
+        finite = torch.isfinite(loss).all()
+        self._finite = finite if self._finite is None else self._finite & finite  # no host synchronisation
+        if trainer.global_step % every == 0:
+            self.read_loss_flag(trainer)
+
+    def read_loss_flag(self, trainer) -> None:
+        """Fail if a step since the last read had a non-finite loss (one synchronisation)."""
+        if self._finite is None:
+            return
+        bad = not bool(self._finite)
+        self._finite = None
         if self._any_rank(trainer, bad):
-            value = loss.float().reshape(-1)[0].item() if bad else "non-finite on another process"
-            self._fail(trainer, f"the loss is {value}")
+            self._fail(trainer, "the loss became non-finite since the previous check" if bad
+                       else "the loss is non-finite on another process")
 
     def check_parameters(self, trainer, pl_module, when: str) -> None:
         name = first_non_finite(pl_module)
@@ -102,13 +125,16 @@ class DivergenceGuard(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         # Raised here, the checkpoint is never written: last.ckpt stays the last good state.
+        self.read_loss_flag(trainer)
         self.check_parameters(trainer, pl_module, "before writing a checkpoint")
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
+            self.read_loss_flag(trainer)
             self.check_parameters(trainer, pl_module, "before validation")
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self.read_loss_flag(trainer)
         self.check_parameters(trainer, pl_module, "at the end of training")
 
 

@@ -179,6 +179,7 @@ class LRM(nn.Module):
             # v_i: mean variance of the teacher's features along E_i (1 until fitted).
             self.register_buffer(_buffer_name(block, "var"), torch.ones(()))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self._fitted_host: Optional[bool] = None
 
     def projection(self, block: str) -> torch.Tensor:
         return getattr(self, _buffer_name(block))
@@ -188,7 +189,14 @@ class LRM(nn.Module):
 
     @property
     def is_fitted(self) -> bool:
-        return bool(self.fitted)
+        # A host copy of the buffer: reading a CUDA bool in every step would make the host wait for the step.
+        if self._fitted_host is None:
+            self._fitted_host = bool(self.fitted)
+        return self._fitted_host
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._fitted_host = None  # the loaded buffer decides
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def fit_(self, teacher_features: Sequence[torch.Tensor], all_reduce_sum: Optional[Reduce] = None) -> "LRM":
@@ -214,6 +222,7 @@ class LRM(nn.Module):
             var = variances.clamp_min(0).mean().clamp_min(1e-8)
             getattr(self, _buffer_name(block, "var")).fill_(float(var))
         self.fitted.fill_(True)
+        self._fitted_host = True
         return self
 
     def forward(self, teacher_features: Sequence[torch.Tensor],
