@@ -194,10 +194,6 @@ class LRM(nn.Module):
             self._fitted_host = bool(self.fitted)
         return self._fitted_host
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._fitted_host = None  # the loaded buffer decides
-        super()._load_from_state_dict(*args, **kwargs)
-
     @torch.no_grad()
     def fit_(self, teacher_features: Sequence[torch.Tensor], all_reduce_sum: Optional[Reduce] = None) -> "LRM":
         """Fix E_i from the teacher's features of one batch (once: fitting twice is an error).
@@ -244,6 +240,7 @@ class LRM(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        self._fitted_host = None  # the loaded buffer decides
         # The buffers' shapes are only known once fitted: take them from the checkpoint.
         for block in self.blocks:
             key = prefix + _buffer_name(block)
