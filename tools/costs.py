@@ -55,24 +55,18 @@ def build(model: str):
     return build_unet(json.loads(config.read_text()))
 
 
-def packed_ratio(unet, config) -> float:
-    """FP32 bytes of the model over the bytes of its packed 1-bit file (``binarydm.export``'s format), written to a
-    temporary directory: what the storage figure becomes on disk."""
+def packed_ratio(unet, config, fp32_bytes: float) -> float:
+    """``fp32_bytes`` (the float model) over the bytes of the model's packed 1-bit file (``binarydm.export``'s
+    format), written to a temporary directory: what the storage figure becomes on disk."""
     import tempfile
     from pathlib import Path
 
     from binarydm.packing import export_packed
 
-    fp32_bytes = sum(4 * t.numel() for name, t in unet.state_dict().items() if not _quantizer_state(name))
     unet_config = {k: v for k, v in dict(unet.config).items() if k != "quantization_config"}
     with tempfile.TemporaryDirectory() as tmp:
         path = export_packed(unet, unet_config, config, Path(tmp) / "packed.safetensors")
         return fp32_bytes / path.stat().st_size
-
-
-def _quantizer_state(name: str) -> bool:
-    # What binarize_ added to the float model's state dict: the quantizers' own tensors.
-    return any(part.endswith("_quantizer") or part in ("local_scale", "shortcut") for part in name.split("."))
 
 
 def costs(model: str, configs: Dict[str, Dict[str, Any]]) -> list[tuple[str, float, float, float]]:
@@ -96,7 +90,7 @@ def costs(model: str, configs: Dict[str, Dict[str, Any]]) -> list[tuple[str, flo
         t = torch.tensor([500])
         binarydm.calibrate_(unet, x, t)
         s = binarydm.summary(unet, x, t)
-        rows.append((name, s.storage_ratio, s.ops_ratio, packed_ratio(unet, config)))
+        rows.append((name, s.storage_ratio, s.ops_ratio, packed_ratio(unet, config, s.fp_storage_bytes)))
     return rows
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -37,6 +36,7 @@ from ..evaluation.fid import (
 )
 from ..latent.cache import module_digest, tokenizer_digest
 from ..packing.export import export
+from ..packing.files import atomic_write
 from ..packing.loading import load_with_configs
 from ..sampling import grid_image, sample_images, save_images
 
@@ -104,10 +104,8 @@ def _read_teacher_cache(path: Path) -> Optional[dict[str, Any]]:
 
 
 def _write_teacher_cache(path: Path, features: np.ndarray, shown: torch.Tensor, seconds_per_image: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, features=features, shown=shown.numpy(), seconds_per_image=seconds_per_image)
-    os.replace(tmp, path)  # atomic: a killed run never leaves half an entry
+    with atomic_write(path) as f:  # a killed run never leaves half an entry
+        np.savez(f, features=features, shown=shown.numpy(), seconds_per_image=seconds_per_image)
 
 
 def evaluate_run(cfg: DictConfig, teacher: Optional[nn.Module], student_dir: Path, run_dir: Path,

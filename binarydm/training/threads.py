@@ -11,13 +11,14 @@ in another order would make the resumed run differ from the uninterrupted one.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import lightning as L
 import torch
+
+from ..console import say
 
 CHECKPOINT_KEY = "binarydm_num_threads"
 
@@ -68,8 +69,8 @@ def choose_threads(requested: Optional[int], resume: Optional[str] = None) -> in
     busy = busy_cores()
     free = max(1, cores - int(round(busy)))
     if free < default:
-        print(f"note: {busy:.1f} of {cores} cores are busy with other work: training with {free} thread(s) instead "
-              f"of {default} (num_threads= chooses)", file=sys.stderr, flush=True)
+        say(f"note: {busy:.1f} of {cores} cores are busy with other work: training with {free} thread(s) instead "
+            f"of {default} (num_threads= chooses)")
         return free
     return default
 
