@@ -170,10 +170,12 @@ def test_lrm_projections_fitted_once_and_restored_on_resume(tmp_path, monkeypatc
         assert torch.equal(proj, saved[block])
 
 
-def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
+# bidm: activation thresholds sized at calibration (empty tensors until then) must resume too.
+@pytest.mark.parametrize("quant", ["w1a4", "bidm"])
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, quant):
     common = ["trainer.max_steps=8", "progressive.every=2", "trainer.checkpoint_every_n_steps=4",
               "sample.num_images=0", "export=false", "optim.schedule=cosine", "optim.warmup_steps=2",
-              "data.random_flip=true"]
+              "data.random_flip=true", f"quant={quant}"]
     full = run(tiny_cfg(tmp_path / "a", *common))
     killed = run(tiny_cfg(tmp_path / "b", *common), extra_callbacks=[StopAtStep(4)])
     assert killed["trainer"].global_step == 4

@@ -481,9 +481,13 @@ def check_resume(cfg: DictConfig, module) -> None:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
         raise UsageError(f"resume={cfg.resume}: not a Lightning training checkpoint (no state_dict/global_step); a "
                          "student directory or packed file cannot be resumed, use model.pretrained for a new run")
-    # Buffers that are empty until fitted (the LRM projections) take their shape from the checkpoint.
-    model = {k: v for k, v in module.state_dict().items() if v.numel() > 0 or k not in ckpt["state_dict"]}
-    state = {k: v for k, v in ckpt["state_dict"].items() if k in model or not k.startswith("lrm.")}
+    # Tensors that are empty until fitted or calibrated (the LRM projections, per-channel activation parameters
+    # such as ReActNet's and BiDM's thresholds) take their shape from the checkpoint.
+    current = module.state_dict()
+    lazy = {k for k, v in current.items() if v.numel() == 0}
+    model = {k: v for k, v in current.items() if k not in lazy}
+    state = {k: v for k, v in ckpt["state_dict"].items()
+             if k not in lazy and (k in model or not k.startswith("lrm."))}
     mismatch = _summarize_mismatch(state, model)
     if mismatch:
         raise UsageError(f"resume={cfg.resume}: written for another architecture or quantization than this run's "
