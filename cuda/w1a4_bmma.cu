@@ -17,17 +17,25 @@
 // popc(B_k & S_b) is the tensor core's and.popc product (one MMA per plane); the per-input-pixel sums
 // of (q - z) are written by the pack kernel and added over the pixel's taps once per block.
 //
+// W1A1 (docs/kernels.md, "W1A1"): x_b = sign(x + beta) in {-1, +1} is the code q = x_b + 1 in {0, 2} with
+// z = 1, so b = q XOR 1 has only two non-zero planes: B_0 = 1 on every real channel of a pixel inside the
+// image (0 on padding: what keeps zero padding exact) and B_1 = [x_b = +1]. The W1A1 kernels keep those
+// two planes (PL = 2): half the activation bytes and half the MMAs of the 4-plane kernel.
+//
 // Kernels (extern "C"; the one include, w1a4_common.cuh, holds the code shared with w1a4_conv.cu):
 //   w1a4_conv_bmma_nb{1,2}_{f16,f32}   the conv (block 128 pixels x 64 columns, 8 warps of 32 x 32,
-//                                       4-stage cp.async pipeline, 256-bit K chunks)
+//                                       4-stage cp.async pipeline, 256-bit K chunks), 4 planes
+//   w1a1_conv_bmma_{f16,f32}            the same conv on 2 planes, one basis (XNOR-type weights)
 //   w1a4_planes_codes                   packed nibble codes (binarydm.kernels.packing) -> planes + sums
 //   w1a4_planes_{f32,f16,bf16}          float input (any strides) -> LSQ codes -> planes + sums
+//   w1a1_planes_{f32,f16,bf16}          float input (any strides) and beta -> sign codes -> 2 planes + sums
 //
 // Layouts (binarydm/kernels/packing.py builds the weight one once, at pack time):
-//   planes  u32 [N, H, W, G/4, 4, 4]  G = 4 ceil(C_in / 128) (a multiple of 4); word [pix][grp / 4][k]
+//   planes  u32 [N, H, W, G/4, PL, 4]  G = 4 ceil(C_in / 128) (a multiple of 4); word [pix][grp / 4][k]
 //                                 [grp % 4] = plane k (bit k of q XOR z) of channels 32 grp .. 32 grp + 31,
 //                                 bit j = channel 32 grp + j; padded channels 0. 16 bytes = one plane of
-//                                 4 groups (128 channels) of one pixel, 64 bytes = the 4 planes of them.
+//                                 4 groups (128 channels) of one pixel, 16 PL bytes = the PL planes of them.
+//                                 PL = 4 (W1A4), or 2 (W1A1: planes 2 and 3 of codes < 4 are zero).
 //   sums    i32 [N, H, W]         sum over the real channels of (q - z)
 //   wfrag   u32 [NCB, NCH, 128, 4]  the weight bits in the order of the B fragments (below): column
 //                                 block (64 GEMM columns), K chunk (8 words = 256 bits), 16-byte unit
@@ -114,11 +122,11 @@ struct Shape {
 // A registers of one plane and one m tile. B as the 128 units of wfrag's chunk, in fragment order: lane
 // l of warp_n reads units (warp_n * 2 + p) * 32 + l, {b0, b1} of two n tiles in one 16-byte load.
 //
-// Loads: thread tid copies half h = tid % 2 of row tid / 2, the 4 planes' units (64 contiguous bytes
-// of the planes tensor), so the (tap, group) of its 4 K words is one state per thread, advanced by 8
-// words per chunk without a division; a tap outside the image or past the last tap is a zero-filled
-// copy. Threads 0..127 copy one B unit each.
-template <int NB, bool F16>
+// Loads: thread tid copies half h = tid % 2 of row tid / 2, the PL planes' units (16 PL contiguous
+// bytes of the planes tensor; with PL = 2 four of a row's eight slots stay unused), so the (tap, group)
+// of its 4 K words is one state per thread, advanced by 8 words per chunk without a division; a tap
+// outside the image or past the last tap is a zero-filled copy. Threads 0..127 copy one B unit each.
+template <int NB, bool F16, int PL>
 __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restrict__ sums,
                           const uint4* __restrict__ wfrag, const float* __restrict__ scale,
                           const float* __restrict__ bias, void* __restrict__ out, Shape s) {
@@ -136,15 +144,16 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     const int m0 = blockIdx.x * BM_BM;
     const int cb = blockIdx.y;
     const int OHW = s.OH * s.OW;
-    const int U = s.G >> 2;       // groups of 4 words (128 channels) per pixel
-    const int pix_units = 4 * U;  // 16-byte units per pixel: [U][4 planes]
+    static_assert(PL == 2 || PL == 4, "4 planes (W1A4) or 2 (W1A1)");
+    const int U = s.G >> 2;        // groups of 4 words (128 channels) per pixel
+    const int pix_units = PL * U;  // 16-byte units per pixel: [U][PL planes]
 
-    // A loader: half h = tid % 2 (K words 4h .. 4h + 3 of the chunk) of row lrow = tid / 2, all 4 planes:
-    // one 64-byte run of the planes tensor, 4 copies, one bounds check.
+    // A loader: half h = tid % 2 (K words 4h .. 4h + 3 of the chunk) of row lrow = tid / 2, all PL planes:
+    // one 16 PL-byte run of the planes tensor, PL copies, one bounds check.
     const int h = tid & 1, lrow = tid >> 1;
-    int slot[4];
+    int slot[PL];
 #pragma unroll
-    for (int pl = 0; pl < 4; ++pl) slot[pl] = lrow * 8 + ((2 * pl + h) ^ (lrow & 7));
+    for (int pl = 0; pl < PL; ++pl) slot[pl] = lrow * 8 + ((2 * pl + h) ^ (lrow & 7));
     int row_base = 0, row_ih0 = -(1 << 29), row_iw0 = 0;  // an unused row is never inside the image
     {
         const int m = m0 + lrow;
@@ -157,8 +166,8 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
         }
     }
     // (ky, kx, unit gu of the group) of the thread's first K word 8 chunk + 4h, and its offset
-    // ((ky W + kx) U + gu) 4 in 16-byte units.
-    int ky = 0, kx = 0, gu = h, tap_off = 4 * h;
+    // ((ky W + kx) U + gu) PL in 16-byte units.
+    int ky = 0, kx = 0, gu = h, tap_off = PL * h;
     const int row_step = (s.W - s.KW) * pix_units;
     auto normalize = [&]() {
         while (gu >= U) {
@@ -180,17 +189,17 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
         const bool valid = ky < s.KH && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
         const uint4* src = planes + (valid ? (unsigned)(row_base + tap_off) : 0u);
 #pragma unroll
-        for (int pl = 0; pl < 4; ++pl) cp_async16(sref_add(As, slot[pl]), src + pl, valid);
+        for (int pl = 0; pl < PL; ++pl) cp_async16(sref_add(As, slot[pl]), src + pl, valid);
         if (tid < BM_B_UNITS) cp_async16(sref_add(As, BM_A_UNITS + tid), wsrc, true);
         wsrc += BM_B_UNITS;
         gu += 2;
-        tap_off += 8;
+        tap_off += 2 * PL;
         normalize();
     };
 
-    int acc[4][2][4][4];  // [plane][m tile][n tile][c register]
+    int acc[PL][2][4][4];  // [plane][m tile][n tile][c register]
 #pragma unroll
-    for (int k = 0; k < 4; ++k)
+    for (int k = 0; k < PL; ++k)
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -229,9 +238,9 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     // ldmatrix addresses inside a stage (units): lane l gives row (l % 8) + 8 ((l / 8) % 2) of the m tile,
     // half (l / 16) of plane p: slot (2p + half) ^ (l % 8).
     const int lr = lane & 7, lhalf = lane >> 4;
-    int a_off[4];
+    int a_off[PL];
 #pragma unroll
-    for (int pl = 0; pl < 4; ++pl)
+    for (int pl = 0; pl < PL; ++pl)
         a_off[pl] = (warp_m * 32 + lr + 8 * ((lane >> 3) & 1)) * 8 + ((2 * pl + lhalf) ^ lr);
     const int b_off = BM_A_UNITS + warp_n * 64 + lane;
 
@@ -251,7 +260,7 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
 #pragma unroll
-            for (int pl = 0; pl < 4; ++pl) {
+            for (int pl = 0; pl < PL; ++pl) {
                 u32 a[4];
                 ldsm_x4(a, sref_add(Sr, a_off[pl] + i * 128));  // rows + 16 i
 #pragma unroll
@@ -266,8 +275,9 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     // Epilogue: planes combined with their coefficients, Q subtracted, scales and bias, staged as float32
     // [128 pixels][64 / NB channels] in shared memory, then stored row by row (coalesced).
     float* Ys = reinterpret_cast<float*>(sm);
-    const int ck0 = (s.z & 1) ? -1 : 1, ck1 = (s.z & 2) ? -2 : 2, ck2 = (s.z & 4) ? -4 : 4,
-              ck3 = (s.z & 8) ? -8 : 8;
+    int ck[PL];  // c_k: -2^k where bit k of z is set, else 2^k (with PL = 2, z < 4: the launcher checks)
+#pragma unroll
+    for (int k = 0; k < PL; ++k) ck[k] = ((s.z >> k) & 1) ? -(1 << k) : (1 << k);
     const int nch = BM_BN / NB;  // output channels per block
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -281,8 +291,9 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int r = 2 * h + e;
-                    const int p = ck0 * acc[0][i][jn][r] + ck1 * acc[1][i][jn][r] + ck2 * acc[2][i][jn][r] +
-                                  ck3 * acc[3][i][jn][r];
+                    int p = 0;
+#pragma unroll
+                    for (int k = 0; k < PL; ++k) p += ck[k] * acc[k][i][jn][r];
                     v[e] = 2 * p - q;
                 }
                 const int col = warp_n * 32 + jn * 8 + 2 * t4;  // even, inside the block
@@ -309,16 +320,25 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     }
 }
 
+// Code of W1A1's x_b = sign(x + beta) (sign(0) = +1, -0.0 too): 2 for +1, 0 for -1. fl32(x + beta) and
+// the sign of fl32(u + 0), as binarydm.kernels.packing.pack_sign_input computes them.
+__device__ __forceinline__ u32 sign_code_of(float value, float beta) {
+    const float u = __fadd_rn(__fadd_rn(value, beta), 0.0f);
+    return (__float_as_uint(u) >> 31) ? 0u : 2u;
+}
+
 // ---- the pack kernels ---------------------------------------------------------------------------
 // One thread per (pixel, 32-channel group); a block holds 256 / G whole pixels (G <= 256), so the sum
 // over a pixel's groups is made in shared memory. From packed nibble codes (IN_CODES: Gc = C_pad / 32
-// groups of 4 words per pixel, zero point z) or from a float tensor of any strides (LSQ: code =
+// groups of 4 words per pixel, zero point z) or from a float tensor of any strides: LSQ (code =
 // rint(clamp(x / d, qn, qp)) - qn, z = -qn, the rounding and float32 division of
-// binarydm.kernels.packing.pack_activation: lsq_code). Groups past the channels (up to G) are written as 0.
-template <int IN>
+// binarydm.kernels.packing.pack_activation: lsq_code; param = the step d) or, with SIGN, W1A1's sign
+// codes (z = 1; param = beta per channel, or null for 0). Writes PL planes; groups past the channels (up
+// to G) are written as 0.
+template <int IN, int PL, bool SIGN>
 __device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes, int* __restrict__ sums, int N,
                             int C, int H, int W, long long sN, long long sC, long long sH, long long sW, int G,
-                            int Gc, const float* __restrict__ step_ptr, int qn, int qp, int z) {
+                            int Gc, const float* __restrict__ param, int qn, int qp, int z) {
     __shared__ int part[BM_PACK_THREADS];
     const int ppb = BM_PACK_THREADS / G;  // pixels per block
     const int lp = threadIdx.x / G, grp = threadIdx.x - lp * G;
@@ -334,7 +354,7 @@ __device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes
                 wd[0] = v.x, wd[1] = v.y, wd[2] = v.z, wd[3] = v.w;
             }
         } else if (grp * 32 < C) {
-            const float step = *step_ptr;
+            const float step = SIGN ? 0.0f : *param;
             const int w = (int)(pix % W);
             const int h = (int)((pix / W) % H);
             const int n = (int)(pix / ((long long)W * H));
@@ -342,14 +362,17 @@ __device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes
 #pragma unroll
             for (int jj = 0; jj < 32; ++jj) {
                 const int c = grp * 32 + jj;
-                if (c < C) wd[jj >> 3] |= lsq_code<IN>(x, base + c * sC, step, qn, qp) << (4 * (jj & 7));
+                if (c >= C) continue;
+                const u32 code = SIGN ? sign_code_of(load_as_f32<IN>(x, base + c * sC), param ? param[c] : 0.0f)
+                                      : lsq_code<IN>(x, base + c * sC, step, qn, qp);
+                wd[jj >> 3] |= code << (4 * (jj & 7));
             }
         }
         u32 pl[4];
         planes_from_nibbles(wd, grp * 32, C, z, pl, sum);
-        u32* dst = planes + (pix * G + (grp & ~3)) * 4 + (grp & 3);  // [pixel][grp / 4][plane][grp % 4]
+        u32* dst = planes + (pix * G + (grp & ~3)) * PL + (grp & 3);  // [pixel][grp / 4][plane][grp % 4]
 #pragma unroll
-        for (int k = 0; k < 4; ++k) dst[4 * k] = pl[k];
+        for (int k = 0; k < PL; ++k) dst[4 * k] = pl[k];
     }
     part[threadIdx.x] = sum;
     __syncthreads();
@@ -363,27 +386,41 @@ __device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes
 
 }  // namespace w1a4_bmma
 
-#define W1A4_BMMA_ENTRY(NAME, NB, F16)                                                                   \
+#define W1A4_BMMA_ENTRY(NAME, NB, F16, PL)                                                               \
     extern "C" __global__ void __launch_bounds__(BM_THREADS, 1)                                          \
     NAME(const uint4* planes, const int* sums, const uint4* wfrag, const float* scale, const float* bias,  \
          void* out, int N, int H, int W, int G, int C_out, int OH, int OW, int KH, int KW, int SH, int SW, \
          int PH, int PW, int z, int nchunks) {                                                            \
-        w1a4_bmma::conv_bmma<NB, F16>(planes, sums, wfrag, scale, bias, out,                             \
-                                      w1a4_bmma::Shape{N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, PW, \
-                                                       z, nchunks});                                      \
+        w1a4_bmma::conv_bmma<NB, F16, PL>(planes, sums, wfrag, scale, bias, out,                         \
+                                          w1a4_bmma::Shape{N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, \
+                                                           PW, z, nchunks});                              \
     }
-W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f16, 1, true)
-W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f32, 1, false)
-W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f16, 2, true)
-W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f32, 2, false)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f16, 1, true, 4)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f32, 1, false, 4)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f16, 2, true, 4)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f32, 2, false, 4)
+W1A4_BMMA_ENTRY(w1a1_conv_bmma_f16, 1, true, 2)
+W1A4_BMMA_ENTRY(w1a1_conv_bmma_f32, 1, false, 2)
 
 #define W1A4_PLANES_ENTRY(NAME, IN)                                                                      \
     extern "C" __global__ void __launch_bounds__(BM_PACK_THREADS)                                        \
     NAME(const void* x, u32* planes, int* sums, int N, int C, int H, int W, long long sN, long long sC,   \
          long long sH, long long sW, int G, int Gc, const float* step, int qn, int qp, int z) {           \
-        w1a4_bmma::pack_planes<IN>(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, Gc, step, qn, qp, z);  \
+        w1a4_bmma::pack_planes<IN, 4, false>(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, Gc, step, qn, qp, \
+                                             z);                                                          \
     }
 W1A4_PLANES_ENTRY(w1a4_planes_codes, IN_CODES)
 W1A4_PLANES_ENTRY(w1a4_planes_f32, IN_F32)
 W1A4_PLANES_ENTRY(w1a4_planes_f16, IN_F16)
 W1A4_PLANES_ENTRY(w1a4_planes_bf16, IN_BF16)
+
+// beta: f32 [C] or null (no shift).
+#define W1A1_PLANES_ENTRY(NAME, IN)                                                                      \
+    extern "C" __global__ void __launch_bounds__(BM_PACK_THREADS)                                        \
+    NAME(const void* x, const float* beta, u32* planes, int* sums, int N, int C, int H, int W, long long sN, \
+         long long sC, long long sH, long long sW, int G) {                                               \
+        w1a4_bmma::pack_planes<IN, 2, true>(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, 0, beta, 0, 0, 1); \
+    }
+W1A1_PLANES_ENTRY(w1a1_planes_f32, IN_F32)
+W1A1_PLANES_ENTRY(w1a1_planes_f16, IN_F16)
+W1A1_PLANES_ENTRY(w1a1_planes_bf16, IN_BF16)

@@ -98,6 +98,53 @@ def test_emulated_kernel_runs_w1a1_bit_for_bit(exe, shape, variant):
     assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(x, w, torch.float32)))
 
 
+def _w1a1_operands(shape, dtype, channels_last, seed):
+    """Float input with exact zeros and -0.0 (sign(0) = +1 both ways), beta per channel, one weight basis."""
+    cin, cout, k, s, p, _, _, bias, n, h, w = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, h, w, generator=gen)
+    x[0, 0, 0, :2] = torch.tensor([0.0, -0.0])
+    x = x.to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    beta = 0.3 * torch.randn(cin, generator=gen)
+    beta[0] = 0.0
+    bits = torch.randint(0, 2, (1, cout, cin, k, k), generator=gen, dtype=torch.uint8)
+    wt = pack_weight(bits, torch.rand(1, cout, generator=gen) + 0.05, torch.randn(cout, generator=gen) if bias
+                     else None, s, p)
+    return x, beta, wt
+
+
+@pytest.mark.parametrize("dtype, channels_last", [(torch.float32, False), (torch.float16, True),
+                                                  (torch.bfloat16, False)])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[6], SHAPES[12]],
+                         ids=["40x24", "70x33s2", "cin1", "cin256"])
+def test_emulated_w1a1_plane_pack_equals_the_torch_planes(exe, shape, dtype, channels_last):
+    # Two planes (bit 0: inside the image, bit 1: x_b = +1) and the sums of x_b, from floats and beta.
+    x, beta, _ = _w1a1_operands(shape, dtype, channels_last, seed=13)
+    for b in (beta, None):
+        planes, sums = emu.run_w1a1_planes(exe, x, b)
+        expected_planes, expected_sums = bmma_planes_reference(pack_sign_input(x, b), n_planes=2)
+        assert torch.equal(planes, expected_planes) and torch.equal(sums, expected_sums)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}" for s in SHAPES])
+def test_emulated_w1a1_kernel_equals_reference_bit_for_bit(exe, shape, out_dtype):
+    # The 2-plane W1A1 path (w1a1_planes + w1a1_conv_bmma) on every shape: the same output as the
+    # reference on the 4-bit operand pack_sign_input builds.
+    x, beta, w = _w1a1_operands(shape, torch.float32, False, seed=sum(shape[:7]))
+    y = emu.run_w1a1_conv(exe, x, beta, w, out_dtype)
+    assert not torch.isnan(y).any(), "outputs left unwritten (the emulator poisons them with NaN)"
+    assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(pack_sign_input(x, beta), w, out_dtype)))
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[9]], ids=["40x24", "128x72"])
+def test_a_wrong_fragment_mapping_is_caught_on_w1a1(mutant, shape):
+    x, beta, w = _w1a1_operands(shape, torch.float32, False, seed=7)
+    expected = reference.w1a4_conv2d(pack_sign_input(x, beta), w, torch.float32)
+    assert not torch.equal(emu.run_w1a1_conv(mutant, x, beta, w, torch.float32), expected)
+
+
 @pytest.mark.parametrize("variant, agrees", [("mma", False), ("bmma", False), ("simt", True)])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[9]])
 def test_a_wrong_fragment_mapping_is_caught(mutant, shape, variant, agrees):

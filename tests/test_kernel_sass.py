@@ -40,6 +40,11 @@ def test_mma_macs_per_warp():
     assert kernel_sass.mma_macs("IMAD R1, R2, R3, RZ") == 0
 
 
+def test_w1a1_kernels_count_a_bit_mma_as_a_half():
+    assert kernel_sass.planes_of("w1a1_conv_bmma_f16") == 2 and kernel_sass.planes_of("w1a4_conv_bmma_nb1_f16") == 4
+    assert kernel_sass.w1a4_macs("BMMA.168256.AND.POPC R8, R4.ROW, R6.COL, R8", planes=2) == 16 * 8 * 256 // 2
+
+
 def test_w1a4_macs_count_a_bit_mma_as_a_quarter():
     # A W1A4 MAC (1-bit weight x 4-bit code) takes 4 bit products, one per bit-plane: 4 plane MMAs of
     # m16n8k256 are 16 x 8 x 256 W1A4 MACs.
@@ -93,6 +98,15 @@ def test_gate_on_the_real_kernels(tmp_path, capsys):
         assert r["spill_stores"] == 0 and r["stack_bytes"] == 0
         assert r["main_loop"]["mma"] == {"BMMA.168256.AND.POPC": 32}
         assert r["main_loop"]["macs_per_warp"] == 32 * 8192
+        assert r["instr_per_4k_mac"] <= 3
+    # The W1A1 instance (2 planes): 2 x 4 tiles x 2 planes = 16 BMMA per chunk, each m16n8k256 b1 MMA
+    # 16 x 8 x 256 / 2 W1A1 MACs (measured 2026-12-07, nvcc 13.0, sm_90a: 1.8 instr per 4k W1A1 MACs).
+    w1a1 = [rows[k] for k in rows if k.startswith("w1a1_conv_bmma")]
+    assert len(w1a1) == 2
+    for r in w1a1:
+        assert r["spill_stores"] == 0 and r["stack_bytes"] == 0
+        assert r["main_loop"]["mma"] == {"BMMA.168256.AND.POPC": 16}
+        assert r["main_loop"]["macs_per_warp"] == 16 * 16384
         assert r["instr_per_4k_mac"] <= 3
     # The issue-rate microbenchmark (cuda/mma_rates.cu) holds every tensor-core instruction it times,
     # wgmma ones included (sm_90a only), each in a tight loop.

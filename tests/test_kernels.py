@@ -26,6 +26,7 @@ from binarydm.kernels.packing import (
     pack_codes,
     pack_quant_conv,
     pack_quant_conv_input,
+    pack_sign_input,
     pack_weight,
     pack_weight_bits,
     padded_channels,
@@ -215,7 +216,8 @@ SOURCE_KERNELS = {
                      + tuple(k for pair in kcuda.GN_KERNELS.values() for k in pair),
                      {"mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32": 4, "cp.async.cg.shared.global": 1,
                       "ldmatrix.sync.aligned.m8n8.x4.shared.b16": 1}),
-    "w1a4_bmma.cu": (kcuda.BMMA_KERNELS + tuple(kcuda.PLANES_KERNELS.values()) + (kcuda.PLANES_CODES_KERNEL,),
+    "w1a4_bmma.cu": (kcuda.BMMA_KERNELS + tuple(kcuda.PLANES_KERNELS.values()) + (kcuda.PLANES_CODES_KERNEL,)
+                     + kcuda.W1A1_KERNELS + tuple(kcuda.SIGN_PLANES_KERNELS.values()),
                      {"mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc": 4, "cp.async.cg.shared.global": 1,
                       "ldmatrix.sync.aligned.m8n8.x4.shared.b16": 1}),
 }
@@ -531,6 +533,29 @@ def test_bit_plane_kernel_is_the_default_where_it_checks_out():
         pytest.skip("CuPy cannot load the kernel here")
     assert kcuda.bmma_self_check("cuda"), kcuda._bmma_state.get("check_error")
     assert kcuda.default_variant("cuda") == "bmma"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_w1a1_path_equals_the_reference_bit_for_bit(dtype):
+    # sign_planes: 2 planes of sign(x + beta) from any strides; w1a1_conv2d: the 2-plane bit-plane kernel,
+    # equal to reference.w1a1_conv2d (pack_sign_input's codes on the W1A4 reference); tails, stride 2.
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    gen = torch.Generator().manual_seed(47)
+    x = torch.randn(3, 150, 13, 10, generator=gen).to(dtype).cuda().contiguous(memory_format=torch.channels_last)
+    beta = 0.3 * torch.randn(150, generator=gen)
+    planar = kcuda.sign_planes(x, beta.cuda())
+    planes, sums = bmma_planes_reference(pack_sign_input(x.cpu(), beta), n_planes=2)
+    assert torch.equal(planar.planes.cpu(), planes) and torch.equal(planar.sums.cpu(), sums)
+    for k, s, p in ((3, 1, 1), (3, 2, 1), (1, 1, 0)):
+        bits = torch.randint(0, 2, (1, 72, 150, k, k), generator=gen, dtype=torch.uint8)
+        w = pack_weight(bits, torch.rand(1, 72, generator=gen) + 0.05, torch.randn(72, generator=gen), s, p)
+        for out_dtype in (torch.float16, torch.float32):
+            expected = reference.w1a1_conv2d(x.cpu(), beta, w, out_dtype)
+            got = kcuda.w1a1_conv2d(x, beta.cuda(), w.to("cuda"), out_dtype).cpu()
+            int_view = torch.int16 if out_dtype == torch.float16 else torch.int32
+            assert torch.equal(got.contiguous().view(int_view), expected.contiguous().view(int_view)), (k, s)
 
 
 @pytest.mark.gpu

@@ -16,7 +16,9 @@ is instructions per warp per m16n8k32's worth of MACs (issue 15: a CUTLASS-class
 MACs are those of the W1A4 product (1-bit weight x 4-bit activation): an 8- or 4-bit MMA's MAC is one,
 while a 1-bit MMA (BMMA/BGMMA ... AND.POPC) makes bit products, and a W1A4 MAC takes 4 of them (one per
 bit-plane of the codes): one m16n8k256 b1 MMA is 16 * 8 * 256 / 4 = 8,192 W1A4 MACs, so the 4 plane
-MMAs of one 16 x 8 tile over 256 channels are 16 * 8 * 256. ``bit_macs_per_warp`` keeps the raw count.
+MMAs of one 16 x 8 tile over 256 channels are 16 * 8 * 256. The W1A1 kernels (``w1a1_*``) multiply 1-bit
+activations on 2 planes (the sign and the inside-the-image mask), so their MAC is 2 bit products and their
+figure is per 4k W1A1 MACs. ``bit_macs_per_warp`` keeps the raw count.
 
     python tools/kernel_sass.py [--arch sm_90a sm_80] [--json FILE] [--keep DIR]
 
@@ -131,10 +133,16 @@ def mma_macs(instr: str) -> int:
     return 0
 
 
-def w1a4_macs(instr: str) -> int:
-    """W1A4 MACs per warp of one tensor-core instruction: a 1-bit MMA's bit products / 4 (4 bit-planes)."""
+def w1a4_macs(instr: str, planes: int = 4) -> int:
+    """W1A4 MACs per warp of one tensor-core instruction: a 1-bit MMA's bit products / 4 (4 bit-planes);
+    ``planes=2``: W1A1 MACs of the 2-plane kernel."""
     macs = mma_macs(instr)
-    return macs // 4 if opcode(instr).startswith(("BMMA", "BGMMA")) else macs
+    return macs // planes if opcode(instr).startswith(("BMMA", "BGMMA")) else macs
+
+
+def planes_of(kernel: str) -> int:
+    """Bit-planes per activation of a kernel: 2 for the W1A1 kernels, else 4."""
+    return 2 if kernel.startswith("w1a1") else 4
 
 
 def branch_target(instr: str) -> int | None:
@@ -149,8 +157,9 @@ def is_conditional(instr: str) -> bool:
     return bool(_PRED.match(instr)) and not instr.startswith("@PT ")
 
 
-def main_loop(code: list[tuple[int, str]]) -> dict | None:
-    """The innermost loop holding tensor-core instructions, with its path lengths and MACs per warp."""
+def main_loop(code: list[tuple[int, str]], planes: int = 4) -> dict | None:
+    """The innermost loop holding tensor-core instructions, with its path lengths and MACs per warp
+    (a 1-bit MMA's bit products over ``planes``)."""
     index = {addr: i for i, (addr, _) in enumerate(code)}
     loops = []
     for i, (addr, instr) in enumerate(code):
@@ -173,7 +182,7 @@ def main_loop(code: list[tuple[int, str]]) -> dict | None:
         op = opcode(instr)
         cost = 0 if op == "NOP" else 1
         if j == hi:
-            longest[j], shortest[j], macs_long[j] = cost, cost, w1a4_macs(instr)
+            longest[j], shortest[j], macs_long[j] = cost, cost, w1a4_macs(instr, planes)
             continue
         nexts = []
         target = branch_target(instr)
@@ -188,9 +197,9 @@ def main_loop(code: list[tuple[int, str]]) -> dict | None:
             continue
         best = max(nexts, key=lambda n: longest[n])
         longest[j] = cost + longest[best]
-        macs_long[j] = w1a4_macs(instr) + macs_long[best]
+        macs_long[j] = w1a4_macs(instr, planes) + macs_long[best]
         shortest[j] = cost + min(shortest[n] for n in nexts)
-    static_macs = sum(w1a4_macs(code[j][1]) for j in range(lo, hi + 1))
+    static_macs = sum(w1a4_macs(code[j][1], planes) for j in range(lo, hi + 1))
     bit_macs = sum(mma_macs(code[j][1]) for j in range(lo, hi + 1))
     mma_ops: dict[str, int] = {}
     for j in range(lo, hi + 1):
@@ -219,7 +228,7 @@ def analyse(arch_list, keep: Path | None = None) -> list[dict]:
                 if keep:
                     (out_dir / f"{cubin.stem}.sass").write_text(sass)
                 for name, code in sorted(parse_sass(sass).items()):
-                    loop = main_loop(code)
+                    loop = main_loop(code, planes_of(name))
                     row = dict(source=source.name, arch=arch, kernel=name, **resources.get(name, {}),
                                instructions=len(code), main_loop=loop, instr_per_4k_mac=None)
                     if loop and loop["macs_per_warp"]:
@@ -240,8 +249,10 @@ def main(argv=None) -> int:
     rows = analyse(args.arch, args.keep)
     for r in rows:
         loop = r["main_loop"]
+        unit = "W1A1" if planes_of(r["kernel"]) == 2 else "W1A4"
         loop_text = (f"main loop {loop['start']}..{loop['end']}: {loop['longest_path']} instr (longest path), "
-                     f"{loop['macs_per_warp']} W1A4 MAC/warp {loop['mma']} -> {r['instr_per_4k_mac']} instr per 4k MAC"
+                     f"{loop['macs_per_warp']} {unit} MAC/warp {loop['mma']} -> {r['instr_per_4k_mac']} instr "
+                     "per 4k MAC"
                      if loop else "no tensor-core loop")
         print(f"{r['arch']:7s} {r['kernel']:28s} regs {r.get('registers')}, smem {r.get('shared_bytes')} B, "
               f"spills {r.get('spill_stores', 0) + r.get('spill_loads', 0)} B; {loop_text}")

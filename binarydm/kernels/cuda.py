@@ -42,6 +42,7 @@ from .packing import (
     bmma_groups,
     bmma_weight_fragments,
     mma_weight_fragments,
+    pack_sign_input,
     padded_channels,
 )
 
@@ -65,6 +66,9 @@ BMMA_KERNELS = tuple(f"w1a4_conv_bmma_nb{nb}_{t}" for nb in (1, 2) for t in ("f1
 PLANES_KERNELS = {torch.float32: "w1a4_planes_f32", torch.float16: "w1a4_planes_f16",
                   torch.bfloat16: "w1a4_planes_bf16"}
 PLANES_CODES_KERNEL = "w1a4_planes_codes"
+W1A1_KERNELS = ("w1a1_conv_bmma_f16", "w1a1_conv_bmma_f32")  # the bit-plane conv on 2 planes, one basis
+SIGN_PLANES_KERNELS = {torch.float32: "w1a1_planes_f32", torch.float16: "w1a1_planes_f16",
+                       torch.bfloat16: "w1a1_planes_bf16"}
 # must match cuda/w1a4_bmma.cu: BM_BM, BM_BN, BM_THREADS, BM_SMEM_BYTES, BM_PACK_THREADS
 BMMA_BM, BMMA_BN, BMMA_THREADS, BMMA_SMEM_BYTES, BMMA_PACK_THREADS = 128, 64, 256, 4 * (128 * 8 + 128) * 16, 256
 VARIANTS = ("bmma", "mma", "simt")
@@ -385,11 +389,11 @@ def mma_weight(w: PackedConvWeight) -> torch.Tensor:
 
 
 # ---- the bit-plane kernel ------------------------------------------------------------------------
-def _planes_out(n: int, c: int, h: int, wd: int, device, out: Optional[tuple]):
+def _planes_out(n: int, c: int, h: int, wd: int, device, out: Optional[tuple], n_planes: int = 4):
     g = bmma_groups(c)
     if g > BMMA_PACK_THREADS:
         raise ValueError(f"the bit-plane pack kernel takes at most {32 * BMMA_PACK_THREADS} channels, got {c}")
-    shape = (n, h, wd, g // 4, 4, 4)
+    shape = (n, h, wd, g // 4, n_planes, 4)
     if out is None:
         return (torch.empty(shape, dtype=torch.int32, device=device),
                 torch.empty((n, h, wd), dtype=torch.int32, device=device))
@@ -439,6 +443,30 @@ def quantize_planes(x: torch.Tensor, step, qn: int = -8, qp: int = 7, out: Optio
     return PlanarActivation(planes, sums, step_t, -qn, c)
 
 
+def sign_planes(x: torch.Tensor, beta: Optional[torch.Tensor] = None, out: Optional[tuple] = None) -> PlanarActivation:
+    """W1A1's operand: x_b = sign(x + beta_c) (sign(0) = +1) of ``x`` (float32/fp16/bf16, any strides, read
+    in place; ``beta`` float32 [C] or None) as the two bit-planes of the codes x_b + 1, zero point 1 (the
+    codes of :func:`binarydm.kernels.packing.pack_sign_input`). One kernel, no sync."""
+    import numpy as np
+
+    if x.dtype not in SIGN_PLANES_KERNELS:
+        raise ValueError(f"sign_planes takes float32, float16 or bfloat16 input, got {x.dtype}")
+    n, c, h, wd = x.shape
+    planes, sums = _planes_out(n, c, h, wd, x.device, out, n_planes=2)
+    if beta is not None:
+        beta = beta.detach().to(device=x.device, dtype=torch.float32).contiguous()
+        if beta.numel() != c:
+            raise ValueError(f"beta has {beta.numel()} values, the input {c} channels")
+    g = bmma_groups(c)
+    per_block = BMMA_PACK_THREADS // g
+    args = (np.uint64(x.data_ptr()), np.uint64(beta.data_ptr() if beta is not None else 0),  # null: no shift
+            np.uint64(planes.data_ptr()), np.uint64(sums.data_ptr()), np.int32(n), np.int32(c), np.int32(h),
+            np.int32(wd), *(np.int64(v) for v in x.stride()), np.int32(g))
+    _launch_on(x.device, load_module(BMMA_SOURCE).get_function(SIGN_PLANES_KERNELS[x.dtype]),
+               (-(-(n * h * wd) // per_block),), (BMMA_PACK_THREADS,), args)
+    return PlanarActivation(planes, sums, torch.ones((), device=x.device), 1, c, n_planes=2)
+
+
 def bmma_weight(w: PackedConvWeight) -> torch.Tensor:
     """The weight in the bit-plane kernel's fragment order (:func:`packing.bmma_weight_fragments`)."""
     return _fragments(w, "bmma_frag", bmma_weight_fragments)
@@ -447,8 +475,9 @@ def bmma_weight(w: PackedConvWeight) -> torch.Tensor:
 def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
                 out: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The bit-plane kernel (cuda/w1a4_bmma.cu) on CUDA tensors; ``x`` a PlanarActivation (from
-    :func:`quantize_planes` or :func:`to_planes`) or a PackedActivation (converted with
-    :func:`to_planes` first). ``out`` and ``scale`` as for :func:`launch`."""
+    :func:`quantize_planes` or :func:`to_planes`; 2 planes from :func:`sign_planes`: the W1A1 kernel, one
+    weight basis) or a PackedActivation (converted with :func:`to_planes` first). ``out`` and ``scale`` as
+    for :func:`launch`."""
     import cupy
     import numpy as np
 
@@ -463,6 +492,8 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
                                                                                is not None else ()):
         if t.device != device:
             raise ValueError(f"{name} is on {t.device}, the activation planes on {device}")
+    if tuple(x.planes.shape) != (n, h, wd, bmma_groups(c) // 4, x.n_planes, 4):
+        raise ValueError(f"planes of shape {tuple(x.planes.shape)} do not hold {x.n_planes} planes of {c} channels")
     m = n * oh * ow
     if n * h * wd * bmma_groups(c) * 4 >= 2**31 or m >= 2**31:
         raise ValueError("the bit-plane kernel indexes with 32-bit integers: the problem is too large")
@@ -483,7 +514,13 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
                                                                           else 0), ptr(out),
             *(np.int32(f) for f in fields))
     suffix = "f16" if out_dtype == torch.float16 else "f32"
-    kernel = _bmma_function(f"w1a4_conv_bmma_nb{w.n_bases}_{suffix}")
+    if x.n_planes == 2:
+        # planes 2 and 3 of q XOR z are dropped: right only for codes and zero point below 4 (sign_planes: 1)
+        if w.n_bases != 1 or not 0 <= int(x.zero_point) < 4:
+            raise ValueError("the 2-plane (W1A1) kernel takes one weight basis and a zero point below 4")
+        kernel = _bmma_function(f"w1a1_conv_bmma_{suffix}")
+    else:
+        kernel = _bmma_function(f"w1a4_conv_bmma_nb{w.n_bases}_{suffix}")
     grid = (-(-m // BMMA_BM), -(-(w.n_bases * w.out_channels) // BMMA_BN))
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device.index or 0), stream:
@@ -522,6 +559,16 @@ def bmma_self_check(device=None) -> bool:
                     ok, why = False, f"differs from the reference on {(cin, cout, k, s, p, nb, z)} {dtype}"
                     break
             if not ok:
+                break
+        # The W1A1 instance (2 planes, one basis), from float input: the tails and stride 2 of two shapes.
+        for cin, cout, k, s, p, _, _, n, h, wd in SELF_CHECK_SHAPES[:2] if ok else ():
+            bits = torch.randint(0, 2, (1, cout, cin, k, k), generator=gen, dtype=torch.uint8)
+            w = pack_weight(bits, torch.rand(1, cout, generator=gen) + 0.05, torch.randn(cout, generator=gen), s, p)
+            xf, beta = torch.randn(n, cin, h, wd, generator=gen), 0.3 * torch.randn(cin, generator=gen)
+            expected = reference.w1a1_conv2d(xf, beta, w, torch.float32)
+            got = launch_bmma(sign_planes(xf.to(device), beta.to(device)), w.to(device), torch.float32).cpu()
+            if not torch.equal(got.contiguous().view(torch.int32), expected.contiguous().view(torch.int32)):
+                ok, why = False, f"the W1A1 kernel differs from the reference on {(cin, cout, k, s, p)}"
                 break
     except Exception as err:  # noqa: BLE001 -- any failure means: do not use it
         ok, why = False, f"{type(err).__name__}: {err}"
@@ -717,3 +764,23 @@ def w1a4_conv2d(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype
     except KernelUnavailable as err:
         _warn_fallback(str(err))
         return reference.w1a4_conv2d(x, w, out_dtype)
+
+
+def w1a1_conv2d(x: torch.Tensor, beta: Optional[torch.Tensor], w: PackedConvWeight,
+                out_dtype: torch.dtype = torch.float16, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """W1A1 convolution of float ``x`` on the GPU: sign(x + beta) packed by :func:`sign_planes` into the
+    2-plane bit-plane kernel where the bit-plane kernel is the device's variant (:func:`default_variant`),
+    else its 4-bit codes (:func:`packing.pack_sign_input`) on the forced variant; the reference with one
+    warning where no kernel can run. ``scale`` as for :func:`launch`."""
+    if x.device.type != "cuda":
+        _warn_fallback("the operands are on the CPU")
+        return reference.w1a1_conv2d(x, beta, w, out_dtype)
+    try:
+        load_module()
+        variant = default_variant(x.device)
+        if variant == "bmma":
+            return launch_bmma(sign_planes(x, beta), w, out_dtype, scale=scale)
+        return launch(pack_sign_input(x, beta), w, out_dtype, variant, scale=scale)
+    except KernelUnavailable as err:
+        _warn_fallback(str(err))
+        return reference.w1a1_conv2d(x, beta, w, out_dtype)

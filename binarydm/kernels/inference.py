@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from ..quant.layers import QuantConv2d
 from . import cuda
-from .packing import pack_activation, pack_quant_conv, pack_sign_input
+from .packing import pack_activation, pack_quant_conv
 
 
 class _PackedConv(nn.Module):
@@ -133,7 +133,7 @@ class W1A1Conv2d(_PackedConv):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = torch.float32 if self.transform is not None else self._out_dtype(x)
-        y = cuda.w1a4_conv2d(pack_sign_input(x, self.beta), self.packed, out_dtype, scale=self.scale).to(x.dtype)
+        y = cuda.w1a1_conv2d(x, self.beta, self.packed, out_dtype, scale=self.scale).to(x.dtype)
         if self.transform is not None:
             y = self.transform.transform_output(y, x)
             if self.bias is not None:

@@ -442,14 +442,16 @@ def bmma_weight_fragments(w: PackedConvWeight) -> torch.Tensor:
 class PlanarActivation:
     """The bit-plane kernel's activation operand (cuda/w1a4_bmma.cu), written by its pack kernels.
 
-    ``planes`` int32 [N, H, W, G/4, 4, 4] (bit-planes of q XOR z, see :func:`bmma_planes_reference`),
-    ``sums`` int32 [N, H, W] (sum of q - z over the real channels); x = step * (q - zero_point)."""
+    ``planes`` int32 [N, H, W, G/4, P, 4] (bit-planes of q XOR z, see :func:`bmma_planes_reference`;
+    P = ``n_planes``: 4 for 4-bit codes, 2 for W1A1's codes {0, 2} with zero point 1), ``sums`` int32
+    [N, H, W] (sum of q - z over the real channels); x = step * (q - zero_point)."""
 
     planes: torch.Tensor
     sums: torch.Tensor
     step: torch.Tensor
     zero_point: int
     channels: int
+    n_planes: int = 4
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -458,20 +460,23 @@ class PlanarActivation:
         return (n, self.channels, h, w)
 
 
-def bmma_planes_reference(x: PackedActivation) -> tuple[torch.Tensor, torch.Tensor]:
+def bmma_planes_reference(x: PackedActivation, n_planes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """What the bit-plane pack kernels write, computed by PyTorch (for tests).
 
-    ``planes`` int32 [N, H, W, G/4, 4, 4]: [pixel][group // 4][plane k][group % 4] = bit k of
+    ``planes`` int32 [N, H, W, G/4, n_planes, 4]: [pixel][group // 4][plane k][group % 4] = bit k of
     (q XOR z) of the group's 32 channels (bit j = channel 32 group + j), 0 for padded channels;
-    ``sums`` int32 [N, H, W]: the sum of (q - z) over the real channels."""
+    ``sums`` int32 [N, H, W]: the sum of (q - z) over the real channels. ``n_planes`` 2 (the W1A1
+    kernels) needs q XOR z < 4."""
     n, c, h, wd = x.shape
     g = bmma_groups(c)
     q = unpack_codes(x.codes, c).to(torch.int64)  # [N, C, H, W]
     z = int(x.zero_point)
     sums = (q - z).sum(1).to(torch.int32)
     b = torch.nn.functional.pad((q ^ z).permute(0, 2, 3, 1), (0, 32 * g - c))  # [N, H, W, 32 G]
+    if b.numel() and int(b.max()) >= 1 << n_planes:
+        raise ValueError(f"codes XOR the zero point reach {int(b.max())}: more than {n_planes} bit-planes")
     b = b.reshape(n, h, wd, g, 32)
     shifts = torch.arange(32, dtype=torch.int64)
-    planes = torch.stack([(((b >> k) & 1) << shifts).sum(-1) for k in range(4)], -1)  # [N, H, W, G, 4]
-    planes = planes.reshape(n, h, wd, g // 4, 4, 4).transpose(-1, -2)  # [.., G/4, plane, G % 4]
+    planes = torch.stack([(((b >> k) & 1) << shifts).sum(-1) for k in range(n_planes)], -1)  # [N, H, W, G, P]
+    planes = planes.reshape(n, h, wd, g // 4, 4, n_planes).transpose(-1, -2)  # [.., G/4, plane, G % 4]
     return _to_int32_words(planes).contiguous(), sums.contiguous()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .packing import ByteActivation, PackedActivation, PackedConvWeight, _from_int32_words
+from .packing import ByteActivation, PackedActivation, PackedConvWeight, _from_int32_words, pack_sign_input
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -102,3 +102,10 @@ def w1a4_conv2d(x: PackedActivation, w: PackedConvWeight, out_dtype: torch.dtype
     n = x.codes.shape[0]
     y = y.to(out_dtype).reshape(n, w.out_channels, oh, ow)
     return y.contiguous(memory_format=torch.channels_last)
+
+
+def w1a1_conv2d(x: torch.Tensor, beta, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """W1A1 convolution (reference) of float ``x`` [N, C, H, W]: sign(x + beta) as the codes of
+    :func:`binarydm.kernels.packing.pack_sign_input`, then :func:`w1a4_conv2d`. Same signature and
+    result as :func:`binarydm.kernels.cuda.w1a1_conv2d`."""
+    return w1a4_conv2d(pack_sign_input(x, beta), w, out_dtype)

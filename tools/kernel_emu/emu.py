@@ -196,3 +196,39 @@ def run_planes(exe: Path, x, step: float = 1.0, qn: int = -8, qp: int = 7):
     planes = torch.from_numpy(np.frombuffer(data[: p * g * 16], np.int32).copy()).reshape(n, h, wd, g // 4, 4, 4)
     sums = torch.from_numpy(np.frombuffer(data[p * g * 16:], np.int32).copy()).reshape(n, h, wd)
     return planes, sums
+
+
+def _w1a1_header(x: torch.Tensor, beta) -> tuple[list, list]:
+    n, c, h, wd = x.shape
+    header = [_IN_KINDS[x.dtype], n, c, h, wd, *x.stride(), bmma_groups(c), int(beta is not None)]
+    return header, ([_f32(beta)] if beta is not None else []) + [_raw(x)]
+
+
+def run_w1a1_planes(exe: Path, x: torch.Tensor, beta=None):
+    """w1a1_planes_<dtype>: the 2-plane W1A1 operand of sign(x + beta) (planes int32 [N, H, W, G/4, 2, 4],
+    sums int32 [N, H, W]) for x float32 / float16 / bfloat16 of any strides."""
+    n, c, h, wd = x.shape
+    g, p = bmma_groups(c), n * h * wd
+    header, arrays = _w1a1_header(x, beta)
+    data = _run(exe, [np.array([8], np.int32), np.array(header, np.int32), *arrays], p * g * 8 + p * 4)
+    planes = torch.from_numpy(np.frombuffer(data[: p * g * 8], np.int32).copy()).reshape(n, h, wd, g // 4, 2, 4)
+    sums = torch.from_numpy(np.frombuffer(data[p * g * 8:], np.int32).copy()).reshape(n, h, wd)
+    return planes, sums
+
+
+def run_w1a1_conv(exe: Path, x: torch.Tensor, beta, w, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The W1A1 path of the bit-plane kernel: w1a1_planes_<dtype> from float ``x`` and ``beta``, then
+    w1a1_conv_bmma (2 planes, one basis); [N, C_out, OH, OW] like reference.w1a4_conv2d of
+    pack_sign_input(x, beta)."""
+    n, c, h, wd = x.shape
+    # The operand's shape, step 1 and zero point 1, for the shape checks and the epilogue scales.
+    probe = PackedActivation(torch.zeros((n, h, wd, padded_channels(c) // 8), dtype=torch.int32), torch.ones(()), 1,
+                             c)
+    oh, ow = reference.check_operands(probe, w, out_dtype)
+    if w.n_bases != 1:
+        raise ValueError("the W1A1 kernel takes one weight basis")
+    kh, kw = w.kernel_size
+    header, arrays = _w1a1_header(x, beta)
+    header += [int(out_dtype == torch.float16), int(w.bias is not None), w.out_channels, oh, ow, kh, kw, *w.stride,
+               *w.padding, bmma_chunks(c, kh * kw)]
+    return _conv(exe, 9, header, [*arrays, _i32(bmma_weight_fragments(w))], probe, w, out_dtype, oh, ow)

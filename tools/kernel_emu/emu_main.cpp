@@ -25,6 +25,12 @@
 //   4, planes: in_kind (0 f32, 1 f16, 2 bf16, 3 packed codes), N, C, H, W, sN, sC, sH, sW, G, qn, qp, z, Gc;
 //         then step f32, then x (as for kind 2; codes: u32 [N*H*W*4Gc]). OUT: u32 [N*H*W*4*G] planes, then
 //         i32 [N*H*W] sums.
+//   8, W1A1 planes: in_kind (0 f32, 1 f16, 2 bf16), N, C, H, W, sN, sC, sH, sW, G, has_beta; then beta f32 [C]
+//         if has_beta, then x as for kind 2. Runs w1a1_planes_<in_kind>. OUT: u32 [N*H*W*2*G] planes, then
+//         i32 [N*H*W] sums.
+//   9, W1A1 conv: the header of kind 8, then F16, has_bias, C_out, OH, OW, KH, KW, SH, SW, PH, PW, nchunks;
+//         then beta (if has_beta), x, wfrag, scale, bias as for kind 3. Runs w1a1_planes_<in_kind>, then
+//         w1a1_conv_bmma_<f16|f32>. OUT: as kind 0.
 // The launch geometry is the one binarydm/kernels/cuda.py uses. The output is poisoned (all ones)
 // before the launch, so an element the kernel never writes shows as NaN / 0xFFFFFFFF.
 #include "shim.h"
@@ -215,6 +221,42 @@ int main(int argc, char** argv) {
         w1a4_emu::launch(dim3{(unsigned)((P + ppb - 1) / ppb), 1, 1}, dim3{BM_PACK_THREADS, 1, 1}, [&] {
             k(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, Gc, step, qn, qp, z);
         });
+    } else if (kind == 8 || kind == 9) {
+        const int* h = take<int>(kind == 8 ? 11 : 23);
+        const int in_kind = h[0], N = h[1], C = h[2], H = h[3], W = h[4], G = h[9], has_beta = h[10];
+        const long long sN = h[5], sC = h[6], sH = h[7], sW = h[8];
+        const float* beta = has_beta ? take<float>(C) : nullptr;
+        const long long P = (long long)N * H * W;
+        const long long extent = (N - 1) * sN + (C - 1) * sC + (H - 1) * sH + (W - 1) * sW + 1;
+        const void* x = in_kind == 0 ? (const void*)take<float>(extent) : (const void*)take<u16>(extent);
+        std::vector<char> packed((size_t)P * G * 8 + (size_t)P * 4, (char)0xFF);  // 2 planes x G words per pixel
+        u32* planes = reinterpret_cast<u32*>(packed.data());
+        int* sums = reinterpret_cast<int*>(packed.data() + (size_t)P * G * 8);
+        auto kp = in_kind == 0 ? w1a1_planes_f32 : in_kind == 1 ? w1a1_planes_f16 : w1a1_planes_bf16;
+        const int ppb = BM_PACK_THREADS / G;
+        w1a4_emu::launch(dim3{(unsigned)((P + ppb - 1) / ppb), 1, 1}, dim3{BM_PACK_THREADS, 1, 1}, [&] {
+            kp(x, beta, planes, sums, N, C, H, W, sN, sC, sH, sW, G);
+        });
+        if (kind == 8) {
+            out.assign(packed.begin(), packed.end());
+        } else {
+            const int F16 = h[11], has_bias = h[12], C_out = h[13], OH = h[14], OW = h[15], KH = h[16], KW = h[17],
+                      SH = h[18], SW = h[19], PH = h[20], PW = h[21], nchunks = h[22];
+            const int ncb = (C_out + BM_BN - 1) / BM_BN;
+            const uint4* wfrag = take<uint4>((size_t)ncb * nchunks * BM_B_UNITS);
+            const float* scale = take<float>((size_t)C_out);
+            const float* bias = has_bias ? take<float>(C_out) : nullptr;
+            const size_t elems = (size_t)N * OH * OW * C_out, esize = F16 ? 2 : 4;
+            out.assign(elems * esize, 0xFF);
+            void* y = out.data();
+            const long long M = (long long)N * OH * OW;
+            const dim3 grid{(unsigned)((M + BM_BM - 1) / BM_BM), (unsigned)ncb, 1};
+            auto k = F16 ? w1a1_conv_bmma_f16 : w1a1_conv_bmma_f32;
+            const uint4* pl = reinterpret_cast<const uint4*>(planes);
+            w1a4_emu::launch(grid, dim3{BM_THREADS, 1, 1}, [&] {
+                k(pl, sums, wfrag, scale, bias, y, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, PW, 1, nchunks);
+            });
+        }
     } else {
         std::fprintf(stderr, "unknown kind %d\n", kind);
         return 2;

@@ -154,6 +154,11 @@ inline float __uint_as_float(unsigned u) {
     std::memcpy(&f, &u, 4);
     return f;
 }
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
 
 // cvt.rn.f16.f32: round to nearest even; overflow to infinity; NaN to the canonical 0x7FFF.
 inline std::uint16_t w1a4_emu_f32_to_f16_bits(float value) {
