@@ -116,6 +116,8 @@ def training_bar():
         def get_metrics(self, trainer, pl_module):
             items = super().get_metrics(trainer, pl_module)
             items.pop("v_num", None)  # the logger's version, not the user's business
+            # The training losses as the module last read them (binarydm.training.module.reads_due).
+            items.update(getattr(pl_module, "bar_values", {}))
             return items
 
     return TrainingBar()

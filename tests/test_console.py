@@ -30,6 +30,7 @@ def test_a_training_run_prints_no_third_party_tips_or_deprecations(tmp_path):
     assert any(line.startswith("done in ") and "training" in line and "export" in line for line in lines), out
     assert not any(line.startswith(("GPU available:", "TPU available:")) or "Epoch 0" in line for line in lines), out
     assert any(line.startswith("training") and "6/6" in line for line in lines), out  # the bar
+    assert "train/loss: " in out, out  # the bar shows the loss
     assert "| training |" in (tmp_path / "tiny" / "report.md").read_text()  # the phases' seconds in the report
 
 

@@ -28,7 +28,7 @@ from ..latent.components import AUTOENCODER_CLASSES, autoencoder_class, encode_i
 from ..packing.files import write_checksums
 from ..sampling import save_grid
 from .config import AutoencoderConfig, OptimConfig
-from .module import lr_factor
+from .module import lr_factor, reads_due
 
 
 def is_autoencoder_config(config: Optional[Mapping[str, Any]]) -> bool:
@@ -87,7 +87,9 @@ class AutoencoderTraining(L.LightningModule):
         losses = self.losses(x, self.global_step)
         for k, v in losses.items():
             if k != "reconstruction":
-                self.log(f"train/{k}", v.detach(), prog_bar=k in ("loss", "l1"), on_step=True, on_epoch=False)
+                self.log(f"train/{k}", v.detach(), on_step=True, on_epoch=False)
+        if reads_due(self):
+            self.bar_values = {f"train/{k}": float(losses[k].detach()) for k in ("loss", "l1")}
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):

@@ -34,6 +34,17 @@ from .lrm import LRM, TAPS, FeatureTap, lrm_block_names
 from .spd import spd_loss
 
 
+def reads_due(module: L.LightningModule) -> bool:
+    """Whether this training step reads values for the progress bar and logs the learning rate: every step on
+    the CPU, only on the logger's steps (``trainer.log_every_n_steps``) elsewhere, since reading a device value,
+    and turning a Python number into one, makes the host wait for the device. The bar shows
+    ``module.bar_values`` (floats), not Lightning's ``prog_bar`` metrics, which it reads after every step."""
+    if module.device.type == "cpu":
+        return True
+    every = int(module.trainer.log_every_n_steps)
+    return every > 0 and (module.global_step + 1) % every == 0
+
+
 def lr_factor(step: int, cfg: OptimConfig) -> float:
     """Multiplier of the base learning rate at ``step``.
 
@@ -141,17 +152,24 @@ class DiffusionQAT(L.LightningModule):
 
     # ---- noise -----------------------------------------------------------------------------
     def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
-        """A generator determined by (seed, step, rank, salt): a resumed run redraws the same noise."""
-        g = torch.Generator(device=self.device)
+        """A generator determined by (seed, step, rank, salt): a resumed run redraws the same noise. A CPU
+        generator on every device, so that a run on a GPU draws the noise of the same run on the CPU (CUDA's
+        generator gives other numbers for the same seed): the two repeat each other's steps."""
+        g = torch.Generator()
         g.manual_seed((self.seed * 1_000_003 + step * 1009 + self.global_rank * 17 + salt) % (2**63 - 1))
         return g
 
     def noisy_inputs(self, x0: torch.Tensor, generator: torch.Generator):
-        """(x_t, t, eps) with t uniform on {0..T-1} and x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+        """(x_t, t, eps) with t uniform on {0..T-1} and x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps; t and eps
+        drawn on the generator's device, then moved to x0's."""
         n = x0.shape[0]
-        t = torch.randint(0, self.alphas_cumprod.numel(), (n,), generator=generator, device=self.device)
-        eps = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
-        abar = self.alphas_cumprod.to(self.device)[t].view(n, *([1] * (x0.dim() - 1))).to(x0.dtype)
+        t = torch.randint(0, self.alphas_cumprod.numel(), (n,), generator=generator, device=generator.device)
+        eps = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype)
+        if generator.device != x0.device:
+            # From pinned host memory the copies are queued on the stream: the host does not wait for the GPU.
+            pin = x0.device.type == "cuda"
+            t, eps = ((v.pin_memory() if pin else v).to(x0.device, non_blocking=pin) for v in (t, eps))
+        abar = self.alphas_cumprod.to(x0.device)[t].view(n, *([1] * (x0.dim() - 1))).to(x0.dtype)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * eps, t, eps
 
     def previous_inputs(self, x_t, t, eps):
@@ -249,8 +267,10 @@ class DiffusionQAT(L.LightningModule):
         x_t, t, eps = self.batch_inputs(batch, self.global_step)
         losses = self.compute_losses(x_t, t, eps, self.condition(batch))
         for k, v in losses.items():
-            self.log(f"train/{k}", v.detach(), prog_bar=k in ("loss", "lrm"), on_step=True, on_epoch=False)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+            self.log(f"train/{k}", v.detach(), on_step=True, on_epoch=False)
+        if reads_due(self):
+            self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+            self.bar_values = {f"train/{k}": float(losses[k].detach()) for k in ("loss", "lrm") if k in losses}
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):
