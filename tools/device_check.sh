@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # The one GPU check of the W1A4 kernel: what a lent GPU machine runs, from the repository root.
 #
-#   OUT=/some/dir bash tools/device_check.sh             # on the GPU machine (about 4-6 minutes at most)
+#   OUT=/some/dir bash tools/device_check.sh             # on the GPU machine (7 minutes at most)
 #   OUT=/tmp/dc bash tools/device_check.sh --dry-run     # here, without a GPU: the reference, two shapes
 #
 # Stages, each under `timeout` and none stopping the next: install the carried wheels (.whl: diffusers
 # and what it needs that the GPU image lacks), nvidia-smi, versions, `pytest -m gpu` on the kernel
-# tests, tools/bench_kernel.py per layer (cuDNN fp16 vs W1A4, batch 1/64/256, one and two bases, both
+# tests, tools/train_check.py (the trainer on the GPU: CPU/GPU parity of 5 steps, no host sync inside a step,
+# a 50-step run exported and reloaded on the CPU, its checkpoint resumed there), tools/bench_train.py's QAT
+# step against FP fine-tuning (ddpm-cifar10-32 at batch 64, bf16-mixed and fp32; SD 1.5's UNet at batch 4,
+# bf16, gradient checkpointing, peak memory), tools/bench_kernel.py per layer (cuDNN fp16 vs W1A4, batch 1/64/256, one and two bases, both
 # kernels: the bit-plane one of cuda/w1a4_bmma.cu and the s8 x s8 one of cuda/w1a4_conv.cu), the whole
 # UNet fp16 vs W1A4 (each kernel), the same for BiDM's W1A1 UNet (batch 64), the tensor-core issue rates
-# (before the kernel benchmarks: tools/bench_train.py's QAT step of ddpm-cifar10-32 on the GPU, bf16-mixed and fp32) (cuda/mma_rates.cu: IMMA, BMMA, HMMA, IGMMA,
-# BGMMA, HGMMA), and a summary. Writes $OUT/device_check.json (every stage's exit status and
-# seconds, the pytest summary, the benchmark figures), $OUT/device_check.log (everything printed),
-# $OUT/bench_kernel.{json,md}, $OUT/bench_unet{,_w1a1}.{json,md} and $OUT/mma_rates.jsonl. The whole run
-# stops inside $BUDGET seconds (330 by default) even if a stage hangs: each stage gets the lesser of
-# its own limit and what is left.
+# (cuda/mma_rates.cu: IMMA, BMMA, HMMA, IGMMA, BGMMA, HGMMA), and a summary. Writes $OUT/device_check.json
+# (every stage's exit status and seconds, the pytest summary, the benchmark figures),
+# $OUT/device_check.log (everything printed), $OUT/train_check/train_check.json,
+# $OUT/bench_train_sd15.json, $OUT/bench_kernel.{json,md}, $OUT/bench_unet{,_w1a1}.{json,md} and
+# $OUT/mma_rates.jsonl. The whole run stops inside $BUDGET seconds (420 by default) even if a stage hangs:
+# each stage gets the lesser of its own limit and what is left.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 DRY=0
@@ -25,7 +28,7 @@ LOG=$OUT/device_check.log
 STAGES=$(mktemp)
 : >"$LOG"
 START=$(date +%s)
-BUDGET=${BUDGET:-330}
+BUDGET=${BUDGET:-420}
 SUMMARY_RESERVE=25
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 if [ $DRY = 1 ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
@@ -126,11 +129,17 @@ fi
 # fine-tuning, fp32 and bf16-mixed, with peak memory. The output is in the log.
 if [ $DRY = 1 ]; then
     TRAIN=("$PY" tools/bench_train.py --unet attn16 --batch 2 --steps 2 --threads 1)
+    SD15=("$PY" tools/bench_train.py --unet cond-tiny --batch 2 --steps 1 --threads 1)
+    TRAIN_CHECK=("$PY" tools/train_check.py --out "$OUT/train_check" --dry-run --steps 12 --window 4)
 else
     TRAIN=("$PY" tools/bench_train.py --device cuda --unet ddpm-cifar10-32 --batch 64 --steps 10)
+    SD15=("$PY" tools/bench_train.py --device cuda --unet sd15 --batch 4 --steps 5)
+    TRAIN_CHECK=("$PY" tools/train_check.py --out "$OUT/train_check")
 fi
+stage train_check 120 "${TRAIN_CHECK[@]}"
 stage bench_train_bf16 60 "${TRAIN[@]}" --precision bf16-mixed
 stage bench_train_fp32 60 "${TRAIN[@]}"
+stage bench_train_sd15 90 "${SD15[@]}" --precision bf16-mixed --gradient-checkpointing --json "$OUT/bench_train_sd15.json"
 stage bench_layers 150 "${BENCH[@]}" --no-unet --out "$OUT/bench_kernel.md"
 stage bench_unet 130 "${BENCH_UNET[@]}"
 stage bench_unet_w1a1 60 "${BENCH_W1A1[@]}"
@@ -165,7 +174,8 @@ rates = out / "mma_rates.jsonl"
 result["mma_rates"] = [json.loads(l) for l in rates.read_text().splitlines() if l.startswith("{")] \
     if rates.exists() else None
 for key, name in (("bench", "bench_kernel.json"), ("bench_unet", "bench_unet.json"),
-                  ("bench_unet_w1a1", "bench_unet_w1a1.json")):
+                  ("bench_unet_w1a1", "bench_unet_w1a1.json"), ("train_check", "train_check/train_check.json"),
+                  ("bench_train_sd15", "bench_train_sd15.json")):
     p = out / name
     try:
         result[key] = json.loads(p.read_text()) if p.exists() else None
@@ -188,6 +198,14 @@ for r in (result.get("bench") or {}).get("layers", []):
 for r in (result.get("bench_unet") or {}).get("unet", []):
     print(f"UNet b{r['batch']} {r.get('variant', '-')}: fp16 {r['t_fp16_ms'] or 0:.3f} ms, W1A4 {r['t_w1a4_ms'] or 0:.3f} ms, "
           f"x{r.get('speedup') or 0:.2f}, graph={r['graph']}, rel.err {r['rel_err_vs_fake_quant']:.1e}")
+tc = result.get("train_check") or {}
+if tc.get("run"):
+    print(f"train_check ok={tc.get('ok')}: parity max rel {tc['parity']['max_rel_diff']:.1e}, run "
+          f"{tc['run']['global_step']} steps in {tc['run']['seconds']:.1f} s, syncs/step {tc['run']['sync_events_per_step']}, "
+          f"resumed on CPU to {tc['run']['resumed_on_cpu_to_step']}")
+for name, r in ((result.get("bench_train_sd15") or {}).get("unets") or {}).items():
+    print(f"bench_train {name}: FP {r['fp']:.0f} ms, QAT {r['qat']:.0f} ms (x{r['qat'] / r['fp']:.2f}), peak QAT "
+          f"{r.get('peak_qat', 0) / 2**30:.1f} GiB")
 for r in result["mma_rates"] or []:
     print(f"{r['kind']:10s} " + (r["error"] if "error" in r else
           f"{r['tmacs']:8.1f} TMAC/s, {r['macs_per_sm_per_clk']:7.0f} MAC/SM/clk  ({r['instr']})"))
