@@ -484,7 +484,7 @@ def check_resume(cfg: DictConfig, module) -> None:
     # Tensors that are empty until fitted or calibrated (the LRM projections, per-channel activation parameters
     # such as ReActNet's and BiDM's thresholds) take their shape from the checkpoint.
     current = module.state_dict()
-    lazy = {k for k, v in current.items() if v.numel() == 0}
+    lazy = {k for k, v in current.items() if v.numel() == 0 and k in ckpt["state_dict"]}
     model = {k: v for k, v in current.items() if k not in lazy}
     state = {k: v for k, v in ckpt["state_dict"].items()
              if k not in lazy and (k in model or not k.startswith("lrm."))}
