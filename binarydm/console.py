@@ -11,8 +11,8 @@ should see) still prints:
 
 * Lightning's advertisement, "💡 Tip: For seamless cloud logging ... try installing litlogger ...", logged by
   its trainer on every run, and its information lines "GPU available: False, used: False", "TPU available: ...",
-  "Using bfloat16 Automatic Mixed Precision (AMP)", "`Trainer(limit_val_batches=1)` was configured ...", which
-  binarydm's own line of the run replaces;
+  "Using bfloat16 Automatic Mixed Precision (AMP)", "`Trainer(limit_val_batches=1)` was configured ...", and
+  "`Trainer.fit` stopped: `max_steps=400` reached.", which binarydm's own lines of the run replace;
 * torch's FutureWarning "`isinstance(treespec, LeafSpec)` is deprecated", raised inside Lightning's own
   ``_pytree`` helper on every fit;
 * torch's FutureWarning "`torch.jit.load` is deprecated", raised by the FID feature extractor's loader.
@@ -35,7 +35,8 @@ _DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"`torch\.
 # its note on the validation batches the config asked for. Its warnings (e.g. "GPU available but not used")
 # are not among them.
 _LIGHTNING_FACTS = ("GPU available: ", "TPU available: ", "HPU available: ", "`Trainer(limit_val_batches=",
-                    "Using bfloat16 Automatic Mixed Precision", "Using 16bit Automatic Mixed Precision")
+                    "Using bfloat16 Automatic Mixed Precision", "Using 16bit Automatic Mixed Precision",
+                    "`Trainer.fit` stopped: `max_steps=")
 
 
 class _DropAdvert(logging.Filter):

@@ -28,7 +28,8 @@ def test_a_training_run_prints_no_third_party_tips_or_deprecations(tmp_path):
     assert any(line.startswith("training ") and "6 steps of batch 8 on 1 x cpu" in line for line in lines), out
     assert any(line.startswith("exporting the student to ") for line in lines), out
     assert any(line.startswith("done in ") and "training" in line and "export" in line for line in lines), out
-    assert not any(line.startswith(("GPU available:", "TPU available:")) or "Epoch 0" in line for line in lines), out
+    assert not any(line.startswith(("GPU available:", "TPU available:", "`Trainer.fit` stopped")) or "Epoch 0" in line
+                   for line in lines), out
     assert any(line.startswith("training") and "6/6" in line for line in lines), out  # the bar
     assert "train/loss: " in out, out  # the bar shows the loss
     assert "| training |" in (tmp_path / "tiny" / "report.md").read_text()  # the phases' seconds in the report
@@ -48,10 +49,11 @@ def test_filters_are_precise():
     try:
         logger.info("💡 Tip: For seamless cloud logging, try installing litlogger")
         logger.info("`Trainer.fit` stopped: `max_steps=6` reached.")
+        logger.info("Restored all states from the checkpoint at x.ckpt")
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-    assert [r.getMessage() for r in records] == ["`Trainer.fit` stopped: `max_steps=6` reached."]
+    assert [r.getMessage() for r in records] == ["Restored all states from the checkpoint at x.ckpt"]
     with warnings.catch_warnings(record=True) as caught:
         quiet_third_party()
         warnings.simplefilter("always")  # what a test run does; the entry points keep the default filters
