@@ -88,17 +88,11 @@ def make_config(out: Path, name: str, device: str, steps: int, batch: int, dry_r
               "trainer.enable_progress_bar": True,
               "data.batch_size": batch, "data.synthetic_size": 4 * batch,
               "eval.fid_samples": 0}
-    cfg = load_config("tiny", [], values=values)
+    cfg = load_config("tiny", list(overrides), values=values)
     if not dry_run:
         cfg.model.config = dict(DDPM_CIFAR10_32)  # replaces the tiny architecture
         cfg.data.image_size = DDPM_CIFAR10_32["sample_size"]
-    return load_config(None, list(overrides), values=_plain(cfg))
-
-
-def _plain(cfg) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg)
+    return cfg
 
 
 def parity(out: Path, device: str, steps: int, dry_run: bool) -> dict:
