@@ -82,10 +82,31 @@ __device__ __forceinline__ float epilogue(int v0, int v1, int o, int C_out, cons
 // exact, so the launcher makes no float32 copy), or packed nibble codes (the bit-plane pack kernel).
 enum { IN_F32 = 0, IN_F16 = 1, IN_BF16 = 2, IN_CODES = 3 };
 
+// 2^x and 1/x by the MUFU unit (ex2.approx.ftz, rcp.approx.ftz: about 2 ulp, denormals flushed to
+// zero); the host emulation computes them exactly.
+__device__ __forceinline__ float exp2_approx(float x) {
+#ifdef W1A4_HOST_EMU
+    return exp2f(x);
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
+__device__ __forceinline__ float rcp_approx(float x) {
+#ifdef W1A4_HOST_EMU
+    return 1.0f / x;
+#else
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
+// The bits of an fp16 (IN_F16) or bf16 (IN_BF16) value as float32.
 template <int IN>
-__device__ __forceinline__ float load_as_f32(const void* __restrict__ x, long long i) {
-    if (IN == IN_F32) return reinterpret_cast<const float*>(x)[i];
-    const u16 h = reinterpret_cast<const u16*>(x)[i];
+__device__ __forceinline__ float f32_of_bits(u16 h) {
     if (IN == IN_BF16) return __uint_as_float((u32)h << 16);
 #ifdef W1A4_HOST_EMU
     return w1a4_emu_f16_bits_to_f32(h);
@@ -94,6 +115,12 @@ __device__ __forceinline__ float load_as_f32(const void* __restrict__ x, long lo
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 #endif
+}
+
+template <int IN>
+__device__ __forceinline__ float load_as_f32(const void* __restrict__ x, long long i) {
+    if (IN == IN_F32) return reinterpret_cast<const float*>(x)[i];
+    return f32_of_bits<IN>(reinterpret_cast<const u16*>(x)[i]);
 }
 
 // LSQ code of element i of x: rint(clamp(x / d, qn, qp)) - qn in 0 .. qp - qn, the rounding of

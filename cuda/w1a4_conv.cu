@@ -17,9 +17,10 @@
 //   w1a4_quantize_pack_{f32,f16,bf16}  x (any strides) -> packed 4-bit NHWC codes (LSQ rounding)
 //   w1a4_quantize_bytes_{f32,f16,bf16} x (any strides) -> s8 NHWC codes q - z (the mma kernel's operand)
 //   w1a4_bytes_codes                   packed 4-bit codes -> s8 NHWC codes q - z
-//   w1a4_gn_stats_{f32,f16,bf16},      GroupNorm + SiLU + quantize fused: per (sample, group) mean and
-//   w1a4_gn_silu_bytes_{f32,f16,bf16}  1/std, then s8 codes of SiLU(GroupNorm(x)) (a ResNet block's
-//                                      norm -> SiLU -> conv: the normalized tensor is never written)
+//   w1a4_gn_partial_{f32,f16,bf16},    GroupNorm + SiLU + quantize fused: per (sample, slice, group) sums
+//   w1a4_gn_finish,                    in one read of x, per (sample, channel) the normalization's affine,
+//   w1a4_gn_silu_bytes_{f32,f16,bf16}  then s8 codes of SiLU(GroupNorm(x)) (a ResNet block's norm -> SiLU
+//                                      -> conv: the normalized tensor is never written)
 //
 // GEMM view: M = N*OH*OW output pixels, Ncols = n_bases*C_out columns, K = KH*KW*C_pad. Column j holds
 // base j % NB of output channel j / NB, so with two bases a thread's accumulator pair (c0, c1) -- two
@@ -41,7 +42,9 @@
 #define MMA_MAX_STEPS 1023        // K steps (KH KW C_pad / 32) a block tables; the launcher checks
 #define MMA_MAX_TAPS 31           // KH KW: one bit per tap in a 32-bit mask, bit 31 kept for "past the end"
 #define BYTES_THREADS 256         // threads per block of the byte-code kernels
-#define GN_THREADS 256            // threads per block of the GroupNorm statistics (one block per sample and group)
+#define GN_THREADS 256            // threads per block of the GroupNorm kernels
+#define GN_MAX_GROUPS 512         // groups a statistics block sums in shared memory (the launcher checks)
+#define GN_RUN 16                 // pixels a statistics thread sums in float before adding them in double
 
 // ---- small integer helpers ----------------------------------------------------------------------
 
@@ -499,94 +502,198 @@ extern "C" __global__ void w1a4_bytes_codes(const uint2* __restrict__ codes, uin
 }
 
 // ---- GroupNorm + SiLU + quantize ----------------------------------------------------------------
-// A ResNet block feeds conv1 (and conv2) SiLU(GroupNorm(x)). These two kernels make the conv's s8
-// operand from x directly: the statistics of each (sample, group), then per 16 channels of a pixel
-//   y = (x - mean) rstd gamma[c] + beta[c],  s = y / (1 + exp(-y)),  code = LSQ(s) + qn   (= q - z)
-// in float32 (the unfused fp16 model rounds y and s to fp16 on the way; this does not). GroupNorm's
-// variance is the biased one, rstd = 1 / sqrt(var + eps), as torch.nn.GroupNorm.
+// A ResNet block feeds conv1 (and conv2) SiLU(GroupNorm(x)). Three kernels make the conv's s8 operand
+// from x directly, reading x twice and never writing the normalized tensor:
+//   w1a4_gn_partial  block (n, s) of an N x S grid sums slice s of sample n's pixels, every channel:
+//                    per group, sum x and sum x^2 (double) -> partial[n, s, g]
+//   w1a4_gn_finish   per (n, c): mean and var of c's group from the S slices, then the channel's affine
+//                    y = a x + b with a = gamma[c] / sqrt(var + eps), b = beta[c] - mean a -> ab[n, c]
+//                    (C_pad channels: (0, 0) past C)
+//   w1a4_gn_silu_bytes  per 16 channels of a pixel: y = fma(x, a, b), s = y / (1 + exp(-y)),
+//                    code = rint(clamp(s / step, qn, qp)) (= q - z)
+// GroupNorm's variance is the biased one, as torch.nn.GroupNorm. The statistics pass is one read at copy
+// speed: the threads lie along the axis that is contiguous in memory (the channels in channels_last, a
+// warp reading 32 adjacent channels of a pixel; the pixels otherwise), a thread walks its pixels with one
+// 64-bit add per element, and no integer division is left in the loop (the previous one-block-per-group
+// kernel did three 64-bit divisions per element and read 8 of every 64 bytes it fetched: 402 us for a
+// 67 MB tensor on an H200 against ~16 us to copy it). Each thread sums one channel at a time, in float
+// around a shift (the channel's first value in the slice, so that a large mean does not cancel the
+// variance away) over runs of GN_RUN pixels, then in double; the block adds the channels of each group
+// in a fixed order (no atomics: the same input gives the same statistics on every run). The last
+// rounding differs from PyTorch's (another summation order): a value within rounding of a step boundary
+// may land one code away.
 
-// Block-wide sum of one float per thread (GN_THREADS threads), a tree in shared memory; every thread
-// gets the total.
-__device__ __forceinline__ float block_sum(float v, float* red) {
-    const int tid = threadIdx.x;
-    red[tid] = v;
-    __syncthreads();
+// Block (n, s): slice s of S of sample n's HW pixels (pixel p at n sN + c sC + p sP: the launcher makes
+// H and W one axis). Threads: K channels x PL pixel lanes (K PL <= GN_THREADS), channel-fastest in tid
+// when chan_fast (sC == 1), pixel-fastest otherwise; channels in rounds of K. partial: [N, S, G, 2].
+template <int IN>
+__device__ void gn_partial(const void* __restrict__ x, double* __restrict__ partial, int C, int HW, long long sN,
+                           long long sC, long long sP, int G, int S, int K, int PL, int chan_fast) {
+    __shared__ double th_s[GN_THREADS], th_q[GN_THREADS], grp_s[GN_MAX_GROUPS], grp_q[GN_MAX_GROUPS];
+    const int tid = threadIdx.x, n = blockIdx.x / S, slice = blockIdx.x % S, cpg = C / G;
+    const int p0 = (int)((long long)HW * slice / S), p1 = (int)((long long)HW * (slice + 1) / S);
+    const int kc = chan_fast ? tid % K : tid / PL, lane = chan_fast ? tid / K : tid % PL;
+    const int mine = (kc < K && lane < PL && p0 + lane < p1) ? (p1 - p0 - lane + PL - 1) / PL : 0;  // my pixels
+    for (int g = tid; g < G; g += GN_THREADS) grp_s[g] = grp_q[g] = 0.0;  // first read after a barrier below
 #pragma unroll 1
-    for (int half = GN_THREADS / 2; half > 0; half >>= 1) {
-        if (tid < half) red[tid] = __fadd_rn(red[tid], red[tid + half]);
+    for (int c0 = 0; c0 < C; c0 += K) {
+        const int c = c0 + kc;
+        double s1 = 0.0, s2 = 0.0;
+        if (c < C && mine > 0) {
+            const long long base = n * sN + c * sC;
+            const float shift = load_as_f32<IN>(x, base + (long long)p0 * sP);
+            const long long step = (long long)PL * sP;
+            long long at = base + (long long)(p0 + lane) * sP;
+            double d1 = 0.0, d2 = 0.0;  // sums of d = x - shift
+#pragma unroll 1
+            for (int r = 0; r < mine; r += GN_RUN) {
+                const int run = min(GN_RUN, mine - r);
+                float a = 0.0f, b = 0.0f;
+#pragma unroll 4
+                for (int i = 0; i < run; ++i, at += step) {
+                    const float d = __fadd_rn(load_as_f32<IN>(x, at), -shift);
+                    a = __fadd_rn(a, d);
+                    b = __fmaf_rn(d, d, b);
+                }
+                d1 = __dadd_rn(d1, (double)a);
+                d2 = __dadd_rn(d2, (double)b);
+            }
+            // back to sums of x: s1 = d1 + m shift, s2 = d2 + 2 shift d1 + m shift^2 (in double: exact enough)
+            const double m = (double)mine, k = (double)shift;
+            s1 = __dadd_rn(d1, __dmul_rn(m, k));
+            s2 = __dadd_rn(__dadd_rn(d2, __dmul_rn(__dmul_rn(2.0, k), d1)), __dmul_rn(m, __dmul_rn(k, k)));
+        }
+        th_s[tid] = s1;
+        th_q[tid] = s2;
         __syncthreads();
+        // the groups this round touches, one thread each: its channels x the pixel lanes, in order
+        const int c_end = min(C, c0 + K), g_first = c0 / cpg, g_last = (c_end - 1) / cpg;
+        for (int g = g_first + tid; g <= g_last; g += GN_THREADS) {
+            double a = 0.0, b = 0.0;
+            for (int cc = max(g * cpg, c0); cc < min((g + 1) * cpg, c_end); ++cc)
+                for (int l = 0; l < PL; ++l) {
+                    const int t = chan_fast ? l * K + (cc - c0) : (cc - c0) * PL + l;
+                    a = __dadd_rn(a, th_s[t]);
+                    b = __dadd_rn(b, th_q[t]);
+                }
+            grp_s[g] = __dadd_rn(grp_s[g], a);
+            grp_q[g] = __dadd_rn(grp_q[g], b);
+        }
+        __syncthreads();  // th_* is rewritten by the next round
     }
-    const float total = red[0];
-    __syncthreads();  // red is reused by the next call
-    return total;
+    double* out = partial + ((long long)n * S + slice) * G * 2;
+    for (int g = tid; g < G; g += GN_THREADS) {
+        out[2 * g] = grp_s[g];
+        out[2 * g + 1] = grp_q[g];
+    }
 }
 
-// One block per (sample n, group g): stats[n G + g] = (mean, rstd). Two passes over the group's
-// elements (mean, then the centred squares: no cancellation), channel fastest for channels_last input.
-template <int IN>
-__device__ void gn_stats(const void* __restrict__ x, float2* __restrict__ stats, int C, int H, int W, long long sN,
-                         long long sC, long long sH, long long sW, int G, float eps) {
-    __shared__ float red[GN_THREADS];
-    const int n = blockIdx.x / G, g = blockIdx.x % G, cpg = C / G;
-    const long long count = (long long)cpg * H * W;
-    const long long base = n * sN + (long long)g * cpg * sC;
-    auto at = [&](long long e) {
-        const int cc = (int)(e % cpg);
-        const long long p = e / cpg;
-        return load_as_f32<IN>(x, base + cc * sC + (p / W) * sH + (p % W) * sW);
-    };
-    float sum = 0.0f;
-    for (long long e = threadIdx.x; e < count; e += GN_THREADS) sum = __fadd_rn(sum, at(e));
-    const float mean = __fdiv_rn(block_sum(sum, red), (float)count);
-    float sq = 0.0f;
-    for (long long e = threadIdx.x; e < count; e += GN_THREADS) {
-        const float d = __fadd_rn(at(e), -mean);
-        sq = __fadd_rn(sq, __fmul_rn(d, d));
+// One thread per (n, c), c < C_pad: ab[n C_pad + c] = (a, b) of y = a x + b (gamma null:
+// GroupNorm(affine=False)); (0, 0) for the padded channels c >= C.
+__device__ void gn_finish(const double* __restrict__ partial, const float* __restrict__ gamma,
+                          const float* __restrict__ beta, float2* __restrict__ ab, int N, int C, int C_pad, int G,
+                          int S, int HW, float eps) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)N * C_pad) return;
+    const int n = (int)(i / C_pad), c = (int)(i % C_pad), cpg = C / G, g = c / cpg;
+    if (c >= C) {
+        ab[i] = make_float2(0.0f, 0.0f);
+        return;
     }
-    const float var = __fdiv_rn(block_sum(sq, red), (float)count);
-    if (threadIdx.x == 0) stats[blockIdx.x] = make_float2(mean, __fdiv_rn(1.0f, sqrtf(__fadd_rn(var, eps))));
+    double s1 = 0.0, s2 = 0.0;
+    for (int s = 0; s < S; ++s) {
+        const double* p = partial + (((long long)n * S + s) * G + g) * 2;
+        s1 = __dadd_rn(s1, p[0]);
+        s2 = __dadd_rn(s2, p[1]);
+    }
+    const double count = (double)cpg * HW;
+    const double mean = __ddiv_rn(s1, count);
+    const double var = fmax(__dadd_rn(__ddiv_rn(s2, count), -__dmul_rn(mean, mean)), 0.0);
+    const double rstd = __ddiv_rn(1.0, __dsqrt_rn(__dadd_rn(var, (double)eps)));
+    const double a = gamma != nullptr ? __dmul_rn(rstd, (double)gamma[c]) : rstd;
+    const double b = __dadd_rn(beta != nullptr ? (double)beta[c] : 0.0, -__dmul_rn(mean, a));
+    ab[i] = make_float2((float)a, (float)b);
 }
 
+// Channels j0 .. j0 + 15 of pixel `at` (element offset of channel j0) as float; channels past C read as 0.
+// Two 16-byte loads (fp16/bf16) or four (float32) where the 16 channels are adjacent and aligned.
 template <int IN>
-__device__ void gn_silu_bytes(const void* __restrict__ x, const float2* __restrict__ stats,
-                              const float* __restrict__ gamma, const float* __restrict__ beta, uint4* __restrict__ out,
-                              int N, int C, int H, int W, long long sN, long long sC, long long sH, long long sW, int G,
-                              int units_per_pixel, const float* __restrict__ step_ptr, int qn, int qp) {
-    const long long total = (long long)N * H * W * units_per_pixel;
+__device__ __forceinline__ void load_16_channels(const void* __restrict__ x, long long at, long long sC, int real,
+                                                 float v[16]) {
+    const char* p = reinterpret_cast<const char*>(x) + at * (IN == IN_F32 ? 4 : 2);
+    if (sC == 1 && real >= 16 && (reinterpret_cast<unsigned long long>(p) & 15ull) == 0) {
+#pragma unroll
+        for (int k = 0; k < (IN == IN_F32 ? 4 : 2); ++k) {
+            const uint4 q = reinterpret_cast<const uint4*>(p)[k];
+            const u32 w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (IN == IN_F32) {
+                    v[4 * k + i] = __uint_as_float(w[i]);
+                } else {
+                    v[8 * k + 2 * i] = f32_of_bits<IN>((u16)(w[i] & 0xFFFFu));
+                    v[8 * k + 2 * i + 1] = f32_of_bits<IN>((u16)(w[i] >> 16));
+                }
+            }
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 16; ++j) v[j] = j < real ? load_as_f32<IN>(x, at + j * sC) : 0.0f;
+    }
+}
+
+// One thread per 16 channels of a pixel (pixel p of sample n at n sN + p sP, H and W one axis). The SiLU
+// uses the approximate exponential and reciprocal (the MUFU unit, about 2 ulp) and the step's reciprocal
+// multiplies: with the float rounding of the statistics, a value within a few ulp of a step boundary may
+// land one code away.
+template <int IN>
+__device__ void gn_silu_bytes(const void* __restrict__ x, const float2* __restrict__ ab, uint4* __restrict__ out,
+                              int N, int C, int HW, long long sN, long long sC, long long sP, int units_per_pixel,
+                              const float* __restrict__ step_ptr, int qn, int qp) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= total) return;
-    const float step = *step_ptr;
-    const UnitOfPixel u = unit_of_pixel(idx, units_per_pixel, H, W);
-    const int cpg = C / G;
+    if (idx >= (long long)N * HW * units_per_pixel) return;
+    // 32-bit index math (the launcher keeps N H W units below 2^31): two divisions per 16 channels
+    const u32 i = (u32)idx, pix = i / (u32)units_per_pixel, n = pix / (u32)HW;
+    const int c0 = (int)(i - pix * (u32)units_per_pixel) * 16, p = (int)(pix - n * (u32)HW);
+    const float inv_step = __frcp_rn(*step_ptr), lo = (float)qn, hi = (float)qp;
+    // ab has C_pad channels per sample, (0, 0) past C: a padded channel's y = 0 gives code 0 unbranched
+    const float4* ab2 = reinterpret_cast<const float4*>(ab + (long long)n * units_per_pixel * 16 + c0);
+    float v[16];
+    load_16_channels<IN>(x, n * sN + c0 * sC + p * sP, sC, C - c0, v);
     u32 word[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-        const int c = u.unit * 16 + j;
-        if (c >= C) continue;
-        const float2 st = stats[u.n * G + c / cpg];
-        const float v = load_as_f32<IN>(x, u.n * sN + c * sC + u.h * sH + u.w * sW);
-        float y = __fmul_rn(__fadd_rn(v, -st.x), st.y);
-        if (gamma != nullptr) y = __fadd_rn(__fmul_rn(y, gamma[c]), beta[c]);  // null: GroupNorm(affine=False)
-        const float s = __fdiv_rn(y, __fadd_rn(1.0f, expf(-y)));
-        const int code = (int)lsq_code_of(s, step, qn, qp) + qn;
-        word[j / 4] |= ((u32)code & 0xFFu) << (8 * (j % 4));
+    for (int j = 0; j < 16; j += 2) {
+        const float4 t = ab2[j / 2];  // (a, b) of channels j and j + 1
+        const float y[2] = {__fmaf_rn(v[j], t.x, t.y), __fmaf_rn(v[j + 1], t.z, t.w)};
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            // SiLU: y / (1 + 2^(-y log2 e)); exp2 and the reciprocal are single MUFU instructions (flush to
+            // zero: a denormal exponential is 0 beside the 1 it is added to)
+            const float s = __fmul_rn(y[e], rcp_approx(__fadd_rn(1.0f, exp2_approx(__fmul_rn(y[e], -1.4426950408889634f)))));
+            const int code = (int)rintf(fminf(fmaxf(__fmul_rn(s, inv_step), lo), hi));
+            word[(j + e) / 4] |= ((u32)code & 0xFFu) << (8 * ((j + e) % 4));
+        }
     }
     out[idx] = make_uint4(word[0], word[1], word[2], word[3]);
 }
 
-#define W1A4_GN_ENTRY(STATS, APPLY, IN)                                                                   \
+extern "C" __global__ void __launch_bounds__(GN_THREADS)
+w1a4_gn_finish(const double* partial, const float* gamma, const float* beta, float2* ab, int N, int C, int C_pad,
+               int G, int S, int HW, float eps) {
+    gn_finish(partial, gamma, beta, ab, N, C, C_pad, G, S, HW, eps);
+}
+
+#define W1A4_GN_ENTRY(PARTIAL, APPLY, IN)                                                                 \
     extern "C" __global__ void __launch_bounds__(GN_THREADS)                                              \
-    STATS(const void* x, float2* stats, int C, int H, int W, long long sN, long long sC, long long sH,     \
-          long long sW, int G, float eps) {                                                                \
-        gn_stats<IN>(x, stats, C, H, W, sN, sC, sH, sW, G, eps);                                           \
+    PARTIAL(const void* x, double* partial, int C, int HW, long long sN, long long sC, long long sP, int G, \
+            int S, int K, int PL, int chan_fast) {                                                         \
+        gn_partial<IN>(x, partial, C, HW, sN, sC, sP, G, S, K, PL, chan_fast);                             \
     }                                                                                                      \
-    extern "C" __global__ void APPLY(const void* x, const float2* stats, const float* gamma, const float* beta, \
-                                     uint4* out, int N, int C, int H, int W, long long sN, long long sC,        \
-                                     long long sH, long long sW, int G, int units_per_pixel,                    \
-                                     const float* step, int qn, int qp) {                                       \
-        gn_silu_bytes<IN>(x, stats, gamma, beta, out, N, C, H, W, sN, sC, sH, sW, G, units_per_pixel, step,     \
-                          qn, qp);                                                                              \
+    extern "C" __global__ void __launch_bounds__(BYTES_THREADS)                                           \
+    APPLY(const void* x, const float2* ab, uint4* out, int N, int C, int HW, long long sN, long long sC,    \
+          long long sP, int units_per_pixel, const float* step, int qn, int qp) {                          \
+        gn_silu_bytes<IN>(x, ab, out, N, C, HW, sN, sC, sP, units_per_pixel, step, qn, qp);                \
     }
-W1A4_GN_ENTRY(w1a4_gn_stats_f32, w1a4_gn_silu_bytes_f32, IN_F32)
-W1A4_GN_ENTRY(w1a4_gn_stats_f16, w1a4_gn_silu_bytes_f16, IN_F16)
-W1A4_GN_ENTRY(w1a4_gn_stats_bf16, w1a4_gn_silu_bytes_bf16, IN_BF16)
+W1A4_GN_ENTRY(w1a4_gn_partial_f32, w1a4_gn_silu_bytes_f32, IN_F32)
+W1A4_GN_ENTRY(w1a4_gn_partial_f16, w1a4_gn_silu_bytes_f16, IN_F16)
+W1A4_GN_ENTRY(w1a4_gn_partial_bf16, w1a4_gn_silu_bytes_bf16, IN_BF16)

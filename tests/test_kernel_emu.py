@@ -221,16 +221,26 @@ def test_emulated_quantize_kernels_equal_the_packer(exe, kernel, shape, seed, dt
         assert torch.equal(planes, expected_planes) and torch.equal(sums, expected_sums)
 
 
-@pytest.mark.parametrize("shape, groups, dtype, channels_last", [((2, 64, 5, 6), 8, torch.float32, False),
-                                                                ((2, 96, 4, 4), 32, torch.float16, True),
-                                                                ((1, 40, 3, 5), 8, torch.bfloat16, True),
-                                                                ((3, 130, 2, 3), 2, torch.float16, False)])
-def test_emulated_groupnorm_silu_quantize_equals_the_unfused_ops(exe, shape, groups, dtype, channels_last):
-    # w1a4_gn_stats + w1a4_gn_silu_bytes against PyTorch's GroupNorm, SiLU and LSQ in float32, then the
-    # byte codes. The statistics are summed in another order than PyTorch's, so a value within float
-    # rounding of a step boundary may land one code away: allowed for at most 1 code in 1,000.
+@pytest.mark.parametrize("shape, groups, dtype, channels_last, mean, slices",
+                         [((2, 64, 5, 6), 8, torch.float32, False, 1.0, 1),
+                          ((2, 96, 4, 4), 32, torch.float16, True, 1.0, 1),
+                          ((1, 40, 3, 5), 8, torch.bfloat16, True, 1.0, 1),
+                          # 65-channel groups across rounds of 42 channels (pixel lanes: NCHW)
+                          ((3, 130, 2, 3), 2, torch.float16, False, 1.0, 1),
+                          # several slices per sample, a group across two rounds (320 channels in rounds of
+                          # 256), and a mean 13 stds from zero (the shifted float sums keep the variance)
+                          ((2, 64, 16, 16), 32, torch.float16, True, 1.0, 4),
+                          ((1, 32, 32, 32), 8, torch.float32, False, 40.0, 2),
+                          ((2, 320, 8, 8), 32, torch.float32, True, 40.0, 4)])
+def test_emulated_groupnorm_silu_quantize_equals_the_unfused_ops(exe, shape, groups, dtype, channels_last, mean,
+                                                                slices):
+    # w1a4_gn_partial + w1a4_gn_finish + w1a4_gn_silu_bytes against PyTorch's GroupNorm, SiLU and LSQ in
+    # float32, then the byte codes. The statistics are summed in another order than PyTorch's, so a value
+    # within float rounding of a step boundary may land one code away: allowed for at most 1 code in 1,000.
+    from binarydm.kernels.cuda import groupnorm_geometry
+
     gen = torch.Generator().manual_seed(sum(shape) + groups)
-    x = (torch.randn(*shape, generator=gen) * 3 + 1).to(dtype)
+    x = (torch.randn(*shape, generator=gen) * 3 + mean).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     norm = torch.nn.GroupNorm(groups, shape[1], eps=1e-6)
@@ -238,6 +248,7 @@ def test_emulated_groupnorm_silu_quantize_equals_the_unfused_ops(exe, shape, gro
         norm.weight.copy_(torch.rand(shape[1], generator=gen) + 0.5)
         norm.bias.copy_(torch.randn(shape[1], generator=gen) * 0.3)
         expected = byte_codes(pack_activation(torch.nn.functional.silu(norm(x.float())), 0.15))
+    assert groupnorm_geometry(x).slices == slices
     got = emu.run_gn_silu_bytes(exe, x, norm, 0.15)
     diff = (got.to(torch.int32) - expected.to(torch.int32)).abs()
     assert diff.max() <= 1 and (diff > 0).sum() * 1000 <= diff.numel()

@@ -140,13 +140,18 @@ def test_bench_dry_run_writes_its_json(tmp_path):
 
 
 def test_bench_table_shows_the_fused_norm_timings_of_the_mma_rows():
-    # The GPU run adds norm_unfused_graph_us / norm_fused_graph_us to mma rows of 3x3 convs (no CPU run
-    # can time them): the report lists them in their own table, one line per shape and batch.
+    # The GPU run adds norm_unfused_graph_us / norm_fused_graph_us / copy_graph_us to mma rows of 3x3 convs
+    # (no CPU run can time them): the report lists them in their own table, one line per shape and batch,
+    # with the fused pass against the copy of its input (issue 29's yardstick).
     import bench_kernel
 
     row = dict(batch=256, cin=128, cout=128, k=3, stride=1, pad=1, h=32, w=32, bases=1, variant="mma",
                fp16_graph_us=200.0, w1a4_graph_us=150.0, conv_graph_us=120.0, fp16_us=210.0, w1a4_us=160.0,
-               speedup=1.33, tops_w1a4=500.0, norm_unfused_graph_us=61.5, norm_fused_graph_us=23.25)
+               speedup=1.33, tops_w1a4=500.0, norm_unfused_graph_us=61.5, norm_fused_graph_us=23.25,
+               copy_graph_us=15.5)
     text = bench_kernel.table(dict(variants=["mma"], device="H200", layers=[row, dict(row, bases=2)], unet=[]))
     lines = [line for line in text.splitlines() if line.startswith("| 256 | 128 | 32x32 |")]
-    assert lines == ["| 256 | 128 | 32x32 | 61.5 | 23.2 |"]
+    assert lines == ["| 256 | 128 | 32x32 | 61.5 | 23.2 | 15.5 | 1.50x |"]
+    old = dict(row, copy_graph_us=None)  # a run before the copy was timed
+    text = bench_kernel.table(dict(variants=["mma"], device="H200", layers=[old], unet=[]))
+    assert "| 256 | 128 | 32x32 | 61.5 | 23.2 | - | - |" in text

@@ -247,9 +247,27 @@ def test_mma_constants_match_the_source():
     for name, value in (("MMA_BM", kcuda.MMA_BM), ("MMA_BN", kcuda.MMA_BN), ("MMA_THREADS", kcuda.MMA_THREADS),
                         ("MMA_MAX_STEPS", kcuda.MMA_MAX_STEPS), ("MMA_MAX_TAPS", kcuda.MMA_MAX_TAPS),
                         ("MMA_B_UNITS", packing.MMA_STEP_UNITS), ("MMA_STAGES", packing.MMA_STAGES),
-                        ("BYTES_THREADS", kcuda.BYTES_THREADS), ("GN_THREADS", kcuda.GN_THREADS)):
+                        ("BYTES_THREADS", kcuda.BYTES_THREADS), ("GN_THREADS", kcuda.GN_THREADS),
+                        ("GN_MAX_GROUPS", kcuda.GN_MAX_GROUPS)):
         assert f"#define {name} {value} " in src, name
     assert packing.MMA_BN == kcuda.MMA_BN
+
+
+def test_groupnorm_statistics_geometry_reads_along_the_contiguous_axis():
+    # w1a4_gn_partial's threads lie along the channels of channels_last input (a warp reads 32 adjacent
+    # channels of a pixel) and along the pixels of NCHW input; about 1,024 blocks, at least 16 pixels a lane.
+    x = torch.empty(256, 128, 32, 32, device="meta")
+    last = kcuda.groupnorm_geometry(x.contiguous(memory_format=torch.channels_last))
+    assert (last.chan_fast, last.channels, last.lanes, last.slices, last.pixel_stride) == (True, 128, 2, 4, 128)
+    first = kcuda.groupnorm_geometry(x)
+    assert (first.chan_fast, first.channels, first.lanes, first.slices, first.pixel_stride) == (False, 8, 32, 2, 1)
+    one = kcuda.groupnorm_geometry(torch.empty(1, 512, 8, 8, device="meta").contiguous(
+        memory_format=torch.channels_last))
+    assert (one.channels, one.lanes, one.slices) == (256, 1, 4)  # batch 1: more slices, 16 pixels each
+    for geo in (last, first, one):
+        assert geo.channels * geo.lanes <= kcuda.GN_THREADS
+    with pytest.raises(ValueError, match="at most 512 groups"):
+        kcuda.groupnorm_silu_bytes(torch.randn(1, 1024, 2, 2), torch.nn.GroupNorm(1024, 1024), 0.1)
 
 
 def test_mma_refuses_what_its_tables_cannot_hold():

@@ -231,9 +231,13 @@ def _norm_times(bench: Bench, where: str, xf, cin: int, step, launches: int, arg
     sets = len(xf)
     unfused = lambda i: kcuda.quantize_bytes(F.silu(norm(xf[i % sets])), step)  # noqa: E731
     fused = lambda i: kcuda.groupnorm_silu_bytes(xf[i % sets], norm, step)  # noqa: E731
+    # the issue-29 yardstick: copying the tensor (one read, one write of it) on the same card
+    dst = torch.empty_like(xf[0])
+    copy = lambda i: dst.copy_(xf[i % sets])  # noqa: E731
     t_unfused = timed(bench, f"norm unfused {where}", unfused, launches, args.repeats, device, True)
     t_fused = timed(bench, f"norm fused {where}", fused, launches, args.repeats, device, True)
-    return dict(norm_unfused_graph_us=t_unfused[1], norm_fused_graph_us=t_fused[1])
+    t_copy = timed(bench, f"copy {where}", copy, launches, args.repeats, device, True)
+    return dict(norm_unfused_graph_us=t_unfused[1], norm_fused_graph_us=t_fused[1], copy_graph_us=t_copy[1])
 
 
 def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
@@ -376,10 +380,14 @@ def table(data: dict) -> str:
     norms = [r for r in data["layers"] if "norm_fused_graph_us" in r]
     if norms:
         lines += ["", "SiLU(GroupNorm(x)) to s8 codes in front of a 3x3 conv (32 groups, fp16 input), CUDA graph, us:",
-                  "", "| batch | C | H x W | fp16 norm + SiLU, then quantize_bytes | groupnorm_silu_bytes (fused) |",
-                  "|---|---|---|---|---|"]
+                  "", "| batch | C | H x W | fp16 norm + SiLU, then quantize_bytes | groupnorm_silu_bytes (fused) | "
+                  "copy of x | fused / copy |", "|---|---|---|---|---|---|---|"]
+        ratio = lambda r: (r["norm_fused_graph_us"] / r["copy_graph_us"]  # noqa: E731
+                           if r.get("copy_graph_us") and r["norm_fused_graph_us"] else None)
         lines += [f"| {r['batch']} | {r['cin']} | {r['h']}x{r['w']} | {fmt(r['norm_unfused_graph_us'])} | "
-                  f"{fmt(r['norm_fused_graph_us'])} |" for r in norms if r["bases"] == min(x["bases"] for x in norms)]
+                  f"{fmt(r['norm_fused_graph_us'])} | {fmt(r.get('copy_graph_us'))} | "
+                  f"{'-' if ratio(r) is None else format(ratio(r), '.2f') + 'x'} |"
+                  for r in norms if r["bases"] == min(x["bases"] for x in norms)]
     if not data["unet"]:
         return "\n".join(lines) + "\n"
     lines += ["", f"Whole UNet forward (ddpm-cifar10-32, random weights, one timestep, binarized by "

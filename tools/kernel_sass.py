@@ -13,6 +13,8 @@ shared by its 4 warps). The figure
 
 is instructions per warp per m16n8k32's worth of MACs (issue 15: a CUTLASS-class kernel spends a few;
 > ~4 leaves the tensor cores idle). The shortest path and the static body length are reported too.
+For the GroupNorm statistics kernels (``w1a4_gn_partial_*``, no tensor cores) it reports their streaming loop
+instead: instructions on its longest path per global load (one element each), ``instr_per_load``.
 MACs are those of the W1A4 product (1-bit weight x 4-bit activation): an 8- or 4-bit MMA's MAC is one,
 while a 1-bit MMA (BMMA/BGMMA ... AND.POPC) makes bit products, and a W1A4 MAC takes 4 of them (one per
 bit-plane of the codes): one m16n8k256 b1 MMA is 16 * 8 * 256 / 4 = 8,192 W1A4 MACs, so the 4 plane
@@ -160,17 +162,44 @@ def is_conditional(instr: str) -> bool:
 def main_loop(code: list[tuple[int, str]], planes: int = 4) -> dict | None:
     """The innermost loop holding tensor-core instructions, with its path lengths and MACs per warp
     (a 1-bit MMA's bit products over ``planes``)."""
+    loop = innermost_loop(code, mma_macs)
+    return None if loop is None else loop_figures(code, *loop, planes)
+
+
+def innermost_loop(code: list[tuple[int, str]], holds) -> tuple[int, int] | None:
+    """(head, back edge) indices of the shortest loop whose body has an instruction with ``holds(instr)``."""
     index = {addr: i for i, (addr, _) in enumerate(code)}
     loops = []
     for i, (addr, instr) in enumerate(code):
         target = branch_target(instr)
         if target is not None and target <= addr and target in index:
             lo, hi = index[target], i
-            if any(mma_macs(code[j][1]) for j in range(lo, hi + 1)):
+            if any(holds(code[j][1]) for j in range(lo, hi + 1)):
                 loops.append((hi - lo, lo, hi))
-    if not loops:
+    return min(loops)[1:] if loops else None
+
+
+def is_global_load(instr: str) -> bool:
+    return opcode(instr).startswith("LDG")
+
+
+def load_loop(code: list[tuple[int, str]]) -> dict | None:
+    """The innermost loop holding global loads (a streaming kernel's main loop, e.g. the GroupNorm
+    statistics): instructions on its longest path per global load on it (one element per load there)."""
+    loop = innermost_loop(code, is_global_load)
+    if loop is None:
         return None
-    _, lo, hi = min(loops)
+    figures = loop_figures(code, *loop, count=lambda instr: int(is_global_load(instr)))
+    loads = figures["macs_per_warp"]
+    return dict(start=figures["start"], end=figures["end"], longest_path=figures["longest_path"], loads=loads,
+                instr_per_load=round(figures["longest_path"] / loads, 2) if loads else None)
+
+
+def loop_figures(code: list[tuple[int, str]], lo: int, hi: int, planes: int = 4, count=None) -> dict:
+    """Path lengths of the loop code[lo..hi] and what ``count(instr)`` adds up along its longest path
+    (default: the W1A4 MACs of its tensor-core instructions, reported as ``macs_per_warp``)."""
+    index = {addr: i for i, (addr, _) in enumerate(code)}
+    count = count or (lambda instr: w1a4_macs(instr, planes))
     # Longest and shortest instruction counts from the head (lo) to the back edge (hi) through the body,
     # as a DAG: forward branches inside the body are followed both ways; other backward branches (inner
     # loops without MMA) are not taken; branches out of the body or EXIT end a path (it leaves the loop).
@@ -182,7 +211,7 @@ def main_loop(code: list[tuple[int, str]], planes: int = 4) -> dict | None:
         op = opcode(instr)
         cost = 0 if op == "NOP" else 1
         if j == hi:
-            longest[j], shortest[j], macs_long[j] = cost, cost, w1a4_macs(instr, planes)
+            longest[j], shortest[j], macs_long[j] = cost, cost, count(instr)
             continue
         nexts = []
         target = branch_target(instr)
@@ -197,9 +226,9 @@ def main_loop(code: list[tuple[int, str]], planes: int = 4) -> dict | None:
             continue
         best = max(nexts, key=lambda n: longest[n])
         longest[j] = cost + longest[best]
-        macs_long[j] = w1a4_macs(instr, planes) + macs_long[best]
+        macs_long[j] = count(instr) + macs_long[best]
         shortest[j] = cost + min(shortest[n] for n in nexts)
-    static_macs = sum(w1a4_macs(code[j][1], planes) for j in range(lo, hi + 1))
+    static_macs = sum(count(code[j][1]) for j in range(lo, hi + 1))
     bit_macs = sum(mma_macs(code[j][1]) for j in range(lo, hi + 1))
     mma_ops: dict[str, int] = {}
     for j in range(lo, hi + 1):
@@ -236,6 +265,8 @@ def analyse(arch_list, keep: Path | None = None) -> list[dict]:
                         row["instr_per_4k_mac"] = round(loop["longest_path"] * per, 2)
                         row["instr_per_4k_mac_shortest"] = round(loop["shortest_path"] * per, 2)
                         row["instr_per_4k_mac_static"] = round(loop["static_instr"] * per, 2)
+                    if name.startswith("w1a4_gn_partial"):  # the GroupNorm statistics: a streaming loop
+                        row["load_loop"] = load_loop(code)
                     rows.append(row)
     return rows
 
@@ -254,6 +285,10 @@ def main(argv=None) -> int:
                      f"{loop['macs_per_warp']} {unit} MAC/warp {loop['mma']} -> {r['instr_per_4k_mac']} instr "
                      "per 4k MAC"
                      if loop else "no tensor-core loop")
+        if r.get("load_loop"):
+            ld = r["load_loop"]
+            loop_text += (f"; load loop {ld['start']}..{ld['end']}: {ld['longest_path']} instr, {ld['loads']} "
+                          f"loads -> {ld['instr_per_load']} instr per element")
         print(f"{r['arch']:7s} {r['kernel']:28s} regs {r.get('registers')}, smem {r.get('shared_bytes')} B, "
               f"spills {r.get('spill_stores', 0) + r.get('spill_loads', 0)} B; {loop_text}")
     if args.json is not None:

@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -56,10 +57,12 @@ PACK_KERNELS = {torch.float32: "w1a4_quantize_pack_f32", torch.float16: "w1a4_qu
 BYTES_KERNELS = {torch.float32: "w1a4_quantize_bytes_f32", torch.float16: "w1a4_quantize_bytes_f16",
                  torch.bfloat16: "w1a4_quantize_bytes_bf16"}
 BYTES_CODES_KERNEL = "w1a4_bytes_codes"
-GN_KERNELS = {dtype: (f"w1a4_gn_stats_{t}", f"w1a4_gn_silu_bytes_{t}")
+GN_KERNELS = {dtype: (f"w1a4_gn_partial_{t}", f"w1a4_gn_silu_bytes_{t}")
               for dtype, t in ((torch.float32, "f32"), (torch.float16, "f16"), (torch.bfloat16, "bf16"))}
+GN_FINISH_KERNEL = "w1a4_gn_finish"
 # must match cuda/w1a4_conv.cu (MMA_BN and MMA_STAGES: packing's, which shape the weight fragments)
 MMA_BM, MMA_THREADS, BYTES_THREADS, GN_THREADS = 128, 128, 256, 256
+GN_MAX_GROUPS = 512
 MMA_MAX_STEPS, MMA_MAX_TAPS = 1023, 31  # likewise: the mma kernel's step table and tap mask
 SIMT_THREADS = 256
 BMMA_KERNELS = tuple(f"w1a4_conv_bmma_nb{nb}_{t}" for nb in (1, 2) for t in ("f16", "f32"))
@@ -696,37 +699,80 @@ def quantize_bytes(x: torch.Tensor, step, qn: int = -8, qp: int = 7,
     return ByteActivation(codes, step_t, -qn, c)
 
 
+@dataclass(frozen=True)
+class GroupNormGeometry:
+    """How ``w1a4_gn_partial`` covers x [N, C, H, W]: S slices of each sample's H W pixels (pixel p at
+    ``p * pixel_stride``), K channels x PL pixel lanes per block, channel-fastest in the thread index where
+    the channels are adjacent in memory. The launcher and the host emulation use the same one."""
+
+    slices: int
+    channels: int
+    lanes: int
+    chan_fast: bool
+    pixel_stride: int
+
+
+def groupnorm_geometry(x: torch.Tensor, blocks: int = 1024) -> GroupNormGeometry:
+    """The statistics pass's grid for ``x`` (H and W one axis: ``x.stride(2) == W * x.stride(3)``, true of
+    contiguous and channels_last tensors): about ``blocks`` blocks, each at least 16 pixels per lane."""
+    n, c, h, wd = x.shape
+    chan_fast = x.stride(1) == 1 and c > 1
+    if chan_fast:
+        k = min(c, GN_THREADS)
+        lanes = GN_THREADS // k
+    else:
+        lanes = min(32, h * wd)
+        k = min(c, GN_THREADS // lanes)
+    slices = max(1, min(-(-blocks // n), (h * wd) // (16 * lanes)))
+    return GroupNormGeometry(slices, k, lanes, chan_fast, x.stride(3))
+
+
 def groupnorm_silu_bytes(x: torch.Tensor, norm: torch.nn.GroupNorm, step, qn: int = -8, qp: int = 7,
                          out: Optional[torch.Tensor] = None) -> ByteActivation:
     """The s8 x s8 kernel's operand for SiLU(norm(x)) (a ResNet block's norm -> SiLU -> conv), made from
-    ``x`` (float32/fp16/bf16, any strides) without writing the normalized tensor: one kernel for the
-    (sample, group) statistics, one for normalize + affine + SiLU + LSQ, in float32. The codes equal
-    those of ``quantize_bytes(F.silu(norm(x.float())))`` up to the float rounding of the statistics
-    (a code can differ by one where a value lies within rounding of a step boundary)."""
+    ``x`` (float32/fp16/bf16; contiguous or channels_last, other strides are copied to channels_last first)
+    without writing the normalized tensor: the (sample, group) sums in one read of ``x``
+    (``w1a4_gn_partial``), each (sample, channel)'s affine (``w1a4_gn_finish``), then normalize + SiLU + LSQ
+    in float32 with the MUFU exponential and reciprocal (``w1a4_gn_silu_bytes``); no sync. The codes equal
+    those of ``quantize_bytes(F.silu(norm(x.float())))`` up to float rounding (a code can differ by one where
+    a value lies within a few ulp of a step boundary)."""
     import numpy as np
 
     if qp - qn > 15:
         raise ValueError(f"the code range [{qn}, {qp}] needs more than 4 bits")
     if x.dtype not in GN_KERNELS:
         raise ValueError(f"groupnorm_silu_bytes takes float32, float16 or bfloat16 input, got {x.dtype}")
+    if norm.num_groups > GN_MAX_GROUPS:
+        raise ValueError(f"groupnorm_silu_bytes takes at most {GN_MAX_GROUPS} groups, got {norm.num_groups}")
     n, c, h, wd = x.shape
+    if n * h * wd * (padded_channels(c) // 16) >= 2**31:  # the apply kernel's 32-bit index math
+        raise ValueError(f"groupnorm_silu_bytes takes fewer than 2^31 units of 16 channels, got {tuple(x.shape)}")
     g = norm.num_groups
+    if x.stride(2) != wd * x.stride(3):  # H and W not one axis: the statistics pass needs them so
+        x = x.contiguous(memory_format=torch.channels_last)
+    geo = groupnorm_geometry(x)
     codes = _bytes_out(n, c, h, wd, x.device, out)
     step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
-    affine = (norm.weight.detach().float().contiguous(), norm.bias.detach().float().contiguous()) \
-        if norm.affine else None
-    stats = torch.empty(n * g, 2, dtype=torch.float32, device=x.device)
     units = codes.shape[-1] // 16
+    partial = torch.empty(n, geo.slices, g, 2, dtype=torch.float64, device=x.device)
+    ab = torch.empty(n, units * 16, 2, dtype=torch.float32, device=x.device)  # (a, b) per padded channel
     strides = tuple(np.int64(v) for v in x.stride())
     ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
+    affine = (norm.weight.detach().float().contiguous(), norm.bias.detach().float().contiguous()) \
+        if norm.affine else None
     gamma, beta = (ptr(t) for t in affine) if affine else (np.uint64(0), np.uint64(0))  # null: no affine
-    stats_kernel, apply_kernel = (load_module().get_function(k) for k in GN_KERNELS[x.dtype])
+    partial_kernel, apply_kernel = (load_module().get_function(k) for k in GN_KERNELS[x.dtype])
+    _launch_on(x.device, partial_kernel, (n * geo.slices,), (GN_THREADS,),
+               (ptr(x), ptr(partial), np.int32(c), np.int32(h * wd), strides[0], strides[1],
+                np.int64(geo.pixel_stride), np.int32(g), np.int32(geo.slices), np.int32(geo.channels),
+                np.int32(geo.lanes), np.int32(geo.chan_fast)))
+    _launch_on(x.device, load_module().get_function(GN_FINISH_KERNEL), (-(-n * units * 16 // GN_THREADS),),
+               (GN_THREADS,), (ptr(partial), gamma, beta, ptr(ab), np.int32(n), np.int32(c), np.int32(units * 16),
+                               np.int32(g), np.int32(geo.slices), np.int32(h * wd), np.float32(norm.eps)))
     total = n * h * wd * units
-    _launch_on(x.device, stats_kernel, (n * g,), (GN_THREADS,),
-               (ptr(x), ptr(stats), np.int32(c), np.int32(h), np.int32(wd), *strides, np.int32(g), np.float32(norm.eps)))
     _launch_on(x.device, apply_kernel, (-(-total // BYTES_THREADS),), (BYTES_THREADS,),
-               (ptr(x), ptr(stats), gamma, beta, ptr(codes), np.int32(n), np.int32(c), np.int32(h), np.int32(wd),
-                *strides, np.int32(g), np.int32(units), ptr(step_t), np.int32(qn), np.int32(qp)))
+               (ptr(x), ptr(ab), ptr(codes), np.int32(n), np.int32(c), np.int32(h * wd), strides[0], strides[1],
+                np.int64(geo.pixel_stride), np.int32(units), ptr(step_t), np.int32(qn), np.int32(qp)))
     return ByteActivation(codes, step_t, -qn, c)
 
 

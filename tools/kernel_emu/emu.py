@@ -146,11 +146,16 @@ def run_bytes(exe: Path, x, step: float = 1.0, qn: int = -8, qp: int = 7) -> tor
 
 
 def run_gn_silu_bytes(exe: Path, x: torch.Tensor, norm: torch.nn.GroupNorm, step: float, qn: int = -8,
-                      qp: int = 7) -> torch.Tensor:
-    """w1a4_gn_stats + w1a4_gn_silu_bytes: the s8 codes of SiLU(norm(x)), int8 [N, H, W, C_pad]."""
+                      qp: int = 7, blocks: int | None = None) -> torch.Tensor:
+    """w1a4_gn_partial + w1a4_gn_finish + w1a4_gn_silu_bytes: the s8 codes of SiLU(norm(x)), int8
+    [N, H, W, C_pad], on the launcher's geometry (``x`` with H and W one axis, as the launcher makes it)."""
+    from binarydm.kernels.cuda import groupnorm_geometry
+
     n, c, h, wd = x.shape
     units = padded_channels(c) // 16
-    header = [_IN_KINDS[x.dtype], n, c, h, wd, *x.stride(), norm.num_groups, units, qn, qp]
+    geo = groupnorm_geometry(x, **({} if blocks is None else {"blocks": blocks}))
+    header = [_IN_KINDS[x.dtype], n, c, h, wd, *x.stride(), norm.num_groups, units, qn, qp,
+              geo.slices, geo.channels, geo.lanes, int(geo.chan_fast)]
     gamma = norm.weight if norm.affine else torch.ones(c)
     beta = norm.bias if norm.affine else torch.zeros(c)
     data = _run(exe, [np.array([7], np.int32), np.array(header, np.int32), np.array([step, norm.eps], np.float32),
