@@ -152,6 +152,9 @@ def run_gn_silu_bytes(exe: Path, x: torch.Tensor, norm: torch.nn.GroupNorm, step
     from binarydm.kernels.cuda import groupnorm_geometry
 
     n, c, h, wd = x.shape
+    if x.stride(2) != wd * x.stride(3):
+        raise ValueError("the kernels take H and W as one axis (x.stride(2) == W * x.stride(3)), as the launcher "
+                         "makes them")
     units = padded_channels(c) // 16
     geo = groupnorm_geometry(x, **({} if blocks is None else {"blocks": blocks}))
     header = [_IN_KINDS[x.dtype], n, c, h, wd, *x.stride(), norm.num_groups, units, qn, qp,
