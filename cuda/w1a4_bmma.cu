@@ -29,6 +29,8 @@
 //   w1a4_planes_codes                   packed nibble codes (binarydm.kernels.packing) -> planes + sums
 //   w1a4_planes_{f32,f16,bf16}          float input (any strides) -> LSQ codes -> planes + sums
 //   w1a1_planes_{f32,f16,bf16}          float input (any strides) and beta -> sign codes -> 2 planes + sums
+//   w1a4_gn_planes_{f32,f16,bf16}       SiLU(GroupNorm(x)) -> LSQ codes -> planes + sums (the statistics:
+//                                       w1a4_gn_partial + w1a4_gn_finish of cuda/w1a4_conv.cu)
 //
 // Layouts (binarydm/kernels/packing.py builds the weight one once, at pack time):
 //   planes  u32 [N, H, W, G/4, PL, 4]  G = 4 ceil(C_in / 128) (a multiple of 4); word [pix][grp / 4][k]
@@ -333,12 +335,16 @@ __device__ __forceinline__ u32 sign_code_of(float value, float beta) {
 // groups of 4 words per pixel, zero point z) or from a float tensor of any strides: LSQ (code =
 // rint(clamp(x / d, qn, qp)) - qn, z = -qn, the rounding and float32 division of
 // binarydm.kernels.packing.pack_activation: lsq_code; param = the step d) or, with SIGN, W1A1's sign
-// codes (z = 1; param = beta per channel, or null for 0). Writes PL planes; groups past the channels (up
-// to G) are written as 0.
-template <int IN, int PL, bool SIGN>
+// codes (z = 1; param = beta per channel, or null for 0), or with GN the LSQ codes of SiLU(GroupNorm(x))
+// (silu_lsq_code; ab: each (sample, channel)'s affine from w1a4_gn_finish, ab_stride per sample). Writes
+// PL planes; groups past the channels (up to G) are written as 0.
+enum { PACK_LSQ = 0, PACK_SIGN = 1, PACK_GN = 2 };
+
+template <int IN, int PL, int MODE>
 __device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes, int* __restrict__ sums, int N,
                             int C, int H, int W, long long sN, long long sC, long long sH, long long sW, int G,
-                            int Gc, const float* __restrict__ param, int qn, int qp, int z) {
+                            int Gc, const float* __restrict__ param, int qn, int qp, int z,
+                            const float2* __restrict__ ab = nullptr, int ab_stride = 0) {
     __shared__ int part[BM_PACK_THREADS];
     const int ppb = BM_PACK_THREADS / G;  // pixels per block
     const int lp = threadIdx.x / G, grp = threadIdx.x - lp * G;
@@ -354,17 +360,21 @@ __device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes
                 wd[0] = v.x, wd[1] = v.y, wd[2] = v.z, wd[3] = v.w;
             }
         } else if (grp * 32 < C) {
-            const float step = SIGN ? 0.0f : *param;
+            const float step = MODE == PACK_SIGN ? 0.0f : *param;
+            const float inv_step = MODE == PACK_GN ? __frcp_rn(step) : 0.0f;
             const int w = (int)(pix % W);
             const int h = (int)((pix / W) % H);
             const int n = (int)(pix / ((long long)W * H));
             const long long base = n * sN + h * sH + w * sW;
+            const float2* abn = ab + (long long)n * ab_stride;
 #pragma unroll
             for (int jj = 0; jj < 32; ++jj) {
                 const int c = grp * 32 + jj;
                 if (c >= C) continue;
-                const u32 code = SIGN ? sign_code_of(load_as_f32<IN>(x, base + c * sC), param ? param[c] : 0.0f)
-                                      : lsq_code<IN>(x, base + c * sC, step, qn, qp);
+                const float v = load_as_f32<IN>(x, base + c * sC);
+                const u32 code = MODE == PACK_SIGN ? sign_code_of(v, param ? param[c] : 0.0f)
+                                 : MODE == PACK_GN ? (u32)(silu_lsq_code(v, abn[c], inv_step, (float)qn, (float)qp) - qn)
+                                                   : lsq_code_of(v, step, qn, qp);
                 wd[jj >> 3] |= code << (4 * (jj & 7));
             }
         }
@@ -406,8 +416,8 @@ W1A4_BMMA_ENTRY(w1a1_conv_bmma_f32, 1, false, 2)
     extern "C" __global__ void __launch_bounds__(BM_PACK_THREADS)                                        \
     NAME(const void* x, u32* planes, int* sums, int N, int C, int H, int W, long long sN, long long sC,   \
          long long sH, long long sW, int G, int Gc, const float* step, int qn, int qp, int z) {           \
-        w1a4_bmma::pack_planes<IN, 4, false>(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, Gc, step, qn, qp, \
-                                             z);                                                          \
+        w1a4_bmma::pack_planes<IN, 4, w1a4_bmma::PACK_LSQ>(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, Gc, \
+                                                           step, qn, qp, z);                              \
     }
 W1A4_PLANES_ENTRY(w1a4_planes_codes, IN_CODES)
 W1A4_PLANES_ENTRY(w1a4_planes_f32, IN_F32)
@@ -419,8 +429,21 @@ W1A4_PLANES_ENTRY(w1a4_planes_bf16, IN_BF16)
     extern "C" __global__ void __launch_bounds__(BM_PACK_THREADS)                                        \
     NAME(const void* x, const float* beta, u32* planes, int* sums, int N, int C, int H, int W, long long sN, \
          long long sC, long long sH, long long sW, int G) {                                               \
-        w1a4_bmma::pack_planes<IN, 2, true>(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, 0, beta, 0, 0, 1); \
+        w1a4_bmma::pack_planes<IN, 2, w1a4_bmma::PACK_SIGN>(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, 0, \
+                                                            beta, 0, 0, 1);                               \
     }
 W1A1_PLANES_ENTRY(w1a1_planes_f32, IN_F32)
 W1A1_PLANES_ENTRY(w1a1_planes_f16, IN_F16)
 W1A1_PLANES_ENTRY(w1a1_planes_bf16, IN_BF16)
+
+// SiLU(GroupNorm(x)) straight into the 4 planes: ab from w1a4_gn_finish (cuda/w1a4_conv.cu's statistics).
+#define W1A4_GN_PLANES_ENTRY(NAME, IN)                                                                   \
+    extern "C" __global__ void __launch_bounds__(BM_PACK_THREADS)                                        \
+    NAME(const void* x, const float2* ab, int ab_stride, u32* planes, int* sums, int N, int C, int H, int W, \
+         long long sN, long long sC, long long sH, long long sW, int G, const float* step, int qn, int qp) { \
+        w1a4_bmma::pack_planes<IN, 4, w1a4_bmma::PACK_GN>(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, 0, \
+                                                          step, qn, qp, -qn, ab, ab_stride);              \
+    }
+W1A4_GN_PLANES_ENTRY(w1a4_gn_planes_f32, IN_F32)
+W1A4_GN_PLANES_ENTRY(w1a4_gn_planes_f16, IN_F16)
+W1A4_GN_PLANES_ENTRY(w1a4_gn_planes_bf16, IN_BF16)

@@ -104,6 +104,16 @@ __device__ __forceinline__ float rcp_approx(float x) {
 #endif
 }
 
+// The signed LSQ code q in [qn, qp] of SiLU(y), y = a v + b (t = (a, b): a GroupNorm's affine of the
+// channel): SiLU as y / (1 + 2^(-y log2 e)) with the MUFU exponential and reciprocal, the division by the
+// step as a multiplication by its reciprocal. Within a few ulp of the float32 ops: a value that close to a
+// step boundary may land one code away from PyTorch's.
+__device__ __forceinline__ int silu_lsq_code(float v, float2 t, float inv_step, float lo, float hi) {
+    const float y = __fmaf_rn(v, t.x, t.y);
+    const float s = __fmul_rn(y, rcp_approx(__fadd_rn(1.0f, exp2_approx(__fmul_rn(y, -1.4426950408889634f)))));
+    return (int)rintf(fminf(fmaxf(__fmul_rn(s, inv_step), lo), hi));
+}
+
 // The bits of an fp16 (IN_F16) or bf16 (IN_BF16) value as float32.
 template <int IN>
 __device__ __forceinline__ float f32_of_bits(u16 h) {

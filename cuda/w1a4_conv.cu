@@ -642,10 +642,8 @@ __device__ __forceinline__ void load_16_channels(const void* __restrict__ x, lon
     }
 }
 
-// One thread per 16 channels of a pixel (pixel p of sample n at n sN + p sP, H and W one axis). The SiLU
-// uses the approximate exponential and reciprocal (the MUFU unit, about 2 ulp) and the step's reciprocal
-// multiplies: with the float rounding of the statistics, a value within a few ulp of a step boundary may
-// land one code away.
+// One thread per 16 channels of a pixel (pixel p of sample n at n sN + p sP, H and W one axis); the codes
+// of silu_lsq_code.
 template <int IN>
 __device__ void gn_silu_bytes(const void* __restrict__ x, const float2* __restrict__ ab, uint4* __restrict__ out,
                               int N, int C, int HW, long long sN, long long sC, long long sP, int units_per_pixel,
@@ -663,16 +661,10 @@ __device__ void gn_silu_bytes(const void* __restrict__ x, const float2* __restri
     u32 word[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
     for (int j = 0; j < 16; j += 2) {
-        const float4 t = ab2[j / 2];  // (a, b) of channels j and j + 1
-        const float y[2] = {__fmaf_rn(v[j], t.x, t.y), __fmaf_rn(v[j + 1], t.z, t.w)};
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            // SiLU: y / (1 + 2^(-y log2 e)); exp2 and the reciprocal are single MUFU instructions (flush to
-            // zero: a denormal exponential is 0 beside the 1 it is added to)
-            const float s = __fmul_rn(y[e], rcp_approx(__fadd_rn(1.0f, exp2_approx(__fmul_rn(y[e], -1.4426950408889634f)))));
-            const int code = (int)rintf(fminf(fmaxf(__fmul_rn(s, inv_step), lo), hi));
-            word[(j + e) / 4] |= ((u32)code & 0xFFu) << (8 * ((j + e) % 4));
-        }
+        const float4 t = ab2[j / 2];  // (a, b) of channels j and j + 1: one 16-byte load
+        const int q0 = silu_lsq_code(v[j], make_float2(t.x, t.y), inv_step, lo, hi);
+        const int q1 = silu_lsq_code(v[j + 1], make_float2(t.z, t.w), inv_step, lo, hi);
+        word[j / 4] |= (((u32)q0 & 0xFFu) | (((u32)q1 & 0xFFu) << 8)) << (8 * (j % 4));
     }
     out[idx] = make_uint4(word[0], word[1], word[2], word[3]);
 }

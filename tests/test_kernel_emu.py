@@ -18,6 +18,7 @@ from binarydm.kernels.packing import (
     pack_codes,
     pack_sign_input,
     pack_weight,
+    planes_codes,
 )
 from kernel_emu import emu
 
@@ -256,3 +257,31 @@ def test_emulated_groupnorm_silu_quantize_equals_the_unfused_ops(exe, shape, gro
     # the codes span SiLU's range here (min -0.28 / 0.15 -> -2, clamped at 7): a wrong normalization
     # could not hide in the clamp
     assert expected.unique().tolist() == list(range(-2, 8))
+
+
+@pytest.mark.parametrize("shape, groups, dtype, channels_last", [((2, 64, 5, 6), 8, torch.float32, False),
+                                                                ((2, 96, 4, 4), 32, torch.float16, True),
+                                                                ((1, 160, 3, 5), 32, torch.bfloat16, True),
+                                                                ((2, 64, 16, 16), 32, torch.float16, True)])
+def test_emulated_groupnorm_silu_into_planes_equals_the_unfused_ops(exe, shape, groups, dtype, channels_last):
+    # w1a4_gn_planes (the bit-plane kernel's operand of SiLU(GroupNorm(x)), on the statistics of the bytes
+    # path): the codes the planes hold are PyTorch's GroupNorm + SiLU + LSQ in float32 up to 1 code in 1,000
+    # one step away, and the planes and sums are exactly those of the bit-plane packer for those codes
+    # (layout, padding past the channels and the per-pixel sums).
+    gen = torch.Generator().manual_seed(sum(shape) + groups + 1)
+    x = (torch.randn(*shape, generator=gen) * 3 + 1).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    norm = torch.nn.GroupNorm(groups, shape[1], eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(shape[1], generator=gen) + 0.5)
+        norm.bias.copy_(torch.randn(shape[1], generator=gen) * 0.3)
+        expected = pack_activation(torch.nn.functional.silu(norm(x.float())), 0.15).unpack()
+    planes, sums = emu.run_gn_planes(exe, x, norm, 0.15)
+    got = planes_codes(planes, shape[1], 8)
+    diff = (got - expected.to(torch.int64)).abs()
+    assert diff.max() <= 1 and (diff > 0).sum() * 1000 <= diff.numel()
+    assert expected.unique().tolist() == list(range(6, 16))  # SiLU's range: -2 .. 7 plus the zero point 8
+    ref_planes, ref_sums = bmma_planes_reference(PackedActivation(pack_codes(got), torch.tensor(0.15), 8,
+                                                                  shape[1]))
+    assert torch.equal(planes, ref_planes) and torch.equal(sums, ref_sums)

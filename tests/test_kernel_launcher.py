@@ -151,7 +151,7 @@ def test_bench_table_shows_the_fused_norm_timings_of_the_mma_rows():
                copy_graph_us=15.5)
     text = bench_kernel.table(dict(variants=["mma"], device="H200", layers=[row, dict(row, bases=2)], unet=[]))
     lines = [line for line in text.splitlines() if line.startswith("| 256 | 128 | 32x32 |")]
-    assert lines == ["| 256 | 128 | 32x32 | 61.5 | 23.2 | 15.5 | 1.50x |"]
+    assert lines == ["| 256 | 128 | 32x32 | mma | 61.5 | 23.2 | 15.5 | 1.50x |"]
     old = dict(row, copy_graph_us=None)  # a run before the copy was timed
     text = bench_kernel.table(dict(variants=["mma"], device="H200", layers=[old], unet=[]))
-    assert "| 256 | 128 | 32x32 | 61.5 | 23.2 | - | - |" in text
+    assert "| 256 | 128 | 32x32 | mma | 61.5 | 23.2 | - | - |" in text

@@ -656,6 +656,33 @@ def test_groupnorm_silu_bytes_kernel_equals_the_unfused_ops(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_groupnorm_silu_planes_kernel_equals_the_unfused_ops(dtype):
+    # The bit-plane kernel's operand of SiLU(GroupNorm(x)): the codes its planes hold against PyTorch's ops
+    # in float32 (at most 1 code in 1,000 one step away), planes and sums those of the packer for them.
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    try:
+        kcuda.load_module(kcuda.BMMA_SOURCE)
+    except kcuda.KernelUnavailable as err:
+        pytest.skip(str(err))
+    gen = torch.Generator().manual_seed(37)
+    x = (torch.randn(2, 160, 8, 8, generator=gen) * 3 + 1).to(dtype).cuda().contiguous(
+        memory_format=torch.channels_last)
+    norm = torch.nn.GroupNorm(32, 160, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(160, generator=gen) + 0.5)
+        norm.bias.copy_(torch.randn(160, generator=gen) * 0.3)
+        expected = pack_activation(F.silu(norm(x.float().cpu())), 0.15).unpack().to(torch.int64)
+    planar = kcuda.groupnorm_silu_planes(x, norm.cuda(), 0.15)
+    got = packing.planes_codes(planar.planes.cpu(), 160, planar.zero_point)
+    diff = (got - expected).abs()
+    assert diff.max() <= 1 and (diff > 0).sum() * 1000 <= diff.numel()
+    ref = packing.bmma_planes_reference(packing.PackedActivation(packing.pack_codes(got), planar.step.cpu(), 8, 160))
+    assert torch.equal(planar.planes.cpu(), ref[0]) and torch.equal(planar.sums.cpu(), ref[1])
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["mma", "bmma"])
 def test_quantize_and_launch_replay_in_a_cuda_graph(variant):
     # No host sync in the quantizer or the launcher (a .item() would make the capture fail), so a graph

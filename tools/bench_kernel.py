@@ -214,23 +214,27 @@ def bench_shape(bench: Bench, shape: tuple, batch: int, bases_list, args, device
                 row["speedup"] = best(t_fp16) / best(t_w1a4)
                 row["tops_w1a4"] = ops / best(t_w1a4) / 1e6
                 row["tflops_fp16"] = ops / best(t_fp16) / 1e6
-            if variant == "mma" and on_gpu and k == 3 and s == 1 and cin % 32 == 0:
+            if variant in ("mma", "bmma") and on_gpu and k == 3 and s == 1 and cin % 32 == 0:
                 # A ResNet block's norm -> SiLU -> quantize in front of this conv: fp16 GroupNorm and SiLU then
-                # quantize_bytes, against the fused groupnorm_silu_bytes (what W1A4Conv2d.normed runs).
-                row.update(_norm_times(bench, where, xf, cin, step, n, args, device))
+                # the kernel's quantizer, against the fused pass (what W1A4Conv2d.normed runs).
+                row.update(_norm_times(bench, where, xf, cin, step, n, args, device, variant))
             bench.add("layers", row)
             rows.append(row)
     return rows
 
 
-def _norm_times(bench: Bench, where: str, xf, cin: int, step, launches: int, args, device) -> dict:
-    """Device time (CUDA graph) of SiLU(GroupNorm(x)) quantized to s8 codes, unfused and fused, in us."""
+def _norm_times(bench: Bench, where: str, xf, cin: int, step, launches: int, args, device,
+                variant: str = "mma") -> dict:
+    """Device time (CUDA graph) of SiLU(GroupNorm(x)) quantized to the kernel's operand (s8 codes for
+    ``mma``, bit-planes for ``bmma``), unfused and fused, and of a copy of x, in us."""
     from binarydm.kernels import cuda as kcuda
 
     norm = torch.nn.GroupNorm(32, cin, eps=1e-6).to(device).half()
     sets = len(xf)
-    unfused = lambda i: kcuda.quantize_bytes(F.silu(norm(xf[i % sets])), step)  # noqa: E731
-    fused = lambda i: kcuda.groupnorm_silu_bytes(xf[i % sets], norm, step)  # noqa: E731
+    quantize, fused_op = ((kcuda.quantize_planes, kcuda.groupnorm_silu_planes) if variant == "bmma"
+                          else (kcuda.quantize_bytes, kcuda.groupnorm_silu_bytes))
+    unfused = lambda i: quantize(F.silu(norm(xf[i % sets])), step)  # noqa: E731
+    fused = lambda i: fused_op(xf[i % sets], norm, step)  # noqa: E731
     # the issue-29 yardstick: copying the tensor (one read, one write of it) on the same card
     dst = torch.empty_like(xf[0])
     copy = lambda i: dst.copy_(xf[i % sets])  # noqa: E731
@@ -379,12 +383,15 @@ def table(data: dict) -> str:
                      f"{fmt(r.get('speedup'), '.2f')}x | {fmt(r.get('tops_w1a4'))} |")
     norms = [r for r in data["layers"] if "norm_fused_graph_us" in r]
     if norms:
-        lines += ["", "SiLU(GroupNorm(x)) to s8 codes in front of a 3x3 conv (32 groups, fp16 input), CUDA graph, us:",
-                  "", "| batch | C | H x W | fp16 norm + SiLU, then quantize_bytes | groupnorm_silu_bytes (fused) | "
-                  "copy of x | fused / copy |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "SiLU(GroupNorm(x)) to the kernel's operand in front of a 3x3 conv (32 groups, fp16 input), "
+                  "CUDA graph, us (mma: s8 codes, quantize_bytes / groupnorm_silu_bytes; bmma: bit-planes, "
+                  "quantize_planes / groupnorm_silu_planes):", "",
+                  "| batch | C | H x W | variant | fp16 norm + SiLU, then quantize | fused | copy of x | fused / copy |",
+                  "|---|---|---|---|---|---|---|---|"]
         ratio = lambda r: (r["norm_fused_graph_us"] / r["copy_graph_us"]  # noqa: E731
                            if r.get("copy_graph_us") and r["norm_fused_graph_us"] else None)
-        lines += [f"| {r['batch']} | {r['cin']} | {r['h']}x{r['w']} | {fmt(r['norm_unfused_graph_us'])} | "
+        lines += [f"| {r['batch']} | {r['cin']} | {r['h']}x{r['w']} | {r.get('variant', 'mma')} | "
+                  f"{fmt(r['norm_unfused_graph_us'])} | "
                   f"{fmt(r['norm_fused_graph_us'])} | {fmt(r.get('copy_graph_us'))} | "
                   f"{'-' if ratio(r) is None else format(ratio(r), '.2f') + 'x'} |"
                   for r in norms if r["bases"] == min(x["bases"] for x in norms)]

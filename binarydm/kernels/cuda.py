@@ -60,6 +60,8 @@ BYTES_CODES_KERNEL = "w1a4_bytes_codes"
 GN_KERNELS = {dtype: (f"w1a4_gn_partial_{t}", f"w1a4_gn_silu_bytes_{t}")
               for dtype, t in ((torch.float32, "f32"), (torch.float16, "f16"), (torch.bfloat16, "bf16"))}
 GN_FINISH_KERNEL = "w1a4_gn_finish"
+GN_PLANES_KERNELS = {torch.float32: "w1a4_gn_planes_f32", torch.float16: "w1a4_gn_planes_f16",
+                     torch.bfloat16: "w1a4_gn_planes_bf16"}
 # must match cuda/w1a4_conv.cu (MMA_BN and MMA_STAGES: packing's, which shape the weight fragments)
 MMA_BM, MMA_THREADS, BYTES_THREADS, GN_THREADS = 128, 128, 256, 256
 GN_MAX_GROUPS = 512
@@ -727,6 +729,37 @@ def groupnorm_geometry(x: torch.Tensor, blocks: int = 1024) -> GroupNormGeometry
     return GroupNormGeometry(slices, k, lanes, chan_fast, x.stride(3))
 
 
+def _groupnorm_affine(x: torch.Tensor, norm: torch.nn.GroupNorm, c_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, ab): x with H and W one axis (copied to channels_last where they are not), and each (sample,
+    channel)'s affine of ``norm`` as float32 [N, c_pad, 2] ((0, 0) past the channels): ``w1a4_gn_partial``
+    (the sums in one read of x) then ``w1a4_gn_finish``; no sync."""
+    import numpy as np
+
+    if x.dtype not in GN_KERNELS:
+        raise ValueError(f"the fused GroupNorm takes float32, float16 or bfloat16 input, got {x.dtype}")
+    if norm.num_groups > GN_MAX_GROUPS:
+        raise ValueError(f"the fused GroupNorm takes at most {GN_MAX_GROUPS} groups, got {norm.num_groups}")
+    n, c, h, wd = x.shape
+    g = norm.num_groups
+    if x.stride(2) != wd * x.stride(3):  # H and W not one axis: the statistics pass needs them so
+        x = x.contiguous(memory_format=torch.channels_last)
+    geo = groupnorm_geometry(x)
+    partial = torch.empty(n, geo.slices, g, 2, dtype=torch.float64, device=x.device)
+    ab = torch.empty(n, c_pad, 2, dtype=torch.float32, device=x.device)
+    ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
+    affine = (norm.weight.detach().float().contiguous(), norm.bias.detach().float().contiguous()) \
+        if norm.affine else None
+    gamma, beta = (ptr(t) for t in affine) if affine else (np.uint64(0), np.uint64(0))  # null: no affine
+    _launch_on(x.device, load_module().get_function(GN_KERNELS[x.dtype][0]), (n * geo.slices,), (GN_THREADS,),
+               (ptr(x), ptr(partial), np.int32(c), np.int32(h * wd), np.int64(x.stride(0)), np.int64(x.stride(1)),
+                np.int64(geo.pixel_stride), np.int32(g), np.int32(geo.slices), np.int32(geo.channels),
+                np.int32(geo.lanes), np.int32(geo.chan_fast)))
+    _launch_on(x.device, load_module().get_function(GN_FINISH_KERNEL), (-(-n * c_pad // GN_THREADS),),
+               (GN_THREADS,), (ptr(partial), gamma, beta, ptr(ab), np.int32(n), np.int32(c), np.int32(c_pad),
+                               np.int32(g), np.int32(geo.slices), np.int32(h * wd), np.float32(norm.eps)))
+    return x, ab
+
+
 def groupnorm_silu_bytes(x: torch.Tensor, norm: torch.nn.GroupNorm, step, qn: int = -8, qp: int = 7,
                          out: Optional[torch.Tensor] = None) -> ByteActivation:
     """The s8 x s8 kernel's operand for SiLU(norm(x)) (a ResNet block's norm -> SiLU -> conv), made from
@@ -740,40 +773,43 @@ def groupnorm_silu_bytes(x: torch.Tensor, norm: torch.nn.GroupNorm, step, qn: in
 
     if qp - qn > 15:
         raise ValueError(f"the code range [{qn}, {qp}] needs more than 4 bits")
-    if x.dtype not in GN_KERNELS:
-        raise ValueError(f"groupnorm_silu_bytes takes float32, float16 or bfloat16 input, got {x.dtype}")
-    if norm.num_groups > GN_MAX_GROUPS:
-        raise ValueError(f"groupnorm_silu_bytes takes at most {GN_MAX_GROUPS} groups, got {norm.num_groups}")
     n, c, h, wd = x.shape
-    if n * h * wd * (padded_channels(c) // 16) >= 2**31:  # the apply kernel's 32-bit index math
+    units = padded_channels(c) // 16
+    if n * h * wd * units >= 2**31:  # the apply kernel's 32-bit index math
         raise ValueError(f"groupnorm_silu_bytes takes fewer than 2^31 units of 16 channels, got {tuple(x.shape)}")
-    g = norm.num_groups
-    if x.stride(2) != wd * x.stride(3):  # H and W not one axis: the statistics pass needs them so
-        x = x.contiguous(memory_format=torch.channels_last)
-    geo = groupnorm_geometry(x)
+    x, ab = _groupnorm_affine(x, norm, units * 16)
     codes = _bytes_out(n, c, h, wd, x.device, out)
     step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
-    units = codes.shape[-1] // 16
-    partial = torch.empty(n, geo.slices, g, 2, dtype=torch.float64, device=x.device)
-    ab = torch.empty(n, units * 16, 2, dtype=torch.float32, device=x.device)  # (a, b) per padded channel
-    strides = tuple(np.int64(v) for v in x.stride())
-    ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
-    affine = (norm.weight.detach().float().contiguous(), norm.bias.detach().float().contiguous()) \
-        if norm.affine else None
-    gamma, beta = (ptr(t) for t in affine) if affine else (np.uint64(0), np.uint64(0))  # null: no affine
-    partial_kernel, apply_kernel = (load_module().get_function(k) for k in GN_KERNELS[x.dtype])
-    _launch_on(x.device, partial_kernel, (n * geo.slices,), (GN_THREADS,),
-               (ptr(x), ptr(partial), np.int32(c), np.int32(h * wd), strides[0], strides[1],
-                np.int64(geo.pixel_stride), np.int32(g), np.int32(geo.slices), np.int32(geo.channels),
-                np.int32(geo.lanes), np.int32(geo.chan_fast)))
-    _launch_on(x.device, load_module().get_function(GN_FINISH_KERNEL), (-(-n * units * 16 // GN_THREADS),),
-               (GN_THREADS,), (ptr(partial), gamma, beta, ptr(ab), np.int32(n), np.int32(c), np.int32(units * 16),
-                               np.int32(g), np.int32(geo.slices), np.int32(h * wd), np.float32(norm.eps)))
     total = n * h * wd * units
-    _launch_on(x.device, apply_kernel, (-(-total // BYTES_THREADS),), (BYTES_THREADS,),
-               (ptr(x), ptr(ab), ptr(codes), np.int32(n), np.int32(c), np.int32(h * wd), strides[0], strides[1],
-                np.int64(geo.pixel_stride), np.int32(units), ptr(step_t), np.int32(qn), np.int32(qp)))
+    _launch_on(x.device, load_module().get_function(GN_KERNELS[x.dtype][1]), (-(-total // BYTES_THREADS),),
+               (BYTES_THREADS,),
+               (np.uint64(x.data_ptr()), np.uint64(ab.data_ptr()), np.uint64(codes.data_ptr()), np.int32(n),
+                np.int32(c), np.int32(h * wd), np.int64(x.stride(0)), np.int64(x.stride(1)), np.int64(x.stride(3)),
+                np.int32(units), np.uint64(step_t.data_ptr()), np.int32(qn), np.int32(qp)))
     return ByteActivation(codes, step_t, -qn, c)
+
+
+def groupnorm_silu_planes(x: torch.Tensor, norm: torch.nn.GroupNorm, step, qn: int = -8, qp: int = 7,
+                          out: Optional[tuple] = None) -> PlanarActivation:
+    """The bit-plane kernel's operand for SiLU(norm(x)): the statistics of :func:`groupnorm_silu_bytes`, then
+    normalize + SiLU + LSQ straight into the 4 bit-planes and the per-pixel sums (``w1a4_gn_planes_*``); the
+    codes of :func:`groupnorm_silu_bytes`, no sync."""
+    import numpy as np
+
+    if qp - qn > 15:
+        raise ValueError(f"the code range [{qn}, {qp}] needs more than 4 bits")
+    n, c, h, wd = x.shape
+    planes, sums = _planes_out(n, c, h, wd, x.device, out)
+    x, ab = _groupnorm_affine(x, norm, c)
+    step_t = torch.as_tensor(step, dtype=torch.float32, device=x.device).reshape(())
+    g = bmma_groups(c)
+    args = (np.uint64(x.data_ptr()), np.uint64(ab.data_ptr()), np.int32(c), np.uint64(planes.data_ptr()),
+            np.uint64(sums.data_ptr()), np.int32(n), np.int32(c), np.int32(h), np.int32(wd),
+            *(np.int64(v) for v in x.stride()), np.int32(g), np.uint64(step_t.data_ptr()), np.int32(qn),
+            np.int32(qp))
+    _launch_on(x.device, load_module(BMMA_SOURCE).get_function(GN_PLANES_KERNELS[x.dtype]),
+               (-(-(n * h * wd) // (BMMA_PACK_THREADS // g)),), (BMMA_PACK_THREADS,), args)
+    return PlanarActivation(planes, sums, step_t, -qn, c)
 
 
 def to_bytes(x: PackedActivation, out: Optional[torch.Tensor] = None) -> ByteActivation:

@@ -100,7 +100,11 @@ class W1A4Conv2d(_PackedConv):
     def normed(self, x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
         """This conv applied to SiLU(norm(x)): fused into the activation quantization where the s8 x s8
         kernel runs, else the unfused ops."""
-        if self._variant(x) == "mma" and norm.num_groups <= cuda.GN_MAX_GROUPS:
+        variant = self._variant(x)
+        if variant in ("mma", "bmma") and norm.num_groups <= cuda.GN_MAX_GROUPS:
+            if variant == "bmma":
+                planar = cuda.groupnorm_silu_planes(x, norm, self.step, self.qn, self.qp)
+                return cuda.launch_bmma(planar, self.packed, self._out_dtype(x), scale=self.scale).to(x.dtype)
             codes = cuda.groupnorm_silu_bytes(x, norm, self.step, self.qn, self.qp)
             return cuda.launch(codes, self.packed, self._out_dtype(x), "mma", scale=self.scale).to(x.dtype)
         return self(F.silu(norm(x)))

@@ -480,3 +480,14 @@ def bmma_planes_reference(x: PackedActivation, n_planes: int = 4) -> tuple[torch
     planes = torch.stack([(((b >> k) & 1) << shifts).sum(-1) for k in range(n_planes)], -1)  # [N, H, W, G, P]
     planes = planes.reshape(n, h, wd, g // 4, 4, n_planes).transpose(-1, -2)  # [.., G/4, plane, G % 4]
     return _to_int32_words(planes).contiguous(), sums.contiguous()
+
+
+def planes_codes(planes: torch.Tensor, channels: int, zero_point: int) -> torch.Tensor:
+    """Inverse of :func:`bmma_planes_reference`'s planes: the codes q int64 [N, C, H, W] that bit-planes
+    int32 [N, H, W, G/4, P, 4] hold (b = q XOR z; for tests)."""
+    n, h, wd, g4, n_planes, _ = planes.shape
+    words = planes.to(torch.int64) & 0xFFFFFFFF
+    words = words.transpose(-1, -2).reshape(n, h, wd, 4 * g4, n_planes)  # [.., group, plane]
+    bits = (words[..., None] >> torch.arange(32, device=planes.device)) & 1  # [.., group, plane, channel]
+    b = (bits << torch.arange(n_planes, device=planes.device)[:, None]).sum(-2)
+    return (b.reshape(n, h, wd, 32 * 4 * g4)[..., :channels] ^ zero_point).permute(0, 3, 1, 2)

@@ -145,25 +145,45 @@ def run_bytes(exe: Path, x, step: float = 1.0, qn: int = -8, qp: int = 7) -> tor
     return torch.from_numpy(np.frombuffer(data, np.int8).copy()).reshape(n, h, wd, units * 16)
 
 
-def run_gn_silu_bytes(exe: Path, x: torch.Tensor, norm: torch.nn.GroupNorm, step: float, qn: int = -8,
-                      qp: int = 7, blocks: int | None = None) -> torch.Tensor:
-    """w1a4_gn_partial + w1a4_gn_finish + w1a4_gn_silu_bytes: the s8 codes of SiLU(norm(x)), int8
-    [N, H, W, C_pad], on the launcher's geometry (``x`` with H and W one axis, as the launcher makes it)."""
+def _gn_arrays(x: torch.Tensor, norm: torch.nn.GroupNorm, step: float, qn: int, qp: int, units: int) -> tuple:
+    """The header of kinds 7 and 10 (the launcher's statistics geometry; x with H and W one axis, as the
+    launcher makes it) and the arrays after it."""
     from binarydm.kernels.cuda import groupnorm_geometry
 
     n, c, h, wd = x.shape
     if x.stride(2) != wd * x.stride(3):
         raise ValueError("the kernels take H and W as one axis (x.stride(2) == W * x.stride(3)), as the launcher "
                          "makes them")
-    units = padded_channels(c) // 16
-    geo = groupnorm_geometry(x, **({} if blocks is None else {"blocks": blocks}))
+    geo = groupnorm_geometry(x)
     header = [_IN_KINDS[x.dtype], n, c, h, wd, *x.stride(), norm.num_groups, units, qn, qp,
               geo.slices, geo.channels, geo.lanes, int(geo.chan_fast)]
     gamma = norm.weight if norm.affine else torch.ones(c)
     beta = norm.bias if norm.affine else torch.zeros(c)
-    data = _run(exe, [np.array([7], np.int32), np.array(header, np.int32), np.array([step, norm.eps], np.float32),
-                      _f32(gamma), _f32(beta), _raw(x)], n * h * wd * units * 16)
+    return header, [np.array([step, norm.eps], np.float32), _f32(gamma), _f32(beta), _raw(x)]
+
+
+def run_gn_silu_bytes(exe: Path, x: torch.Tensor, norm: torch.nn.GroupNorm, step: float, qn: int = -8,
+                      qp: int = 7) -> torch.Tensor:
+    """w1a4_gn_partial + w1a4_gn_finish + w1a4_gn_silu_bytes: the s8 codes of SiLU(norm(x)), int8
+    [N, H, W, C_pad]."""
+    n, c, h, wd = x.shape
+    units = padded_channels(c) // 16
+    header, arrays = _gn_arrays(x, norm, step, qn, qp, units)
+    data = _run(exe, [np.array([7], np.int32), np.array(header, np.int32), *arrays], n * h * wd * units * 16)
     return torch.from_numpy(np.frombuffer(data, np.int8).copy()).reshape(n, h, wd, units * 16)
+
+
+def run_gn_planes(exe: Path, x: torch.Tensor, norm: torch.nn.GroupNorm, step: float, qn: int = -8, qp: int = 7):
+    """w1a4_gn_partial + w1a4_gn_finish + w1a4_gn_planes: the bit-plane kernel's (planes int32
+    [N, H, W, G/4, 4, 4], sums int32 [N, H, W]) of SiLU(norm(x))."""
+    n, c, h, wd = x.shape
+    g = bmma_groups(c)
+    header, arrays = _gn_arrays(x, norm, step, qn, qp, padded_channels(c) // 16)
+    p = n * h * wd
+    data = _run(exe, [np.array([10], np.int32), np.array(header + [g], np.int32), *arrays], p * g * 16 + p * 4)
+    planes = torch.from_numpy(np.frombuffer(data[: p * g * 16], np.int32).copy()).reshape(n, h, wd, g // 4, 4, 4)
+    sums = torch.from_numpy(np.frombuffer(data[p * g * 16:], np.int32).copy()).reshape(n, h, wd)
+    return planes, sums
 
 
 def run_pack(exe: Path, x: torch.Tensor, step: float, qn: int = -8, qp: int = 7) -> torch.Tensor:

@@ -19,6 +19,9 @@
 //         statistics' geometry S, K, PL, chan_fast (cuda.groupnorm_geometry; sH = W sW); then step, eps
 //         (f32), gamma f32 [C], beta f32 [C], x as for kind 2. Runs w1a4_gn_partial, w1a4_gn_finish, then
 //         w1a4_gn_silu_bytes. OUT: s8 [N*H*W*16 units].
+//   10, GroupNorm + SiLU + quantize into bit-planes: the header of kind 7, then G (4 ceil(C / 128)); the
+//         same arrays. Runs w1a4_gn_partial, w1a4_gn_finish (C channels), then w1a4_gn_planes_<in_kind>.
+//         OUT: as kind 4 (u32 [N*H*W*4*G] planes, then i32 [N*H*W] sums).
 //   3, bit-plane conv (cuda/w1a4_bmma.cu): NB, F16, has_bias, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW,
 //         PH, PW, z, nchunks, C, Gc; then codes u32 [N*H*W*4Gc] (packed nibbles, Gc = C_pad / 32), wfrag
 //         u32 [NCB*nchunks*512], scale, bias as for kind 0. Runs w1a4_planes_codes, then the conv. OUT: as
@@ -146,9 +149,9 @@ int main(int argc, char** argv) {
         uint4* bytes = reinterpret_cast<uint4*>(out.data());
         w1a4_emu::launch(dim3{(unsigned)((total + BYTES_THREADS - 1) / BYTES_THREADS), 1, 1}, dim3{BYTES_THREADS, 1, 1},
                          [&] { w1a4_bytes_codes(codes, bytes, total, 2 * Cw, C, z); });
-    } else if (kind == 7) {
-        const int* h = take<int>(17);
-        const int in_kind = h[0], N = h[1], C = h[2], H = h[3], W = h[4], G = h[9], units = h[10], qn = h[11],
+    } else if (kind == 7 || kind == 10) {
+        const int* h = take<int>(kind == 7 ? 17 : 18);
+        const int in_kind = h[0], N = h[1], C = h[2], H = h[3], W = h[4], groups = h[9], units = h[10], qn = h[11],
                   qp = h[12], S = h[13], K = h[14], PL = h[15], chan_fast = h[16];
         const long long sN = h[5], sC = h[6], sH = h[7], sW = h[8];
         const float* f = take<float>(2);  // step, eps
@@ -156,22 +159,38 @@ int main(int argc, char** argv) {
         const float* beta = take<float>(C);
         const long long extent = (N - 1) * sN + (C - 1) * sC + (H - 1) * sH + (W - 1) * sW + 1;
         const void* x = in_kind == 0 ? (const void*)take<float>(extent) : (const void*)take<u16>(extent);
-        std::vector<double> partial((size_t)N * S * G * 2, (double)NAN);  // unwritten: NaN codes
-        std::vector<float4> ab4(((size_t)N * units * 16 + 1) / 2, float4{NAN, NAN, NAN, NAN});  // 16-byte aligned
+        // the statistics: (a, b) per (sample, channel), C_pad channels for the bytes (16 per unit), C for planes
+        const int c_pad = kind == 7 ? units * 16 : C;
+        std::vector<double> partial((size_t)N * S * groups * 2, (double)NAN);  // unwritten: NaN codes
+        std::vector<float4> ab4(((size_t)N * c_pad + 1) / 2, float4{NAN, NAN, NAN, NAN});  // 16-byte aligned
         float2* ab = reinterpret_cast<float2*>(ab4.data());
         auto kp = in_kind == 0 ? w1a4_gn_partial_f32 : in_kind == 1 ? w1a4_gn_partial_f16 : w1a4_gn_partial_bf16;
         w1a4_emu::launch(dim3{(unsigned)(N * S), 1, 1}, dim3{GN_THREADS, 1, 1},
-                         [&] { kp(x, partial.data(), C, H * W, sN, sC, sW, G, S, K, PL, chan_fast); });
-        w1a4_emu::launch(dim3{(unsigned)((N * units * 16 + GN_THREADS - 1) / GN_THREADS), 1, 1}, dim3{GN_THREADS, 1, 1},
-                         [&] { w1a4_gn_finish(partial.data(), gamma, beta, ab, N, C, units * 16, G, S, H * W, f[1]); });
-        const long long total = (long long)N * H * W * units;
-        out.assign(total * 16, 0xFF);
-        uint4* bytes = reinterpret_cast<uint4*>(out.data());
-        auto ka = in_kind == 0   ? w1a4_gn_silu_bytes_f32
-                  : in_kind == 1 ? w1a4_gn_silu_bytes_f16
-                                 : w1a4_gn_silu_bytes_bf16;
-        w1a4_emu::launch(dim3{(unsigned)((total + BYTES_THREADS - 1) / BYTES_THREADS), 1, 1}, dim3{BYTES_THREADS, 1, 1},
-                         [&] { ka(x, ab, bytes, N, C, H * W, sN, sC, sW, units, &f[0], qn, qp); });
+                         [&] { kp(x, partial.data(), C, H * W, sN, sC, sW, groups, S, K, PL, chan_fast); });
+        w1a4_emu::launch(dim3{(unsigned)((N * c_pad + GN_THREADS - 1) / GN_THREADS), 1, 1}, dim3{GN_THREADS, 1, 1},
+                         [&] { w1a4_gn_finish(partial.data(), gamma, beta, ab, N, C, c_pad, groups, S, H * W, f[1]); });
+        if (kind == 7) {
+            const long long total = (long long)N * H * W * units;
+            out.assign(total * 16, 0xFF);
+            uint4* bytes = reinterpret_cast<uint4*>(out.data());
+            auto ka = in_kind == 0   ? w1a4_gn_silu_bytes_f32
+                      : in_kind == 1 ? w1a4_gn_silu_bytes_f16
+                                     : w1a4_gn_silu_bytes_bf16;
+            w1a4_emu::launch(dim3{(unsigned)((total + BYTES_THREADS - 1) / BYTES_THREADS), 1, 1},
+                             dim3{BYTES_THREADS, 1, 1},
+                             [&] { ka(x, ab, bytes, N, C, H * W, sN, sC, sW, units, &f[0], qn, qp); });
+        } else {
+            const int G = h[17];
+            const long long P = (long long)N * H * W;
+            out.assign((size_t)P * G * 16 + (size_t)P * 4, 0xFF);  // 4 planes x G words per pixel, then sums
+            u32* planes = reinterpret_cast<u32*>(out.data());
+            int* sums = reinterpret_cast<int*>(out.data() + (size_t)P * G * 16);
+            auto kg = in_kind == 0 ? w1a4_gn_planes_f32 : in_kind == 1 ? w1a4_gn_planes_f16 : w1a4_gn_planes_bf16;
+            const int ppb = BM_PACK_THREADS / G;
+            w1a4_emu::launch(dim3{(unsigned)((P + ppb - 1) / ppb), 1, 1}, dim3{BM_PACK_THREADS, 1, 1}, [&] {
+                kg(x, ab, C, planes, sums, N, C, H, W, sN, sC, sH, sW, G, &f[0], qn, qp);
+            });
+        }
     } else if (kind == 3) {
         const int* h = take<int>(20);
         const int NB = h[0], F16 = h[1], has_bias = h[2], N = h[3], H = h[4], W = h[5], G = h[6], C_out = h[7],
