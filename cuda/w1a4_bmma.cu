@@ -26,6 +26,7 @@
 //   w1a4_conv_bmma_nb{1,2}_{f16,f32}   the conv (block 128 pixels x 64 columns, 8 warps of 32 x 32,
 //                                       4-stage cp.async pipeline, 256-bit K chunks), 4 planes
 //   w1a1_conv_bmma_{f16,f32}            the same conv on 2 planes, one basis (XNOR-type weights)
+//   w1a4_bmma_splitk_epilogue_nb{1,2}_{f16,f32}  scales and bias after a split-K launch of either conv
 //   w1a4_planes_codes                   packed nibble codes (binarydm.kernels.packing) -> planes + sums
 //   w1a4_planes_{f32,f16,bf16}          float input (any strides) -> LSQ codes -> planes + sums
 //   w1a1_planes_{f32,f16,bf16}          float input (any strides) and beta -> sign codes -> 2 planes + sums
@@ -115,6 +116,7 @@ struct Shape {
     int C_out, OH, OW;
     int KH, KW, SH, SW, PH, PW;
     int z, nchunks;  // nchunks = ceil(KH * KW * G / 8): 256-bit K chunks
+    int splits;      // split-K: gridDim.z blocks share a tile's K chunks (1: no split)
 };
 
 // ---- the conv ----------------------------------------------------------------------------------
@@ -128,10 +130,15 @@ struct Shape {
 // bytes of the planes tensor; with PL = 2 four of a row's eight slots stay unused), so the (tap, group)
 // of its 4 K words is one state per thread, advanced by 8 words per chunk without a division; a tap
 // outside the image or past the last tap is a zero-filled copy. Threads 0..127 copy one B unit each.
+//
+// Split-K (s.splits > 1, for grids smaller than the card: batch 1): block z of the tile multiplies K chunks
+// [nchunks z / splits, nchunks (z + 1) / splits) and adds its combined integer 2 p - q (q from split 0
+// only) to work[pixel][column] with integer atomics (exact in any order: the same result every run);
+// w1a4_bmma_splitk_epilogue_* then applies the scales and the bias.
 template <int NB, bool F16, int PL>
 __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restrict__ sums,
                           const uint4* __restrict__ wfrag, const float* __restrict__ scale,
-                          const float* __restrict__ bias, void* __restrict__ out, Shape s) {
+                          const float* __restrict__ bias, void* __restrict__ out, Shape s, int* __restrict__ work) {
 #ifdef W1A4_HOST_EMU
     __shared__ uint4 sm[BM_STAGES * BM_STAGE_UNITS];
 #else
@@ -149,6 +156,9 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     static_assert(PL == 2 || PL == 4, "4 planes (W1A4) or 2 (W1A1)");
     const int U = s.G >> 2;        // groups of 4 words (128 channels) per pixel
     const int pix_units = PL * U;  // 16-byte units per pixel: [U][PL planes]
+    const int split = blockIdx.z;
+    const int c_begin = (int)((long long)s.nchunks * split / s.splits);
+    const int nloc = (int)((long long)s.nchunks * (split + 1) / s.splits) - c_begin;  // this block's chunks
 
     // A loader: half h = tid % 2 (K words 4h .. 4h + 3 of the chunk) of row lrow = tid / 2, all PL planes:
     // one 16 PL-byte run of the planes tensor, PL copies, one bounds check.
@@ -167,9 +177,9 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
             row_base = ((n * s.H + row_ih0) * s.W + row_iw0) * pix_units;
         }
     }
-    // (ky, kx, unit gu of the group) of the thread's first K word 8 chunk + 4h, and its offset
-    // ((ky W + kx) U + gu) PL in 16-byte units.
-    int ky = 0, kx = 0, gu = h, tap_off = PL * h;
+    // (ky, kx, unit gu of the group) of the thread's first K word 8 chunk + 4h (chunk c_begin), and its
+    // offset ((ky W + kx) U + gu) PL in 16-byte units.
+    int ky = 0, kx = 0, gu = h + 2 * c_begin, tap_off = PL * gu;
     const int row_step = (s.W - s.KW) * pix_units;
     auto normalize = [&]() {
         while (gu >= U) {
@@ -182,7 +192,7 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
         }
     };
     normalize();
-    const uint4* wsrc = wfrag + (long long)cb * s.nchunks * BM_B_UNITS + tid;
+    const uint4* wsrc = wfrag + ((long long)cb * s.nchunks + c_begin) * BM_B_UNITS + tid;
 
     const sref smem0 = sref_of(sm);
     auto load_stage = [&](int st) {
@@ -211,7 +221,7 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
 
 #pragma unroll
     for (int st = 0; st < BM_STAGES - 1; ++st) {
-        if (st < s.nchunks) load_stage(st);
+        if (st < nloc) load_stage(st);
         cp_async_commit();
     }
 
@@ -219,7 +229,7 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     if (tid < BM_BM) {
         const int m = m0 + tid;
         int q = 0;
-        if (m < M) {
+        if (m < M && split == 0) {  // split-K: the other splits add no q
             const int n = m / OHW, rem = m - n * OHW;
             const int oh = rem / s.OW, ow = rem - oh * s.OW;
             const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
@@ -248,10 +258,10 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
 
     int rd = 0, wr = BM_STAGES - 1;
 #pragma unroll 1
-    for (int c = 0; c < s.nchunks; ++c) {
+    for (int c = 0; c < nloc; ++c) {
         cp_async_wait<BM_STAGES - 2>();  // chunk c has landed (this thread's copies)
         __syncthreads();                 // everybody's copies; and stage wr was last read in step c - 1
-        if (c + BM_STAGES - 1 < s.nchunks) load_stage(wr);
+        if (c + BM_STAGES - 1 < nloc) load_stage(wr);
         cp_async_commit();
         if (++wr == BM_STAGES) wr = 0;
 
@@ -299,6 +309,15 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
                     v[e] = 2 * p - q;
                 }
                 const int col = warp_n * 32 + jn * 8 + 2 * t4;  // even, inside the block
+                if (work != nullptr) {  // split-K: the tile's integer sum, scaled once all splits have added
+                    const int m = m0 + rl;
+                    if (m < M) {
+                        int* dst = work + (long long)m * gridDim.y * BM_BN + cb * BM_BN + col;
+                        atomicAdd(dst, v[0]);
+                        atomicAdd(dst + 1, v[1]);
+                    }
+                    continue;
+                }
                 if (NB == 2) {
                     const int o = cb * nch + (col >> 1);
                     if (o < s.C_out) Ys[rl * BM_YS_STRIDE + (col >> 1)] = epilogue<2>(v[0], v[1], o, s.C_out, scale, bias);
@@ -312,6 +331,7 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
             }
         }
     }
+    if (work != nullptr) return;
     __syncthreads();
     const int shift = NB == 2 ? 5 : 6;  // log2(nch)
 #pragma unroll 1
@@ -396,14 +416,16 @@ __device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes
 
 }  // namespace w1a4_bmma
 
+// work: null, or (split-K, gridDim.z = splits) zeroed int32 [M, gridDim.y * BM_BN].
 #define W1A4_BMMA_ENTRY(NAME, NB, F16, PL)                                                               \
     extern "C" __global__ void __launch_bounds__(BM_THREADS, 1)                                          \
     NAME(const uint4* planes, const int* sums, const uint4* wfrag, const float* scale, const float* bias,  \
          void* out, int N, int H, int W, int G, int C_out, int OH, int OW, int KH, int KW, int SH, int SW, \
-         int PH, int PW, int z, int nchunks) {                                                            \
+         int PH, int PW, int z, int nchunks, int* work) {                                                 \
         w1a4_bmma::conv_bmma<NB, F16, PL>(planes, sums, wfrag, scale, bias, out,                         \
                                           w1a4_bmma::Shape{N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, \
-                                                           PW, z, nchunks});                              \
+                                                           PW, z, nchunks, (int)gridDim.z},               \
+                                          work);                                                          \
     }
 W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f16, 1, true, 4)
 W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f32, 1, false, 4)
@@ -411,6 +433,22 @@ W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f16, 2, true, 4)
 W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f32, 2, false, 4)
 W1A4_BMMA_ENTRY(w1a1_conv_bmma_f16, 1, true, 2)
 W1A4_BMMA_ENTRY(w1a1_conv_bmma_f32, 1, false, 2)
+
+// After a split-K conv: one thread per (pixel m, output channel o), the scales and the bias applied to the
+// integer sums of work (columns NB o + b, ncols per pixel), as the conv's own epilogue.
+#define W1A4_SPLITK_EPILOGUE_ENTRY(NAME, NB, F16)                                                        \
+    extern "C" __global__ void __launch_bounds__(BM_PACK_THREADS)                                        \
+    NAME(const int* work, const float* scale, const float* bias, void* out, int M, int C_out, int ncols) { \
+        const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                            \
+        if (i >= (long long)M * C_out) return;                                                            \
+        const int m = (int)(i / C_out), o = (int)(i - (long long)m * C_out);                              \
+        const int* v = work + (long long)m * ncols + NB * o;                                              \
+        store_out<F16>(out, i, epilogue<NB>(v[0], NB == 2 ? v[1] : 0, o, C_out, scale, bias));            \
+    }
+W1A4_SPLITK_EPILOGUE_ENTRY(w1a4_bmma_splitk_epilogue_nb1_f16, 1, true)
+W1A4_SPLITK_EPILOGUE_ENTRY(w1a4_bmma_splitk_epilogue_nb1_f32, 1, false)
+W1A4_SPLITK_EPILOGUE_ENTRY(w1a4_bmma_splitk_epilogue_nb2_f16, 2, true)
+W1A4_SPLITK_EPILOGUE_ENTRY(w1a4_bmma_splitk_epilogue_nb2_f32, 2, false)
 
 #define W1A4_PLANES_ENTRY(NAME, IN)                                                                      \
     extern "C" __global__ void __launch_bounds__(BM_PACK_THREADS)                                        \

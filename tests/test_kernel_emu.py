@@ -12,6 +12,7 @@ import torch
 from binarydm.kernels import reference
 from binarydm.kernels.packing import (
     PackedActivation,
+    bmma_chunks,
     bmma_planes_reference,
     byte_codes,
     pack_activation,
@@ -85,6 +86,27 @@ def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_d
     expected = reference.w1a4_conv2d(x, w, out_dtype)
     assert not torch.isnan(y).any(), "outputs left unwritten (the emulator poisons them with NaN)"
     assert torch.equal(_bits(y), _bits(expected))
+
+
+@pytest.mark.parametrize("per_split", ["two", "one chunk each"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}nb{s[5]}" for s in SHAPES])
+def test_emulated_split_k_equals_reference_bit_for_bit(exe, shape, per_split):
+    # Split-K (batch 1: a grid smaller than the card): the K chunks shared by gridDim.z blocks that add
+    # their integer sums into a zeroed workspace, then the epilogue kernel; the same bits as one block per
+    # tile, also with one chunk per block (the largest split the launcher makes). fp16 out on odd shapes.
+    x, w = _operands(shape, seed=sum(shape[:7]) + 1)
+    chunks = bmma_chunks(shape[0], shape[2] * shape[2])
+    splits = min(2, chunks) if per_split == "two" else chunks
+    out_dtype = torch.float16 if sum(shape) % 2 else torch.float32
+    y = emu.run_conv(exe, x, w, out_dtype, "bmma", splits=splits)
+    assert not torch.isnan(y).any(), "outputs left unwritten (the emulator poisons them with NaN)"
+    assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(x, w, out_dtype)))
+
+
+def test_emulated_split_k_runs_w1a1_bit_for_bit(exe):
+    x, beta, w = _w1a1_operands(SHAPES[9], torch.float32, False, seed=11)
+    y = emu.run_w1a1_conv(exe, x, beta, w, torch.float32, splits=3)
+    assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(pack_sign_input(x, beta), w, torch.float32)))
 
 
 @pytest.mark.parametrize("variant", ["mma", "simt", "bmma"])

@@ -253,6 +253,15 @@ def test_mma_constants_match_the_source():
     assert packing.MMA_BN == kcuda.MMA_BN
 
 
+def test_bit_plane_split_k_fills_the_card_only_where_the_tiles_do_not():
+    # one block per SM (the kernel's registers): 16 tiles of a 32 x 32 x 128 layer at batch 1 on an H100's
+    # 132 SMs split the 5 K chunks one per block; batch 64 fills the card (1,024 tiles) and does not split
+    assert kcuda.bmma_splits(16, 5, 132) == 5
+    assert kcuda.bmma_splits(16, 45, 132) == 8  # 8 splits x 16 tiles = 128 blocks: about one wave
+    assert kcuda.bmma_splits(1024, 5, 132) == 1 and kcuda.bmma_splits(132, 5, 132) == 1
+    assert kcuda.bmma_splits(100, 5, 132) == 1  # a second split would make two waves of 100
+
+
 def test_groupnorm_statistics_geometry_reads_along_the_contiguous_axis():
     # w1a4_gn_partial's threads lie along the channels of channels_last input (a warp reads 32 adjacent
     # channels of a pixel) and along the pixels of NCHW input; about 1,024 blocks, at least 16 pixels a lane.

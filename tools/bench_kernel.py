@@ -197,6 +197,8 @@ def bench_shape(bench: Bench, shape: tuple, batch: int, bases_list, args, device
         bits = torch.randint(0, 2, (nb, cout, cin, k, k), dtype=torch.uint8)
         wp = pack_weight(bits, torch.rand(nb, cout) + 0.1, torch.randn(cout), s, p).to(device)
         for variant in args.variants:
+            if variant == "bmma1" and not _splits_k(device, batch * oh * ow, nb * cout, cin, k):
+                continue  # bmma1 (split-K off) is the side-by-side baseline of the launches that split
             try:
                 conv, w1a4 = _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device)
                 n = launches_for(w1a4, device, args.target_us, args.max_launches)
@@ -244,6 +246,18 @@ def _norm_times(bench: Bench, where: str, xf, cin: int, step, launches: int, arg
     return dict(norm_unfused_graph_us=t_unfused[1], norm_fused_graph_us=t_fused[1], copy_graph_us=t_copy[1])
 
 
+def _splits_k(device, pixels: int, columns: int, cin: int, k: int) -> bool:
+    """Whether launch_bmma splits K for this layer on ``device`` (cuda.bmma_splits; never on the CPU)."""
+    from binarydm.kernels import cuda as kcuda
+    from binarydm.kernels.packing import bmma_chunks
+
+    if device.type != "cuda":
+        return False
+    blocks = -(-pixels // kcuda.BMMA_BM) * -(-columns // kcuda.BMMA_BN)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return kcuda.bmma_splits(blocks, bmma_chunks(cin, k * k), sms) > 1
+
+
 def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
     """(conv(i), w1a4(i)) of one kernel variant: the kernel alone on packed operand set i % sets, and the
     activation quantization + the kernel. On the CPU (dry run) both are the reference."""
@@ -256,15 +270,16 @@ def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
         return (lambda i: reference.w1a4_conv2d(packed[i % sets], wp, torch.float16),
                 lambda i: reference.w1a4_conv2d(pack_activation(xf[i % sets], step), wp, torch.float16))
     out = torch.empty(batch, oh, ow, cout, dtype=torch.float16, device=device)
-    if variant == "bmma":
+    if variant in ("bmma", "bmma1"):
+        splits = 1 if variant == "bmma1" else None  # bmma: split-K where launch_bmma chooses it
         bufs = [(torch.empty(batch, h, w, bmma_groups(cin) // 4, 4, 4, dtype=torch.int32, device=device),
                  torch.empty(batch, h, w, dtype=torch.int32, device=device)) for _ in range(sets)]
         planar = [kcuda.quantize_planes(x, step, out=b) for x, b in zip(xf, bufs)]
         scale = reference.epilogue_scale(wp, pack_activation(xf[0][:1, :, :1, :1], step))
         kcuda.bmma_weight(wp)  # the fragment-ordered weight, made once (pack time)
-        return (lambda i: kcuda.launch_bmma(planar[i % sets], wp, torch.float16, out=out, scale=scale),
+        return (lambda i: kcuda.launch_bmma(planar[i % sets], wp, torch.float16, out=out, scale=scale, splits=splits),
                 lambda i: kcuda.launch_bmma(kcuda.quantize_planes(xf[i % sets], step, out=bufs[i % sets]), wp,
-                                            torch.float16, out=out, scale=scale))
+                                            torch.float16, out=out, scale=scale, splits=splits))
     if variant == "mma":
         # The s8 x s8 kernel reads s8 codes q - z: quantize_bytes writes them from the float input.
         bufs = [torch.empty(batch, h, w, padded_channels(cin), dtype=torch.int8, device=device) for _ in range(sets)]
@@ -317,7 +332,9 @@ def bench_unet(bench: Bench, args, device: torch.device) -> None:
     half = next(fp.parameters()).dtype
     on_gpu = device.type == "cuda"
     # "auto": no variant forced, each conv on the kernel choose_variant picks for its size (what users get).
-    variants = args.variants + ["auto"] if on_gpu else args.variants[:1]  # the CPU runs the reference either way
+    # the UNet runs each forcible variant (bmma1 is a per-layer baseline only); the CPU runs the reference
+    variants = [v for v in args.variants if v != "bmma1"]
+    variants = variants + ["auto"] if on_gpu else variants[:1]
     with torch.no_grad():
         n = 8 if on_gpu else 1
         x = torch.randn(n, 3, 32, 32, device=device)
@@ -416,8 +433,11 @@ def main(argv=None) -> int:
     parser.add_argument("--target-us", type=float, default=20000, help="length of one timing of a layer")
     parser.add_argument("--max-launches", type=int, default=200)
     parser.add_argument("--unet-launches", type=int, default=10)
-    parser.add_argument("--variants", nargs="+", choices=["bmma", "mma", "simt"], default=["bmma", "mma"],
-                        help="kernel variants to time beside fp16 (bmma: bit-plane, mma: s8 x s8, simt)")
+    parser.add_argument("--variants", nargs="+", choices=["bmma", "bmma1", "mma", "simt"],
+                        default=["bmma", "bmma1", "mma"],
+                        help="kernel variants to time beside fp16 (bmma: bit-plane, split-K where it chooses; "
+                             "bmma1: bit-plane without split-K, timed only on the layers bmma splits; mma: s8 x s8; "
+                             "simt)")
     parser.add_argument("--variant", choices=["bmma", "mma", "simt"], default=None, help="one variant only")
     parser.add_argument("--no-graph", action="store_true", help="time eager calls only")
     parser.add_argument("--quant", default="w1a4", help="the whole UNet's preset: w1a4, or bidm (W1A1, same kernels)")

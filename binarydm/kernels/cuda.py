@@ -477,12 +477,24 @@ def bmma_weight(w: PackedConvWeight) -> torch.Tensor:
     return _fragments(w, "bmma_frag", bmma_weight_fragments)
 
 
+def bmma_splits(blocks: int, chunks: int, sms: int) -> int:
+    """Split-K factor of a bit-plane launch of ``blocks`` tiles and ``chunks`` K chunks on a card with ``sms``
+    multiprocessors: 1 where the tiles fill the card (the kernel runs one block per SM: its registers), else
+    as many splits as make about one wave, at most one per chunk (batch 1: 16 tiles of a 32 x 32 x 128
+    layer on 132 SMs -> 5 splits, one per chunk)."""
+    if blocks >= sms:
+        return 1
+    return max(1, min(chunks, sms // blocks))
+
+
 def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
-                out: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+                out: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None,
+                splits: Optional[int] = None) -> torch.Tensor:
     """The bit-plane kernel (cuda/w1a4_bmma.cu) on CUDA tensors; ``x`` a PlanarActivation (from
     :func:`quantize_planes` or :func:`to_planes`; 2 planes from :func:`sign_planes`: the W1A1 kernel, one
     weight basis) or a PackedActivation (converted with :func:`to_planes` first). ``out`` and ``scale`` as
-    for :func:`launch`."""
+    for :func:`launch`. ``splits``: split-K factor (None: :func:`bmma_splits`; > 1 adds a zeroed int32
+    workspace and the epilogue kernel, the same bits)."""
     import cupy
     import numpy as np
 
@@ -515,9 +527,14 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
     fields = (n, h, wd, bmma_groups(c), w.out_channels, oh, ow, kh, kw, *w.stride, *w.padding, int(x.zero_point),
               nch)
     ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
-    args = (ptr(x.planes), ptr(x.sums), ptr(frag), ptr(scale), np.uint64(w.bias.data_ptr() if w.bias is not None
-                                                                          else 0), ptr(out),
-            *(np.int32(f) for f in fields))
+    grid = (-(-m // BMMA_BM), -(-(w.n_bases * w.out_channels) // BMMA_BN))
+    if splits is None:
+        splits = bmma_splits(grid[0] * grid[1], nch, torch.cuda.get_device_properties(device).multi_processor_count)
+    splits = max(1, min(int(splits), nch))
+    work = torch.zeros(m, grid[1] * BMMA_BN, dtype=torch.int32, device=device) if splits > 1 else None
+    bias = np.uint64(w.bias.data_ptr() if w.bias is not None else 0)
+    args = (ptr(x.planes), ptr(x.sums), ptr(frag), ptr(scale), bias, ptr(out), *(np.int32(f) for f in fields),
+            np.uint64(work.data_ptr() if work is not None else 0))
     suffix = "f16" if out_dtype == torch.float16 else "f32"
     if x.n_planes == 2:
         # planes 2 and 3 of q XOR z are dropped: right only for codes and zero point below 4 (sign_planes: 1)
@@ -526,10 +543,14 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
         kernel = _bmma_function(f"w1a1_conv_bmma_{suffix}")
     else:
         kernel = _bmma_function(f"w1a4_conv_bmma_nb{w.n_bases}_{suffix}")
-    grid = (-(-m // BMMA_BM), -(-(w.n_bases * w.out_channels) // BMMA_BN))
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device.index or 0), stream:
-        kernel(grid, (BMMA_THREADS,), args, shared_mem=BMMA_SMEM_BYTES)
+        kernel((*grid, splits), (BMMA_THREADS,), args, shared_mem=BMMA_SMEM_BYTES)
+        if work is not None:
+            epilogue = _bmma_function(f"w1a4_bmma_splitk_epilogue_nb{w.n_bases}_{suffix}")
+            epilogue((-(-m * w.out_channels // BMMA_PACK_THREADS),), (BMMA_PACK_THREADS,),
+                     (ptr(work), ptr(scale), bias, ptr(out), np.int32(m), np.int32(w.out_channels),
+                      np.int32(grid[1] * BMMA_BN)))
     return out.permute(0, 3, 1, 2)
 
 
@@ -555,13 +576,15 @@ def bmma_self_check(device=None) -> bool:
             w = pack_weight(bits, torch.rand(nb, cout, generator=gen) + 0.05, torch.randn(cout, generator=gen), s, p)
             q = torch.randint(0, 16, (n, cin, h, wd), generator=gen)
             x = PackedActivation(pack_codes(q), torch.tensor(0.37), z, cin)
-            for dtype in (torch.float16, torch.float32):
+            for dtype, splits in ((torch.float16, 1), (torch.float32, 1), (torch.float16, None)):
+                # splits None: these small grids take split-K (bmma_splits), so both paths are checked
                 expected = reference.w1a4_conv2d(x, w, dtype)
                 xd = PackedActivation(x.codes.to(device), x.step.to(device), z, cin)
-                got = launch_bmma(xd, w.to(device), dtype).cpu()
+                got = launch_bmma(xd, w.to(device), dtype, splits=splits).cpu()
                 view = torch.int16 if dtype == torch.float16 else torch.int32
                 if not torch.equal(got.contiguous().view(view), expected.contiguous().view(view)):
-                    ok, why = False, f"differs from the reference on {(cin, cout, k, s, p, nb, z)} {dtype}"
+                    ok, why = False, f"differs from the reference on {(cin, cout, k, s, p, nb, z)} {dtype} " \
+                                     f"splits={splits}"
                     break
             if not ok:
                 break

@@ -109,14 +109,18 @@ def _conv(exe: Path, kind: int, header: list, operands: list, x, w, out_dtype: t
     return y.reshape(n, oh, ow, w.out_channels).permute(0, 3, 1, 2)
 
 
-def run_conv(exe: Path, x, w, out_dtype: torch.dtype = torch.float16, variant: str = "mma") -> torch.Tensor:
+def run_conv(exe: Path, x, w, out_dtype: torch.dtype = torch.float16, variant: str = "mma",
+             splits: int = 1) -> torch.Tensor:
     """The kernel's output as [N, C_out, OH, OW] (channels_last), like reference.w1a4_conv2d.
 
     ``variant``: "mma" (tensor cores, s8 x s8: w1a4_bytes_codes turns the packed codes into its s8
     operand first, both emulated), "simt" (CUDA cores), or "bmma" (the bit-plane kernel of
-    cuda/w1a4_bmma.cu: its pack kernel from the packed codes, then the conv)."""
+    cuda/w1a4_bmma.cu: its pack kernel from the packed codes, then the conv; ``splits`` > 1: split-K and
+    its epilogue kernel)."""
     if variant == "bmma":
-        return _run_bmma(exe, x, w, out_dtype)
+        return _run_bmma(exe, x, w, out_dtype, splits)
+    if splits != 1:
+        raise ValueError("split-K is the bit-plane kernel's")
     oh, ow = reference.check_operands(x, w, out_dtype)
     n, _, h, wd = x.shape
     header = [w.n_bases, int(out_dtype == torch.float16), int(w.bias is not None), n, h, wd,
@@ -196,13 +200,13 @@ def run_pack(exe: Path, x: torch.Tensor, step: float, qn: int = -8, qp: int = 7)
     return torch.from_numpy(np.frombuffer(data, np.int32).copy()).reshape(n, h, wd, words)
 
 
-def _run_bmma(exe: Path, x, w, out_dtype: torch.dtype) -> torch.Tensor:
+def _run_bmma(exe: Path, x, w, out_dtype: torch.dtype, splits: int = 1) -> torch.Tensor:
     oh, ow = reference.check_operands(x, w, out_dtype)
     n, c, h, wd = x.shape
     kh, kw = w.kernel_size
     header = [w.n_bases, int(out_dtype == torch.float16), int(w.bias is not None), n, h, wd, bmma_groups(c),
               w.out_channels, oh, ow, kh, kw, *w.stride, *w.padding, int(x.zero_point), bmma_chunks(c, kh * kw), c,
-              padded_channels(c) // 32]
+              padded_channels(c) // 32, splits]
     return _conv(exe, 3, header, [_i32(x.codes), _i32(bmma_weight_fragments(w))], x, w, out_dtype, oh, ow)
 
 
@@ -244,7 +248,8 @@ def run_w1a1_planes(exe: Path, x: torch.Tensor, beta=None):
     return planes, sums
 
 
-def run_w1a1_conv(exe: Path, x: torch.Tensor, beta, w, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def run_w1a1_conv(exe: Path, x: torch.Tensor, beta, w, out_dtype: torch.dtype = torch.float32,
+                  splits: int = 1) -> torch.Tensor:
     """The W1A1 path of the bit-plane kernel: w1a1_planes_<dtype> from float ``x`` and ``beta``, then
     w1a1_conv_bmma (2 planes, one basis); [N, C_out, OH, OW] like reference.w1a4_conv2d of
     pack_sign_input(x, beta)."""
@@ -258,5 +263,5 @@ def run_w1a1_conv(exe: Path, x: torch.Tensor, beta, w, out_dtype: torch.dtype = 
     kh, kw = w.kernel_size
     header, arrays = _w1a1_header(x, beta)
     header += [int(out_dtype == torch.float16), int(w.bias is not None), w.out_channels, oh, ow, kh, kw, *w.stride,
-               *w.padding, bmma_chunks(c, kh * kw)]
+               *w.padding, bmma_chunks(c, kh * kw), splits]
     return _conv(exe, 9, header, [*arrays, _i32(bmma_weight_fragments(w))], probe, w, out_dtype, oh, ow)
