@@ -7,7 +7,15 @@ import torch
 
 import binarydm
 from binarydm.algorithms import preset
-from binarydm.kernels.inference import W1A1Conv2d, W1A4Conv2d, eligible, eligible_w1a1, fuse_norm_silu_, w1a4_inference_
+from binarydm.kernels.inference import (
+    GraphedForward,
+    W1A1Conv2d,
+    W1A4Conv2d,
+    eligible,
+    eligible_w1a1,
+    fuse_norm_silu_,
+    w1a4_inference_,
+)
 from binarydm.quant import QuantConv2d
 from conftest import make_tiny_unet
 
@@ -43,6 +51,41 @@ def test_w1a4_mode_matches_the_fake_quantized_unet():
     # Same integer arithmetic, different float summation order: agreement to float rounding.
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert not torch.equal(got, torch.zeros_like(got))
+
+
+def test_cuda_graph_option_wraps_the_forward_and_leaves_cpu_calls_alone():
+    # cuda_graph=True: the forward replays CUDA graphs on the GPU; on the CPU (and with other arguments)
+    # it is the plain forward, return_dict included; asking twice wraps once.
+    model, x, t = _w1a4_unet()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the CPU fallback warns once
+        w1a4_inference_(model)
+        expected = model(x, t).sample
+        w1a4_inference_(model, cuda_graph=True)
+        w1a4_inference_(model, cuda_graph=True)
+        assert isinstance(model.forward, GraphedForward) and not isinstance(model.forward.forward, GraphedForward)
+        assert torch.equal(model(x, t).sample, expected)
+        assert torch.equal(model(x, t, return_dict=False)[0], expected)
+    assert model.forward.graphs == {}  # nothing captured off the GPU
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_what_the_eager_forward_computes():
+    from binarydm.kernels import cuda as kcuda
+
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    model, x, t = _w1a4_unet()
+    model = model.cuda().half()
+    with torch.no_grad():
+        w1a4_inference_(model)
+        xs = [torch.randn(2, 3, 8, 8, device="cuda", dtype=torch.half) for _ in range(2)]
+        expected = [model(xi, ti).sample for xi, ti in zip(xs, (torch.tensor(5), torch.tensor(900)))]
+        w1a4_inference_(model, cuda_graph=True)
+        got = [model(xi, ti).sample for xi, ti in zip(xs, (torch.tensor(5), torch.tensor(900)))]
+    assert len(model.forward.graphs) == 1  # one signature, captured once, replayed with new inputs
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-3)
 
 
 def test_one_layer_equals_its_fake_quantized_conv_including_two_bases_and_stride():

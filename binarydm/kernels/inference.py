@@ -17,8 +17,13 @@ On a machine without CUDA or CuPy the reference runs instead (one warning): slow
 :func:`fuse_norm_silu_` (done by ``w1a4_inference_`` unless ``fuse=False``) makes each diffusers
 ``ResnetBlock2D`` whose conv1 and conv2 were swapped hand its GroupNorm to the conv: on the GPU with
 the s8 x s8 kernel, one fused kernel pair (``cuda.groupnorm_silu_bytes``) turns the block's input into
-the conv's s8 codes of SiLU(GroupNorm(x)) without writing the normalized tensor; elsewhere the conv
-runs on ``F.silu(norm(x))`` exactly as the unfused block does.
+the conv's s8 codes of SiLU(GroupNorm(x)) without writing the normalized tensor (with the bit-plane
+kernel ``cuda.groupnorm_silu_planes``); elsewhere the conv runs on ``F.silu(norm(x))`` exactly as the
+unfused block does.
+
+``w1a4_inference_(model, cuda_graph=True)`` replays the whole forward from a CUDA graph (:class:`GraphedForward`):
+at batch 1 a UNet forward is a few hundred small kernels whose launches, not their work, set the time
+of a sampling step.
 """
 
 from __future__ import annotations
@@ -231,11 +236,61 @@ def fuse_norm_silu_(model: nn.Module) -> list[str]:
     return fused
 
 
+class GraphedForward:
+    """A UNet's ``forward(sample, timestep, return_dict=...)`` replayed from CUDA graphs, one per (sample
+    shape, dtype, device, timestep dtype): the first call of a signature runs the forward three times on a
+    side stream (lazy initialisation: cuDNN's algorithm choice, the bit-plane kernel's self-check, CuPy's
+    module loads), captures a fourth into a graph with static input buffers, and every call copies its
+    inputs into them, replays and returns a copy of the output. CPU tensors, other arguments (class labels,
+    text embeddings), a call inside another capture or with autograd on run the plain forward. Each graph
+    keeps its buffers and memory pool until the model is freed: meant for a sampler's fixed batch."""
+
+    def __init__(self, forward):
+        self.forward = forward
+        self.graphs: dict[tuple, tuple] = {}
+
+    def __call__(self, sample, timestep, *args, return_dict: bool = True, **kwargs):
+        if (args or kwargs or not torch.is_tensor(sample) or not sample.is_cuda or torch.is_grad_enabled()
+                or torch.cuda.is_current_stream_capturing()):
+            return self.forward(sample, timestep, *args, return_dict=return_dict, **kwargs)
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = t.reshape(-1).expand(sample.shape[0]) if t.numel() == 1 else t
+        key = (tuple(sample.shape), sample.dtype, sample.device, t.dtype, tuple(t.shape))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(sample, t)
+        graph, x_in, t_in, out = self.graphs[key]
+        x_in.copy_(sample)
+        t_in.copy_(t)
+        graph.replay()
+        result = out.clone()
+        if not return_dict:
+            return (result,)
+        from diffusers.models.unets.unet_2d import UNet2DOutput
+
+        return UNet2DOutput(sample=result)
+
+    def _capture(self, sample, t):
+        x_in, t_in = sample.clone(), t.clone()
+        side = torch.cuda.Stream(sample.device)
+        side.wait_stream(torch.cuda.current_stream(sample.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.forward(x_in, t_in, return_dict=False)
+        torch.cuda.current_stream(sample.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.forward(x_in, t_in, return_dict=False)[0]
+        return graph, x_in, t_in, out
+
+
 @torch.no_grad()
-def w1a4_inference_(model: nn.Module, out_dtype: Optional[torch.dtype] = None, fuse: bool = True) -> dict[str, str]:
+def w1a4_inference_(model: nn.Module, out_dtype: Optional[torch.dtype] = None, fuse: bool = True,
+                    cuda_graph: bool = False) -> dict[str, str]:
     """Swap every eligible QuantConv2d of ``model`` for a :class:`W1A4Conv2d` (LMB weights, 4-bit LSQ
     inputs) or a :class:`W1A1Conv2d` (XNOR-type weights, sign inputs: BiDM, ReActNet, Bi-Real), in place,
     and (``fuse``) let ResNet blocks hand their GroupNorm + SiLU to swapped W1A4 convs (:func:`fuse_norm_silu_`).
+    ``cuda_graph``: the model's forward replays CUDA graphs on the GPU (:class:`GraphedForward`; a UNet
+    called as ``model(sample, timestep)``, as diffusers' unconditional pipelines do).
 
     Returns {layer name: "w1a4", "w1a1" or the reason it was left on the fake-quantized path}. The model
     is for inference only afterwards (the packed layers have no trainable weights).
@@ -259,7 +314,10 @@ def w1a4_inference_(model: nn.Module, out_dtype: Optional[torch.dtype] = None, f
         setattr(parent, child, cls(module, out_dtype).to(module.weight.device))
     if fuse:
         fuse_norm_silu_(model)
+    if cuda_graph and not isinstance(model.forward, GraphedForward):
+        model.forward = GraphedForward(model.forward)
     return report
 
 
-__all__ = ["W1A1Conv2d", "W1A4Conv2d", "eligible", "eligible_w1a1", "fuse_norm_silu_", "w1a4_inference_"]
+__all__ = ["GraphedForward", "W1A1Conv2d", "W1A4Conv2d", "eligible", "eligible_w1a1", "fuse_norm_silu_",
+           "w1a4_inference_"]
