@@ -17,7 +17,7 @@ import typing
 from typing import Any, FrozenSet, Iterable, Mapping, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .errors import UsageError
 

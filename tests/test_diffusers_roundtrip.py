@@ -109,7 +109,6 @@ def test_half_and_torch_dtype_after_from_pretrained(preset, tmp_path):
     binarydm.binarize_(model, binarydm.algorithms.preset("lmb" if preset == "w1a4" else preset))
     binarydm.calibrate_(model, x, t)
     model.eval().save_pretrained(tmp_path / "m")
-    ref = output(model, x, t, kw)
     cls = type(model)
     half = cls.from_pretrained(tmp_path / "m").half()
     loaded16 = cls.from_pretrained(tmp_path / "m", torch_dtype=torch.float16)
@@ -390,7 +389,7 @@ def test_load_training_checkpoint_and_conditional_recipe_cli(tmp_path):
                           "label=10", f"out={tmp_path / 's2'}"], capture_output=True, text=True, env=ENV, cwd=ROOT,
                          timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        f"error: label=10: the model has 10 classes (0 to 9)"]
+        "error: label=10: the model has 10 classes (0 to 9)"]
 
 
 def test_sampling_takes_the_label(tmp_path):

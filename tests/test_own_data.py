@@ -14,7 +14,7 @@ from PIL import Image
 from binarydm.errors import UsageError
 from binarydm.evaluation import TinyFeatures
 from binarydm.evaluation import fid as fidmod
-from binarydm.evaluation.fid import folder_subset, image_files, reference_features, reference_images, reference_key
+from binarydm.evaluation.fid import folder_subset, reference_features, reference_images, reference_key
 from binarydm.training import load_config
 from binarydm.training.validate import check_config
 

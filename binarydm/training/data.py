@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..datasets import DatasetNotFoundError, read_cifar10, read_idx
-from .config import DATASETS, DataConfig
+from .config import DataConfig
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")

@@ -134,7 +134,7 @@ def _check_numbers(cfg: DictConfig) -> None:
 
 
 def _check_names(cfg: DictConfig) -> None:
-    from .data import DATASETS
+    from .config import DATASETS
 
     name = str(_get(cfg, "name") or "")
     if not name or name in (".", "..") or "/" in name or "\0" in name:

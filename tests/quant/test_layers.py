@@ -105,7 +105,6 @@ def test_half_keeps_a_quantized_layers_latent_weight_and_scales_float32_and_the_
 
 
 def test_a_quantized_layer_moves_to_the_meta_device():
-    import torch
     from torch import nn
 
     import binarydm
