@@ -244,6 +244,19 @@ def test_emulated_quantize_kernels_equal_the_packer(exe, kernel, shape, seed, dt
         assert torch.equal(planes, expected_planes) and torch.equal(sums, expected_sums)
 
 
+def _groupnorm_case(shape, groups, dtype, channels_last, mean, seed):
+    """x ~ N(mean, 3^2) in ``dtype`` and a GroupNorm with random affine parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(*shape, generator=gen) * 3 + mean).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    norm = torch.nn.GroupNorm(groups, shape[1], eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(shape[1], generator=gen) + 0.5)
+        norm.bias.copy_(torch.randn(shape[1], generator=gen) * 0.3)
+    return x, norm
+
+
 @pytest.mark.parametrize("shape, groups, dtype, channels_last, mean, slices",
                          [((2, 64, 5, 6), 8, torch.float32, False, 1.0, 1),
                           ((2, 96, 4, 4), 32, torch.float16, True, 1.0, 1),
@@ -262,14 +275,8 @@ def test_emulated_groupnorm_silu_quantize_equals_the_unfused_ops(exe, shape, gro
     # within float rounding of a step boundary may land one code away: allowed for at most 1 code in 1,000.
     from binarydm.kernels.cuda import groupnorm_geometry
 
-    gen = torch.Generator().manual_seed(sum(shape) + groups)
-    x = (torch.randn(*shape, generator=gen) * 3 + mean).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    norm = torch.nn.GroupNorm(groups, shape[1], eps=1e-6)
+    x, norm = _groupnorm_case(shape, groups, dtype, channels_last, mean, seed=sum(shape) + groups)
     with torch.no_grad():
-        norm.weight.copy_(torch.rand(shape[1], generator=gen) + 0.5)
-        norm.bias.copy_(torch.randn(shape[1], generator=gen) * 0.3)
         expected = byte_codes(pack_activation(torch.nn.functional.silu(norm(x.float())), 0.15))
     assert groupnorm_geometry(x).slices == slices
     got = emu.run_gn_silu_bytes(exe, x, norm, 0.15)
@@ -290,14 +297,8 @@ def test_emulated_groupnorm_silu_into_planes_equals_the_unfused_ops(exe, shape, 
     # path): the codes the planes hold are PyTorch's GroupNorm + SiLU + LSQ in float32 up to 1 code in 1,000
     # one step away, and the planes and sums are exactly those of the bit-plane packer for those codes
     # (layout, padding past the channels and the per-pixel sums).
-    gen = torch.Generator().manual_seed(sum(shape) + groups + 1)
-    x = (torch.randn(*shape, generator=gen) * 3 + 1).to(dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    norm = torch.nn.GroupNorm(groups, shape[1], eps=1e-6)
+    x, norm = _groupnorm_case(shape, groups, dtype, channels_last, 1.0, seed=sum(shape) + groups + 1)
     with torch.no_grad():
-        norm.weight.copy_(torch.rand(shape[1], generator=gen) + 0.5)
-        norm.bias.copy_(torch.randn(shape[1], generator=gen) * 0.3)
         expected = pack_activation(torch.nn.functional.silu(norm(x.float())), 0.15).unpack()
     planes, sums = emu.run_gn_planes(exe, x, norm, 0.15)
     got = planes_codes(planes, shape[1], 8)
