@@ -644,6 +644,17 @@ def test_byte_code_kernels_equal_the_torch_bytes(dtype, channels_last):
     assert torch.equal(buf.cpu(), expected) and torch.equal(from_codes.codes.cpu(), expected)
 
 
+def _groupnorm_case(shape, dtype, seed):
+    """x ~ N(1, 3^2) in ``dtype``, channels_last on the GPU, and a 32-group GroupNorm with random affine."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(*shape, generator=gen) * 3 + 1).to(dtype).cuda().contiguous(memory_format=torch.channels_last)
+    norm = torch.nn.GroupNorm(32, shape[1], eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(shape[1], generator=gen) + 0.5)
+        norm.bias.copy_(torch.randn(shape[1], generator=gen) * 0.3)
+    return x, norm
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_groupnorm_silu_bytes_kernel_equals_the_unfused_ops(dtype):
@@ -651,13 +662,8 @@ def test_groupnorm_silu_bytes_kernel_equals_the_unfused_ops(dtype):
     # step away (the statistics are summed in another order).
     if not kcuda.is_available():
         pytest.skip("CuPy cannot load the kernel here")
-    gen = torch.Generator().manual_seed(31)
-    x = (torch.randn(4, 128, 16, 16, generator=gen) * 3 + 1).to(dtype).cuda().contiguous(
-        memory_format=torch.channels_last)
-    norm = torch.nn.GroupNorm(32, 128, eps=1e-6)
+    x, norm = _groupnorm_case((4, 128, 16, 16), dtype, seed=31)
     with torch.no_grad():
-        norm.weight.copy_(torch.rand(128, generator=gen) + 0.5)
-        norm.bias.copy_(torch.randn(128, generator=gen) * 0.3)
         expected = packing.byte_codes(pack_activation(F.silu(norm(x.float().cpu())), 0.15))
     got = kcuda.groupnorm_silu_bytes(x, norm.cuda(), 0.15).codes.cpu()
     diff = (got.to(torch.int32) - expected.to(torch.int32)).abs()
@@ -675,13 +681,8 @@ def test_groupnorm_silu_planes_kernel_equals_the_unfused_ops(dtype):
         kcuda.load_module(kcuda.BMMA_SOURCE)
     except kcuda.KernelUnavailable as err:
         pytest.skip(str(err))
-    gen = torch.Generator().manual_seed(37)
-    x = (torch.randn(2, 160, 8, 8, generator=gen) * 3 + 1).to(dtype).cuda().contiguous(
-        memory_format=torch.channels_last)
-    norm = torch.nn.GroupNorm(32, 160, eps=1e-6)
+    x, norm = _groupnorm_case((2, 160, 8, 8), dtype, seed=37)
     with torch.no_grad():
-        norm.weight.copy_(torch.rand(160, generator=gen) + 0.5)
-        norm.bias.copy_(torch.randn(160, generator=gen) * 0.3)
         expected = pack_activation(F.silu(norm(x.float().cpu())), 0.15).unpack().to(torch.int64)
     planar = kcuda.groupnorm_silu_planes(x, norm.cuda(), 0.15)
     got = packing.planes_codes(planar.planes.cpu(), 160, planar.zero_point)

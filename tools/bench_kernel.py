@@ -247,15 +247,11 @@ def _norm_times(bench: Bench, where: str, xf, cin: int, step, launches: int, arg
 
 
 def _splits_k(device, pixels: int, columns: int, cin: int, k: int) -> bool:
-    """Whether launch_bmma splits K for this layer on ``device`` (cuda.bmma_splits; never on the CPU)."""
+    """Whether launch_bmma splits K for this layer on ``device`` (never on the CPU)."""
     from binarydm.kernels import cuda as kcuda
     from binarydm.kernels.packing import bmma_chunks
 
-    if device.type != "cuda":
-        return False
-    blocks = -(-pixels // kcuda.BMMA_BM) * -(-columns // kcuda.BMMA_BN)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return kcuda.bmma_splits(blocks, bmma_chunks(cin, k * k), sms) > 1
+    return device.type == "cuda" and kcuda.bmma_auto_splits(device, pixels, columns, bmma_chunks(cin, k * k)) > 1
 
 
 def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):

@@ -487,6 +487,18 @@ def bmma_splits(blocks: int, chunks: int, sms: int) -> int:
     return max(1, min(chunks, sms // blocks))
 
 
+def bmma_grid(pixels: int, columns: int) -> tuple[int, int]:
+    """The bit-plane kernel's tiles: (pixel blocks, column blocks) of ``pixels`` output pixels and ``columns``
+    GEMM columns (n_bases x C_out)."""
+    return -(-pixels // BMMA_BM), -(-columns // BMMA_BN)
+
+
+def bmma_auto_splits(device, pixels: int, columns: int, chunks: int) -> int:
+    """The split-K factor :func:`launch_bmma` chooses on ``device`` (:func:`bmma_splits` of its tiles)."""
+    rows, cols = bmma_grid(pixels, columns)
+    return bmma_splits(rows * cols, chunks, torch.cuda.get_device_properties(device).multi_processor_count)
+
+
 def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
                 out: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None,
                 splits: Optional[int] = None) -> torch.Tensor:
@@ -527,9 +539,9 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
     fields = (n, h, wd, bmma_groups(c), w.out_channels, oh, ow, kh, kw, *w.stride, *w.padding, int(x.zero_point),
               nch)
     ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
-    grid = (-(-m // BMMA_BM), -(-(w.n_bases * w.out_channels) // BMMA_BN))
+    grid = bmma_grid(m, w.n_bases * w.out_channels)
     if splits is None:
-        splits = bmma_splits(grid[0] * grid[1], nch, torch.cuda.get_device_properties(device).multi_processor_count)
+        splits = bmma_auto_splits(device, m, w.n_bases * w.out_channels, nch)
     splits = max(1, min(int(splits), nch))
     work = torch.zeros(m, grid[1] * BMMA_BN, dtype=torch.int32, device=device) if splits > 1 else None
     bias = np.uint64(w.bias.data_ptr() if w.bias is not None else 0)
