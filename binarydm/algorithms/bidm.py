@@ -49,34 +49,60 @@ from .reactnet import RSign
 from .xnor import XnorWeight
 
 
+SCALE_BORDERS = ("zeros", "valid")
+
+
 @dataclass(frozen=True)
 class BiDMOptions:
     """scale_map / shortcut: the two output-side parts of the binary structure; shortcut_init: s at start;
     projection: where the channel counts differ, the shortcut's full-precision 1x1 projection (the code) or,
     False, the input's channels cut or repeated to the output's (no parameters, no multiply-accumulates);
-    fp_skip: the ResBlocks' skip convolutions stay full precision (the code) or, False, are binarized too."""
+    fp_skip: the ResBlocks' skip convolutions stay full precision (the code) or, False, are binarized too;
+    scale_border: how the scale map treats the zero padding: ``"zeros"`` (the code: the padding counts as
+    |x| = 0, so K at a border is the box mean times the share of the window inside the image) or ``"valid"``
+    (K divided by that share: the mean over the window's pixels inside the image)."""
 
     scale_map: bool = True
     shortcut: bool = True
     shortcut_init: float = 0.0
     projection: bool = True
     fp_skip: bool = True
+    scale_border: str = "zeros"
+
+    def __post_init__(self) -> None:
+        if self.scale_border not in SCALE_BORDERS:
+            raise ValueError(f"bidm option scale_border must be one of {list(SCALE_BORDERS)}, got {self.scale_border!r}")
 
 
 class LocalScale(nn.Module):
-    """K(x) = conv(mean_c |x|, w, b) with the layer's kernel size, stride, padding and dilation; w = 1/k^2, b = 0."""
+    """K(x) = conv(mean_c |x|, w, b) with the layer's kernel size, stride, padding and dilation; w = 1/k^2, b = 0.
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    ``border="valid"`` divides the filtered map by the share of each window inside the image. Why: the binary
+    convolution it scales already sums over the inside pixels only (sign(x) is padded with zeros too), so a
+    zero-padded K shrinks the border outputs twice; on the 8x8 to 2x2 maps of a latent UNet most outputs are
+    border outputs (docs/results/w1a1_comparison.md)."""
+
+    def __init__(self, conv: nn.Conv2d, border: str = "zeros") -> None:
         super().__init__()
         kh, kw = conv.kernel_size  # nn.Conv2d keeps its sizes as pairs
         self.weight = nn.Parameter(torch.full((1, 1, kh, kw), 1.0 / (kh * kw)))
         self.bias = nn.Parameter(torch.zeros(1))
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.border = border
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         energy = x.abs().mean(dim=1, keepdim=True)
-        return F.conv2d(energy, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding,
-                        self.dilation)
+        if self.border == "zeros":
+            return F.conv2d(energy, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding,
+                            self.dilation)
+        filtered = F.conv2d(energy, self.weight.to(x.dtype), None, self.stride, self.padding, self.dilation)
+        return filtered / self.inside_share(x) + self.bias.to(x.dtype)
+
+    def inside_share(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, 1, H', W'): the share of each output's window that lies inside the (H, W) input."""
+        ones = x.new_ones((1, 1) + tuple(x.shape[-2:]))
+        box = x.new_full((1, 1) + tuple(self.weight.shape[-2:]), 1.0 / self.weight[0, 0].numel())
+        return F.conv2d(ones, box, None, self.stride, self.padding, self.dilation)
 
 
 class ScaledShortcut(nn.Module):
@@ -118,7 +144,7 @@ class BiDMWeight(XnorWeight):
 
     def __init__(self, conv: nn.Conv2d, options: BiDMOptions) -> None:
         super().__init__("clipped", scaled_grad=False)
-        self.local_scale: Optional[LocalScale] = LocalScale(conv) if options.scale_map else None
+        self.local_scale: Optional[LocalScale] = LocalScale(conv, options.scale_border) if options.scale_map else None
         self.shortcut: Optional[ScaledShortcut] = (
             ScaledShortcut(conv, options.shortcut_init, options.projection) if options.shortcut else None)
 

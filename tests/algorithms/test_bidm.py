@@ -75,6 +75,34 @@ def test_scale_map_filter_and_bias_start_as_a_box_filter_and_learn():
     assert scale.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_valid_border_scale_map_is_the_mean_over_the_windows_inside_pixels(stride):
+    layer, x = _layer(4, 4, stride, config=preset("bidm", scale_border="valid"))
+    with torch.no_grad():
+        layer.weight_quantizer.local_scale.weight.uniform_(0.05, 0.2)
+        weight = layer.weight_quantizer.local_scale.weight.flatten()
+        got = layer.weight_quantizer.local_scale(x)
+        # The same filter over the inside pixels only: zero padding over the count of inside taps.
+        inside = F.unfold(torch.ones(1, 1, 8, 8), 3, padding=1, stride=stride).sum(1).view(1, 1, 8 // stride, -1)
+        expected = (_box_map(x, 3, stride, 1, weight, 0.0) * 9 / inside) + 0.25
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # Inside the image the two borders agree; at a corner 4 of 9 taps are inside.
+    zeros = LocalScale(nn.Conv2d(4, 4, 3, stride, 1))
+    zeros.load_state_dict(layer.weight_quantizer.local_scale.state_dict())
+    with torch.no_grad():
+        plain = zeros(x)
+    torch.testing.assert_close(got[..., 1:-1, 1:-1], plain[..., 1:-1, 1:-1])
+    if stride == 1:
+        torch.testing.assert_close(got[..., 0, 0] - 0.25, (plain[..., 0, 0] - 0.25) * 9 / 4)
+
+
+def test_unknown_scale_border_is_refused():
+    from binarydm.algorithms.bidm import BiDMOptions
+
+    with pytest.raises(ValueError, match="scale_border must be one of"):
+        BiDMOptions(scale_border="reflect")
+
+
 def test_shortcut_scale_gets_the_gradient_of_its_branch_and_starts_at_zero():
     fresh = binarydm.binarize_(nn.Sequential(nn.Conv2d(4, 4, 3, 1, 1)), CONFIG)
     assert fresh[0].weight_quantizer.shortcut.scale.item() == 0.0
