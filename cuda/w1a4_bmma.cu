@@ -84,6 +84,75 @@ __device__ __forceinline__ void bmma(int (&c)[4], const u32 (&a)[4], u32 b0, u32
 #endif
 }
 
+// ---- the warpgroup path (sm_90a: wgmma.mma_async ... .b1.b1.and.popc, SASS BGMMA) ----------------
+// Operands in shared memory in the canonical K-major layout without swizzle (PTX ISA, "Shared Memory
+// Matrix Layout"): a core matrix is 8 rows of 16 bytes (128 contiguous bytes); the core matrix beside it
+// along K starts LBO bytes further, the next 8 rows SBO bytes further. The 64-bit descriptor (PTX ISA,
+// "Matrix Descriptor Format"): bits 0-13 start address >> 4, 16-29 LBO >> 4, 32-45 SBO >> 4, 49-51 base
+// offset (0), 62-63 swizzle mode (0: none).
+// Accumulator of m64nNk256 (PTX ISA, "Register Fragments" of wgmma, matrix D): thread l of the warpgroup,
+// warp w = l / 32, g = (l % 32) / 4, t = l % 4: register 4 i + r holds row 16 w + g + 8 (r / 2), column
+// 8 i + 2 t + r % 2.
+__device__ __forceinline__ unsigned long long wg_desc(sref start, u32 lbo, u32 sbo) {
+#ifdef W1A4_HOST_EMU
+    return w1a4_emu_wgmma_desc(start, lbo, sbo);
+#else
+    return (unsigned long long)((start & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           ((unsigned long long)(sbo >> 4) << 32);
+#endif
+}
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define W1A4_WGMMA 1
+#endif
+
+__device__ __forceinline__ void wg_fence() {
+#ifdef W1A4_WGMMA
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_commit() {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_wgmma_commit();
+#elif defined(W1A4_WGMMA)
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_wgmma_wait(N);
+#elif defined(W1A4_WGMMA)
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// Shared memory written by cp.async (the generic proxy) made visible to wgmma (the async proxy).
+__device__ __forceinline__ void fence_proxy_async() {
+#ifdef W1A4_WGMMA
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+#define WG_R8(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), "+r"(d[i + 5]), \
+                 "+r"(d[i + 6]), "+r"(d[i + 7])
+// d += popc(A & B) over 256 bits: A 64 x 256 (descriptor da), B 64 x 256 (db), both K-major.
+__device__ __forceinline__ void bgmma_m64n64(int (&d)[32], unsigned long long da, unsigned long long db) {
+#ifdef W1A4_WGMMA
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k256.s32.b1.b1.and.popc "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p;\n}\n"
+        : WG_R8(0), WG_R8(8), WG_R8(16), WG_R8(24)
+        : "l"(da), "l"(db));
+#elif defined(W1A4_HOST_EMU)
+    w1a4_emu_bgmma_m64nk256(d, 64, da, db);
+#else
+    (void)d; (void)da; (void)db; __trap();
+#endif
+}
+#undef WG_R8
+
 // Bit k of each of the 8 nibbles of x -> bits 0..7.
 __host__ __device__ __forceinline__ u32 nibble_bit_plane(u32 x, int k) {
     u32 y = (x >> k) & 0x11111111u;
@@ -135,7 +204,7 @@ struct Shape {
 // [nchunks z / splits, nchunks (z + 1) / splits) and adds its combined integer 2 p - q (q from split 0
 // only) to work[pixel][column] with integer atomics (exact in any order: the same result every run);
 // w1a4_bmma_splitk_epilogue_* then applies the scales and the bias.
-template <int NB, bool F16, int PL>
+template <int NB, bool F16, int PL, bool WG>
 __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restrict__ sums,
                           const uint4* __restrict__ wfrag, const float* __restrict__ scale,
                           const float* __restrict__ bias, void* __restrict__ out, Shape s, int* __restrict__ work) {
@@ -165,7 +234,8 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     const int h = tid & 1, lrow = tid >> 1;
     int slot[PL];
 #pragma unroll
-    for (int pl = 0; pl < PL; ++pl) slot[pl] = lrow * 8 + ((2 * pl + h) ^ (lrow & 7));
+    for (int pl = 0; pl < PL; ++pl)
+        slot[pl] = WG ? pl * 256 + ((lrow >> 3) * 2 + h) * 8 + (lrow & 7) : lrow * 8 + ((2 * pl + h) ^ (lrow & 7));
     int row_base = 0, row_ih0 = -(1 << 29), row_iw0 = 0;  // an unused row is never inside the image
     {
         const int m = m0 + lrow;
@@ -209,18 +279,19 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
         normalize();
     };
 
-    int acc[PL][2][4][4];  // [plane][m tile][n tile][c register]
+    // Per plane, 8 tiles of 4 accumulators: register 4 tile + r is row row0(tile) + g + 8 (r / 2), column
+    // col0(tile) + 2 t4 + r % 2 (both paths; see the epilogue). mma.sync: tile = 4 m tile + n tile.
+    int acc[PL][32];
 #pragma unroll
     for (int k = 0; k < PL; ++k)
 #pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-            for (int jn = 0; jn < 4; ++jn)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) acc[k][i][jn][r] = 0;
+        for (int r = 0; r < 32; ++r) acc[k][r] = 0;
 
+    // wgmma reads a stage until its group is waited for, one chunk after it was issued: the loads run one
+    // stage less ahead, so that the stage they overwrite was read two chunks ago.
+    constexpr int AHEAD = WG ? BM_STAGES - 2 : BM_STAGES - 1;
 #pragma unroll
-    for (int st = 0; st < BM_STAGES - 1; ++st) {
+    for (int st = 0; st < AHEAD; ++st) {
         if (st < nloc) load_stage(st);
         cp_async_commit();
     }
@@ -256,15 +327,32 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
         a_off[pl] = (warp_m * 32 + lr + 8 * ((lane >> 3) & 1)) * 8 + ((2 * pl + lhalf) ^ lr);
     const int b_off = BM_A_UNITS + warp_n * 64 + lane;
 
-    int rd = 0, wr = BM_STAGES - 1;
+    int rd = 0, wr = AHEAD;
+    // wgmma descriptors of stage 0: this warpgroup's 64 rows of plane 0 (A), the 64 columns (B); LBO 128 bytes
+    // (the other 16 bytes of the row's 256-bit chunk), SBO 256 bytes (the next 8 rows).
+    const int wg = warp >> 2;
+    const unsigned long long da0 = wg_desc(sref_add(smem0, wg * 128), 128, 256);
+    const unsigned long long db0 = wg_desc(sref_add(smem0, BM_A_UNITS), 128, 256);
 #pragma unroll 1
     for (int c = 0; c < nloc; ++c) {
-        cp_async_wait<BM_STAGES - 2>();  // chunk c has landed (this thread's copies)
-        __syncthreads();                 // everybody's copies; and stage wr was last read in step c - 1
-        if (c + BM_STAGES - 1 < nloc) load_stage(wr);
+        cp_async_wait<AHEAD - 1>();  // chunk c has landed (this thread's copies)
+        if (WG) fence_proxy_async();
+        __syncthreads();  // everybody's copies; stage wr was last read in step c - 1 (wgmma: c - 2, waited for)
+        if (c + AHEAD < nloc) load_stage(wr);
         cp_async_commit();
         if (++wr == BM_STAGES) wr = 0;
 
+        if constexpr (WG) {
+            // Descriptor addresses are in 16-byte units from bit 0: a stage is BM_STAGE_UNITS of them.
+            const unsigned long long st = (unsigned long long)(rd * BM_STAGE_UNITS);
+            wg_fence();
+#pragma unroll
+            for (int pl = 0; pl < PL; ++pl) bgmma_m64n64(acc[pl], da0 + st + pl * 256, db0 + st);
+            wg_commit();
+            wg_wait<1>();  // chunk c - 1's products are done: its stage may be overwritten in step c + 1
+            if (++rd == BM_STAGES) rd = 0;
+            continue;
+        }
         const uint4* S = sm + rd * BM_STAGE_UNITS;
         const sref Sr = sref_add(smem0, rd * BM_STAGE_UNITS);
         const uint4 bq0 = S[b_off], bq1 = S[b_off + 32];
@@ -276,12 +364,14 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
                 u32 a[4];
                 ldsm_x4(a, sref_add(Sr, a_off[pl] + i * 128));  // rows + 16 i
 #pragma unroll
-                for (int jn = 0; jn < 4; ++jn) bmma(acc[pl][i][jn], a, b[jn][0], b[jn][1]);
+                for (int jn = 0; jn < 4; ++jn)
+                    bmma(*reinterpret_cast<int(*)[4]>(&acc[pl][4 * (4 * i + jn)]), a, b[jn][0], b[jn][1]);
             }
         }
         if (++rd == BM_STAGES) rd = 0;
     }
     cp_async_wait<0>();
+    if (WG) wg_wait<0>();
     __syncthreads();  // the pipeline's shared memory is free: it becomes the output tile
 
     // Epilogue: planes combined with their coefficients, Q subtracted, scales and bias, staged as float32
@@ -292,23 +382,26 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     for (int k = 0; k < PL; ++k) ck[k] = ((s.z >> k) & 1) ? -(1 << k) : (1 << k);
     const int nch = BM_BN / NB;  // output channels per block
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int tile = 0; tile < 8; ++tile) {
+        // mma.sync: warp (warp_m, warp_n) holds 2 x 4 tiles of 16 x 8; wgmma: warp w of warpgroup wg holds
+        // rows 64 wg + 16 (w % 4) .. + 15 of all 64 columns, 8 tiles of 16 x 8 along N.
+        const int row0 = WG ? 64 * wg + 16 * (warp & 3) : warp_m * 32 + (tile >> 2) * 16;
+        const int col0 = WG ? 8 * tile : warp_n * 32 + (tile & 3) * 8;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int rl = warp_m * 32 + i * 16 + g + 8 * h;
+            const int rl = row0 + g + 8 * h;
             const int q = qs[rl];
-#pragma unroll
-            for (int jn = 0; jn < 4; ++jn) {
+            {
                 int v[2];
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const int r = 2 * h + e;
+                    const int r = 4 * tile + 2 * h + e;
                     int p = 0;
 #pragma unroll
-                    for (int k = 0; k < PL; ++k) p += ck[k] * acc[k][i][jn][r];
+                    for (int k = 0; k < PL; ++k) p += ck[k] * acc[k][r];
                     v[e] = 2 * p - q;
                 }
-                const int col = warp_n * 32 + jn * 8 + 2 * t4;  // even, inside the block
+                const int col = col0 + 2 * t4;  // even, inside the block
                 if (work != nullptr) {  // split-K: the tile's integer sum, scaled once all splits have added
                     const int m = m0 + rl;
                     if (m < M) {
@@ -417,22 +510,30 @@ __device__ void pack_planes(const void* __restrict__ x, u32* __restrict__ planes
 }  // namespace w1a4_bmma
 
 // work: null, or (split-K, gridDim.z = splits) zeroed int32 [M, gridDim.y * BM_BN].
-#define W1A4_BMMA_ENTRY(NAME, NB, F16, PL)                                                               \
+#define W1A4_BMMA_ENTRY(NAME, NB, F16, PL, WG)                                                           \
     extern "C" __global__ void __launch_bounds__(BM_THREADS, 1)                                          \
     NAME(const uint4* planes, const int* sums, const uint4* wfrag, const float* scale, const float* bias,  \
          void* out, int N, int H, int W, int G, int C_out, int OH, int OW, int KH, int KW, int SH, int SW, \
          int PH, int PW, int z, int nchunks, int* work) {                                                 \
-        w1a4_bmma::conv_bmma<NB, F16, PL>(planes, sums, wfrag, scale, bias, out,                         \
+        w1a4_bmma::conv_bmma<NB, F16, PL, WG>(planes, sums, wfrag, scale, bias, out,                     \
                                           w1a4_bmma::Shape{N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, \
                                                            PW, z, nchunks, (int)gridDim.z},               \
                                           work);                                                          \
     }
-W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f16, 1, true, 4)
-W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f32, 1, false, 4)
-W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f16, 2, true, 4)
-W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f32, 2, false, 4)
-W1A4_BMMA_ENTRY(w1a1_conv_bmma_f16, 1, true, 2)
-W1A4_BMMA_ENTRY(w1a1_conv_bmma_f32, 1, false, 2)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f16, 1, true, 4, false)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb1_f32, 1, false, 4, false)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f16, 2, true, 4, false)
+W1A4_BMMA_ENTRY(w1a4_conv_bmma_nb2_f32, 2, false, 4, false)
+W1A4_BMMA_ENTRY(w1a1_conv_bmma_f16, 1, true, 2, false)
+W1A4_BMMA_ENTRY(w1a1_conv_bmma_f32, 1, false, 2, false)
+// The warpgroup kernels (sm_90a only; elsewhere they trap): the same operands, except the weight in the
+// canonical layout (binarydm/kernels/packing.py, bmma_weight_fragments(wgmma=True)).
+W1A4_BMMA_ENTRY(w1a4_conv_bgmma_nb1_f16, 1, true, 4, true)
+W1A4_BMMA_ENTRY(w1a4_conv_bgmma_nb1_f32, 1, false, 4, true)
+W1A4_BMMA_ENTRY(w1a4_conv_bgmma_nb2_f16, 2, true, 4, true)
+W1A4_BMMA_ENTRY(w1a4_conv_bgmma_nb2_f32, 2, false, 4, true)
+W1A4_BMMA_ENTRY(w1a1_conv_bgmma_f16, 1, true, 2, true)
+W1A4_BMMA_ENTRY(w1a1_conv_bgmma_f32, 1, false, 2, true)
 
 // After a split-K conv: one thread per (pixel m, output channel o), the scales and the bias applied to the
 // integer sums of work (columns NB o + b, ncols per pixel), as the conv's own epilogue.

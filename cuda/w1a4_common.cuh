@@ -151,7 +151,11 @@ __device__ __forceinline__ u32 lsq_code(const void* __restrict__ x, long long i,
 // stays 32-bit), a pointer on the host.
 #ifdef W1A4_HOST_EMU
 typedef uint4* sref;
-__device__ __forceinline__ sref sref_of(uint4* p) { return p; }
+// The emulated wgmma descriptors take addresses relative to the shared array a kernel starts from.
+__device__ __forceinline__ sref sref_of(uint4* p) {
+    w1a4_emu_set_window(p);
+    return p;
+}
 __device__ __forceinline__ sref sref_add(sref r, int units) { return r + units; }
 #else
 typedef u32 sref;

@@ -78,7 +78,8 @@ def _bits(y: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("variant, out_dtype", [("mma", torch.float16), ("mma", torch.float32),
                                                 ("simt", torch.float16), ("bmma", torch.float16),
-                                                ("bmma", torch.float32)])
+                                                ("bmma", torch.float32), ("bgmma", torch.float16),
+                                                ("bgmma", torch.float32)])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}nb{s[5]}" for s in SHAPES])
 def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_dtype):
     x, w = _operands(shape, seed=sum(shape[:7]))
@@ -88,9 +89,10 @@ def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_d
     assert torch.equal(_bits(y), _bits(expected))
 
 
+@pytest.mark.parametrize("variant", ["bmma", "bgmma"])
 @pytest.mark.parametrize("per_split", ["two", "one chunk each"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}nb{s[5]}" for s in SHAPES])
-def test_emulated_split_k_equals_reference_bit_for_bit(exe, shape, per_split):
+def test_emulated_split_k_equals_reference_bit_for_bit(exe, shape, per_split, variant):
     # Split-K (batch 1: a grid smaller than the card): the K chunks shared by gridDim.z blocks that add
     # their integer sums into a zeroed workspace, then the epilogue kernel; the same bits as one block per
     # tile, also with one chunk per block (the largest split the launcher makes). fp16 out on odd shapes.
@@ -98,18 +100,19 @@ def test_emulated_split_k_equals_reference_bit_for_bit(exe, shape, per_split):
     chunks = bmma_chunks(shape[0], shape[2] * shape[2])
     splits = min(2, chunks) if per_split == "two" else chunks
     out_dtype = torch.float16 if sum(shape) % 2 else torch.float32
-    y = emu.run_conv(exe, x, w, out_dtype, "bmma", splits=splits)
+    y = emu.run_conv(exe, x, w, out_dtype, variant, splits=splits)
     assert not torch.isnan(y).any(), "outputs left unwritten (the emulator poisons them with NaN)"
     assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(x, w, out_dtype)))
 
 
-def test_emulated_split_k_runs_w1a1_bit_for_bit(exe):
+@pytest.mark.parametrize("wgmma", [False, True], ids=["bmma", "bgmma"])
+def test_emulated_split_k_runs_w1a1_bit_for_bit(exe, wgmma):
     x, beta, w = _w1a1_operands(SHAPES[9], torch.float32, False, seed=11)
-    y = emu.run_w1a1_conv(exe, x, beta, w, torch.float32, splits=3)
+    y = emu.run_w1a1_conv(exe, x, beta, w, torch.float32, splits=3, wgmma=wgmma)
     assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(pack_sign_input(x, beta), w, torch.float32)))
 
 
-@pytest.mark.parametrize("variant", ["mma", "simt", "bmma"])
+@pytest.mark.parametrize("variant", ["mma", "simt", "bmma", "bgmma"])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[9]], ids=["40x24", "70x33s2", "128x72"])
 def test_emulated_kernel_runs_w1a1_bit_for_bit(exe, shape, variant):
     """W1A1 (BiDM, ReActNet): sign(x + beta) as codes {0, 2} with zero point 1 on the same kernels."""
@@ -154,13 +157,14 @@ def test_emulated_w1a1_plane_pack_equals_the_torch_planes(exe, shape, dtype, cha
 W1A1_CASES = [(shape, torch.float32) for shape in SHAPES] + [(SHAPES[i], torch.float16) for i in (0, 1, 9)]
 
 
+@pytest.mark.parametrize("wgmma", [False, True], ids=["bmma", "bgmma"])
 @pytest.mark.parametrize("shape, out_dtype", W1A1_CASES,
                          ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}-{str(d)[6:]}" for s, d in W1A1_CASES])
-def test_emulated_w1a1_kernel_equals_reference_bit_for_bit(exe, shape, out_dtype):
-    # The 2-plane W1A1 path (w1a1_planes + w1a1_conv_bmma) on every shape (fp16 output on three): the same
-    # output as the reference on the 4-bit operand pack_sign_input builds.
+def test_emulated_w1a1_kernel_equals_reference_bit_for_bit(exe, shape, out_dtype, wgmma):
+    # The 2-plane W1A1 path (w1a1_planes + w1a1_conv_bmma, or the warpgroup w1a1_conv_bgmma) on every shape
+    # (fp16 output on three): the same output as the reference on the 4-bit operand pack_sign_input builds.
     x, beta, w = _w1a1_operands(shape, torch.float32, False, seed=sum(shape[:7]))
-    y = emu.run_w1a1_conv(exe, x, beta, w, out_dtype)
+    y = emu.run_w1a1_conv(exe, x, beta, w, out_dtype, wgmma=wgmma)
     assert not torch.isnan(y).any(), "outputs left unwritten (the emulator poisons them with NaN)"
     assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(pack_sign_input(x, beta), w, out_dtype)))
 
@@ -172,25 +176,28 @@ def test_a_wrong_fragment_mapping_is_caught_on_w1a1(mutant, shape):
     assert not torch.equal(emu.run_w1a1_conv(mutant, x, beta, w, torch.float32), expected)
 
 
-@pytest.mark.parametrize("variant, agrees", [("mma", False), ("bmma", False), ("simt", True)])
+@pytest.mark.parametrize("variant, agrees", [("mma", False), ("bmma", False), ("bgmma", False), ("simt", True)])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[9]])
 def test_a_wrong_fragment_mapping_is_caught(mutant, shape, variant, agrees):
     # The mutant emulator swaps the roles of A registers 1 and 2 (row + 8 and the second K half) in both
-    # tensor-core emulations, m16n8k32 s8 x s8 and m16n8k256 b1: each tensor-core kernel must now
-    # disagree with the reference, while the CUDA-core kernel, which uses no mma, still agrees.
+    # mma.sync emulations, m16n8k32 s8 x s8 and m16n8k256 b1, and those of the leading and stride byte
+    # offsets of wgmma's shared-memory descriptors: each tensor-core kernel must now disagree with the
+    # reference, while the CUDA-core kernel, which uses no mma, still agrees.
     x, w = _operands(shape, seed=7)
     expected = reference.w1a4_conv2d(x, w, torch.float32)
     assert torch.equal(emu.run_conv(mutant, x, w, torch.float32, variant), expected) == agrees
 
 
-@pytest.mark.parametrize("variant", ["mma", "bmma"])
+@pytest.mark.parametrize("variant", ["mma", "bmma", "bgmma"])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[11]])
 def test_the_cp_async_pipeline_is_checked(exe, short_wait, monkeypatch, shape, variant):
     # Both tensor-core kernels keep MMA_STAGES / BM_STAGES K steps in flight with cp.async. The emulator
     # lands each copy as late as wait_group allows, so a kernel that waited for one group too few would
     # read a stage before its data arrives: the short_wait build (every wait one group short) must
     # disagree. With copies landing at once (W1A4_EMU_CP_ASYNC=early) the kernel must still agree: a
-    # copy into a stage another warp still reads would show there.
+    # copy into a stage another warp still reads would show there; for the warpgroup kernel also a copy
+    # into a stage whose wgmma products are not yet waited for (the emulator reads wgmma operands in the
+    # wait: a prefetch one stage further ahead fails here).
     x, w = _operands(shape, seed=11)
     expected = reference.w1a4_conv2d(x, w, torch.float32)
     assert not torch.equal(emu.run_conv(short_wait, x, w, torch.float32, variant), expected)

@@ -133,8 +133,9 @@ def test_bench_dry_run_writes_its_json(tmp_path):
         rc = bench_kernel.main(["--dry-run", "--no-unet", "--bases", "1", "--json", str(path)])
     data = json.loads(path.read_text())
     assert rc == 0 and data["complete"] and data["dry_run"] and not data["errors"]
-    assert len(data["layers"]) == 2 * 2  # two shapes, two variants (bmma, mma: the reference on the CPU)
-    assert {r["variant"] for r in data["layers"]} == {"bmma", "mma"}
+    # two shapes, three variants (bmma, bgmma, mma: the reference on the CPU; bmma1 only where split-K splits)
+    assert len(data["layers"]) == 2 * 3
+    assert {r["variant"] for r in data["layers"]} == {"bmma", "bgmma", "mma"}
     row = data["layers"][0]
     assert row["fp16_us"] > 0 and row["w1a4_us"] > 0 and row["conv_us"] > 0 and row["fp16_graph_us"] is None
 

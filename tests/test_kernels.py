@@ -307,7 +307,7 @@ def test_cuda_source_compiles_with_nvrtc(source):
     text = kcuda.cuda_source(path)
     assert not [line for line in text.splitlines() if line.lstrip().startswith("#include")]
     assert text.count("#define W1A4_COMMON_CUH") == 1
-    for arch in (b"compute_80", b"compute_90"):
+    for arch in (b"compute_80", b"compute_90", b"compute_90a"):  # 90a: the warpgroup kernels' wgmma
         _, prog = nvrtc.nvrtcCreateProgram(text.encode(), source.encode(), 0, [], [])
         opts = [b"--gpu-architecture=" + arch, b"--std=c++17"]
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
@@ -398,6 +398,31 @@ def test_bit_planes_of_q_xor_z_give_the_reference_accumulators(shape):
     got = acc.reshape(n, nb * cout, -1)  # channel b * C_out + o
     for base in range(nb):
         assert torch.equal(got[:, base * cout:(base + 1) * cout].round().to(torch.int64), v[base])
+
+
+@pytest.mark.parametrize("cin, cout, k, nb", [(40, 24, 3, 2), (130, 70, 1, 1), (256, 200, 3, 2), (1, 9, 5, 1)])
+def test_warpgroup_weight_is_in_core_matrices(cin, cout, k, nb):
+    # The warpgroup kernel's B operand: a chunk's 128 units are 16 core matrices of 8 columns x 16 bytes,
+    # (8-column group, K half) in that order; unit u's words are K words 4 half .. + 3 of its column.
+    gen = torch.Generator().manual_seed(cin + cout + 1)
+    bits = torch.randint(0, 2, (nb, cout, cin, k, k), generator=gen, dtype=torch.uint8)
+    w = pack_weight(bits, torch.ones(nb, cout))
+    frag, plain = bmma_weight_fragments(w, wgmma=True), bmma_weight_fragments(w)
+    assert frag.shape == plain.shape and frag.dtype == torch.int32
+    g, nch, ncb = bmma_groups(cin), bmma_chunks(cin, k * k), -(-nb * cout // 64)
+    gc = w.bits.shape[-1]
+    for cb in range(ncb):
+        for c in range(nch):
+            for group in range(8):
+                for half in range(2):
+                    for row in range(8):
+                        col, unit = cb * 64 + group * 8 + row, (group * 2 + half) * 8 + row
+                        for i in range(4):
+                            kk = 8 * c + 4 * half + i
+                            tap, grp = divmod(kk, g)
+                            inside = col < nb * cout and kk < k * k * g and grp < gc
+                            want = int(w.bits[col % nb, col // nb, tap, grp]) if inside else 0
+                            assert int(frag[cb, c, unit, i]) == want, (cb, c, unit, i)
 
 
 @pytest.mark.parametrize("cin, cout, k, nb", [(40, 24, 3, 2), (130, 70, 1, 1), (256, 200, 3, 2), (1, 9, 5, 1)])
@@ -534,11 +559,14 @@ BMMA_GPU_SHAPES = GPU_SHAPES + [(1, 9, 3, 1, 1, 1, 8), (48, 40, 5, 2, 2, 1, 8), 
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("loop", ["mma.sync", "wgmma"])
 @pytest.mark.parametrize("out_dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", BMMA_GPU_SHAPES)
-def test_bit_plane_kernel_equals_reference_bit_for_bit(shape, out_dtype):
+def test_bit_plane_kernel_equals_reference_bit_for_bit(shape, out_dtype, loop):
     if not kcuda.is_available():
         pytest.skip("CuPy cannot load the kernel here")
+    if loop == "wgmma" and not kcuda.wgmma_built():
+        pytest.skip("the bit-plane module was not built for sm_90a (tools/device_check.sh builds it on a Hopper)")
     cin, cout, k, s, p, nb, z = shape
     gen = torch.Generator().manual_seed(211 + sum(shape))
     # 3 x 13 x 10 pixels: several 128-pixel blocks and a tail; bias on and off
@@ -546,12 +574,19 @@ def test_bit_plane_kernel_equals_reference_bit_for_bit(shape, out_dtype):
                                   device="cuda")
     expected = reference.w1a4_conv2d(x, w, out_dtype)
     oh, ow = expected.shape[-2:]
-    out = torch.full((3, oh, ow, cout), float("nan"), dtype=out_dtype, device="cuda")  # poison
-    y = kcuda.launch(x, w, out_dtype, "bmma", out=out)
-    torch.cuda.synchronize()
-    assert not torch.isnan(out).any(), "some outputs were never written"
     int_view = torch.int16 if out_dtype == torch.float16 else torch.int32
-    assert torch.equal(y.contiguous().view(int_view), expected.contiguous().view(int_view))
+    # The launcher's choice (split-K on these small grids), and one block per tile.
+    for splits in (None, 1):
+        out = torch.full((3, oh, ow, cout), float("nan"), dtype=out_dtype, device="cuda")  # poison
+        if loop == "wgmma":
+            y = kcuda.launch_bmma(x, w, out_dtype, out=out, splits=splits, wgmma=True)
+        elif splits is None:
+            y = kcuda.launch(x, w, out_dtype, "bmma", out=out)
+        else:
+            y = kcuda.launch_bmma(x, w, out_dtype, out=out, splits=splits, wgmma=False)
+        torch.cuda.synchronize()
+        assert not torch.isnan(out).any(), "some outputs were never written"
+        assert torch.equal(y.contiguous().view(int_view), expected.contiguous().view(int_view)), splits
 
 
 @pytest.mark.gpu

@@ -40,7 +40,9 @@ this script without a GPU: its figures mean nothing. Needs a CUDA GPU and CuPy o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -266,16 +268,18 @@ def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
         return (lambda i: reference.w1a4_conv2d(packed[i % sets], wp, torch.float16),
                 lambda i: reference.w1a4_conv2d(pack_activation(xf[i % sets], step), wp, torch.float16))
     out = torch.empty(batch, oh, ow, cout, dtype=torch.float16, device=device)
-    if variant in ("bmma", "bmma1"):
-        splits = 1 if variant == "bmma1" else None  # bmma: split-K where launch_bmma chooses it
+    if variant in ("bmma", "bmma1", "bgmma"):
+        splits = 1 if variant == "bmma1" else None  # bmma, bgmma: split-K where launch_bmma chooses it
+        wgmma = variant == "bgmma"  # the warpgroup main loop (sm_90a)
         bufs = [(torch.empty(batch, h, w, bmma_groups(cin) // 4, 4, 4, dtype=torch.int32, device=device),
                  torch.empty(batch, h, w, dtype=torch.int32, device=device)) for _ in range(sets)]
         planar = [kcuda.quantize_planes(x, step, out=b) for x, b in zip(xf, bufs)]
         scale = reference.epilogue_scale(wp, pack_activation(xf[0][:1, :, :1, :1], step))
-        kcuda.bmma_weight(wp)  # the fragment-ordered weight, made once (pack time)
-        return (lambda i: kcuda.launch_bmma(planar[i % sets], wp, torch.float16, out=out, scale=scale, splits=splits),
+        kcuda.bmma_weight(wp, wgmma)  # the fragment-ordered weight, made once (pack time)
+        return (lambda i: kcuda.launch_bmma(planar[i % sets], wp, torch.float16, out=out, scale=scale, splits=splits,
+                                            wgmma=wgmma),
                 lambda i: kcuda.launch_bmma(kcuda.quantize_planes(xf[i % sets], step, out=bufs[i % sets]), wp,
-                                            torch.float16, out=out, scale=scale, splits=splits))
+                                            torch.float16, out=out, scale=scale, splits=splits, wgmma=wgmma))
     if variant == "mma":
         # The s8 x s8 kernel reads s8 codes q - z: quantize_bytes writes them from the float input.
         bufs = [torch.empty(batch, h, w, padded_channels(cin), dtype=torch.int8, device=device) for _ in range(sets)]
@@ -292,6 +296,26 @@ def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
 
 
 # ---- whole UNet ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _forced(variant: str):
+    """Every conv of the UNet on ``variant`` ("auto": as choose_variant picks; "bgmma": the bit-plane kernel
+    with its warpgroup main loop, through BINARYDM_W1A4_WGMMA)."""
+    from binarydm.kernels import cuda as kcuda
+
+    before = os.environ.get(kcuda.WGMMA_ENV)
+    kcuda.set_variant(None if variant == "auto" else "bmma" if variant == "bgmma" else variant)
+    if variant in ("bmma", "bgmma"):  # the two main loops of the bit-plane kernel; "auto" as the user has it
+        os.environ[kcuda.WGMMA_ENV] = "1" if variant == "bgmma" else "0"
+    try:
+        yield
+    finally:
+        kcuda.set_variant(None)
+        if before is None:
+            os.environ.pop(kcuda.WGMMA_ENV, None)
+        else:
+            os.environ[kcuda.WGMMA_ENV] = before
+
+
 def build_models(device: torch.device, quant: str = "w1a4"):
     """(fp16 model, kernel-mode model, fake-quantized float32 student) of ddpm-cifar10-32 binarized by
     ``quant`` (a preset: ``w1a4``, or ``bidm`` for BiDM's W1A1 on the same kernels)."""
@@ -338,15 +362,13 @@ def bench_unet(bench: Bench, args, device: torch.device) -> None:
         ref = fake(x, t).sample.double()
         rel_err = {}
         for variant in variants:
-            if on_gpu and variant == "bmma" and not kcuda.bmma_self_check(device):
-                bench.error(f"unet {variant}", RuntimeError(f"the bit-plane kernel failed its self-check: "
-                                                            f"{kcuda._bmma_state.get('check_error')}"))
+            if on_gpu and variant in ("bmma", "bgmma") and not kcuda.bmma_self_check(device, variant == "bgmma"):
+                key = "wgmma_check_error" if variant == "bgmma" else "check_error"
+                bench.error(f"unet {variant}", RuntimeError(f"the bit-plane kernel ({variant}) failed its self-check: "
+                                                            f"{kcuda._bmma_state.get(key)}"))
                 continue
-            kcuda.set_variant(variant if on_gpu and variant != "auto" else None)
-            try:
+            with _forced(variant if on_gpu else "auto"):
                 got = student(x.to(half), t).sample.double()
-            finally:
-                kcuda.set_variant(None)
             rel_err[variant] = ((got - ref).norm() / ref.norm()).item()
             print(f"bench_kernel: W1A4 UNet ({variant}) vs fake-quantized float32: relative error "
                   f"{rel_err[variant]:.2e}", flush=True)
@@ -358,12 +380,9 @@ def bench_unet(bench: Bench, args, device: torch.device) -> None:
             t_fp = timed(bench, f"{where} fp16", lambda i: fp(x, t), args.unet_launches, args.repeats, device,
                          graph)
             for variant in rel_err:
-                kcuda.set_variant(variant if on_gpu and variant != "auto" else None)
-                try:
+                with _forced(variant if on_gpu else "auto"):
                     t_q = timed(bench, f"{where} w1a4 {variant}", lambda i: student(x, t), args.unet_launches,
                                 args.repeats, device, graph)
-                finally:
-                    kcuda.set_variant(None)
                 best = lambda v: v[1] if v[1] is not None else v[0]  # noqa: E731
                 row = dict(batch=batch, variant=variant, t_fp16_ms=best(t_fp) and best(t_fp) / 1e3,
                            t_w1a4_ms=best(t_q) and best(t_q) / 1e3,
@@ -383,7 +402,8 @@ def fmt(v, spec=".1f") -> str:
 def table(data: dict) -> str:
     lines = []
     if data["layers"]:
-        lines += [f"W1A4 conv (variants {', '.join(data['variants'])}: bmma = bit-plane kernel, mma = s8 x s8 kernel) "
+        lines += [f"W1A4 conv (variants {', '.join(data['variants'])}: bmma = bit-plane kernel, bmma1 = the same "
+                  "without split-K, bgmma = its warpgroup (wgmma) main loop, mma = s8 x s8 kernel) "
                   f"vs cuDNN fp16 (channels_last, cudnn.benchmark) on {data['device']}; "
                   "us per call, median; graph = CUDA graph replay (device time), events = back-to-back eager calls; "
                   "w1a4 = quantize+pack + conv.", "",
@@ -429,11 +449,11 @@ def main(argv=None) -> int:
     parser.add_argument("--target-us", type=float, default=20000, help="length of one timing of a layer")
     parser.add_argument("--max-launches", type=int, default=200)
     parser.add_argument("--unet-launches", type=int, default=10)
-    parser.add_argument("--variants", nargs="+", choices=["bmma", "bmma1", "mma", "simt"],
-                        default=["bmma", "bmma1", "mma"],
+    parser.add_argument("--variants", nargs="+", choices=["bmma", "bmma1", "bgmma", "mma", "simt"],
+                        default=["bmma", "bmma1", "bgmma", "mma"],
                         help="kernel variants to time beside fp16 (bmma: bit-plane, split-K where it chooses; "
-                             "bmma1: bit-plane without split-K, timed only on the layers bmma splits; mma: s8 x s8; "
-                             "simt)")
+                             "bmma1: bit-plane without split-K, timed only on the layers bmma splits; bgmma: the "
+                             "bit-plane kernel's warpgroup main loop, where built for sm_90a; mma: s8 x s8; simt)")
     parser.add_argument("--variant", choices=["bmma", "mma", "simt"], default=None, help="one variant only")
     parser.add_argument("--no-graph", action="store_true", help="time eager calls only")
     parser.add_argument("--quant", default="w1a4", help="the whole UNet's preset: w1a4, or bidm (W1A1, same kernels)")
@@ -462,6 +482,10 @@ def main(argv=None) -> int:
             sys.exit(f"bench_kernel: the W1A4 kernel cannot load here: {err}")
         device, name = torch.device("cuda"), torch.cuda.get_device_name()
         torch.backends.cudnn.benchmark = True
+        if "bgmma" in args.variants and not kcuda.wgmma_built():
+            print("bench_kernel: no bgmma rows: the bit-plane module was not built for sm_90a "
+                  "(cuda.build_cubin('sm_90a', source=cuda.BMMA_SOURCE); tools/device_check.sh does)", flush=True)
+            args.variants = [v for v in args.variants if v != "bgmma"]
         if "bmma" in args.variants and not kcuda.bmma_self_check(device):
             print(f"bench_kernel: the bit-plane kernel failed its self-check ({kcuda._bmma_state.get('check_error')});"
                   " its rows are timed anyway, but w1a4_conv2d would not choose it", file=sys.stderr, flush=True)

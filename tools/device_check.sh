@@ -81,6 +81,10 @@ try:
         info["bmma_self_check"] = kcuda.bmma_self_check()  # bit for bit on 4 shapes: then the default
         info["bmma_error"] = kcuda._bmma_state.get("check_error") or kcuda.load_error(kcuda.BMMA_SOURCE)
         info["default_variant"] = kcuda.default_variant()
+        info["wgmma_built"] = kcuda.wgmma_built()  # the sm_90a cubin of stage cubin_sm90a was loaded
+        if info["wgmma_built"]:
+            info["wgmma_self_check"] = kcuda.bmma_self_check(wgmma=True)
+            info["wgmma_error"] = kcuda._bmma_state.get("wgmma_check_error")
 except Exception as err:  # noqa: BLE001
     info["kernel_loads"] = f"{type(err).__name__}: {err}"
 print("VERSIONS " + json.dumps(info))
@@ -108,6 +112,16 @@ else
     export PYTHONPATH=$PWD
 fi
 stage nvidia_smi 20 nvidia-smi
+# The bit-plane module for sm_90a (on a Hopper): NVRTC builds plain sm_90, where the warpgroup (wgmma) kernels
+# trap; this cubin holds them, and every later stage loads it (cuda/build/, named by the source's hash).
+cubin_sm90a() {
+    local cap
+    cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
+    [ "${cap:-0}" = 90 ] || { echo "not a Hopper (compute capability ${cap:-unknown}): no sm_90a cubin"; return 0; }
+    "$PY" -c "from binarydm.kernels import cuda; print(cuda.build_cubin('sm_90a', source=cuda.BMMA_SOURCE))"
+}
+export -f cubin_sm90a
+[ $DRY = 0 ] && stage cubin_sm90a 60 bash -c cubin_sm90a
 stage versions 60 bash -c versions
 PYTEST_ARGS=(-q -rfEs -p no:cacheprovider -m gpu tests/test_kernels.py)
 for f in tests/test_kernel_*.py; do PYTEST_ARGS+=("$f"); done

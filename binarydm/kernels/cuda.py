@@ -72,6 +72,9 @@ PLANES_KERNELS = {torch.float32: "w1a4_planes_f32", torch.float16: "w1a4_planes_
                   torch.bfloat16: "w1a4_planes_bf16"}
 PLANES_CODES_KERNEL = "w1a4_planes_codes"
 W1A1_KERNELS = ("w1a1_conv_bmma_f16", "w1a1_conv_bmma_f32")  # the bit-plane conv on 2 planes, one basis
+# The same convs with the warpgroup main loop (wgmma, sm_90a): in the module only where it was built for sm_90a.
+BGMMA_KERNELS = tuple(k.replace("_bmma", "_bgmma") for k in BMMA_KERNELS + W1A1_KERNELS)
+WGMMA_ENV = "BINARYDM_W1A4_WGMMA"  # "1": launch_bmma runs the warpgroup kernel where it is built and self-checked
 SIGN_PLANES_KERNELS = {torch.float32: "w1a1_planes_f32", torch.float16: "w1a1_planes_f16",
                        torch.bfloat16: "w1a1_planes_bf16"}
 # must match cuda/w1a4_bmma.cu: BM_BM, BM_BN, BM_THREADS, BM_SMEM_BYTES, BM_PACK_THREADS
@@ -87,7 +90,7 @@ MMA_MIN_PIXELS = 16384
 _state: dict = {"modules": {}, "errors": {}, "warned": False, "variant": None}
 # Which bit-plane functions got their dynamic shared memory limit, and each device's self-check result
 # (True: bit for bit against the reference; "check_error" says why not).
-_bmma_state: dict = {"smem_set": set(), "checked": {}}
+_bmma_state: dict = {"smem_set": set(), "checked": {}, "wgmma_checked": {}}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 
 
@@ -209,6 +212,7 @@ def load_module(source: Optional[Path] = None):
         cubin = _cubin_for(major, minor, path)
         if cubin is not None:
             module = cupy.RawModule(path=str(cubin))
+            _state.setdefault("sm90a", set()).update({name} if ".sm_90a." in cubin.name else set())
         else:
             module = cupy.RawModule(code=cuda_source(path), options=("--std=c++17",))
         module.get_function(probe)
@@ -222,6 +226,17 @@ def load_module(source: Optional[Path] = None):
         raise KernelUnavailable(_state["errors"][name]) from err
     _state["modules"][name] = module
     return module
+
+
+def wgmma_built() -> bool:
+    """Whether the bit-plane module of this process came from a cubin built for sm_90a (:func:`build_cubin`
+    with ``source=BMMA_SOURCE``): only then do its warpgroup kernels hold wgmma; NVRTC builds plain sm_90,
+    where they trap."""
+    try:
+        load_module(BMMA_SOURCE)
+    except KernelUnavailable:
+        return False
+    return BMMA_SOURCE.name in _state.get("sm90a", set())
 
 
 def load_error(source: Optional[Path] = None) -> Optional[str]:
@@ -257,7 +272,7 @@ def _reset_state() -> None:
     """Forget the modules, the load errors, the self-checks and the warnings (for tests)."""
     _state.update(modules={}, errors={}, warned=False, variant=None)
     _bmma_state.clear()
-    _bmma_state.update(smem_set=set(), checked={})
+    _bmma_state.update(smem_set=set(), checked={}, wgmma_checked={})
 
 
 def _warn_fallback(reason: str) -> None:
@@ -472,8 +487,11 @@ def sign_planes(x: torch.Tensor, beta: Optional[torch.Tensor] = None, out: Optio
     return PlanarActivation(planes, sums, torch.ones((), device=x.device), 1, c, n_planes=2)
 
 
-def bmma_weight(w: PackedConvWeight) -> torch.Tensor:
-    """The weight in the bit-plane kernel's fragment order (:func:`packing.bmma_weight_fragments`)."""
+def bmma_weight(w: PackedConvWeight, wgmma: bool = False) -> torch.Tensor:
+    """The weight in the bit-plane kernel's fragment order (:func:`packing.bmma_weight_fragments`), or in
+    the warpgroup kernel's canonical layout (``wgmma``)."""
+    if wgmma:
+        return _fragments(w, "bgmma_frag", lambda v: bmma_weight_fragments(v, wgmma=True))
     return _fragments(w, "bmma_frag", bmma_weight_fragments)
 
 
@@ -501,12 +519,13 @@ def bmma_auto_splits(device, pixels: int, columns: int, chunks: int) -> int:
 
 def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
                 out: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None,
-                splits: Optional[int] = None) -> torch.Tensor:
+                splits: Optional[int] = None, wgmma: Optional[bool] = None) -> torch.Tensor:
     """The bit-plane kernel (cuda/w1a4_bmma.cu) on CUDA tensors; ``x`` a PlanarActivation (from
     :func:`quantize_planes` or :func:`to_planes`; 2 planes from :func:`sign_planes`: the W1A1 kernel, one
     weight basis) or a PackedActivation (converted with :func:`to_planes` first). ``out`` and ``scale`` as
     for :func:`launch`. ``splits``: split-K factor (None: :func:`bmma_splits`; > 1 adds a zeroed int32
-    workspace and the epilogue kernel, the same bits)."""
+    workspace and the epilogue kernel, the same bits). ``wgmma``: the warpgroup main loop (sm_90a; True
+    raises KernelUnavailable where the module was not built for it); None: :func:`wgmma_enabled`."""
     import cupy
     import numpy as np
 
@@ -533,7 +552,12 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
     if scale is None:
         scale = reference.epilogue_scale(w, probe)
     scale = scale.to(device)
-    frag = bmma_weight(w)
+    if wgmma is None:
+        wgmma = wgmma_enabled(device)
+    elif wgmma and not wgmma_built():
+        raise KernelUnavailable("the warpgroup kernel needs the bit-plane module built for sm_90a: "
+                                "binarydm.kernels.cuda.build_cubin('sm_90a', source=binarydm.kernels.cuda.BMMA_SOURCE)")
+    frag = bmma_weight(w, wgmma)
     kh, kw = w.kernel_size
     nch = bmma_chunks(c, kh * kw)
     fields = (n, h, wd, bmma_groups(c), w.out_channels, oh, ow, kh, kw, *w.stride, *w.padding, int(x.zero_point),
@@ -548,13 +572,14 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
     args = (ptr(x.planes), ptr(x.sums), ptr(frag), ptr(scale), bias, ptr(out), *(np.int32(f) for f in fields),
             np.uint64(work.data_ptr() if work is not None else 0))
     suffix = "f16" if out_dtype == torch.float16 else "f32"
+    loop = "bgmma" if wgmma else "bmma"
     if x.n_planes == 2:
         # planes 2 and 3 of q XOR z are dropped: right only for codes and zero point below 4 (sign_planes: 1)
         if w.n_bases != 1 or not 0 <= int(x.zero_point) < 4:
             raise ValueError("the 2-plane (W1A1) kernel takes one weight basis and a zero point below 4")
-        kernel = _bmma_function(f"w1a1_conv_bmma_{suffix}")
+        kernel = _bmma_function(f"w1a1_conv_{loop}_{suffix}")
     else:
-        kernel = _bmma_function(f"w1a4_conv_bmma_nb{w.n_bases}_{suffix}")
+        kernel = _bmma_function(f"w1a4_conv_{loop}_nb{w.n_bases}_{suffix}")
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device.index or 0), stream:
         kernel((*grid, splits), (BMMA_THREADS,), args, shared_mem=BMMA_SMEM_BYTES)
@@ -571,13 +596,25 @@ SELF_CHECK_SHAPES = ((40, 24, 3, 1, 1, 2, 8, 2, 9, 11), (70, 33, 3, 2, 1, 1, 3, 
                      (130, 72, 1, 1, 0, 2, 0, 1, 12, 12), (256, 64, 3, 1, 1, 1, 8, 1, 16, 16))
 
 
-def bmma_self_check(device=None) -> bool:
-    """Whether the bit-plane kernel equals the reference bit for bit on this device (run once per device,
-    small problems, one sync): the condition for :func:`default_variant` to choose it."""
+def wgmma_enabled(device) -> bool:
+    """Whether :func:`launch_bmma` runs the warpgroup kernel by default on ``device``: asked for with
+    ``BINARYDM_W1A4_WGMMA=1`` (off until the device script has timed it against the mma.sync loop), built
+    for sm_90a (:func:`wgmma_built`), and equal to the reference on the self-check's problems."""
+    if os.environ.get(WGMMA_ENV) != "1" or not wgmma_built():
+        return False
+    device = torch.device(device if device is not None else "cuda")
+    return bmma_self_check(device, wgmma=True)
+
+
+def bmma_self_check(device=None, wgmma: bool = False) -> bool:
+    """Whether the bit-plane kernel (``wgmma``: its warpgroup main loop) equals the reference bit for bit on
+    this device (run once per device, small problems, one sync): the condition for :func:`default_variant`
+    to choose it (for :func:`wgmma_enabled`, to run the warpgroup loop)."""
     device = torch.device(device if device is not None else "cuda")
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if index in _bmma_state["checked"]:
-        return _bmma_state["checked"][index]
+    checked = _bmma_state["wgmma_checked" if wgmma else "checked"]
+    if index in checked:
+        return checked[index]
     from .packing import pack_codes, pack_weight
 
     ok, why = True, ""
@@ -592,7 +629,7 @@ def bmma_self_check(device=None) -> bool:
                 # splits None: these small grids take split-K (bmma_splits), so both paths are checked
                 expected = reference.w1a4_conv2d(x, w, dtype)
                 xd = PackedActivation(x.codes.to(device), x.step.to(device), z, cin)
-                got = launch_bmma(xd, w.to(device), dtype, splits=splits).cpu()
+                got = launch_bmma(xd, w.to(device), dtype, splits=splits, wgmma=wgmma).cpu()
                 view = torch.int16 if dtype == torch.float16 else torch.int32
                 if not torch.equal(got.contiguous().view(view), expected.contiguous().view(view)):
                     ok, why = False, f"differs from the reference on {(cin, cout, k, s, p, nb, z)} {dtype} " \
@@ -606,17 +643,19 @@ def bmma_self_check(device=None) -> bool:
             w = pack_weight(bits, torch.rand(1, cout, generator=gen) + 0.05, torch.randn(cout, generator=gen), s, p)
             xf, beta = torch.randn(n, cin, h, wd, generator=gen), 0.3 * torch.randn(cin, generator=gen)
             expected = reference.w1a1_conv2d(xf, beta, w, torch.float32)
-            got = launch_bmma(sign_planes(xf.to(device), beta.to(device)), w.to(device), torch.float32).cpu()
+            got = launch_bmma(sign_planes(xf.to(device), beta.to(device)), w.to(device), torch.float32,
+                              wgmma=wgmma).cpu()
             if not torch.equal(got.contiguous().view(torch.int32), expected.contiguous().view(torch.int32)):
                 ok, why = False, f"the W1A1 kernel differs from the reference on {(cin, cout, k, s, p)}"
                 break
     except Exception as err:  # noqa: BLE001 -- any failure means: do not use it
         ok, why = False, f"{type(err).__name__}: {err}"
-    _bmma_state["checked"][index] = ok
+    checked[index] = ok
     if not ok:
-        _bmma_state["check_error"] = why
-        warnings.warn(f"W1A4 bit-plane kernel not used on {device}: {why}; using the s8 x s8 kernel",
-                      RuntimeWarning, stacklevel=2)
+        _bmma_state["wgmma_check_error" if wgmma else "check_error"] = why
+        fallback = "the mma.sync loop" if wgmma else "the s8 x s8 kernel"
+        warnings.warn(f"W1A4 bit-plane kernel{' (warpgroup loop)' if wgmma else ''} not used on {device}: {why}; "
+                      f"using {fallback}", RuntimeWarning, stacklevel=2)
     return ok
 
 

@@ -89,10 +89,11 @@ class PackedConvWeight:
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
-    # The tensor-core kernels' weight operands (:func:`bmma_weight_fragments`, :func:`mma_weight_fragments`),
-    # each made once on first use.
+    # The tensor-core kernels' weight operands (:func:`bmma_weight_fragments`, :func:`mma_weight_fragments`,
+    # ``bmma_weight_fragments(wgmma=True)``), each made once on first use.
     bmma_frag: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
     mma_frag: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
+    bgmma_frag: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
 
     @property
     def n_bases(self) -> int:
@@ -110,7 +111,7 @@ class PackedConvWeight:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PackedConvWeight(move(self.bits), move(self.alpha), move(self.row_sums), move(self.bias),
                                 self.in_channels, self.kernel_size, self.stride, self.padding, move(self.bmma_frag),
-                                move(self.mma_frag))
+                                move(self.mma_frag), move(self.bgmma_frag))
 
     def signs(self) -> torch.Tensor:
         """The bases as +-1 float64 [n_bases, C_out, C_in, KH, KW] (unpacked, padding dropped)."""
@@ -415,13 +416,25 @@ def _bmma_fragment_index(device) -> tuple[torch.Tensor, torch.Tensor]:
     return col, kk
 
 
-def bmma_weight_fragments(w: PackedConvWeight) -> torch.Tensor:
+def _bgmma_unit_index(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same for the warpgroup kernel's canonical K-major layout (cuda/w1a4_bmma.cu, "the warpgroup path"):
+    unit u = (8-column group * 2 + K half) * 8 + column % 8 holds K words 4 half .. 4 half + 3 of its column,
+    so that 8 columns' 16 bytes form a core matrix and the stage's units are copied in this order."""
+    u = torch.arange(128, device=device)[:, None]
+    i = torch.arange(4, device=device)[None, :]
+    col = (u // 16) * 8 + u % 8
+    kk = 4 * ((u // 8) % 2) + i
+    return col.expand(128, 4), kk
+
+
+def bmma_weight_fragments(w: PackedConvWeight, wgmma: bool = False) -> torch.Tensor:
     """The weight bits in the bit-plane kernel's B-fragment order: int32 [NCB, NCH, 128, 4].
 
     GEMM column j = base j % n_bases of channel j // n_bases; K word kk = tap * G + group (G of
     :func:`bmma_groups`); column block cb, chunk c, unit u, word i = word kk = 8 c + kk(u, i) of column
-    64 cb + col(u, i) (:func:`_bmma_fragment_index`). Columns, groups and K words past the end are 0.
-    Made once per weight (``w.bmma_frag``), on the weight's device."""
+    64 cb + col(u, i) (:func:`_bmma_fragment_index`; ``wgmma``: the warpgroup kernel's layout,
+    :func:`_bgmma_unit_index`). Columns, groups and K words past the end are 0.
+    Made once per weight (``w.bmma_frag`` / ``w.bgmma_frag``), on the weight's device."""
     nb, c_out, taps, gc = w.bits.shape
     g = bmma_groups(w.in_channels)
     nch = bmma_chunks(w.in_channels, taps)
@@ -432,7 +445,7 @@ def bmma_weight_fragments(w: PackedConvWeight) -> torch.Tensor:
     cols = torch.nn.functional.pad(cols, (0, g - gc)).reshape(ncols, taps * g)
     w2 = torch.zeros(ncb * BMMA_BN, nch * BMMA_CHUNK_WORDS, dtype=torch.int32, device=device)
     w2[:ncols, : taps * g] = cols
-    col, kk = _bmma_fragment_index(device)
+    col, kk = (_bgmma_unit_index if wgmma else _bmma_fragment_index)(device)
     cb = torch.arange(ncb, device=device)[:, None, None, None]
     ch = torch.arange(nch, device=device)[None, :, None, None]
     return w2[cb * BMMA_BN + col, ch * BMMA_CHUNK_WORDS + kk].contiguous()

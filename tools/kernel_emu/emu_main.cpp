@@ -23,8 +23,9 @@
 //         same arrays. Runs w1a4_gn_partial, w1a4_gn_finish (C channels), then w1a4_gn_planes_<in_kind>.
 //         OUT: as kind 4 (u32 [N*H*W*4*G] planes, then i32 [N*H*W] sums).
 //   3, bit-plane conv (cuda/w1a4_bmma.cu): NB, F16, has_bias, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW,
-//         PH, PW, z, nchunks, C, Gc, splits (split-K: > 1 runs the conv over gridDim.z = splits into a
-//         zeroed workspace, then w1a4_bmma_splitk_epilogue); then codes u32 [N*H*W*4Gc] (packed nibbles, Gc = C_pad / 32), wfrag
+//         PH, PW, z, nchunks, C, Gc, splits, wgmma (split-K: > 1 runs the conv over gridDim.z = splits into a
+//         zeroed workspace, then w1a4_bmma_splitk_epilogue; wgmma 1: the warpgroup kernel w1a4_conv_bgmma_*,
+//         its weight in the canonical layout); then codes u32 [N*H*W*4Gc] (packed nibbles, Gc = C_pad / 32), wfrag
 //         u32 [NCB*nchunks*512], scale, bias as for kind 0. Runs w1a4_planes_codes, then the conv. OUT: as
 //         kind 0.
 //   4, planes: in_kind (0 f32, 1 f16, 2 bf16, 3 packed codes), N, C, H, W, sN, sC, sH, sW, G, qn, qp, z, Gc;
@@ -34,7 +35,7 @@
 //         if has_beta, then x as for kind 2. Runs w1a1_planes_<in_kind>. OUT: u32 [N*H*W*2*G] planes, then
 //         i32 [N*H*W] sums.
 //   9, W1A1 conv: the header of kind 8, then F16, has_bias, C_out, OH, OW, KH, KW, SH, SW, PH, PW, nchunks,
-//         splits (as kind 3);
+//         splits, wgmma (as kind 3);
 //         then beta (if has_beta), x, wfrag, scale, bias as for kind 3. Runs w1a1_planes_<in_kind>, then
 //         w1a1_conv_bmma_<f16|f32>. OUT: as kind 0.
 // The launch geometry is the one binarydm/kernels/cuda.py uses. The output is poisoned (all ones)
@@ -203,10 +204,10 @@ int main(int argc, char** argv) {
             });
         }
     } else if (kind == 3) {
-        const int* h = take<int>(21);
+        const int* h = take<int>(22);
         const int NB = h[0], F16 = h[1], has_bias = h[2], N = h[3], H = h[4], W = h[5], G = h[6], C_out = h[7],
                   OH = h[8], OW = h[9], KH = h[10], KW = h[11], SH = h[12], SW = h[13], PH = h[14], PW = h[15],
-                  z = h[16], nchunks = h[17], C = h[18], Gc = h[19], splits = h[20];
+                  z = h[16], nchunks = h[17], C = h[18], Gc = h[19], splits = h[20], wgmma = h[21];
         const long long P = (long long)N * H * W;
         const int ncb = (NB * C_out + BM_BN - 1) / BM_BN;
         const u32* codes = take<u32>((size_t)P * 4 * Gc);
@@ -225,8 +226,10 @@ int main(int argc, char** argv) {
         void* y = out.data();
         const long long M = (long long)N * OH * OW;
         const dim3 grid{(unsigned)((M + BM_BM - 1) / BM_BM), (unsigned)ncb, (unsigned)splits};
-        auto k = NB == 1 ? (F16 ? w1a4_conv_bmma_nb1_f16 : w1a4_conv_bmma_nb1_f32)
-                         : (F16 ? w1a4_conv_bmma_nb2_f16 : w1a4_conv_bmma_nb2_f32);
+        auto k = wgmma ? (NB == 1 ? (F16 ? w1a4_conv_bgmma_nb1_f16 : w1a4_conv_bgmma_nb1_f32)
+                                  : (F16 ? w1a4_conv_bgmma_nb2_f16 : w1a4_conv_bgmma_nb2_f32))
+                       : (NB == 1 ? (F16 ? w1a4_conv_bmma_nb1_f16 : w1a4_conv_bmma_nb1_f32)
+                                  : (F16 ? w1a4_conv_bmma_nb2_f16 : w1a4_conv_bmma_nb2_f32));
         std::vector<int> work(splits > 1 ? (size_t)M * ncb * BM_BN : 0, 0);
         int* wk = splits > 1 ? work.data() : nullptr;
         w1a4_emu::launch(grid, dim3{BM_THREADS, 1, 1}, [&] {
@@ -258,7 +261,7 @@ int main(int argc, char** argv) {
             k(x, planes, sums, N, C, H, W, sN, sC, sH, sW, G, Gc, step, qn, qp, z);
         });
     } else if (kind == 8 || kind == 9) {
-        const int* h = take<int>(kind == 8 ? 11 : 24);
+        const int* h = take<int>(kind == 8 ? 11 : 25);
         const int in_kind = h[0], N = h[1], C = h[2], H = h[3], W = h[4], G = h[9], has_beta = h[10];
         const long long sN = h[5], sC = h[6], sH = h[7], sW = h[8];
         const float* beta = has_beta ? take<float>(C) : nullptr;
@@ -277,7 +280,8 @@ int main(int argc, char** argv) {
             out.assign(packed.begin(), packed.end());
         } else {
             const int F16 = h[11], has_bias = h[12], C_out = h[13], OH = h[14], OW = h[15], KH = h[16], KW = h[17],
-                      SH = h[18], SW = h[19], PH = h[20], PW = h[21], nchunks = h[22], splits = h[23];
+                      SH = h[18], SW = h[19], PH = h[20], PW = h[21], nchunks = h[22], splits = h[23],
+                      wgmma = h[24];
             const int ncb = (C_out + BM_BN - 1) / BM_BN;
             const uint4* wfrag = take<uint4>((size_t)ncb * nchunks * BM_B_UNITS);
             const float* scale = take<float>((size_t)C_out);
@@ -287,7 +291,8 @@ int main(int argc, char** argv) {
             void* y = out.data();
             const long long M = (long long)N * OH * OW;
             const dim3 grid{(unsigned)((M + BM_BM - 1) / BM_BM), (unsigned)ncb, (unsigned)splits};
-            auto k = F16 ? w1a1_conv_bmma_f16 : w1a1_conv_bmma_f32;
+            auto k = wgmma ? (F16 ? w1a1_conv_bgmma_f16 : w1a1_conv_bgmma_f32)
+                           : (F16 ? w1a1_conv_bmma_f16 : w1a1_conv_bmma_f32);
             const uint4* pl = reinterpret_cast<const uint4*>(planes);
             std::vector<int> work(splits > 1 ? (size_t)M * ncb * BM_BN : 0, 0);
             int* wk = splits > 1 ? work.data() : nullptr;

@@ -101,6 +101,8 @@ inline void land(const AsyncCopy& c) {
     }
 }
 
+inline bool wgmma_idle();  // below, with the wgmma emulation
+
 // Runs kernel() as grid x block threads, one block after another.
 template <class Kernel>
 void launch(dim3 grid, dim3 block, Kernel kernel) {
@@ -125,8 +127,9 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
                         lane = t % 32;
                         warp = t / 32;
                         kernel();
-                        if (!W1A4_EMU_MUTATE_WAIT && (!open_group.empty() || !committed.empty())) {
-                            std::fprintf(stderr, "thread %d of block (%u, %u) returned with cp.async copies pending\n",
+                        if (!W1A4_EMU_MUTATE_WAIT && (!open_group.empty() || !committed.empty() ||
+                                                      !wgmma_idle())) {
+                            std::fprintf(stderr, "thread %d of block (%u, %u) returned with cp.async copies or wgmma products pending\n",
                                          t, bx, by);
                             std::abort();
                         }
@@ -311,4 +314,89 @@ inline void w1a4_emu_ldmatrix_x4(unsigned (&r)[4], const void* row) {
     warp_barriers[warp]->arrive_and_wait();
     for (int j = 0; j < 4; ++j) std::memcpy(&r[j], static_cast<const char*>(s.row[8 * j + lane / 4]) + 4 * (lane % 4), 4);
     warp_barriers[warp]->arrive_and_wait();
+}
+
+// ---- wgmma (sm_90a), emulated from the PTX ISA independently of the kernel's comments ----------------
+// Shared-memory descriptors ("Matrix Descriptor Format"): bits 0-13 start address >> 4, 16-29 leading
+// dimension byte offset >> 4, 32-45 stride dimension byte offset >> 4, 49-51 base offset, 62-63 swizzle
+// mode. The host has no shared window: addresses are taken from the block's dynamic shared array, which
+// sref_of records (w1a4_emu_set_window), so the 14-bit fields are encoded and decoded as on the GPU.
+// Canonical K-major layout without swizzle ("Shared Memory Matrix Layout"): a core matrix is 8 rows of 16
+// bytes, 128 contiguous bytes; LBO is the distance between core matrices adjacent in K, SBO between core
+// matrices adjacent in M (A) or N (B). W1A4_EMU_MUTATE swaps the two (a plausible misreading of which
+// offset is which).
+// wgmma is asynchronous: an operation reads its shared memory at any time until wgmma.wait_group retires
+// its group. The emulation reads it at the latest moment, in the wait, so that a kernel that overwrites a
+// stage before waiting for the products that read it computes something else.
+namespace w1a4_emu {
+inline thread_local const char* window = nullptr;
+struct Bgmma {
+    int* d;
+    int n;
+    unsigned long long da, db;
+};
+inline thread_local std::vector<Bgmma> wg_open;
+inline thread_local std::vector<std::vector<Bgmma>> wg_committed;
+inline bool wgmma_idle() { return wg_open.empty() && wg_committed.empty(); }
+
+inline const unsigned* wg_row(unsigned long long desc, int row, int kc) {
+    if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0) {
+        std::fprintf(stderr, "wgmma descriptor with a swizzle or base offset: not emulated\n");
+        std::abort();
+    }
+    const unsigned start = (unsigned)(desc & 0x3FFF) << 4;
+    unsigned lbo = (unsigned)((desc >> 16) & 0x3FFF) << 4, sbo = (unsigned)((desc >> 32) & 0x3FFF) << 4;
+#if W1A4_EMU_MUTATE
+    std::swap(lbo, sbo);
+#endif
+    return reinterpret_cast<const unsigned*>(window + start + (row / 8) * sbo + kc * lbo + (row % 8) * 16);
+}
+
+// d (this thread's n / 2 registers) += popc(A[row] AND B[col]) over 256 bits, for the rows and columns of
+// the m64nNk256 accumulator fragment ("Register Fragments", matrix D): thread l of the warpgroup, w = l / 32,
+// g = (l % 32) / 4, t = l % 4: register 4 i + r is row 16 w + g + 8 (r / 2), column 8 i + 2 t + r % 2.
+inline void apply(const Bgmma& op) {
+    const int l = (int)(thread_idx.x % 128), w = l / 32, g = (l % 32) / 4, t = l % 4;
+    for (int i = 0; i < op.n / 2; ++i) {
+        const int r = i % 4, row = 16 * w + g + 8 * (r / 2), col = 8 * (i / 4) + 2 * t + r % 2;
+        long long acc = op.d[i];
+        for (int kc = 0; kc < 2; ++kc) {
+            const unsigned *a = wg_row(op.da, row, kc), *b = wg_row(op.db, col, kc);
+            for (int word = 0; word < 4; ++word) acc += __builtin_popcount(a[word] & b[word]);
+        }
+        op.d[i] = (int)acc;
+    }
+}
+}  // namespace w1a4_emu
+
+inline void w1a4_emu_set_window(const void* p) { w1a4_emu::window = static_cast<const char*>(p); }
+
+inline unsigned long long w1a4_emu_wgmma_desc(const void* start, unsigned lbo, unsigned sbo) {
+    const long long offset = static_cast<const char*>(start) - w1a4_emu::window;
+    if (w1a4_emu::window == nullptr || offset < 0 || offset >= (1 << 18) || offset % 16 || lbo % 16 || sbo % 16) {
+        std::fprintf(stderr, "wgmma descriptor of an address outside the shared window, or unaligned\n");
+        std::abort();
+    }
+    return (unsigned long long)(offset >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           ((unsigned long long)(sbo >> 4) << 32);
+}
+
+inline void w1a4_emu_bgmma_m64nk256(int* d, int n, unsigned long long da, unsigned long long db) {
+    w1a4_emu::wg_open.push_back({d, n, da, db});
+}
+
+inline void w1a4_emu_wgmma_commit() {
+    using namespace w1a4_emu;
+    wg_committed.push_back(std::move(wg_open));
+    wg_open.clear();
+}
+
+inline void w1a4_emu_wgmma_wait(int n) {
+    using namespace w1a4_emu;
+    n += W1A4_EMU_MUTATE_WAIT;
+    const int done = (int)wg_committed.size() - n;
+    if (done <= 0) return;
+    for (int i = 0; i < done; ++i)
+        for (const Bgmma& op : wg_committed[i]) apply(op);
+    wg_committed.erase(wg_committed.begin(), wg_committed.begin() + done);
 }
