@@ -27,6 +27,7 @@ import math
 import re
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -183,7 +184,10 @@ class SampleArgs:
     run or .ckpt of a latent run) samples through its own pipeline and decodes with its autoencoder; a
     text-conditioned one takes ``prompt="a photo of a bag"`` (or a list, cycled) and ``guidance_scale=G``
     (classifier-free guidance; 1: none). ``pipeline=DIR`` names the pipeline whose autoencoder and text encoder
-    a bare UNet (a packed file, a unet/ directory) of a latent model is sampled with."""
+    a bare UNet (a packed file, a unet/ directory) of a latent model is sampled with. ``kernels=true`` runs the
+    binarized convolutions on the W1A4 / W1A1 kernels (``binarydm.kernels.inference.w1a4_inference_``: on a
+    GPU the CUDA kernels, elsewhere their PyTorch reference, slower); the images equal the default path's to
+    float rounding."""
 
     ckpt: Optional[str] = None
     num: int = 16
@@ -201,6 +205,7 @@ class SampleArgs:
     prompt: Any = None
     guidance_scale: float = 1.0
     pipeline: Optional[str] = None
+    kernels: bool = False
 
 
 OWN_FILES = ("images", "grid.png", "sample_info.json")
@@ -341,6 +346,21 @@ def components_for(configs: Mapping[str, Any], unet_config: Mapping[str, Any], p
     return None
 
 
+def use_kernels(model: nn.Module, device: str) -> dict[str, Any]:
+    """Swap the model's binarized convolutions for the kernels' layers (``w1a4_inference_``); how many were
+    swapped, of how many, and where they run. A model with none to swap is refused (one line)."""
+    from .kernels import cuda
+    from .kernels.inference import w1a4_inference_
+
+    report = w1a4_inference_(model)
+    swapped = sum(v in ("w1a4", "w1a1") for v in report.values())
+    if swapped == 0:
+        raise UsageError("kernels=true: the model has no convolution the W1A4 / W1A1 kernels run (a full-precision "
+                         "model, or another quantizer); drop kernels=")
+    gpu = torch.device(device).type == "cuda" and cuda.is_available()
+    return {"swapped": swapped, "convs": len(report), "where": "CUDA kernels" if gpu else "PyTorch reference"}
+
+
 def sample_to_folder(args: SampleArgs) -> dict[str, Any]:
     """Check everything, sample ``args.num`` images of ``args.ckpt`` into ``args.out``; returns sample_info."""
     check_args(args)
@@ -356,9 +376,12 @@ def sample_to_folder(args: SampleArgs) -> dict[str, Any]:
     components = components_for(configs, dict(model.config), args.pipeline)
     check_condition(model, labels, prompts=prompts, components=components, guidance_scale=args.guidance_scale)
     model.to(args.device)
+    swapped = use_kernels(model, args.device) if args.kernels else None
     prepare_out(out, args.overwrite)
     info = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
             "torch_threads": torch.get_num_threads(), "complete": False}
+    if swapped is not None:
+        info["kernel_convs"] = swapped
     with atomic_write(out / "sample_info.json", "w") as f:  # marks the folder as ours from the start
         json.dump(info, f, indent=1)
     folder = out / "images"
@@ -369,9 +392,12 @@ def sample_to_folder(args: SampleArgs) -> dict[str, Any]:
             save_png(img, folder / f"{first + j:05d}.png")
 
     start = time.perf_counter()
-    images = sample_images(model, args.num, args.steps, args.sampler, args.batch, args.seed, args.eta,
-                           configs.get("scheduler_config"), on_batch=write, labels=labels, components=components,
-                           prompts=prompts, guidance_scale=args.guidance_scale)
+    with warnings.catch_warnings():
+        if swapped is not None:  # the reference's warning: the summary line says where the kernels ran
+            warnings.filterwarnings("ignore", message="W1A4 CUDA kernel unavailable")
+        images = sample_images(model, args.num, args.steps, args.sampler, args.batch, args.seed, args.eta,
+                               configs.get("scheduler_config"), on_batch=write, labels=labels,
+                               components=components, prompts=prompts, guidance_scale=args.guidance_scale)
     elapsed = time.perf_counter() - start
     if args.grid > 0:
         save_grid(images[:args.grid], out / "grid.png")

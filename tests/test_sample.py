@@ -1,6 +1,7 @@
 """Sampling with diffusers' pipelines: reproducibility, the CLI's artifacts, packed file == student dir."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -62,6 +63,33 @@ def test_cli_writes_pngs_grid_and_info(checkpoints, tmp_path):
     # The packed file rebuilds the student exactly, so the same seed gives the same PNG files.
     for f in files:
         assert np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(tmp_path / "s" / "images" / f.name)))
+
+
+def test_cli_samples_on_the_kernels(checkpoints, tmp_path, capsys):
+    # kernels=true: every binarized conv on the W1A4 kernel's layer (here its PyTorch reference: integer sums,
+    # then the scales), the same images as the fake-quantized path up to float rounding.
+    packed, _ = checkpoints
+    main([f"ckpt={packed}", "num=4", "steps=3", "batch=2", "seed=3", f"out={tmp_path / 'fq'}"])
+    from binarydm.kernels import cuda as kcuda
+
+    kcuda._reset_state()  # the reference's once-per-process warning would fire again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the console stays quiet: the summary line says where the convs ran
+        main([f"ckpt={packed}", "num=4", "steps=3", "batch=2", "seed=3", f"out={tmp_path / 'k'}", "kernels=true"])
+    assert "convs on the PyTorch reference" in capsys.readouterr().out
+    info = json.loads((tmp_path / "k" / "sample_info.json").read_text())
+    assert info["kernels"] is True and info["kernel_convs"]["swapped"] > 0
+    assert info["kernel_convs"]["swapped"] <= info["kernel_convs"]["convs"]
+    for i in range(4):
+        a, b = (np.asarray(Image.open(tmp_path / d / "images" / f"{i:05d}.png"), dtype=np.int16) for d in ("fq", "k"))
+        assert np.abs(a - b).max() <= 2
+
+
+def test_kernels_on_a_full_precision_model_is_one_line(tmp_path):
+    model = make_tiny_unet()
+    model.save_pretrained(tmp_path / "fp")
+    with pytest.raises(SystemExit, match="kernels=true: the model has no convolution"):
+        main([f"ckpt={tmp_path / 'fp'}", "num=1", "steps=1", f"out={tmp_path / 'o'}", "kernels=true"])
 
 
 def test_cli_rejects_unknown_arguments(checkpoints):
