@@ -52,6 +52,7 @@
 #define BM_BM 128       // output pixels per block
 #define BM_BN 64        // GEMM columns per block
 #define BM_THREADS 256  // 8 warps: 4 (M) x 2 (N), warp tile 32 x 32
+#define BM_WS_THREADS 384  // the warp-specialised kernel: a loading warpgroup, two multiplying ones
 #define BM_STAGES 4     // cp.async pipeline depth
 #define BM_A_UNITS (BM_BM * 8)                    // 16-byte units of A per stage: 128 rows x 8 K words
 #define BM_B_UNITS 128                            // 16-byte units of B per stage: 64 columns x 8 K words
@@ -153,6 +154,64 @@ __device__ __forceinline__ void bgmma_m64n64(int (&d)[32], unsigned long long da
 }
 #undef WG_R8
 
+// mbarriers (PTX ISA, "Parallel Synchronization and Communication Instructions: mbarrier") for the
+// warp-specialised loop: a barrier completes a phase when its pending count reaches zero; try_wait.parity P
+// returns once the phase of parity P has completed. mref: its 32-bit shared address (a pointer on the host).
+#ifdef W1A4_HOST_EMU
+typedef unsigned long long* mref;
+__device__ __forceinline__ mref mref_of(unsigned long long* p) { return p; }
+__device__ __forceinline__ mref mref_add(mref r, int i) { return r + i; }
+#else
+typedef u32 mref;
+__device__ __forceinline__ mref mref_of(unsigned long long* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ mref mref_add(mref r, int i) { return r + 8u * (u32)i; }
+#endif
+__device__ __forceinline__ void mbar_init(mref bar, int count) {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_mbar_init(bar, count);
+#elif defined(W1A4_WGMMA)
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(mref bar) {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_mbar_arrive(bar);
+#elif defined(W1A4_WGMMA)
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(mref bar, u32 parity) {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_mbar_wait(bar, parity);
+#elif defined(W1A4_WGMMA)
+    asm volatile(
+        "{\n.reg .pred done;\nwait_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra wait_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+#endif
+}
+// Arrive on `bar` once every cp.async this thread has issued so far has landed (the arrival is not counted
+// in advance: .noinc, so the barrier's count holds it).
+__device__ __forceinline__ void cp_async_mbar_arrive(mref bar) {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_cp_async_mbar_arrive(bar);
+#elif defined(W1A4_WGMMA)
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// A barrier of `count` threads on hardware barrier `id` (1..15; __syncthreads is 0).
+__device__ __forceinline__ void named_sync(int id, int count) {
+#ifdef W1A4_HOST_EMU
+    w1a4_emu_named_sync(id, count);
+#else
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+#endif
+}
+
 // Bit k of each of the 8 nibbles of x -> bits 0..7.
 __host__ __device__ __forceinline__ u32 nibble_bit_plane(u32 x, int k) {
     u32 y = (x >> k) & 0x11111111u;
@@ -188,6 +247,73 @@ struct Shape {
     int splits;      // split-K: gridDim.z blocks share a tile's K chunks (1: no split)
 };
 
+// ---- the epilogue of a block's 128 x 64 tile -----------------------------------------------------
+// Planes combined with their coefficients, Q subtracted, scales and bias, staged as float32 [128 pixels]
+// [64 / NB channels] in shared memory Ys (the pipeline's, free by now), then stored row by row (coalesced) by
+// the block's `nthreads` computing threads (thread index `lt`); `sync` is their barrier. Split-K (work):
+// the integer sums are added to the workspace instead. Register 4 tile + r of plane k's accumulators is row
+// row0(tile) + g + 8 (r / 2), column col0(tile) + 2 t + r % 2: mma.sync, warp (warp_m, warp_n) holds 2 x 4
+// tiles of 16 x 8; wgmma, warp w of warpgroup wg holds rows 64 wg + 16 (w % 4) .. + 15 of all 64 columns.
+template <int NB, bool F16, int PL, bool WG, class Sync>
+__device__ __forceinline__ void tile_epilogue(const int (&acc)[PL][32], const int* qs, float* Ys, int lt, int nthreads,
+                                              int warp, int lane, const Shape& s, int m0, int cb, int M,
+                                              const float* __restrict__ scale, const float* __restrict__ bias,
+                                              void* __restrict__ out, int* __restrict__ work, Sync sync) {
+    const int g = lane >> 2, t4 = lane & 3;
+    int ck[PL];  // c_k: -2^k where bit k of z is set, else 2^k (with PL = 2, z < 4: the launcher checks)
+#pragma unroll
+    for (int k = 0; k < PL; ++k) ck[k] = ((s.z >> k) & 1) ? -(1 << k) : (1 << k);
+    const int nch = BM_BN / NB;  // output channels per block
+#pragma unroll
+    for (int tile = 0; tile < 8; ++tile) {
+        const int row0 = WG ? 64 * (warp >> 2) + 16 * (warp & 3) : (warp & 3) * 32 + (tile >> 2) * 16;
+        const int col0 = WG ? 8 * tile : (warp >> 2) * 32 + (tile & 3) * 8;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int rl = row0 + g + 8 * h;
+            const int q = qs[rl];
+            int v[2];
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int r = 4 * tile + 2 * h + e;
+                int p = 0;
+#pragma unroll
+                for (int k = 0; k < PL; ++k) p += ck[k] * acc[k][r];
+                v[e] = 2 * p - q;
+            }
+            const int col = col0 + 2 * t4;  // even, inside the block
+            if (work != nullptr) {  // split-K: the tile's integer sum, scaled once all splits have added
+                const int m = m0 + rl;
+                if (m < M) {
+                    int* dst = work + (long long)m * gridDim.y * BM_BN + cb * BM_BN + col;
+                    atomicAdd(dst, v[0]);
+                    atomicAdd(dst + 1, v[1]);
+                }
+                continue;
+            }
+            if (NB == 2) {
+                const int o = cb * nch + (col >> 1);
+                if (o < s.C_out) Ys[rl * BM_YS_STRIDE + (col >> 1)] = epilogue<2>(v[0], v[1], o, s.C_out, scale, bias);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int o = cb * nch + col + e;
+                    if (o < s.C_out) Ys[rl * BM_YS_STRIDE + col + e] = epilogue<1>(v[e], 0, o, s.C_out, scale, bias);
+                }
+            }
+        }
+    }
+    if (work != nullptr) return;
+    sync();
+    const int shift = NB == 2 ? 5 : 6;  // log2(nch)
+#pragma unroll 1
+    for (int idx = lt; idx < BM_BM * nch; idx += nthreads) {
+        const int rl = idx >> shift, ch = idx & (nch - 1);
+        const int m = m0 + rl, o = cb * nch + ch;
+        if (m < M && o < s.C_out) store_out<F16>(out, (long long)m * s.C_out + o, Ys[rl * BM_YS_STRIDE + ch]);
+    }
+}
+
 // ---- the conv ----------------------------------------------------------------------------------
 // Shared memory per stage: A as 128 rows (pixels) x 8 units of 16 bytes, unit (plane p, half h) = K
 // words 4h .. 4h + 3 of the chunk in plane p, stored at slot (2p + h) ^ (row % 8) (a swizzle: the 8 rows
@@ -216,7 +342,6 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     __shared__ int qs[BM_BM];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t4 = lane & 3;
     const int warp_m = warp & 3, warp_n = warp >> 2;
     const int M = s.N * s.OH * s.OW;  // < 2^31 (the launcher checks)
     const int m0 = blockIdx.x * BM_BM;
@@ -374,65 +499,155 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     if (WG) wg_wait<0>();
     __syncthreads();  // the pipeline's shared memory is free: it becomes the output tile
 
-    // Epilogue: planes combined with their coefficients, Q subtracted, scales and bias, staged as float32
-    // [128 pixels][64 / NB channels] in shared memory, then stored row by row (coalesced).
-    float* Ys = reinterpret_cast<float*>(sm);
-    int ck[PL];  // c_k: -2^k where bit k of z is set, else 2^k (with PL = 2, z < 4: the launcher checks)
-#pragma unroll
-    for (int k = 0; k < PL; ++k) ck[k] = ((s.z >> k) & 1) ? -(1 << k) : (1 << k);
-    const int nch = BM_BN / NB;  // output channels per block
-#pragma unroll
-    for (int tile = 0; tile < 8; ++tile) {
-        // mma.sync: warp (warp_m, warp_n) holds 2 x 4 tiles of 16 x 8; wgmma: warp w of warpgroup wg holds
-        // rows 64 wg + 16 (w % 4) .. + 15 of all 64 columns, 8 tiles of 16 x 8 along N.
-        const int row0 = WG ? 64 * wg + 16 * (warp & 3) : warp_m * 32 + (tile >> 2) * 16;
-        const int col0 = WG ? 8 * tile : warp_n * 32 + (tile & 3) * 8;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int rl = row0 + g + 8 * h;
-            const int q = qs[rl];
-            {
-                int v[2];
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int r = 4 * tile + 2 * h + e;
-                    int p = 0;
-#pragma unroll
-                    for (int k = 0; k < PL; ++k) p += ck[k] * acc[k][r];
-                    v[e] = 2 * p - q;
-                }
-                const int col = col0 + 2 * t4;  // even, inside the block
-                if (work != nullptr) {  // split-K: the tile's integer sum, scaled once all splits have added
-                    const int m = m0 + rl;
-                    if (m < M) {
-                        int* dst = work + (long long)m * gridDim.y * BM_BN + cb * BM_BN + col;
-                        atomicAdd(dst, v[0]);
-                        atomicAdd(dst + 1, v[1]);
-                    }
-                    continue;
-                }
-                if (NB == 2) {
-                    const int o = cb * nch + (col >> 1);
-                    if (o < s.C_out) Ys[rl * BM_YS_STRIDE + (col >> 1)] = epilogue<2>(v[0], v[1], o, s.C_out, scale, bias);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int o = cb * nch + col + e;
-                        if (o < s.C_out) Ys[rl * BM_YS_STRIDE + col + e] = epilogue<1>(v[e], 0, o, s.C_out, scale, bias);
-                    }
+    tile_epilogue<NB, F16, PL, WG>(acc, qs, reinterpret_cast<float*>(sm), tid, BM_THREADS, warp, lane, s, m0, cb, M,
+                                   scale, bias, out, work, [] { __syncthreads(); });
+}
+
+// ---- the warp-specialised warpgroup conv (sm_90a) -----------------------------------------------
+// 384 threads: warpgroup 0 loads, warpgroups 1 and 2 multiply (rows 0..63 and 64..127 of the tile), so the
+// multiplying warps issue no address arithmetic. The stages and their layout are the warpgroup loop's; per
+// stage two mbarriers: full (128 loader arrivals, each when the thread's copies of the stage have landed:
+// cp.async.mbarrier.arrive.noinc) and empty (256 arrivals, each when a multiplying thread's products of the
+// stage are retired). The loader fills all BM_STAGES stages ahead; it refills stage c % STAGES with chunk c
+// once empty has completed round c / STAGES - 1. Loader thread p copies half p % 2 of rows p / 2 and
+// p / 2 + 64 (both at the same K words: one K state) and B unit p.
+template <int NB, bool F16, int PL>
+__device__ void conv_bgmma_ws(const uint4* __restrict__ planes, const int* __restrict__ sums,
+                              const uint4* __restrict__ wfrag, const float* __restrict__ scale,
+                              const float* __restrict__ bias, void* __restrict__ out, Shape s, int* __restrict__ work) {
+#ifdef W1A4_HOST_EMU
+    __shared__ uint4 sm[BM_STAGES * BM_STAGE_UNITS];
+#else
+    extern __shared__ uint4 sm[];
+#endif
+    __shared__ int qs[BM_BM];
+    __shared__ unsigned long long bars[2 * BM_STAGES];  // full[0..S), empty[S..2S)
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int M = s.N * s.OH * s.OW;
+    const int m0 = blockIdx.x * BM_BM;
+    const int cb = blockIdx.y;
+    const int OHW = s.OH * s.OW;
+    const int split = blockIdx.z;
+    const int c_begin = (int)((long long)s.nchunks * split / s.splits);
+    const int nloc = (int)((long long)s.nchunks * (split + 1) / s.splits) - c_begin;
+    const sref smem0 = sref_of(sm);
+    const mref full0 = mref_of(bars), empty0 = mref_of(bars + BM_STAGES);
+    if (tid == 0) {
+        for (int st = 0; st < BM_STAGES; ++st) {
+            mbar_init(mref_add(full0, st), 128);
+            mbar_init(mref_add(empty0, st), 256);
+        }
+#ifdef W1A4_WGMMA
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+    }
+    // Q[p] for the block's pixels (the loader warpgroup, before its loop)
+    if (tid < BM_BM) {
+        const int m = m0 + tid;
+        int q = 0;
+        if (m < M && split == 0) {
+            const int n = m / OHW, rem = m - n * OHW;
+            const int oh = rem / s.OW, ow = rem - oh * s.OW;
+            const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
+#pragma unroll 1
+            for (int y = 0; y < s.KH; ++y) {
+                const int ih = ih0 + y;
+                if ((unsigned)ih >= (unsigned)s.H) continue;
+#pragma unroll 1
+                for (int x = 0; x < s.KW; ++x) {
+                    const int iw = iw0 + x;
+                    if ((unsigned)iw < (unsigned)s.W) q += sums[(n * s.H + ih) * s.W + iw];
                 }
             }
         }
+        qs[tid] = q;
     }
-    if (work != nullptr) return;
-    __syncthreads();
-    const int shift = NB == 2 ? 5 : 6;  // log2(nch)
+    __syncthreads();  // the barriers are initialised, qs written
+
+    if (warp < 4) {  // ---- loader ----
+        const int U = s.G >> 2, pix_units = PL * U;
+        const int h = tid & 1, lrow = tid >> 1;  // rows lrow and lrow + 64
+        int slot[PL];
+#pragma unroll
+        for (int pl = 0; pl < PL; ++pl) slot[pl] = pl * 256 + ((lrow >> 3) * 2 + h) * 8 + (lrow & 7);
+        int row_base[2], row_ih0[2], row_iw0[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int m = m0 + lrow + 64 * r;
+            row_base[r] = 0, row_ih0[r] = -(1 << 29), row_iw0[r] = 0;
+            if (m < M) {
+                const int n = m / OHW, rem = m - n * OHW;
+                const int oh = rem / s.OW, ow = rem - oh * s.OW;
+                row_ih0[r] = oh * s.SH - s.PH;
+                row_iw0[r] = ow * s.SW - s.PW;
+                row_base[r] = ((n * s.H + row_ih0[r]) * s.W + row_iw0[r]) * pix_units;
+            }
+        }
+        int ky = 0, kx = 0, gu = h + 2 * c_begin, tap_off = PL * gu;
+        const int row_step = (s.W - s.KW) * pix_units;
+        auto normalize = [&]() {
+            while (gu >= U) {
+                gu -= U;
+                if (++kx == s.KW) {
+                    kx = 0;
+                    ++ky;
+                    tap_off += row_step;
+                }
+            }
+        };
+        normalize();
+        const uint4* wsrc = wfrag + ((long long)cb * s.nchunks + c_begin) * BM_B_UNITS + tid;
 #pragma unroll 1
-    for (int idx = tid; idx < BM_BM * nch; idx += BM_THREADS) {
-        const int rl = idx >> shift, ch = idx & (nch - 1);
-        const int m = m0 + rl, o = cb * nch + ch;
-        if (m < M && o < s.C_out) store_out<F16>(out, (long long)m * s.C_out + o, Ys[rl * BM_YS_STRIDE + ch]);
+        for (int c = 0; c < nloc; ++c) {
+            const int st = c % BM_STAGES, round = c / BM_STAGES;
+            if (round > 0) mbar_wait(mref_add(empty0, st), (round - 1) & 1);
+            const sref As = sref_add(smem0, st * BM_STAGE_UNITS);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int ih = row_ih0[r] + ky, iw = row_iw0[r] + kx;
+                const bool valid = ky < s.KH && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
+                const uint4* src = planes + (valid ? (unsigned)(row_base[r] + tap_off) : 0u);
+#pragma unroll
+                for (int pl = 0; pl < PL; ++pl) cp_async16(sref_add(As, slot[pl] + 128 * r), src + pl, valid);  // +8 row groups
+            }
+            cp_async16(sref_add(As, BM_A_UNITS + tid), wsrc, true);
+            cp_async_mbar_arrive(mref_add(full0, st));
+            wsrc += BM_B_UNITS;
+            gu += 2;
+            tap_off += 2 * PL;
+            normalize();
+        }
+        return;
     }
+
+    // ---- multiplying warpgroups ----
+    const int wg = (warp >> 2) - 1;  // 0: rows 0..63, 1: rows 64..127
+    const int ct = tid - 128;        // thread index among the 256 multiplying threads
+    int acc[PL][32];
+#pragma unroll
+    for (int k = 0; k < PL; ++k)
+#pragma unroll
+        for (int r = 0; r < 32; ++r) acc[k][r] = 0;
+    const unsigned long long da0 = wg_desc(sref_add(smem0, wg * 128), 128, 256);
+    const unsigned long long db0 = wg_desc(sref_add(smem0, BM_A_UNITS), 128, 256);
+#pragma unroll 1
+    for (int c = 0; c < nloc; ++c) {
+        const int st = c % BM_STAGES;
+        mbar_wait(mref_add(full0, st), (c / BM_STAGES) & 1);
+        fence_proxy_async();  // the loader's cp.async data, seen by this thread, made visible to wgmma
+        const unsigned long long off = (unsigned long long)(st * BM_STAGE_UNITS);
+        wg_fence();
+#pragma unroll
+        for (int pl = 0; pl < PL; ++pl) bgmma_m64n64(acc[pl], da0 + off + pl * 256, db0 + off);
+        wg_commit();
+        wg_wait<1>();  // chunk c - 1's products are retired: its stage goes back to the loader
+        if (c > 0) mbar_arrive(mref_add(empty0, (c - 1) % BM_STAGES));
+    }
+    wg_wait<0>();
+    named_sync(1, 256);  // both warpgroups' products are retired: the stages become the output tile
+    tile_epilogue<NB, F16, PL, true>(acc, qs, reinterpret_cast<float*>(sm), ct, 256, warp - 4, lane, s, m0, cb, M,
+                                     scale, bias, out, work, [] { named_sync(1, 256); });
 }
 
 // Code of W1A1's x_b = sign(x + beta) (sign(0) = +1, -0.0 too): 2 for +1, 0 for -1. fl32(x + beta) and
@@ -534,6 +749,24 @@ W1A4_BMMA_ENTRY(w1a4_conv_bgmma_nb2_f16, 2, true, 4, true)
 W1A4_BMMA_ENTRY(w1a4_conv_bgmma_nb2_f32, 2, false, 4, true)
 W1A4_BMMA_ENTRY(w1a1_conv_bgmma_f16, 1, true, 2, true)
 W1A4_BMMA_ENTRY(w1a1_conv_bgmma_f32, 1, false, 2, true)
+
+// The warp-specialised warpgroup kernels: 384 threads (a loading warpgroup and two multiplying ones).
+#define W1A4_BGMMA_WS_ENTRY(NAME, NB, F16, PL)                                                           \
+    extern "C" __global__ void __launch_bounds__(BM_WS_THREADS, 1)                                       \
+    NAME(const uint4* planes, const int* sums, const uint4* wfrag, const float* scale, const float* bias,  \
+         void* out, int N, int H, int W, int G, int C_out, int OH, int OW, int KH, int KW, int SH, int SW, \
+         int PH, int PW, int z, int nchunks, int* work) {                                                 \
+        w1a4_bmma::conv_bgmma_ws<NB, F16, PL>(planes, sums, wfrag, scale, bias, out,                      \
+                                              w1a4_bmma::Shape{N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, \
+                                                               PH, PW, z, nchunks, (int)gridDim.z},       \
+                                              work);                                                      \
+    }
+W1A4_BGMMA_WS_ENTRY(w1a4_conv_bgmma_ws_nb1_f16, 1, true, 4)
+W1A4_BGMMA_WS_ENTRY(w1a4_conv_bgmma_ws_nb1_f32, 1, false, 4)
+W1A4_BGMMA_WS_ENTRY(w1a4_conv_bgmma_ws_nb2_f16, 2, true, 4)
+W1A4_BGMMA_WS_ENTRY(w1a4_conv_bgmma_ws_nb2_f32, 2, false, 4)
+W1A4_BGMMA_WS_ENTRY(w1a1_conv_bgmma_ws_f16, 1, true, 2)
+W1A4_BGMMA_WS_ENTRY(w1a1_conv_bgmma_ws_f32, 1, false, 2)
 
 // After a split-K conv: one thread per (pixel m, output channel o), the scales and the bias applied to the
 // integer sums of work (columns NB o + b, ncols per pixel), as the conv's own epilogue.

@@ -79,7 +79,8 @@ def _bits(y: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("variant, out_dtype", [("mma", torch.float16), ("mma", torch.float32),
                                                 ("simt", torch.float16), ("bmma", torch.float16),
                                                 ("bmma", torch.float32), ("bgmma", torch.float16),
-                                                ("bgmma", torch.float32)])
+                                                ("bgmma", torch.float32), ("bgmma_ws", torch.float16),
+                                                ("bgmma_ws", torch.float32)])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}nb{s[5]}" for s in SHAPES])
 def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_dtype):
     x, w = _operands(shape, seed=sum(shape[:7]))
@@ -89,7 +90,7 @@ def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_d
     assert torch.equal(_bits(y), _bits(expected))
 
 
-@pytest.mark.parametrize("variant", ["bmma", "bgmma"])
+@pytest.mark.parametrize("variant", ["bmma", "bgmma", "bgmma_ws"])
 @pytest.mark.parametrize("per_split", ["two", "one chunk each"])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}nb{s[5]}" for s in SHAPES])
 def test_emulated_split_k_equals_reference_bit_for_bit(exe, shape, per_split, variant):
@@ -105,14 +106,14 @@ def test_emulated_split_k_equals_reference_bit_for_bit(exe, shape, per_split, va
     assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(x, w, out_dtype)))
 
 
-@pytest.mark.parametrize("wgmma", [False, True], ids=["bmma", "bgmma"])
-def test_emulated_split_k_runs_w1a1_bit_for_bit(exe, wgmma):
+@pytest.mark.parametrize("loop", ["bmma", "bgmma", "bgmma_ws"])
+def test_emulated_split_k_runs_w1a1_bit_for_bit(exe, loop):
     x, beta, w = _w1a1_operands(SHAPES[9], torch.float32, False, seed=11)
-    y = emu.run_w1a1_conv(exe, x, beta, w, torch.float32, splits=3, wgmma=wgmma)
+    y = emu.run_w1a1_conv(exe, x, beta, w, torch.float32, splits=3, loop=loop)
     assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(pack_sign_input(x, beta), w, torch.float32)))
 
 
-@pytest.mark.parametrize("variant", ["mma", "simt", "bmma", "bgmma"])
+@pytest.mark.parametrize("variant", ["mma", "simt", "bmma", "bgmma", "bgmma_ws"])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[9]], ids=["40x24", "70x33s2", "128x72"])
 def test_emulated_kernel_runs_w1a1_bit_for_bit(exe, shape, variant):
     """W1A1 (BiDM, ReActNet): sign(x + beta) as codes {0, 2} with zero point 1 on the same kernels."""
@@ -157,14 +158,14 @@ def test_emulated_w1a1_plane_pack_equals_the_torch_planes(exe, shape, dtype, cha
 W1A1_CASES = [(shape, torch.float32) for shape in SHAPES] + [(SHAPES[i], torch.float16) for i in (0, 1, 9)]
 
 
-@pytest.mark.parametrize("wgmma", [False, True], ids=["bmma", "bgmma"])
+@pytest.mark.parametrize("loop", ["bmma", "bgmma", "bgmma_ws"])
 @pytest.mark.parametrize("shape, out_dtype", W1A1_CASES,
                          ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}-{str(d)[6:]}" for s, d in W1A1_CASES])
-def test_emulated_w1a1_kernel_equals_reference_bit_for_bit(exe, shape, out_dtype, wgmma):
+def test_emulated_w1a1_kernel_equals_reference_bit_for_bit(exe, shape, out_dtype, loop):
     # The 2-plane W1A1 path (w1a1_planes + w1a1_conv_bmma, or the warpgroup w1a1_conv_bgmma) on every shape
     # (fp16 output on three): the same output as the reference on the 4-bit operand pack_sign_input builds.
     x, beta, w = _w1a1_operands(shape, torch.float32, False, seed=sum(shape[:7]))
-    y = emu.run_w1a1_conv(exe, x, beta, w, out_dtype, wgmma=wgmma)
+    y = emu.run_w1a1_conv(exe, x, beta, w, out_dtype, loop=loop)
     assert not torch.isnan(y).any(), "outputs left unwritten (the emulator poisons them with NaN)"
     assert torch.equal(_bits(y), _bits(reference.w1a4_conv2d(pack_sign_input(x, beta), w, out_dtype)))
 
@@ -176,7 +177,8 @@ def test_a_wrong_fragment_mapping_is_caught_on_w1a1(mutant, shape):
     assert not torch.equal(emu.run_w1a1_conv(mutant, x, beta, w, torch.float32), expected)
 
 
-@pytest.mark.parametrize("variant, agrees", [("mma", False), ("bmma", False), ("bgmma", False), ("simt", True)])
+@pytest.mark.parametrize("variant, agrees", [("mma", False), ("bmma", False), ("bgmma", False), ("bgmma_ws", False),
+                                             ("simt", True)])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[9]])
 def test_a_wrong_fragment_mapping_is_caught(mutant, shape, variant, agrees):
     # The mutant emulator swaps the roles of A registers 1 and 2 (row + 8 and the second K half) in both

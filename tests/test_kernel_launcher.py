@@ -133,9 +133,10 @@ def test_bench_dry_run_writes_its_json(tmp_path):
         rc = bench_kernel.main(["--dry-run", "--no-unet", "--bases", "1", "--json", str(path)])
     data = json.loads(path.read_text())
     assert rc == 0 and data["complete"] and data["dry_run"] and not data["errors"]
-    # two shapes, three variants (bmma, bgmma, mma: the reference on the CPU; bmma1 only where split-K splits)
-    assert len(data["layers"]) == 2 * 3
-    assert {r["variant"] for r in data["layers"]} == {"bmma", "bgmma", "mma"}
+    # two shapes, four variants (bmma, bgmma, bgmma_ws, mma: the reference on the CPU; bmma1 only where
+    # split-K splits)
+    assert len(data["layers"]) == 2 * 4
+    assert {r["variant"] for r in data["layers"]} == {"bmma", "bgmma", "bgmma_ws", "mma"}
     row = data["layers"][0]
     assert row["fp16_us"] > 0 and row["w1a4_us"] > 0 and row["conv_us"] > 0 and row["fp16_graph_us"] is None
 

@@ -116,17 +116,20 @@ def test_gate_on_the_real_kernels(tmp_path, capsys):
         assert r["main_loop"]["mma"] == {"BMMA.168256.AND.POPC": 16}
         assert r["main_loop"]["macs_per_warp"] == 16 * 16384
         assert r["instr_per_4k_mac"] <= 3
-    # The warpgroup main loop (issue 29, sm_90a): per 256-bit K chunk one BGMMA m64n64k256 per plane per
+    # The warpgroup main loops (issue 29, sm_90a): per 256-bit K chunk one BGMMA m64n64k256 per plane per
     # warpgroup (its MACs shared by 4 warps), the same W1A4 / W1A1 MACs per warp as the mma.sync loop
     # (measured 2026-12-07, nvcc 13.0: 1.73 instr per 4k W1A4 MACs, 155 registers; W1A1 1.67, 92 registers).
+    # With a loading warpgroup (bgmma_ws) the multiplying warps' loop has no address arithmetic: 1.05 (W1A1
+    # 0.80), and the gate holds it below the loop that loads for itself.
     for prefix, planes, macs in (("w1a4_conv_bgmma", 4, 32 * 8192), ("w1a1_conv_bgmma", 2, 16 * 16384)):
-        gmma = [rows[k] for k in rows if k.startswith(prefix)]
-        assert len(gmma) == (4 if planes == 4 else 2)
-        for r in gmma:
-            assert r["spill_stores"] == 0 and r["stack_bytes"] == 0
-            assert r["main_loop"]["mma"] == {"BGMMA.64x64x256.AND.POPC": planes}
-            assert r["main_loop"]["macs_per_warp"] == macs
-            assert r["instr_per_4k_mac"] <= 3
+        for loop in ("", "_ws"):
+            gmma = [rows[k] for k in rows if k.startswith(prefix + loop + "_") and (loop or "_ws_" not in k)]
+            assert len(gmma) == (4 if planes == 4 else 2)
+            for r in gmma:
+                assert r["spill_stores"] == 0 and r["stack_bytes"] == 0
+                assert r["main_loop"]["mma"] == {"BGMMA.64x64x256.AND.POPC": planes}
+                assert r["main_loop"]["macs_per_warp"] == macs
+                assert r["instr_per_4k_mac"] <= (1.3 if loop else 3)
     # The GroupNorm statistics (issue 29: at copy speed): one streaming loop, 4 loads unrolled, no 64-bit
     # division in it (measured 2026-12-07, nvcc 13.0, sm_90a: 9.0-9.75 instructions per element; the
     # two-pass kernel before spent 82-83 per element in each pass)

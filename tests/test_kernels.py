@@ -559,13 +559,13 @@ BMMA_GPU_SHAPES = GPU_SHAPES + [(1, 9, 3, 1, 1, 1, 8), (48, 40, 5, 2, 2, 1, 8), 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("loop", ["mma.sync", "wgmma"])
+@pytest.mark.parametrize("loop", ["bmma", "bgmma", "bgmma_ws"])
 @pytest.mark.parametrize("out_dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", BMMA_GPU_SHAPES)
 def test_bit_plane_kernel_equals_reference_bit_for_bit(shape, out_dtype, loop):
     if not kcuda.is_available():
         pytest.skip("CuPy cannot load the kernel here")
-    if loop == "wgmma" and not kcuda.wgmma_built():
+    if loop != "bmma" and not kcuda.wgmma_built():
         pytest.skip("the bit-plane module was not built for sm_90a (tools/device_check.sh builds it on a Hopper)")
     cin, cout, k, s, p, nb, z = shape
     gen = torch.Generator().manual_seed(211 + sum(shape))
@@ -578,12 +578,10 @@ def test_bit_plane_kernel_equals_reference_bit_for_bit(shape, out_dtype, loop):
     # The launcher's choice (split-K on these small grids), and one block per tile.
     for splits in (None, 1):
         out = torch.full((3, oh, ow, cout), float("nan"), dtype=out_dtype, device="cuda")  # poison
-        if loop == "wgmma":
-            y = kcuda.launch_bmma(x, w, out_dtype, out=out, splits=splits, wgmma=True)
-        elif splits is None:
+        if loop == "bmma" and splits is None:
             y = kcuda.launch(x, w, out_dtype, "bmma", out=out)
         else:
-            y = kcuda.launch_bmma(x, w, out_dtype, out=out, splits=splits, wgmma=False)
+            y = kcuda.launch_bmma(x, w, out_dtype, out=out, splits=splits, loop=loop)
         torch.cuda.synchronize()
         assert not torch.isnan(out).any(), "some outputs were never written"
         assert torch.equal(y.contiguous().view(int_view), expected.contiguous().view(int_view)), splits

@@ -268,18 +268,18 @@ def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
         return (lambda i: reference.w1a4_conv2d(packed[i % sets], wp, torch.float16),
                 lambda i: reference.w1a4_conv2d(pack_activation(xf[i % sets], step), wp, torch.float16))
     out = torch.empty(batch, oh, ow, cout, dtype=torch.float16, device=device)
-    if variant in ("bmma", "bmma1", "bgmma"):
-        splits = 1 if variant == "bmma1" else None  # bmma, bgmma: split-K where launch_bmma chooses it
-        wgmma = variant == "bgmma"  # the warpgroup main loop (sm_90a)
+    if variant in ("bmma", "bmma1", "bgmma", "bgmma_ws"):
+        splits = 1 if variant == "bmma1" else None  # the others: split-K where launch_bmma chooses it
+        loop = "bmma" if variant == "bmma1" else variant  # bgmma, bgmma_ws: the wgmma main loops (sm_90a)
         bufs = [(torch.empty(batch, h, w, bmma_groups(cin) // 4, 4, 4, dtype=torch.int32, device=device),
                  torch.empty(batch, h, w, dtype=torch.int32, device=device)) for _ in range(sets)]
         planar = [kcuda.quantize_planes(x, step, out=b) for x, b in zip(xf, bufs)]
         scale = reference.epilogue_scale(wp, pack_activation(xf[0][:1, :, :1, :1], step))
-        kcuda.bmma_weight(wp, wgmma)  # the fragment-ordered weight, made once (pack time)
+        kcuda.bmma_weight(wp, wgmma=loop != "bmma")  # the fragment-ordered weight, made once (pack time)
         return (lambda i: kcuda.launch_bmma(planar[i % sets], wp, torch.float16, out=out, scale=scale, splits=splits,
-                                            wgmma=wgmma),
+                                            loop=loop),
                 lambda i: kcuda.launch_bmma(kcuda.quantize_planes(xf[i % sets], step, out=bufs[i % sets]), wp,
-                                            torch.float16, out=out, scale=scale, splits=splits, wgmma=wgmma))
+                                            torch.float16, out=out, scale=scale, splits=splits, loop=loop))
     if variant == "mma":
         # The s8 x s8 kernel reads s8 codes q - z: quantize_bytes writes them from the float input.
         bufs = [torch.empty(batch, h, w, padded_channels(cin), dtype=torch.int8, device=device) for _ in range(sets)]
@@ -298,22 +298,22 @@ def _calls(variant, xf, wp, step, batch, cin, h, w, oh, ow, cout, sets, device):
 # ---- whole UNet ---------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _forced(variant: str):
-    """Every conv of the UNet on ``variant`` ("auto": as choose_variant picks; "bgmma": the bit-plane kernel
-    with its warpgroup main loop, through BINARYDM_W1A4_WGMMA)."""
+    """Every conv of the UNet on ``variant`` ("auto": as choose_variant picks; "bgmma", "bgmma_ws": the bit-plane
+    kernel with that main loop, through BINARYDM_W1A4_LOOP)."""
     from binarydm.kernels import cuda as kcuda
 
-    before = os.environ.get(kcuda.WGMMA_ENV)
-    kcuda.set_variant(None if variant == "auto" else "bmma" if variant == "bgmma" else variant)
-    if variant in ("bmma", "bgmma"):  # the two main loops of the bit-plane kernel; "auto" as the user has it
-        os.environ[kcuda.WGMMA_ENV] = "1" if variant == "bgmma" else "0"
+    before = os.environ.get(kcuda.LOOP_ENV)
+    kcuda.set_variant(None if variant == "auto" else "bmma" if variant in kcuda.LOOPS else variant)
+    if variant in kcuda.LOOPS:  # the bit-plane kernel's main loops; "auto" as the user has it
+        os.environ[kcuda.LOOP_ENV] = variant
     try:
         yield
     finally:
         kcuda.set_variant(None)
         if before is None:
-            os.environ.pop(kcuda.WGMMA_ENV, None)
+            os.environ.pop(kcuda.LOOP_ENV, None)
         else:
-            os.environ[kcuda.WGMMA_ENV] = before
+            os.environ[kcuda.LOOP_ENV] = before
 
 
 def build_models(device: torch.device, quant: str = "w1a4"):
@@ -362,8 +362,8 @@ def bench_unet(bench: Bench, args, device: torch.device) -> None:
         ref = fake(x, t).sample.double()
         rel_err = {}
         for variant in variants:
-            if on_gpu and variant in ("bmma", "bgmma") and not kcuda.bmma_self_check(device, variant == "bgmma"):
-                key = "wgmma_check_error" if variant == "bgmma" else "check_error"
+            if on_gpu and variant in kcuda.LOOPS and not kcuda.bmma_self_check(device, loop=variant):
+                key = "check_error" if variant == "bmma" else f"{variant}_check_error"
                 bench.error(f"unet {variant}", RuntimeError(f"the bit-plane kernel ({variant}) failed its self-check: "
                                                             f"{kcuda._bmma_state.get(key)}"))
                 continue
@@ -403,7 +403,8 @@ def table(data: dict) -> str:
     lines = []
     if data["layers"]:
         lines += [f"W1A4 conv (variants {', '.join(data['variants'])}: bmma = bit-plane kernel, bmma1 = the same "
-                  "without split-K, bgmma = its warpgroup (wgmma) main loop, mma = s8 x s8 kernel) "
+                  "without split-K, bgmma / bgmma_ws = its wgmma main loop / the same with a loading warpgroup, "
+                  "mma = s8 x s8 kernel) "
                   f"vs cuDNN fp16 (channels_last, cudnn.benchmark) on {data['device']}; "
                   "us per call, median; graph = CUDA graph replay (device time), events = back-to-back eager calls; "
                   "w1a4 = quantize+pack + conv.", "",
@@ -449,11 +450,12 @@ def main(argv=None) -> int:
     parser.add_argument("--target-us", type=float, default=20000, help="length of one timing of a layer")
     parser.add_argument("--max-launches", type=int, default=200)
     parser.add_argument("--unet-launches", type=int, default=10)
-    parser.add_argument("--variants", nargs="+", choices=["bmma", "bmma1", "bgmma", "mma", "simt"],
-                        default=["bmma", "bmma1", "bgmma", "mma"],
+    parser.add_argument("--variants", nargs="+", choices=["bmma", "bmma1", "bgmma", "bgmma_ws", "mma", "simt"],
+                        default=["bmma", "bmma1", "bgmma", "bgmma_ws", "mma"],
                         help="kernel variants to time beside fp16 (bmma: bit-plane, split-K where it chooses; "
-                             "bmma1: bit-plane without split-K, timed only on the layers bmma splits; bgmma: the "
-                             "bit-plane kernel's warpgroup main loop, where built for sm_90a; mma: s8 x s8; simt)")
+                             "bmma1: bit-plane without split-K, timed only on the layers bmma splits; bgmma, "
+                             "bgmma_ws: the bit-plane kernel's wgmma main loops, where built for sm_90a; mma: s8 x s8; "
+                             "simt)")
     parser.add_argument("--variant", choices=["bmma", "mma", "simt"], default=None, help="one variant only")
     parser.add_argument("--no-graph", action="store_true", help="time eager calls only")
     parser.add_argument("--quant", default="w1a4", help="the whole UNet's preset: w1a4, or bidm (W1A1, same kernels)")
@@ -482,10 +484,10 @@ def main(argv=None) -> int:
             sys.exit(f"bench_kernel: the W1A4 kernel cannot load here: {err}")
         device, name = torch.device("cuda"), torch.cuda.get_device_name()
         torch.backends.cudnn.benchmark = True
-        if "bgmma" in args.variants and not kcuda.wgmma_built():
-            print("bench_kernel: no bgmma rows: the bit-plane module was not built for sm_90a "
+        if {"bgmma", "bgmma_ws"} & set(args.variants) and not kcuda.wgmma_built():
+            print("bench_kernel: no bgmma / bgmma_ws rows: the bit-plane module was not built for sm_90a "
                   "(cuda.build_cubin('sm_90a', source=cuda.BMMA_SOURCE); tools/device_check.sh does)", flush=True)
-            args.variants = [v for v in args.variants if v != "bgmma"]
+            args.variants = [v for v in args.variants if v not in ("bgmma", "bgmma_ws")]
         if "bmma" in args.variants and not kcuda.bmma_self_check(device):
             print(f"bench_kernel: the bit-plane kernel failed its self-check ({kcuda._bmma_state.get('check_error')});"
                   " its rows are timed anyway, but w1a4_conv2d would not choose it", file=sys.stderr, flush=True)

@@ -82,9 +82,9 @@ try:
         info["bmma_error"] = kcuda._bmma_state.get("check_error") or kcuda.load_error(kcuda.BMMA_SOURCE)
         info["default_variant"] = kcuda.default_variant()
         info["wgmma_built"] = kcuda.wgmma_built()  # the sm_90a cubin of stage cubin_sm90a was loaded
-        if info["wgmma_built"]:
-            info["wgmma_self_check"] = kcuda.bmma_self_check(wgmma=True)
-            info["wgmma_error"] = kcuda._bmma_state.get("wgmma_check_error")
+        for loop in ("bgmma", "bgmma_ws") if info["wgmma_built"] else ():
+            info[f"{loop}_self_check"] = kcuda.bmma_self_check(loop=loop)
+            info[f"{loop}_error"] = kcuda._bmma_state.get(f"{loop}_check_error")
 except Exception as err:  # noqa: BLE001
     info["kernel_loads"] = f"{type(err).__name__}: {err}"
 print("VERSIONS " + json.dumps(info))

@@ -72,9 +72,11 @@ PLANES_KERNELS = {torch.float32: "w1a4_planes_f32", torch.float16: "w1a4_planes_
                   torch.bfloat16: "w1a4_planes_bf16"}
 PLANES_CODES_KERNEL = "w1a4_planes_codes"
 W1A1_KERNELS = ("w1a1_conv_bmma_f16", "w1a1_conv_bmma_f32")  # the bit-plane conv on 2 planes, one basis
-# The same convs with the warpgroup main loop (wgmma, sm_90a): in the module only where it was built for sm_90a.
-BGMMA_KERNELS = tuple(k.replace("_bmma", "_bgmma") for k in BMMA_KERNELS + W1A1_KERNELS)
-WGMMA_ENV = "BINARYDM_W1A4_WGMMA"  # "1": launch_bmma runs the warpgroup kernel where it is built and self-checked
+# The bit-plane conv's main loops: mma.sync (sm_80+), and on sm_90a wgmma ("bgmma") and wgmma with a loading
+# warpgroup ("bgmma_ws"), which exist only where the module was built for sm_90a (:func:`wgmma_built`).
+LOOPS = ("bmma", "bgmma", "bgmma_ws")
+LOOP_ENV = "BINARYDM_W1A4_LOOP"  # bgmma or bgmma_ws: launch_bmma's default where built and self-checked
+BMMA_WS_THREADS = 384  # must match cuda/w1a4_bmma.cu: BM_WS_THREADS
 SIGN_PLANES_KERNELS = {torch.float32: "w1a1_planes_f32", torch.float16: "w1a1_planes_f16",
                        torch.bfloat16: "w1a1_planes_bf16"}
 # must match cuda/w1a4_bmma.cu: BM_BM, BM_BN, BM_THREADS, BM_SMEM_BYTES, BM_PACK_THREADS
@@ -90,7 +92,7 @@ MMA_MIN_PIXELS = 16384
 _state: dict = {"modules": {}, "errors": {}, "warned": False, "variant": None}
 # Which bit-plane functions got their dynamic shared memory limit, and each device's self-check result
 # (True: bit for bit against the reference; "check_error" says why not).
-_bmma_state: dict = {"smem_set": set(), "checked": {}, "wgmma_checked": {}}
+_bmma_state: dict = {"smem_set": set(), "checked": {}, "loops_checked": {}}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 
 
@@ -272,7 +274,7 @@ def _reset_state() -> None:
     """Forget the modules, the load errors, the self-checks and the warnings (for tests)."""
     _state.update(modules={}, errors={}, warned=False, variant=None)
     _bmma_state.clear()
-    _bmma_state.update(smem_set=set(), checked={}, wgmma_checked={})
+    _bmma_state.update(smem_set=set(), checked={}, loops_checked={})
 
 
 def _warn_fallback(reason: str) -> None:
@@ -489,7 +491,7 @@ def sign_planes(x: torch.Tensor, beta: Optional[torch.Tensor] = None, out: Optio
 
 def bmma_weight(w: PackedConvWeight, wgmma: bool = False) -> torch.Tensor:
     """The weight in the bit-plane kernel's fragment order (:func:`packing.bmma_weight_fragments`), or in
-    the warpgroup kernel's canonical layout (``wgmma``)."""
+    the warpgroup loops' canonical layout (``wgmma``)."""
     if wgmma:
         return _fragments(w, "bgmma_frag", lambda v: bmma_weight_fragments(v, wgmma=True))
     return _fragments(w, "bmma_frag", bmma_weight_fragments)
@@ -519,13 +521,14 @@ def bmma_auto_splits(device, pixels: int, columns: int, chunks: int) -> int:
 
 def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
                 out: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None,
-                splits: Optional[int] = None, wgmma: Optional[bool] = None) -> torch.Tensor:
+                splits: Optional[int] = None, loop: Optional[str] = None) -> torch.Tensor:
     """The bit-plane kernel (cuda/w1a4_bmma.cu) on CUDA tensors; ``x`` a PlanarActivation (from
     :func:`quantize_planes` or :func:`to_planes`; 2 planes from :func:`sign_planes`: the W1A1 kernel, one
     weight basis) or a PackedActivation (converted with :func:`to_planes` first). ``out`` and ``scale`` as
     for :func:`launch`. ``splits``: split-K factor (None: :func:`bmma_splits`; > 1 adds a zeroed int32
-    workspace and the epilogue kernel, the same bits). ``wgmma``: the warpgroup main loop (sm_90a; True
-    raises KernelUnavailable where the module was not built for it); None: :func:`wgmma_enabled`."""
+    workspace and the epilogue kernel, the same bits). ``loop``: the main loop, one of :data:`LOOPS`
+    ("bgmma", "bgmma_ws": sm_90a, KernelUnavailable where the module was not built for it); None:
+    :func:`default_loop`."""
     import cupy
     import numpy as np
 
@@ -552,12 +555,14 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
     if scale is None:
         scale = reference.epilogue_scale(w, probe)
     scale = scale.to(device)
-    if wgmma is None:
-        wgmma = wgmma_enabled(device)
-    elif wgmma and not wgmma_built():
-        raise KernelUnavailable("the warpgroup kernel needs the bit-plane module built for sm_90a: "
+    if loop is None:
+        loop = default_loop(device)
+    elif loop not in LOOPS:
+        raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
+    elif loop != "bmma" and not wgmma_built():
+        raise KernelUnavailable(f"the {loop} loop needs the bit-plane module built for sm_90a: "
                                 "binarydm.kernels.cuda.build_cubin('sm_90a', source=binarydm.kernels.cuda.BMMA_SOURCE)")
-    frag = bmma_weight(w, wgmma)
+    frag = bmma_weight(w, wgmma=loop != "bmma")
     kh, kw = w.kernel_size
     nch = bmma_chunks(c, kh * kw)
     fields = (n, h, wd, bmma_groups(c), w.out_channels, oh, ow, kh, kw, *w.stride, *w.padding, int(x.zero_point),
@@ -572,7 +577,6 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
     args = (ptr(x.planes), ptr(x.sums), ptr(frag), ptr(scale), bias, ptr(out), *(np.int32(f) for f in fields),
             np.uint64(work.data_ptr() if work is not None else 0))
     suffix = "f16" if out_dtype == torch.float16 else "f32"
-    loop = "bgmma" if wgmma else "bmma"
     if x.n_planes == 2:
         # planes 2 and 3 of q XOR z are dropped: right only for codes and zero point below 4 (sign_planes: 1)
         if w.n_bases != 1 or not 0 <= int(x.zero_point) < 4:
@@ -582,7 +586,8 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
         kernel = _bmma_function(f"w1a4_conv_{loop}_nb{w.n_bases}_{suffix}")
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device.index or 0), stream:
-        kernel((*grid, splits), (BMMA_THREADS,), args, shared_mem=BMMA_SMEM_BYTES)
+        threads = BMMA_WS_THREADS if loop == "bgmma_ws" else BMMA_THREADS
+        kernel((*grid, splits), (threads,), args, shared_mem=BMMA_SMEM_BYTES)
         if work is not None:
             epilogue = _bmma_function(f"w1a4_bmma_splitk_epilogue_nb{w.n_bases}_{suffix}")
             epilogue((-(-m * w.out_channels // BMMA_PACK_THREADS),), (BMMA_PACK_THREADS,),
@@ -596,23 +601,30 @@ SELF_CHECK_SHAPES = ((40, 24, 3, 1, 1, 2, 8, 2, 9, 11), (70, 33, 3, 2, 1, 1, 3, 
                      (130, 72, 1, 1, 0, 2, 0, 1, 12, 12), (256, 64, 3, 1, 1, 1, 8, 1, 16, 16))
 
 
-def wgmma_enabled(device) -> bool:
-    """Whether :func:`launch_bmma` runs the warpgroup kernel by default on ``device``: asked for with
-    ``BINARYDM_W1A4_WGMMA=1`` (off until the device script has timed it against the mma.sync loop), built
-    for sm_90a (:func:`wgmma_built`), and equal to the reference on the self-check's problems."""
-    if os.environ.get(WGMMA_ENV) != "1" or not wgmma_built():
-        return False
-    device = torch.device(device if device is not None else "cuda")
-    return bmma_self_check(device, wgmma=True)
-
-
-def bmma_self_check(device=None, wgmma: bool = False) -> bool:
-    """Whether the bit-plane kernel (``wgmma``: its warpgroup main loop) equals the reference bit for bit on
-    this device (run once per device, small problems, one sync): the condition for :func:`default_variant`
-    to choose it (for :func:`wgmma_enabled`, to run the warpgroup loop)."""
+def default_loop(device) -> str:
+    """The main loop :func:`launch_bmma` runs by default on ``device``: ``BINARYDM_W1A4_LOOP`` (bgmma or
+    bgmma_ws; unset until the device script has timed the wgmma loops against mma.sync) where the module was
+    built for sm_90a (:func:`wgmma_built`) and that loop equals the reference on the self-check's problems;
+    else "bmma" (mma.sync)."""
+    loop = os.environ.get(LOOP_ENV) or "bmma"
+    if loop not in LOOPS:
+        raise ValueError(f"{LOOP_ENV} must be one of {LOOPS}, got {loop!r}")
+    if loop == "bmma" or not wgmma_built():
+        return "bmma"
     device = torch.device(device if device is not None else "cuda")
     index = device.index if device.index is not None else torch.cuda.current_device()
-    checked = _bmma_state["wgmma_checked" if wgmma else "checked"]
+    if index not in _bmma_state["loops_checked"].get(loop, {}) and torch.cuda.is_current_stream_capturing():
+        return "bmma"  # the self-check syncs: never inside a graph capture (a later call makes it)
+    return loop if bmma_self_check(device, loop=loop) else "bmma"
+
+
+def bmma_self_check(device=None, loop: str = "bmma") -> bool:
+    """Whether the bit-plane kernel (with main loop ``loop``) equals the reference bit for bit on this device
+    (run once per device and loop, small problems, one sync): the condition for :func:`default_variant` to
+    choose it ("bmma") or for :func:`default_loop` to run a wgmma loop."""
+    device = torch.device(device if device is not None else "cuda")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    checked = _bmma_state["checked"] if loop == "bmma" else _bmma_state["loops_checked"].setdefault(loop, {})
     if index in checked:
         return checked[index]
     from .packing import pack_codes, pack_weight
@@ -629,7 +641,7 @@ def bmma_self_check(device=None, wgmma: bool = False) -> bool:
                 # splits None: these small grids take split-K (bmma_splits), so both paths are checked
                 expected = reference.w1a4_conv2d(x, w, dtype)
                 xd = PackedActivation(x.codes.to(device), x.step.to(device), z, cin)
-                got = launch_bmma(xd, w.to(device), dtype, splits=splits, wgmma=wgmma).cpu()
+                got = launch_bmma(xd, w.to(device), dtype, splits=splits, loop=loop).cpu()
                 view = torch.int16 if dtype == torch.float16 else torch.int32
                 if not torch.equal(got.contiguous().view(view), expected.contiguous().view(view)):
                     ok, why = False, f"differs from the reference on {(cin, cout, k, s, p, nb, z)} {dtype} " \
@@ -644,7 +656,7 @@ def bmma_self_check(device=None, wgmma: bool = False) -> bool:
             xf, beta = torch.randn(n, cin, h, wd, generator=gen), 0.3 * torch.randn(cin, generator=gen)
             expected = reference.w1a1_conv2d(xf, beta, w, torch.float32)
             got = launch_bmma(sign_planes(xf.to(device), beta.to(device)), w.to(device), torch.float32,
-                              wgmma=wgmma).cpu()
+                              loop=loop).cpu()
             if not torch.equal(got.contiguous().view(torch.int32), expected.contiguous().view(torch.int32)):
                 ok, why = False, f"the W1A1 kernel differs from the reference on {(cin, cout, k, s, p)}"
                 break
@@ -652,9 +664,9 @@ def bmma_self_check(device=None, wgmma: bool = False) -> bool:
         ok, why = False, f"{type(err).__name__}: {err}"
     checked[index] = ok
     if not ok:
-        _bmma_state["wgmma_check_error" if wgmma else "check_error"] = why
-        fallback = "the mma.sync loop" if wgmma else "the s8 x s8 kernel"
-        warnings.warn(f"W1A4 bit-plane kernel{' (warpgroup loop)' if wgmma else ''} not used on {device}: {why}; "
+        _bmma_state["check_error" if loop == "bmma" else f"{loop}_check_error"] = why
+        fallback = "the s8 x s8 kernel" if loop == "bmma" else "the mma.sync loop"
+        warnings.warn(f"W1A4 bit-plane kernel{'' if loop == 'bmma' else f' ({loop} loop)'} not used on {device}: {why}; "
                       f"using {fallback}", RuntimeWarning, stacklevel=2)
     return ok
 

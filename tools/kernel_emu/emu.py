@@ -116,9 +116,10 @@ def run_conv(exe: Path, x, w, out_dtype: torch.dtype = torch.float16, variant: s
     ``variant``: "mma" (tensor cores, s8 x s8: w1a4_bytes_codes turns the packed codes into its s8
     operand first, both emulated), "simt" (CUDA cores), or "bmma" (the bit-plane kernel of
     cuda/w1a4_bmma.cu: its pack kernel from the packed codes, then the conv; ``splits`` > 1: split-K and
-    its epilogue kernel), or "bgmma" (the same with the warpgroup conv of sm_90a)."""
-    if variant in ("bmma", "bgmma"):
-        return _run_bmma(exe, x, w, out_dtype, splits, wgmma=variant == "bgmma")
+    its epilogue kernel), "bgmma" (the same with the warpgroup main loop of sm_90a) or "bgmma_ws" (the
+    warp-specialised one)."""
+    if variant in LOOPS:
+        return _run_bmma(exe, x, w, out_dtype, splits, loop=variant)
     if splits != 1:
         raise ValueError("split-K is the bit-plane kernel's")
     oh, ow = reference.check_operands(x, w, out_dtype)
@@ -200,14 +201,19 @@ def run_pack(exe: Path, x: torch.Tensor, step: float, qn: int = -8, qp: int = 7)
     return torch.from_numpy(np.frombuffer(data, np.int32).copy()).reshape(n, h, wd, words)
 
 
-def _run_bmma(exe: Path, x, w, out_dtype: torch.dtype, splits: int = 1, wgmma: bool = False) -> torch.Tensor:
+# The bit-plane conv's main loops and their header code (emu_main.cpp, kinds 3 and 9).
+LOOPS = {"bmma": 0, "bgmma": 1, "bgmma_ws": 2}
+
+
+def _run_bmma(exe: Path, x, w, out_dtype: torch.dtype, splits: int = 1, loop: str = "bmma") -> torch.Tensor:
     oh, ow = reference.check_operands(x, w, out_dtype)
     n, c, h, wd = x.shape
     kh, kw = w.kernel_size
     header = [w.n_bases, int(out_dtype == torch.float16), int(w.bias is not None), n, h, wd, bmma_groups(c),
               w.out_channels, oh, ow, kh, kw, *w.stride, *w.padding, int(x.zero_point), bmma_chunks(c, kh * kw), c,
-              padded_channels(c) // 32, splits, int(wgmma)]
-    return _conv(exe, 3, header, [_i32(x.codes), _i32(bmma_weight_fragments(w, wgmma))], x, w, out_dtype, oh, ow)
+              padded_channels(c) // 32, splits, LOOPS[loop]]
+    operands = [_i32(x.codes), _i32(bmma_weight_fragments(w, wgmma=loop != "bmma"))]
+    return _conv(exe, 3, header, operands, x, w, out_dtype, oh, ow)
 
 
 def run_planes(exe: Path, x, step: float = 1.0, qn: int = -8, qp: int = 7):
@@ -249,9 +255,9 @@ def run_w1a1_planes(exe: Path, x: torch.Tensor, beta=None):
 
 
 def run_w1a1_conv(exe: Path, x: torch.Tensor, beta, w, out_dtype: torch.dtype = torch.float32,
-                  splits: int = 1, wgmma: bool = False) -> torch.Tensor:
+                  splits: int = 1, loop: str = "bmma") -> torch.Tensor:
     """The W1A1 path of the bit-plane kernel: w1a1_planes_<dtype> from float ``x`` and ``beta``, then
-    w1a1_conv_bmma (2 planes, one basis; ``wgmma``: w1a1_conv_bgmma); [N, C_out, OH, OW] like
+    w1a1_conv_<loop> (2 planes, one basis; ``loop`` as :data:`LOOPS`); [N, C_out, OH, OW] like
     reference.w1a4_conv2d of pack_sign_input(x, beta)."""
     n, c, h, wd = x.shape
     # The operand's shape, step 1 and zero point 1, for the shape checks and the epilogue scales.
@@ -263,5 +269,6 @@ def run_w1a1_conv(exe: Path, x: torch.Tensor, beta, w, out_dtype: torch.dtype = 
     kh, kw = w.kernel_size
     header, arrays = _w1a1_header(x, beta)
     header += [int(out_dtype == torch.float16), int(w.bias is not None), w.out_channels, oh, ow, kh, kw, *w.stride,
-               *w.padding, bmma_chunks(c, kh * kw), splits, int(wgmma)]
-    return _conv(exe, 9, header, [*arrays, _i32(bmma_weight_fragments(w, wgmma))], probe, w, out_dtype, oh, ow)
+               *w.padding, bmma_chunks(c, kh * kw), splits, LOOPS[loop]]
+    operands = [*arrays, _i32(bmma_weight_fragments(w, wgmma=loop != "bmma"))]
+    return _conv(exe, 9, header, operands, probe, w, out_dtype, oh, ow)

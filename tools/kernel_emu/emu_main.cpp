@@ -25,7 +25,7 @@
 //   3, bit-plane conv (cuda/w1a4_bmma.cu): NB, F16, has_bias, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW,
 //         PH, PW, z, nchunks, C, Gc, splits, wgmma (split-K: > 1 runs the conv over gridDim.z = splits into a
 //         zeroed workspace, then w1a4_bmma_splitk_epilogue; wgmma 1: the warpgroup kernel w1a4_conv_bgmma_*,
-//         its weight in the canonical layout); then codes u32 [N*H*W*4Gc] (packed nibbles, Gc = C_pad / 32), wfrag
+//         its weight in the canonical layout; 2: the warp-specialised one, w1a4_conv_bgmma_ws_*, 384 threads); then codes u32 [N*H*W*4Gc] (packed nibbles, Gc = C_pad / 32), wfrag
 //         u32 [NCB*nchunks*512], scale, bias as for kind 0. Runs w1a4_planes_codes, then the conv. OUT: as
 //         kind 0.
 //   4, planes: in_kind (0 f32, 1 f16, 2 bf16, 3 packed codes), N, C, H, W, sN, sC, sH, sW, G, qn, qp, z, Gc;
@@ -226,13 +226,15 @@ int main(int argc, char** argv) {
         void* y = out.data();
         const long long M = (long long)N * OH * OW;
         const dim3 grid{(unsigned)((M + BM_BM - 1) / BM_BM), (unsigned)ncb, (unsigned)splits};
-        auto k = wgmma ? (NB == 1 ? (F16 ? w1a4_conv_bgmma_nb1_f16 : w1a4_conv_bgmma_nb1_f32)
-                                  : (F16 ? w1a4_conv_bgmma_nb2_f16 : w1a4_conv_bgmma_nb2_f32))
-                       : (NB == 1 ? (F16 ? w1a4_conv_bmma_nb1_f16 : w1a4_conv_bmma_nb1_f32)
-                                  : (F16 ? w1a4_conv_bmma_nb2_f16 : w1a4_conv_bmma_nb2_f32));
+        auto k = wgmma == 2 ? (NB == 1 ? (F16 ? w1a4_conv_bgmma_ws_nb1_f16 : w1a4_conv_bgmma_ws_nb1_f32)
+                                       : (F16 ? w1a4_conv_bgmma_ws_nb2_f16 : w1a4_conv_bgmma_ws_nb2_f32))
+                 : wgmma ? (NB == 1 ? (F16 ? w1a4_conv_bgmma_nb1_f16 : w1a4_conv_bgmma_nb1_f32)
+                                    : (F16 ? w1a4_conv_bgmma_nb2_f16 : w1a4_conv_bgmma_nb2_f32))
+                         : (NB == 1 ? (F16 ? w1a4_conv_bmma_nb1_f16 : w1a4_conv_bmma_nb1_f32)
+                                    : (F16 ? w1a4_conv_bmma_nb2_f16 : w1a4_conv_bmma_nb2_f32));
         std::vector<int> work(splits > 1 ? (size_t)M * ncb * BM_BN : 0, 0);
         int* wk = splits > 1 ? work.data() : nullptr;
-        w1a4_emu::launch(grid, dim3{BM_THREADS, 1, 1}, [&] {
+        w1a4_emu::launch(grid, dim3{wgmma == 2 ? BM_WS_THREADS : BM_THREADS, 1, 1}, [&] {
             k(planes.data(), sums.data(), wfrag, scale, bias, y, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, PW,
               z, nchunks, wk);
         });
@@ -291,12 +293,13 @@ int main(int argc, char** argv) {
             void* y = out.data();
             const long long M = (long long)N * OH * OW;
             const dim3 grid{(unsigned)((M + BM_BM - 1) / BM_BM), (unsigned)ncb, (unsigned)splits};
-            auto k = wgmma ? (F16 ? w1a1_conv_bgmma_f16 : w1a1_conv_bgmma_f32)
-                           : (F16 ? w1a1_conv_bmma_f16 : w1a1_conv_bmma_f32);
+            auto k = wgmma == 2 ? (F16 ? w1a1_conv_bgmma_ws_f16 : w1a1_conv_bgmma_ws_f32)
+                     : wgmma ? (F16 ? w1a1_conv_bgmma_f16 : w1a1_conv_bgmma_f32)
+                             : (F16 ? w1a1_conv_bmma_f16 : w1a1_conv_bmma_f32);
             const uint4* pl = reinterpret_cast<const uint4*>(planes);
             std::vector<int> work(splits > 1 ? (size_t)M * ncb * BM_BN : 0, 0);
             int* wk = splits > 1 ? work.data() : nullptr;
-            w1a4_emu::launch(grid, dim3{BM_THREADS, 1, 1}, [&] {
+            w1a4_emu::launch(grid, dim3{wgmma == 2 ? BM_WS_THREADS : BM_THREADS, 1, 1}, [&] {
                 k(pl, sums, wfrag, scale, bias, y, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, PW, 1, nchunks, wk);
             });
             if (splits > 1) splitk_epilogue(1, F16, work.data(), scale, bias, y, M, C_out, ncb * BM_BN);

@@ -102,6 +102,7 @@ inline void land(const AsyncCopy& c) {
 }
 
 inline bool wgmma_idle();  // below, with the wgmma emulation
+inline void reset_named_barriers();  // below, with bar.sync
 
 // Runs kernel() as grid x block threads, one block after another.
 template <class Kernel>
@@ -115,6 +116,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx) {
                 block_barrier = std::make_unique<std::barrier<>>(threads);
+                reset_named_barriers();
                 warp_barriers.clear();
                 for (int w = 0; w < warps; ++w)
                     warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
@@ -399,4 +401,72 @@ inline void w1a4_emu_wgmma_wait(int n) {
     for (int i = 0; i < done; ++i)
         for (const Bgmma& op : wg_committed[i]) apply(op);
     wg_committed.erase(wg_committed.begin(), wg_committed.begin() + done);
+}
+
+// ---- mbarrier and named barriers (the warp-specialised kernel) -------------------------------------
+// An mbarrier's state lives in its own 8 bytes, under one lock: pending arrivals (bits 0-19), the count it
+// was initialised with (20-39) and the phase bit (40), which flips when a phase completes. try_wait.parity
+// P returns once the phase of parity P has completed: while the phase bit equals P it waits.
+#include <mutex>
+namespace w1a4_emu {
+inline std::mutex mbar_lock;
+inline std::mutex named_lock;
+inline std::unique_ptr<std::barrier<>> named[16];
+}  // namespace w1a4_emu
+
+inline void w1a4_emu_mbar_init(unsigned long long* bar, int count) {
+    std::lock_guard<std::mutex> guard(w1a4_emu::mbar_lock);
+    *bar = (unsigned long long)count | ((unsigned long long)count << 20);
+}
+
+inline void w1a4_emu_mbar_arrive(unsigned long long* bar) {
+    std::lock_guard<std::mutex> guard(w1a4_emu::mbar_lock);
+    unsigned long long v = *bar;
+    const unsigned long long expected = (v >> 20) & 0xFFFFF, phase = (v >> 40) & 1;
+    unsigned long long pending = v & 0xFFFFF;
+    if (pending == 0) {
+        std::fprintf(stderr, "mbarrier arrival on a barrier with no pending count (not initialised?)\n");
+        std::abort();
+    }
+    if (--pending == 0) v = expected | (expected << 20) | ((phase ^ 1) << 40);
+    else v = pending | (expected << 20) | (phase << 40);
+    *bar = v;
+}
+
+inline void w1a4_emu_mbar_wait(unsigned long long* bar, unsigned parity) {
+    for (;;) {
+        {
+            std::lock_guard<std::mutex> guard(w1a4_emu::mbar_lock);
+            if (((*bar >> 40) & 1) != (parity & 1)) return;
+        }
+        std::this_thread::yield();
+    }
+}
+
+// cp.async.mbarrier.arrive.noinc: the arrival once this thread's copies so far have landed. The emulator
+// lands them here (every open and committed copy of the thread), then arrives.
+inline void w1a4_emu_cp_async_mbar_arrive(unsigned long long* bar) {
+    using namespace w1a4_emu;
+    for (const auto& group : committed)
+        for (const AsyncCopy& c : group) land(c);
+    committed.clear();
+    for (const AsyncCopy& c : open_group) land(c);
+    open_group.clear();
+    w1a4_emu_mbar_arrive(bar);
+}
+
+// bar.sync id, count: a barrier of `count` threads, made on first use in each block (launch resets them).
+inline void w1a4_emu_named_sync(int id, int count) {
+    using namespace w1a4_emu;
+    std::barrier<>* b;
+    {
+        std::lock_guard<std::mutex> guard(named_lock);
+        if (!named[id]) named[id] = std::make_unique<std::barrier<>>(count);
+        b = named[id].get();
+    }
+    b->arrive_and_wait();
+}
+
+inline void w1a4_emu::reset_named_barriers() {
+    for (auto& b : named) b.reset();
 }
