@@ -247,6 +247,27 @@ struct Shape {
     int splits;      // split-K: gridDim.z blocks share a tile's K chunks (1: no split)
 };
 
+// Q[p] of output pixel m: the pack kernel's per-pixel sums of (q - z) over the taps inside the image (0 past M).
+__device__ __forceinline__ int pixel_q(const int* __restrict__ sums, const Shape& s, int m, int M) {
+    if (m >= M) return 0;
+    const int OHW = s.OH * s.OW;
+    const int n = m / OHW, rem = m - n * OHW;
+    const int oh = rem / s.OW, ow = rem - oh * s.OW;
+    const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
+    int q = 0;
+#pragma unroll 1
+    for (int y = 0; y < s.KH; ++y) {
+        const int ih = ih0 + y;
+        if ((unsigned)ih >= (unsigned)s.H) continue;
+#pragma unroll 1
+        for (int x = 0; x < s.KW; ++x) {
+            const int iw = iw0 + x;
+            if ((unsigned)iw < (unsigned)s.W) q += sums[(n * s.H + ih) * s.W + iw];
+        }
+    }
+    return q;
+}
+
 // ---- the epilogue of a block's 128 x 64 tile -----------------------------------------------------
 // Planes combined with their coefficients, Q subtracted, scales and bias, staged as float32 [128 pixels]
 // [64 / NB channels] in shared memory Ys (the pipeline's, free by now), then stored row by row (coalesced) by
@@ -422,26 +443,7 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     }
 
     // Q[p] for the block's pixels, while the first chunks are in flight: the sums of the valid taps.
-    if (tid < BM_BM) {
-        const int m = m0 + tid;
-        int q = 0;
-        if (m < M && split == 0) {  // split-K: the other splits add no q
-            const int n = m / OHW, rem = m - n * OHW;
-            const int oh = rem / s.OW, ow = rem - oh * s.OW;
-            const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
-#pragma unroll 1
-            for (int y = 0; y < s.KH; ++y) {
-                const int ih = ih0 + y;
-                if ((unsigned)ih >= (unsigned)s.H) continue;
-#pragma unroll 1
-                for (int x = 0; x < s.KW; ++x) {
-                    const int iw = iw0 + x;
-                    if ((unsigned)iw < (unsigned)s.W) q += sums[(n * s.H + ih) * s.W + iw];
-                }
-            }
-        }
-        qs[tid] = q;
-    }
+    if (tid < BM_BM) qs[tid] = split == 0 ? pixel_q(sums, s, m0 + tid, M) : 0;  // split-K: the other splits add no q
 
     // ldmatrix addresses inside a stage (units): lane l gives row (l % 8) + 8 ((l / 8) % 2) of the m tile,
     // half (l / 16) of plane p: slot (2p + half) ^ (l % 8).
@@ -543,26 +545,7 @@ __device__ void conv_bgmma_ws(const uint4* __restrict__ planes, const int* __res
 #endif
     }
     // Q[p] for the block's pixels (the loader warpgroup, before its loop)
-    if (tid < BM_BM) {
-        const int m = m0 + tid;
-        int q = 0;
-        if (m < M && split == 0) {
-            const int n = m / OHW, rem = m - n * OHW;
-            const int oh = rem / s.OW, ow = rem - oh * s.OW;
-            const int ih0 = oh * s.SH - s.PH, iw0 = ow * s.SW - s.PW;
-#pragma unroll 1
-            for (int y = 0; y < s.KH; ++y) {
-                const int ih = ih0 + y;
-                if ((unsigned)ih >= (unsigned)s.H) continue;
-#pragma unroll 1
-                for (int x = 0; x < s.KW; ++x) {
-                    const int iw = iw0 + x;
-                    if ((unsigned)iw < (unsigned)s.W) q += sums[(n * s.H + ih) * s.W + iw];
-                }
-            }
-        }
-        qs[tid] = q;
-    }
+    if (tid < BM_BM) qs[tid] = split == 0 ? pixel_q(sums, s, m0 + tid, M) : 0;
     __syncthreads();  // the barriers are initialised, qs written
 
     if (warp < 4) {  // ---- loader ----
