@@ -53,6 +53,8 @@
 #define BM_BN 64        // GEMM columns per block
 #define BM_THREADS 256  // 8 warps: 4 (M) x 2 (N), warp tile 32 x 32
 #define BM_WS_THREADS 384  // the warp-specialised kernel: a loading warpgroup, two multiplying ones
+#define BM_WS_SMEM_UNITS (BM_STAGES * BM_STAGE_UNITS + BM_BM * BM_YS_STRIDE / 4)  // + its own output tile
+#define BM_WS_SMEM_BYTES (BM_WS_SMEM_UNITS * 16)  // 107,008 B
 #define BM_STAGES 4     // cp.async pipeline depth
 #define BM_A_UNITS (BM_BM * 8)                    // 16-byte units of A per stage: 128 rows x 8 K words
 #define BM_B_UNITS 128                            // 16-byte units of B per stage: 64 columns x 8 K words
@@ -277,7 +279,7 @@ __device__ __forceinline__ int pixel_q(const int* __restrict__ sums, const Shape
 // tiles of 16 x 8; wgmma, warp w of warpgroup wg holds rows 64 wg + 16 (w % 4) .. + 15 of all 64 columns.
 template <int NB, bool F16, int PL, bool WG, class Sync>
 __device__ __forceinline__ void tile_epilogue(const int (&acc)[PL][32], const int* qs, float* Ys, int lt, int nthreads,
-                                              int warp, int lane, const Shape& s, int m0, int cb, int M,
+                                              int warp, int lane, const Shape& s, int m0, int cb, int ncb, int M,
                                               const float* __restrict__ scale, const float* __restrict__ bias,
                                               void* __restrict__ out, int* __restrict__ work, Sync sync) {
     const int g = lane >> 2, t4 = lane & 3;
@@ -306,7 +308,7 @@ __device__ __forceinline__ void tile_epilogue(const int (&acc)[PL][32], const in
             if (work != nullptr) {  // split-K: the tile's integer sum, scaled once all splits have added
                 const int m = m0 + rl;
                 if (m < M) {
-                    int* dst = work + (long long)m * gridDim.y * BM_BN + cb * BM_BN + col;
+                    int* dst = work + (long long)m * ncb * BM_BN + cb * BM_BN + col;
                     atomicAdd(dst, v[0]);
                     atomicAdd(dst + 1, v[1]);
                 }
@@ -501,38 +503,39 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     if (WG) wg_wait<0>();
     __syncthreads();  // the pipeline's shared memory is free: it becomes the output tile
 
-    tile_epilogue<NB, F16, PL, WG>(acc, qs, reinterpret_cast<float*>(sm), tid, BM_THREADS, warp, lane, s, m0, cb, M,
-                                   scale, bias, out, work, [] { __syncthreads(); });
+    tile_epilogue<NB, F16, PL, WG>(acc, qs, reinterpret_cast<float*>(sm), tid, BM_THREADS, warp, lane, s, m0, cb,
+                                   (int)gridDim.y, M, scale, bias, out, work, [] { __syncthreads(); });
 }
 
-// ---- the warp-specialised warpgroup conv (sm_90a) -----------------------------------------------
-// 384 threads: warpgroup 0 loads, warpgroups 1 and 2 multiply (rows 0..63 and 64..127 of the tile), so the
-// multiplying warps issue no address arithmetic. The stages and their layout are the warpgroup loop's; per
-// stage two mbarriers: full (128 loader arrivals, each when the thread's copies of the stage have landed:
-// cp.async.mbarrier.arrive.noinc) and empty (256 arrivals, each when a multiplying thread's products of the
-// stage are retired). The loader fills all BM_STAGES stages ahead; it refills stage c % STAGES with chunk c
-// once empty has completed round c / STAGES - 1. Loader thread p copies half p % 2 of rows p / 2 and
-// p / 2 + 64 (both at the same K words: one K state) and B unit p.
+// ---- the warp-specialised, persistent warpgroup conv (sm_90a) -----------------------------------
+// 384 threads: warpgroup 0 loads, warpgroups 1 and 2 multiply (rows 0..63 and 64..127 of a tile), so the
+// multiplying warps issue no address arithmetic. Persistent: gridDim.x blocks (about one per SM) walk the
+// tiles t = blockIdx.x, + gridDim.x, ... of the (pixel block, column block, split) grid, pixel blocks fastest
+// (neighbouring tiles share their weights in L2); the loader runs on into the next tile's chunks while the
+// multiplying warps finish a tile's epilogue, which stages the output outside the pipeline's stages.
+// The stages and their layout are the warpgroup loop's; per stage two mbarriers: full (128 loader arrivals,
+// each when the thread's copies of the stage have landed: cp.async.mbarrier.arrive.noinc) and empty (256
+// arrivals, each when a multiplying thread's products of the stage are retired). Chunks are counted over all
+// of a block's tiles (j): the loader refills stage j % STAGES once empty has completed round j / STAGES - 1,
+// the multiplying threads wait for full's round j / STAGES. Loader thread p copies half p % 2 of rows p / 2
+// and p / 2 + 64 (both at the same K words: one K state) and B unit p.
 template <int NB, bool F16, int PL>
 __device__ void conv_bgmma_ws(const uint4* __restrict__ planes, const int* __restrict__ sums,
                               const uint4* __restrict__ wfrag, const float* __restrict__ scale,
-                              const float* __restrict__ bias, void* __restrict__ out, Shape s, int* __restrict__ work) {
+                              const float* __restrict__ bias, void* __restrict__ out, Shape s, int* __restrict__ work,
+                              int mblocks, int ncb) {
 #ifdef W1A4_HOST_EMU
-    __shared__ uint4 sm[BM_STAGES * BM_STAGE_UNITS];
+    __shared__ uint4 sm[BM_WS_SMEM_UNITS];
 #else
     extern __shared__ uint4 sm[];
 #endif
-    __shared__ int qs[BM_BM];
+    __shared__ int qs[2][BM_BM];  // per tile parity: a tile's sums are written while the last tile's are read
     __shared__ unsigned long long bars[2 * BM_STAGES];  // full[0..S), empty[S..2S)
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int M = s.N * s.OH * s.OW;
-    const int m0 = blockIdx.x * BM_BM;
-    const int cb = blockIdx.y;
     const int OHW = s.OH * s.OW;
-    const int split = blockIdx.z;
-    const int c_begin = (int)((long long)s.nchunks * split / s.splits);
-    const int nloc = (int)((long long)s.nchunks * (split + 1) / s.splits) - c_begin;
+    const int tiles = mblocks * ncb * s.splits;
     const sref smem0 = sref_of(sm);
     const mref full0 = mref_of(bars), empty0 = mref_of(bars + BM_STAGES);
     if (tid == 0) {
@@ -544,9 +547,15 @@ __device__ void conv_bgmma_ws(const uint4* __restrict__ planes, const int* __res
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 #endif
     }
-    // Q[p] for the block's pixels (the loader warpgroup, before its loop)
-    if (tid < BM_BM) qs[tid] = split == 0 ? pixel_q(sums, s, m0 + tid, M) : 0;
-    __syncthreads();  // the barriers are initialised, qs written
+    __syncthreads();  // the barriers are initialised
+    // tile t -> (pixel block, column block, split), and the split's chunks [c_begin, c_begin + nloc)
+    auto tile_of = [&](int t, int& m0, int& cb, int& split, int& c_begin, int& nloc) {
+        m0 = (t % mblocks) * BM_BM;
+        cb = (t / mblocks) % ncb;
+        split = t / (mblocks * ncb);
+        c_begin = (int)((long long)s.nchunks * split / s.splits);
+        nloc = (int)((long long)s.nchunks * (split + 1) / s.splits) - c_begin;
+    };
 
     if (warp < 4) {  // ---- loader ----
         const int U = s.G >> 2, pix_units = PL * U;
@@ -554,52 +563,59 @@ __device__ void conv_bgmma_ws(const uint4* __restrict__ planes, const int* __res
         int slot[PL];
 #pragma unroll
         for (int pl = 0; pl < PL; ++pl) slot[pl] = pl * 256 + ((lrow >> 3) * 2 + h) * 8 + (lrow & 7);
-        int row_base[2], row_ih0[2], row_iw0[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int m = m0 + lrow + 64 * r;
-            row_base[r] = 0, row_ih0[r] = -(1 << 29), row_iw0[r] = 0;
-            if (m < M) {
-                const int n = m / OHW, rem = m - n * OHW;
-                const int oh = rem / s.OW, ow = rem - oh * s.OW;
-                row_ih0[r] = oh * s.SH - s.PH;
-                row_iw0[r] = ow * s.SW - s.PW;
-                row_base[r] = ((n * s.H + row_ih0[r]) * s.W + row_iw0[r]) * pix_units;
-            }
-        }
-        int ky = 0, kx = 0, gu = h + 2 * c_begin, tap_off = PL * gu;
         const int row_step = (s.W - s.KW) * pix_units;
-        auto normalize = [&]() {
-            while (gu >= U) {
-                gu -= U;
-                if (++kx == s.KW) {
-                    kx = 0;
-                    ++ky;
-                    tap_off += row_step;
-                }
-            }
-        };
-        normalize();
-        const uint4* wsrc = wfrag + ((long long)cb * s.nchunks + c_begin) * BM_B_UNITS + tid;
+        int j = 0;  // chunks loaded by this block so far
 #pragma unroll 1
-        for (int c = 0; c < nloc; ++c) {
-            const int st = c % BM_STAGES, round = c / BM_STAGES;
-            if (round > 0) mbar_wait(mref_add(empty0, st), (round - 1) & 1);
-            const sref As = sref_add(smem0, st * BM_STAGE_UNITS);
+        for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+            int m0, cb, split, c_begin, nloc;
+            tile_of(t, m0, cb, split, c_begin, nloc);
+            int row_base[2], row_ih0[2], row_iw0[2];
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-                const int ih = row_ih0[r] + ky, iw = row_iw0[r] + kx;
-                const bool valid = ky < s.KH && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
-                const uint4* src = planes + (valid ? (unsigned)(row_base[r] + tap_off) : 0u);
-#pragma unroll
-                for (int pl = 0; pl < PL; ++pl) cp_async16(sref_add(As, slot[pl] + 128 * r), src + pl, valid);  // +8 row groups
+                const int m = m0 + lrow + 64 * r;
+                row_base[r] = 0, row_ih0[r] = -(1 << 29), row_iw0[r] = 0;
+                if (m < M) {
+                    const int n = m / OHW, rem = m - n * OHW;
+                    const int oh = rem / s.OW, ow = rem - oh * s.OW;
+                    row_ih0[r] = oh * s.SH - s.PH;
+                    row_iw0[r] = ow * s.SW - s.PW;
+                    row_base[r] = ((n * s.H + row_ih0[r]) * s.W + row_iw0[r]) * pix_units;
+                }
             }
-            cp_async16(sref_add(As, BM_A_UNITS + tid), wsrc, true);
-            cp_async_mbar_arrive(mref_add(full0, st));
-            wsrc += BM_B_UNITS;
-            gu += 2;
-            tap_off += 2 * PL;
+            int ky = 0, kx = 0, gu = h + 2 * c_begin, tap_off = PL * gu;
+            auto normalize = [&]() {
+                while (gu >= U) {
+                    gu -= U;
+                    if (++kx == s.KW) {
+                        kx = 0;
+                        ++ky;
+                        tap_off += row_step;
+                    }
+                }
+            };
             normalize();
+            const uint4* wsrc = wfrag + ((long long)cb * s.nchunks + c_begin) * BM_B_UNITS + tid;
+#pragma unroll 1
+            for (int c = 0; c < nloc; ++c, ++j) {
+                const int st = j % BM_STAGES, round = j / BM_STAGES;
+                if (round > 0) mbar_wait(mref_add(empty0, st), (round - 1) & 1);
+                const sref As = sref_add(smem0, st * BM_STAGE_UNITS);
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int ih = row_ih0[r] + ky, iw = row_iw0[r] + kx;
+                    const bool valid = ky < s.KH && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
+                    const uint4* src = planes + (valid ? (unsigned)(row_base[r] + tap_off) : 0u);
+#pragma unroll
+                    for (int pl = 0; pl < PL; ++pl)
+                        cp_async16(sref_add(As, slot[pl] + 128 * r), src + pl, valid);  // row + 64: 8 row groups on
+                }
+                cp_async16(sref_add(As, BM_A_UNITS + tid), wsrc, true);
+                cp_async_mbar_arrive(mref_add(full0, st));
+                wsrc += BM_B_UNITS;
+                gu += 2;
+                tap_off += 2 * PL;
+                normalize();
+            }
         }
         return;
     }
@@ -607,30 +623,40 @@ __device__ void conv_bgmma_ws(const uint4* __restrict__ planes, const int* __res
     // ---- multiplying warpgroups ----
     const int wg = (warp >> 2) - 1;  // 0: rows 0..63, 1: rows 64..127
     const int ct = tid - 128;        // thread index among the 256 multiplying threads
-    int acc[PL][32];
-#pragma unroll
-    for (int k = 0; k < PL; ++k)
-#pragma unroll
-        for (int r = 0; r < 32; ++r) acc[k][r] = 0;
     const unsigned long long da0 = wg_desc(sref_add(smem0, wg * 128), 128, 256);
     const unsigned long long db0 = wg_desc(sref_add(smem0, BM_A_UNITS), 128, 256);
+    float* Ys = reinterpret_cast<float*>(sm + BM_STAGES * BM_STAGE_UNITS);  // the output tile, beside the stages
+    int j = 0, parity = 0;
 #pragma unroll 1
-    for (int c = 0; c < nloc; ++c) {
-        const int st = c % BM_STAGES;
-        mbar_wait(mref_add(full0, st), (c / BM_STAGES) & 1);
-        fence_proxy_async();  // the loader's cp.async data, seen by this thread, made visible to wgmma
-        const unsigned long long off = (unsigned long long)(st * BM_STAGE_UNITS);
-        wg_fence();
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x, parity ^= 1) {
+        int m0, cb, split, c_begin, nloc;
+        tile_of(t, m0, cb, split, c_begin, nloc);
+        // this tile's Q sums (split-K: split 0 only), into the buffer the last tile did not use
+        if (ct < BM_BM) qs[parity][ct] = split == 0 ? pixel_q(sums, s, m0 + ct, M) : 0;
+        int acc[PL][32];
 #pragma unroll
-        for (int pl = 0; pl < PL; ++pl) bgmma_m64n64(acc[pl], da0 + off + pl * 256, db0 + off);
-        wg_commit();
-        wg_wait<1>();  // chunk c - 1's products are retired: its stage goes back to the loader
-        if (c > 0) mbar_arrive(mref_add(empty0, (c - 1) % BM_STAGES));
+        for (int k = 0; k < PL; ++k)
+#pragma unroll
+            for (int r = 0; r < 32; ++r) acc[k][r] = 0;
+#pragma unroll 1
+        for (int c = 0; c < nloc; ++c, ++j) {
+            const int st = j % BM_STAGES;
+            mbar_wait(mref_add(full0, st), (j / BM_STAGES) & 1);
+            fence_proxy_async();  // the loader's cp.async data, seen by this thread, made visible to wgmma
+            const unsigned long long off = (unsigned long long)(st * BM_STAGE_UNITS);
+            wg_fence();
+#pragma unroll
+            for (int pl = 0; pl < PL; ++pl) bgmma_m64n64(acc[pl], da0 + off + pl * 256, db0 + off);
+            wg_commit();
+            wg_wait<1>();  // chunk j - 1's products are retired: its stage goes back to the loader
+            if (c > 0) mbar_arrive(mref_add(empty0, (j - 1) % BM_STAGES));
+        }
+        wg_wait<0>();
+        mbar_arrive(mref_add(empty0, (j - 1) % BM_STAGES));  // the tile's last stage
+        named_sync(1, 256);  // qs written; every thread done with the last tile's output staging
+        tile_epilogue<NB, F16, PL, true>(acc, qs[parity], Ys, ct, 256, warp - 4, lane, s, m0, cb, ncb, M, scale,
+                                         bias, out, work, [] { named_sync(1, 256); });
     }
-    wg_wait<0>();
-    named_sync(1, 256);  // both warpgroups' products are retired: the stages become the output tile
-    tile_epilogue<NB, F16, PL, true>(acc, qs, reinterpret_cast<float*>(sm), ct, 256, warp - 4, lane, s, m0, cb, M,
-                                     scale, bias, out, work, [] { named_sync(1, 256); });
 }
 
 // Code of W1A1's x_b = sign(x + beta) (sign(0) = +1, -0.0 too): 2 for +1, 0 for -1. fl32(x + beta) and
@@ -733,16 +759,17 @@ W1A4_BMMA_ENTRY(w1a4_conv_bgmma_nb2_f32, 2, false, 4, true)
 W1A4_BMMA_ENTRY(w1a1_conv_bgmma_f16, 1, true, 2, true)
 W1A4_BMMA_ENTRY(w1a1_conv_bgmma_f32, 1, false, 2, true)
 
-// The warp-specialised warpgroup kernels: 384 threads (a loading warpgroup and two multiplying ones).
+// The warp-specialised, persistent warpgroup kernels: 384 threads (a loading warpgroup and two multiplying
+// ones), a 1-D grid of blocks walking the mblocks x ncb x splits tiles.
 #define W1A4_BGMMA_WS_ENTRY(NAME, NB, F16, PL)                                                           \
     extern "C" __global__ void __launch_bounds__(BM_WS_THREADS, 1)                                       \
     NAME(const uint4* planes, const int* sums, const uint4* wfrag, const float* scale, const float* bias,  \
          void* out, int N, int H, int W, int G, int C_out, int OH, int OW, int KH, int KW, int SH, int SW, \
-         int PH, int PW, int z, int nchunks, int* work) {                                                 \
+         int PH, int PW, int z, int nchunks, int* work, int mblocks, int ncb, int splits) {               \
         w1a4_bmma::conv_bgmma_ws<NB, F16, PL>(planes, sums, wfrag, scale, bias, out,                      \
                                               w1a4_bmma::Shape{N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, \
-                                                               PH, PW, z, nchunks, (int)gridDim.z},       \
-                                              work);                                                      \
+                                                               PH, PW, z, nchunks, splits},               \
+                                              work, mblocks, ncb);                                        \
     }
 W1A4_BGMMA_WS_ENTRY(w1a4_conv_bgmma_ws_nb1_f16, 1, true, 4)
 W1A4_BGMMA_WS_ENTRY(w1a4_conv_bgmma_ws_nb1_f32, 1, false, 4)

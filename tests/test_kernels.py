@@ -292,10 +292,13 @@ def test_mma_refuses_what_its_tables_cannot_hold():
 def test_bit_plane_constants_match_the_source():
     src = kcuda.BMMA_SOURCE.read_text()
     for name, value in (("BM_BM", kcuda.BMMA_BM), ("BM_BN", kcuda.BMMA_BN), ("BM_THREADS", kcuda.BMMA_THREADS),
-                        ("BM_PACK_THREADS", kcuda.BMMA_PACK_THREADS)):
+                        ("BM_PACK_THREADS", kcuda.BMMA_PACK_THREADS), ("BM_WS_THREADS", kcuda.BMMA_WS_THREADS)):
         assert f"#define {name} {value} " in src or f"#define {name} {value}\n" in src, name
     stages = int(src.split("#define BM_STAGES ")[1].split()[0])
+    ys_stride = int(src.split("#define BM_YS_STRIDE ")[1].split()[0])
     assert kcuda.BMMA_SMEM_BYTES == stages * (kcuda.BMMA_BM * 8 + 128) * 16
+    # the persistent kernel stages its output tile beside the pipeline (BM_WS_SMEM_BYTES)
+    assert kcuda.BMMA_WS_SMEM_BYTES == kcuda.BMMA_SMEM_BYTES + kcuda.BMMA_BM * ys_stride * 4
 
 
 @pytest.mark.parametrize("source", list(SOURCE_KERNELS))

@@ -76,7 +76,8 @@ W1A1_KERNELS = ("w1a1_conv_bmma_f16", "w1a1_conv_bmma_f32")  # the bit-plane con
 # warpgroup ("bgmma_ws"), which exist only where the module was built for sm_90a (:func:`wgmma_built`).
 LOOPS = ("bmma", "bgmma", "bgmma_ws")
 LOOP_ENV = "BINARYDM_W1A4_LOOP"  # bgmma or bgmma_ws: launch_bmma's default where built and self-checked
-BMMA_WS_THREADS = 384  # must match cuda/w1a4_bmma.cu: BM_WS_THREADS
+# must match cuda/w1a4_bmma.cu: BM_WS_THREADS, BM_WS_SMEM_BYTES (the stages and an output tile of 128 x 65 floats)
+BMMA_WS_THREADS, BMMA_WS_SMEM_BYTES = 384, 4 * (128 * 8 + 128) * 16 + 128 * 65 * 4
 SIGN_PLANES_KERNELS = {torch.float32: "w1a1_planes_f32", torch.float16: "w1a1_planes_f16",
                        torch.bfloat16: "w1a1_planes_bf16"}
 # must match cuda/w1a4_bmma.cu: BM_BM, BM_BN, BM_THREADS, BM_SMEM_BYTES, BM_PACK_THREADS
@@ -246,18 +247,20 @@ def load_error(source: Optional[Path] = None) -> Optional[str]:
     return _state["errors"].get(Path(source or SOURCE).name)
 
 
-def _bmma_function(name: str):
-    """A bit-plane conv kernel with its dynamic shared memory limit raised to BMMA_SMEM_BYTES (once)."""
+def _bmma_function(name: str, smem: int = 0):
+    """A bit-plane conv kernel with its dynamic shared memory limit raised to ``smem`` (default
+    BMMA_SMEM_BYTES), once."""
+    smem = smem or BMMA_SMEM_BYTES
     fn = load_module(BMMA_SOURCE).get_function(name)
     if name not in _bmma_state["smem_set"]:
         try:
-            fn.max_dynamic_shared_size_bytes = BMMA_SMEM_BYTES
+            fn.max_dynamic_shared_size_bytes = smem
         except Exception:  # noqa: BLE001 -- an older CuPy: the driver call itself
             from cupy.cuda import driver
 
             attr = getattr(driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8)
             handle = getattr(fn, "ptr", None) or fn.kernel.ptr
-            driver.funcSetAttribute(handle, attr, BMMA_SMEM_BYTES)
+            driver.funcSetAttribute(handle, attr, smem)
         _bmma_state["smem_set"].add(name)
     return fn
 
@@ -581,13 +584,20 @@ def launch_bmma(x, w: PackedConvWeight, out_dtype: torch.dtype = torch.float16,
         # planes 2 and 3 of q XOR z are dropped: right only for codes and zero point below 4 (sign_planes: 1)
         if w.n_bases != 1 or not 0 <= int(x.zero_point) < 4:
             raise ValueError("the 2-plane (W1A1) kernel takes one weight basis and a zero point below 4")
-        kernel = _bmma_function(f"w1a1_conv_{loop}_{suffix}")
+        name = f"w1a1_conv_{loop}_{suffix}"
     else:
-        kernel = _bmma_function(f"w1a4_conv_{loop}_nb{w.n_bases}_{suffix}")
+        name = f"w1a4_conv_{loop}_nb{w.n_bases}_{suffix}"
+    ws = loop == "bgmma_ws"
+    kernel = _bmma_function(name, BMMA_WS_SMEM_BYTES if ws else BMMA_SMEM_BYTES)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device.index or 0), stream:
-        threads = BMMA_WS_THREADS if loop == "bgmma_ws" else BMMA_THREADS
-        kernel((*grid, splits), (threads,), args, shared_mem=BMMA_SMEM_BYTES)
+        if ws:  # persistent: about one block per SM walks the grid's tiles
+            tiles = grid[0] * grid[1] * splits
+            blocks = min(tiles, torch.cuda.get_device_properties(device).multi_processor_count)
+            kernel((blocks,), (BMMA_WS_THREADS,), args + (np.int32(grid[0]), np.int32(grid[1]), np.int32(splits)),
+                   shared_mem=BMMA_WS_SMEM_BYTES)
+        else:
+            kernel((*grid, splits), (BMMA_THREADS,), args, shared_mem=BMMA_SMEM_BYTES)
         if work is not None:
             epilogue = _bmma_function(f"w1a4_bmma_splitk_epilogue_nb{w.n_bases}_{suffix}")
             epilogue((-(-m * w.out_channels // BMMA_PACK_THREADS),), (BMMA_PACK_THREADS,),

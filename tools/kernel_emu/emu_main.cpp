@@ -65,6 +65,13 @@ const T* take(size_t count) {
     pos = aligned + bytes;
     return reinterpret_cast<const T*>(reinterpret_cast<const char*>(storage.data()) + aligned);
 }
+// The persistent kernels' grid for a tile grid: 2 blocks (fewer where there are fewer tiles), so that blocks
+// walk several tiles, their pipeline running on from one tile into the next.
+dim3 ws_grid(dim3 tiles) {
+    const unsigned n = tiles.x * tiles.y * tiles.z;
+    return dim3{n < 2 ? n : 2u, 1, 1};
+}
+
 // The split-K epilogue kernel of cuda/w1a4_bmma.cu, launched as binarydm/kernels/cuda.py does.
 void splitk_epilogue(int NB, int F16, const int* work, const float* scale, const float* bias, void* y, long long M,
                      int C_out, int ncols) {
@@ -226,18 +233,25 @@ int main(int argc, char** argv) {
         void* y = out.data();
         const long long M = (long long)N * OH * OW;
         const dim3 grid{(unsigned)((M + BM_BM - 1) / BM_BM), (unsigned)ncb, (unsigned)splits};
-        auto k = wgmma == 2 ? (NB == 1 ? (F16 ? w1a4_conv_bgmma_ws_nb1_f16 : w1a4_conv_bgmma_ws_nb1_f32)
-                                       : (F16 ? w1a4_conv_bgmma_ws_nb2_f16 : w1a4_conv_bgmma_ws_nb2_f32))
-                 : wgmma ? (NB == 1 ? (F16 ? w1a4_conv_bgmma_nb1_f16 : w1a4_conv_bgmma_nb1_f32)
-                                    : (F16 ? w1a4_conv_bgmma_nb2_f16 : w1a4_conv_bgmma_nb2_f32))
-                         : (NB == 1 ? (F16 ? w1a4_conv_bmma_nb1_f16 : w1a4_conv_bmma_nb1_f32)
-                                    : (F16 ? w1a4_conv_bmma_nb2_f16 : w1a4_conv_bmma_nb2_f32));
+        auto k = wgmma ? (NB == 1 ? (F16 ? w1a4_conv_bgmma_nb1_f16 : w1a4_conv_bgmma_nb1_f32)
+                                  : (F16 ? w1a4_conv_bgmma_nb2_f16 : w1a4_conv_bgmma_nb2_f32))
+                       : (NB == 1 ? (F16 ? w1a4_conv_bmma_nb1_f16 : w1a4_conv_bmma_nb1_f32)
+                                  : (F16 ? w1a4_conv_bmma_nb2_f16 : w1a4_conv_bmma_nb2_f32));
         std::vector<int> work(splits > 1 ? (size_t)M * ncb * BM_BN : 0, 0);
         int* wk = splits > 1 ? work.data() : nullptr;
-        w1a4_emu::launch(grid, dim3{wgmma == 2 ? BM_WS_THREADS : BM_THREADS, 1, 1}, [&] {
-            k(planes.data(), sums.data(), wfrag, scale, bias, y, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, PW,
-              z, nchunks, wk);
-        });
+        if (wgmma == 2) {  // persistent: WS_EMU_BLOCKS blocks walk the tiles
+            auto kw = NB == 1 ? (F16 ? w1a4_conv_bgmma_ws_nb1_f16 : w1a4_conv_bgmma_ws_nb1_f32)
+                              : (F16 ? w1a4_conv_bgmma_ws_nb2_f16 : w1a4_conv_bgmma_ws_nb2_f32);
+            w1a4_emu::launch(ws_grid(grid), dim3{BM_WS_THREADS, 1, 1}, [&] {
+                kw(planes.data(), sums.data(), wfrag, scale, bias, y, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH,
+                   PW, z, nchunks, wk, (int)grid.x, (int)grid.y, splits);
+            });
+        } else {
+            w1a4_emu::launch(grid, dim3{BM_THREADS, 1, 1}, [&] {
+                k(planes.data(), sums.data(), wfrag, scale, bias, y, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH,
+                  PW, z, nchunks, wk);
+            });
+        }
         if (splits > 1) splitk_epilogue(NB, F16, work.data(), scale, bias, y, M, C_out, ncb * BM_BN);
     } else if (kind == 4) {
         const int* h = take<int>(14);
@@ -293,15 +307,23 @@ int main(int argc, char** argv) {
             void* y = out.data();
             const long long M = (long long)N * OH * OW;
             const dim3 grid{(unsigned)((M + BM_BM - 1) / BM_BM), (unsigned)ncb, (unsigned)splits};
-            auto k = wgmma == 2 ? (F16 ? w1a1_conv_bgmma_ws_f16 : w1a1_conv_bgmma_ws_f32)
-                     : wgmma ? (F16 ? w1a1_conv_bgmma_f16 : w1a1_conv_bgmma_f32)
-                             : (F16 ? w1a1_conv_bmma_f16 : w1a1_conv_bmma_f32);
+            auto k = wgmma ? (F16 ? w1a1_conv_bgmma_f16 : w1a1_conv_bgmma_f32)
+                           : (F16 ? w1a1_conv_bmma_f16 : w1a1_conv_bmma_f32);
             const uint4* pl = reinterpret_cast<const uint4*>(planes);
             std::vector<int> work(splits > 1 ? (size_t)M * ncb * BM_BN : 0, 0);
             int* wk = splits > 1 ? work.data() : nullptr;
-            w1a4_emu::launch(grid, dim3{wgmma == 2 ? BM_WS_THREADS : BM_THREADS, 1, 1}, [&] {
-                k(pl, sums, wfrag, scale, bias, y, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, PW, 1, nchunks, wk);
-            });
+            if (wgmma == 2) {
+                auto kw = F16 ? w1a1_conv_bgmma_ws_f16 : w1a1_conv_bgmma_ws_f32;
+                w1a4_emu::launch(ws_grid(grid), dim3{BM_WS_THREADS, 1, 1}, [&] {
+                    kw(pl, sums, wfrag, scale, bias, y, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, PW, 1, nchunks,
+                       wk, (int)grid.x, (int)grid.y, splits);
+                });
+            } else {
+                w1a4_emu::launch(grid, dim3{BM_THREADS, 1, 1}, [&] {
+                    k(pl, sums, wfrag, scale, bias, y, N, H, W, G, C_out, OH, OW, KH, KW, SH, SW, PH, PW, 1, nchunks,
+                      wk);
+                });
+            }
             if (splits > 1) splitk_epilogue(1, F16, work.data(), scale, bias, y, M, C_out, ncb * BM_BN);
         }
     } else {
