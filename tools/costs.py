@@ -25,6 +25,8 @@ _BIDM_STEPS = {
     "+ fp_skip=False": {"preset": "bidm", "projection": False, "fp_skip": False},
     "+ attention=True": {"preset": "bidm", "projection": False, "fp_skip": False, "attention": True},
     "+ keep_bits=8": {"preset": "bidm", "projection": False, "fp_skip": False, "attention": True, "keep_bits": 8},
+    "+ time MLP binarized": {"preset": "bidm", "projection": False, "fp_skip": False, "attention": True, "keep_bits": 8,
+                             "keep": ["conv_in", "conv_out"]},
     "BinaryDM W1A4 (lmb)": {"preset": "lmb"},
 }
 
