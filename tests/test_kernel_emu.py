@@ -76,11 +76,12 @@ def _bits(y: torch.Tensor) -> torch.Tensor:
     return y.contiguous().view(torch.int16 if y.dtype == torch.float16 else torch.int32)
 
 
+# The wgmma loops share the mma.sync loop's epilogue (the dtype's only effect): one output dtype each on every
+# shape, both on the shapes the split-K test runs.
 @pytest.mark.parametrize("variant, out_dtype", [("mma", torch.float16), ("mma", torch.float32),
                                                 ("simt", torch.float16), ("bmma", torch.float16),
-                                                ("bmma", torch.float32), ("bgmma", torch.float16),
-                                                ("bgmma", torch.float32), ("bgmma_ws", torch.float16),
-                                                ("bgmma_ws", torch.float32)])
+                                                ("bmma", torch.float32), ("bgmma", torch.float32),
+                                                ("bgmma_ws", torch.float16)])
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}nb{s[5]}" for s in SHAPES])
 def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_dtype):
     x, w = _operands(shape, seed=sum(shape[:7]))
@@ -90,9 +91,13 @@ def test_emulated_kernel_equals_reference_bit_for_bit(exe, shape, variant, out_d
     assert torch.equal(_bits(y), _bits(expected))
 
 
-@pytest.mark.parametrize("variant", ["bmma", "bgmma", "bgmma_ws"])
+SPLIT_CASES = [(shape, "bmma") for shape in SHAPES] + [(SHAPES[i], loop) for loop in ("bgmma", "bgmma_ws")
+                                                        for i in (0, 3, 5, 9, 12)]
+
+
 @pytest.mark.parametrize("per_split", ["two", "one chunk each"])
-@pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}nb{s[5]}" for s in SHAPES])
+@pytest.mark.parametrize("shape, variant", SPLIT_CASES,
+                         ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}nb{s[5]}-{v}" for s, v in SPLIT_CASES])
 def test_emulated_split_k_equals_reference_bit_for_bit(exe, shape, per_split, variant):
     # Split-K (batch 1: a grid smaller than the card): the K chunks shared by gridDim.z blocks that add
     # their integer sums into a zeroed workspace, then the epilogue kernel; the same bits as one block per
@@ -158,9 +163,12 @@ def test_emulated_w1a1_plane_pack_equals_the_torch_planes(exe, shape, dtype, cha
 W1A1_CASES = [(shape, torch.float32) for shape in SHAPES] + [(SHAPES[i], torch.float16) for i in (0, 1, 9)]
 
 
-@pytest.mark.parametrize("loop", ["bmma", "bgmma", "bgmma_ws"])
-@pytest.mark.parametrize("shape, out_dtype", W1A1_CASES,
-                         ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}-{str(d)[6:]}" for s, d in W1A1_CASES])
+W1A1_LOOP_CASES = [(s, d, "bmma") for s, d in W1A1_CASES] + [(W1A1_CASES[i] + (loop,)) for loop in ("bgmma", "bgmma_ws")
+                                                             for i in (0, 1, 6, 9, 12, 14)]
+
+
+@pytest.mark.parametrize("shape, out_dtype, loop", W1A1_LOOP_CASES,
+                         ids=[f"{s[0]}x{s[1]}k{s[2]}s{s[3]}-{str(d)[6:]}-{v}" for s, d, v in W1A1_LOOP_CASES])
 def test_emulated_w1a1_kernel_equals_reference_bit_for_bit(exe, shape, out_dtype, loop):
     # The 2-plane W1A1 path (w1a1_planes + w1a1_conv_bmma, or the warpgroup w1a1_conv_bgmma) on every shape
     # (fp16 output on three): the same output as the reference on the 4-bit operand pack_sign_input builds.
