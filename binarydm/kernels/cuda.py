@@ -275,7 +275,7 @@ def is_available() -> bool:
 
 def _reset_state() -> None:
     """Forget the modules, the load errors, the self-checks and the warnings (for tests)."""
-    _state.update(modules={}, errors={}, warned=False, variant=None)
+    _state.update(modules={}, errors={}, warned=False, variant=None, sm90a=set())
     _bmma_state.clear()
     _bmma_state.update(smem_set=set(), checked={}, loops_checked={})
 
@@ -676,8 +676,9 @@ def bmma_self_check(device=None, loop: str = "bmma") -> bool:
     if not ok:
         _bmma_state["check_error" if loop == "bmma" else f"{loop}_check_error"] = why
         fallback = "the s8 x s8 kernel" if loop == "bmma" else "the mma.sync loop"
-        warnings.warn(f"W1A4 bit-plane kernel{'' if loop == 'bmma' else f' ({loop} loop)'} not used on {device}: {why}; "
-                      f"using {fallback}", RuntimeWarning, stacklevel=2)
+        which = "" if loop == "bmma" else f" ({loop} loop)"
+        warnings.warn(f"W1A4 bit-plane kernel{which} not used on {device}: {why}; using {fallback}", RuntimeWarning,
+                      stacklevel=2)
     return ok
 
 
