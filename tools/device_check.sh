@@ -225,7 +225,9 @@ for r in result["mma_rates"] or []:
           f"{r['tmacs']:8.1f} TMAC/s, {r['macs_per_sm_per_clk']:7.0f} MAC/SM/clk  ({r['instr']})"))
 v = result.get("versions") or {}
 print(f"bit-plane kernel self-check: {v.get('bmma_self_check')} ({v.get('bmma_error')}); default variant: "
-      f"{v.get('default_variant')}")
+      f"{v.get('default_variant')}; sm_90a cubin loaded: {v.get('wgmma_built')}; wgmma loops' self-checks: "
+      f"bgmma {v.get('bgmma_self_check')} ({v.get('bgmma_error')}), bgmma_ws {v.get('bgmma_ws_self_check')} "
+      f"({v.get('bgmma_ws_error')})")
 errors = [e for k in ("bench", "bench_unet") for e in ((result.get(k) or {}).get("errors") or [])]
 print(f"bench errors: {len(errors)}", *[f"{e['where']}: {e['error'][:160]}" for e in errors[:8]], sep="\n  ")
 print(f"wrote {out / 'device_check.json'} after {result['seconds']}s")
