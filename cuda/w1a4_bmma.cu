@@ -249,6 +249,52 @@ struct Shape {
     int splits;      // split-K: gridDim.z blocks share a tile's K chunks (1: no split)
 };
 
+// Where output pixel m's receptive field starts: its top-left input tap (ih0, iw0), possibly outside the image,
+// and that tap's offset in 16-byte units of the planes tensor (pix_units per pixel). Past M the row is never
+// inside the image.
+struct RowOrigin {
+    int base = 0, ih0 = -(1 << 29), iw0 = 0;
+};
+__device__ __forceinline__ RowOrigin row_origin(const Shape& s, int m, int M, int pix_units) {
+    RowOrigin r;
+    if (m < M) {
+        const int OHW = s.OH * s.OW;
+        const int n = m / OHW, rem = m - n * OHW;
+        const int oh = rem / s.OW, ow = rem - oh * s.OW;
+        r.ih0 = oh * s.SH - s.PH;
+        r.iw0 = ow * s.SW - s.PW;
+        r.base = ((n * s.H + r.ih0) * s.W + r.iw0) * pix_units;
+    }
+    return r;
+}
+
+// A loader thread's K position: (ky, kx, unit gu of the pixel's groups) of its 4 K words, and their offset
+// ((ky W + kx) U + gu) PL in 16-byte units from the row's origin. Starts at K unit `first` (2 chunk + half) and
+// moves one 256-bit chunk (2 units) at a time, without a division.
+struct KCursor {
+    int ky = 0, kx = 0, gu, tap_off;
+    int U, KW, row_step, pl;
+    __device__ __forceinline__ KCursor(int first, int pl_, int U_, const Shape& s, int pix_units)
+        : gu(first), tap_off(pl_ * first), U(U_), KW(s.KW), row_step((s.W - s.KW) * pix_units), pl(pl_) {
+        normalize();
+    }
+    __device__ __forceinline__ void normalize() {
+        while (gu >= U) {
+            gu -= U;
+            if (++kx == KW) {
+                kx = 0;
+                ++ky;
+                tap_off += row_step;
+            }
+        }
+    }
+    __device__ __forceinline__ void next_chunk() {
+        gu += 2;
+        tap_off += 2 * pl;
+        normalize();
+    }
+};
+
 // Q[p] of output pixel m: the pack kernel's per-pixel sums of (q - z) over the taps inside the image (0 past M).
 __device__ __forceinline__ int pixel_q(const int* __restrict__ sums, const Shape& s, int m, int M) {
     if (m >= M) return 0;
@@ -369,7 +415,6 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
     const int M = s.N * s.OH * s.OW;  // < 2^31 (the launcher checks)
     const int m0 = blockIdx.x * BM_BM;
     const int cb = blockIdx.y;
-    const int OHW = s.OH * s.OW;
     static_assert(PL == 2 || PL == 4, "4 planes (W1A4) or 2 (W1A1)");
     const int U = s.G >> 2;        // groups of 4 words (128 channels) per pixel
     const int pix_units = PL * U;  // 16-byte units per pixel: [U][PL planes]
@@ -384,47 +429,21 @@ __device__ void conv_bmma(const uint4* __restrict__ planes, const int* __restric
 #pragma unroll
     for (int pl = 0; pl < PL; ++pl)
         slot[pl] = WG ? pl * 256 + ((lrow >> 3) * 2 + h) * 8 + (lrow & 7) : lrow * 8 + ((2 * pl + h) ^ (lrow & 7));
-    int row_base = 0, row_ih0 = -(1 << 29), row_iw0 = 0;  // an unused row is never inside the image
-    {
-        const int m = m0 + lrow;
-        if (m < M) {
-            const int n = m / OHW, rem = m - n * OHW;
-            const int oh = rem / s.OW, ow = rem - oh * s.OW;
-            row_ih0 = oh * s.SH - s.PH;
-            row_iw0 = ow * s.SW - s.PW;
-            row_base = ((n * s.H + row_ih0) * s.W + row_iw0) * pix_units;
-        }
-    }
-    // (ky, kx, unit gu of the group) of the thread's first K word 8 chunk + 4h (chunk c_begin), and its
-    // offset ((ky W + kx) U + gu) PL in 16-byte units.
-    int ky = 0, kx = 0, gu = h + 2 * c_begin, tap_off = PL * gu;
-    const int row_step = (s.W - s.KW) * pix_units;
-    auto normalize = [&]() {
-        while (gu >= U) {
-            gu -= U;
-            if (++kx == s.KW) {
-                kx = 0;
-                ++ky;
-                tap_off += row_step;
-            }
-        }
-    };
-    normalize();
+    const RowOrigin row = row_origin(s, m0 + lrow, M, pix_units);
+    KCursor k(h + 2 * c_begin, PL, U, s, pix_units);  // K words 8 c_begin + 4h ..
     const uint4* wsrc = wfrag + ((long long)cb * s.nchunks + c_begin) * BM_B_UNITS + tid;
 
     const sref smem0 = sref_of(sm);
     auto load_stage = [&](int st) {
         const sref As = sref_add(smem0, st * BM_STAGE_UNITS);
-        const int ih = row_ih0 + ky, iw = row_iw0 + kx;
-        const bool valid = ky < s.KH && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
-        const uint4* src = planes + (valid ? (unsigned)(row_base + tap_off) : 0u);
+        const int ih = row.ih0 + k.ky, iw = row.iw0 + k.kx;
+        const bool valid = k.ky < s.KH && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
+        const uint4* src = planes + (valid ? (unsigned)(row.base + k.tap_off) : 0u);
 #pragma unroll
         for (int pl = 0; pl < PL; ++pl) cp_async16(sref_add(As, slot[pl]), src + pl, valid);
         if (tid < BM_B_UNITS) cp_async16(sref_add(As, BM_A_UNITS + tid), wsrc, true);
         wsrc += BM_B_UNITS;
-        gu += 2;
-        tap_off += 2 * PL;
-        normalize();
+        k.next_chunk();
     };
 
     // Per plane, 8 tiles of 4 accumulators: register 4 tile + r is row row0(tile) + g + 8 (r / 2), column
@@ -534,7 +553,6 @@ __device__ void conv_bgmma_ws(const uint4* __restrict__ planes, const int* __res
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int M = s.N * s.OH * s.OW;
-    const int OHW = s.OH * s.OW;
     const int tiles = mblocks * ncb * s.splits;
     const sref smem0 = sref_of(sm);
     const mref full0 = mref_of(bars), empty0 = mref_of(bars + BM_STAGES);
@@ -563,37 +581,13 @@ __device__ void conv_bgmma_ws(const uint4* __restrict__ planes, const int* __res
         int slot[PL];
 #pragma unroll
         for (int pl = 0; pl < PL; ++pl) slot[pl] = pl * 256 + ((lrow >> 3) * 2 + h) * 8 + (lrow & 7);
-        const int row_step = (s.W - s.KW) * pix_units;
         int j = 0;  // chunks loaded by this block so far
 #pragma unroll 1
         for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
             int m0, cb, split, c_begin, nloc;
             tile_of(t, m0, cb, split, c_begin, nloc);
-            int row_base[2], row_ih0[2], row_iw0[2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int m = m0 + lrow + 64 * r;
-                row_base[r] = 0, row_ih0[r] = -(1 << 29), row_iw0[r] = 0;
-                if (m < M) {
-                    const int n = m / OHW, rem = m - n * OHW;
-                    const int oh = rem / s.OW, ow = rem - oh * s.OW;
-                    row_ih0[r] = oh * s.SH - s.PH;
-                    row_iw0[r] = ow * s.SW - s.PW;
-                    row_base[r] = ((n * s.H + row_ih0[r]) * s.W + row_iw0[r]) * pix_units;
-                }
-            }
-            int ky = 0, kx = 0, gu = h + 2 * c_begin, tap_off = PL * gu;
-            auto normalize = [&]() {
-                while (gu >= U) {
-                    gu -= U;
-                    if (++kx == s.KW) {
-                        kx = 0;
-                        ++ky;
-                        tap_off += row_step;
-                    }
-                }
-            };
-            normalize();
+            const RowOrigin row[2] = {row_origin(s, m0 + lrow, M, pix_units), row_origin(s, m0 + lrow + 64, M, pix_units)};
+            KCursor k(h + 2 * c_begin, PL, U, s, pix_units);
             const uint4* wsrc = wfrag + ((long long)cb * s.nchunks + c_begin) * BM_B_UNITS + tid;
 #pragma unroll 1
             for (int c = 0; c < nloc; ++c, ++j) {
@@ -602,9 +596,9 @@ __device__ void conv_bgmma_ws(const uint4* __restrict__ planes, const int* __res
                 const sref As = sref_add(smem0, st * BM_STAGE_UNITS);
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const int ih = row_ih0[r] + ky, iw = row_iw0[r] + kx;
-                    const bool valid = ky < s.KH && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
-                    const uint4* src = planes + (valid ? (unsigned)(row_base[r] + tap_off) : 0u);
+                    const int ih = row[r].ih0 + k.ky, iw = row[r].iw0 + k.kx;
+                    const bool valid = k.ky < s.KH && (unsigned)ih < (unsigned)s.H && (unsigned)iw < (unsigned)s.W;
+                    const uint4* src = planes + (valid ? (unsigned)(row[r].base + k.tap_off) : 0u);
 #pragma unroll
                     for (int pl = 0; pl < PL; ++pl)
                         cp_async16(sref_add(As, slot[pl] + 128 * r), src + pl, valid);  // row + 64: 8 row groups on
@@ -612,9 +606,7 @@ __device__ void conv_bgmma_ws(const uint4* __restrict__ planes, const int* __res
                 cp_async16(sref_add(As, BM_A_UNITS + tid), wsrc, true);
                 cp_async_mbar_arrive(mref_add(full0, st));
                 wsrc += BM_B_UNITS;
-                gu += 2;
-                tap_off += 2 * PL;
-                normalize();
+                k.next_chunk();
             }
         }
         return;
