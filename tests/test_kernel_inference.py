@@ -118,8 +118,11 @@ def test_fused_norm_silu_blocks_compute_what_the_unfused_blocks_do():
         unfused = model(x, t).sample
         fused = fuse_norm_silu_(model)
         got = model(x, t).sample
-    assert fused and all(model.get_submodule(n).forward.__func__.__name__ == "_fused_resnet_forward" for n in fused)
-    assert len(fused) == sum(type(m).__name__ == "ResnetBlock2D" for m in model.modules())
+    kinds = {n: model.get_submodule(n).forward.__func__.__name__ for n in fused}
+    assert sorted(n for n, k in kinds.items() if k == "_fused_resnet_forward") == sorted(
+        n for n, m in model.named_modules() if type(m).__name__ == "ResnetBlock2D")
+    assert sorted(n for n, k in kinds.items() if k == "_fused_upsample_forward") == sorted(
+        n for n, m in model.named_modules() if type(m).__name__ == "Upsample2D")
     assert torch.equal(got, unfused)
     # A wrong fused forward (here: the norm skipped) would change the output: the comparison can fail.
     block = model.get_submodule(fused[0])
@@ -131,6 +134,43 @@ def test_fused_norm_silu_blocks_compute_what_the_unfused_blocks_do():
             assert not torch.equal(model(x, t).sample, unfused)
     finally:
         block.norm1 = norm
+
+
+def test_resampling_blocks_are_fused_and_compute_what_the_unfused_blocks_do():
+    # ResNet blocks that upsample (nearest 2x) or downsample (average pool) inside: conv2 always takes its
+    # norm, conv1 of the upsampling block its norm and the upsampling (the codes of the block's input are
+    # upsampled, :func:`packing.upsample_nearest`), conv1 of the downsampling block runs on the pooled
+    # SiLU(norm(x)). On the CPU the upsampled codes go through the reference conv, so the output is the
+    # unfused model's exactly, and dropping the upsampling changes it.
+    model = make_tiny_unet(block_out_channels=(32, 32), norm_num_groups=8,
+                           down_block_types=("ResnetDownsampleBlock2D", "DownBlock2D"),
+                           up_block_types=("ResnetUpsampleBlock2D", "UpBlock2D"))
+    binarydm.binarize_(model, "w1a4")
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 700])
+    binarydm.calibrate_(model, x, t)
+    model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w1a4_inference_(model, fuse=False)
+        unfused = model(x, t).sample
+        fused = fuse_norm_silu_(model)
+        got = model(x, t).sample
+        resampling = [n for n, m in model.named_modules()
+                      if type(m).__name__ == "ResnetBlock2D" and (m.upsample is not None or m.downsample is not None)]
+        assert {"down_blocks.0.downsamplers.0", "up_blocks.0.upsamplers.0"} <= set(resampling)
+        assert set(resampling) <= set(fused)
+        assert torch.equal(got, unfused)
+        up = model.get_submodule("up_blocks.0.upsamplers.0")
+        calls = []
+        normed = up.conv1.normed
+        up.conv1.normed = lambda h, norm, upsample=False: calls.append(upsample) or normed(h, norm)
+        try:
+            with pytest.raises(RuntimeError):  # conv1 without the upsampling: the residual sum cannot add up
+                model(x, t)
+        finally:
+            del up.conv1.normed
+    assert calls == [True]
 
 
 def _w1a1_unet(name="bidm", **options):

@@ -126,6 +126,25 @@ def test_pack_activation_is_lsq_code_plus_zero_point():
     assert torch.allclose(packed.dequantize().float(), lsq(x).detach(), rtol=0, atol=1e-6)
 
 
+def test_upsampled_operands_are_the_operands_of_the_upsampled_tensor():
+    # Nearest 2x upsampling of each operand layout (nibbles, s8 bytes, bit-planes and sums) gives exactly the
+    # operand quantized from the interpolated tensor; H != W and random values, so a repeat along the wrong
+    # axis or in the wrong order fails.
+    gen = torch.Generator().manual_seed(47)
+    x = torch.randn(2, 70, 3, 5, generator=gen) * 2
+    step = torch.tensor(0.3)
+    small, big = pack_activation(x, step), pack_activation(F.interpolate(x, scale_factor=2.0, mode="nearest"), step)
+    up = packing.upsample_nearest(small)
+    assert up.shape == big.shape == (2, 70, 6, 10) and torch.equal(up.codes, big.codes)
+    assert torch.equal(packing.upsample_nearest(packing.ByteActivation(packing.byte_codes(small), step, 8, 70)).codes,
+                       packing.byte_codes(big))
+    planar = packing.PlanarActivation(*bmma_planes_reference(small), step, 8, 70)
+    up_planar = packing.upsample_nearest(planar)
+    planes, sums = bmma_planes_reference(big)
+    assert torch.equal(up_planar.planes, planes) and torch.equal(up_planar.sums, sums)
+    assert up_planar.planes.is_contiguous() and up_planar.sums.is_contiguous()
+
+
 # ---- the reference ------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", SHAPES)
 def test_reference_equals_float64_conv(shape):
@@ -726,6 +745,36 @@ def test_groupnorm_silu_planes_kernel_equals_the_unfused_ops(dtype):
     assert diff.max() <= 1 and (diff > 0).sum() * 1000 <= diff.numel()
     ref = packing.bmma_planes_reference(packing.PackedActivation(packing.pack_codes(got), planar.step.cpu(), 8, 160))
     assert torch.equal(planar.planes.cpu(), ref[0]) and torch.equal(planar.sums.cpu(), ref[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["mma", "bmma"])
+def test_upsampled_and_normed_convs_equal_the_unfused_ops_on_the_kernels(variant, monkeypatch):
+    # W1A4Conv2d.upsampled / normed(upsample=True) quantize before the nearest 2x upsampling on the GPU: the
+    # same codes as conv(interpolate(x)), so bit for bit for the plain quantization, and within the fused
+    # norm's tolerance (a code one step away in 1,000) for the GroupNorm + SiLU.
+    if not kcuda.is_available():
+        pytest.skip("CuPy cannot load the kernel here")
+    monkeypatch.setenv(kcuda.VARIANT_ENV, variant)
+    from binarydm.kernels.inference import W1A4Conv2d
+
+    torch.manual_seed(53)
+    conv = nn.Conv2d(64, 96, 3, padding=1)
+    x = torch.randn(2, 64, 6, 7)
+    aq = LSQ(4)
+    aq.initialize_(x)
+    layer = QuantConv2d.from_float(conv, LMB(96, 4, n_bases=2).initialize_(conv.weight.detach()), aq)
+    conv = W1A4Conv2d(layer).cuda()
+    xc = x.cuda().half()
+    with torch.no_grad():
+        got = conv.upsampled(xc)
+        expected = conv(F.interpolate(xc, scale_factor=2.0, mode="nearest"))
+        assert torch.equal(got, expected)
+        norm = torch.nn.GroupNorm(32, 64).cuda().half()
+        got = conv.normed(xc, norm, upsample=True)
+        expected = conv(F.interpolate(F.silu(norm(xc)), scale_factor=2.0, mode="nearest"))
+    assert got.shape == (2, 96, 12, 14)
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0.05, atol=0.05)
 
 
 @pytest.mark.gpu

@@ -19,7 +19,9 @@ On a machine without CUDA or CuPy the reference runs instead (one warning): slow
 the s8 x s8 kernel, one fused kernel pair (``cuda.groupnorm_silu_bytes``) turns the block's input into
 the conv's s8 codes of SiLU(GroupNorm(x)) without writing the normalized tensor (with the bit-plane
 kernel ``cuda.groupnorm_silu_planes``); elsewhere the conv runs on ``F.silu(norm(x))`` exactly as the
-unfused block does.
+unfused block does. A nearest 2x upsampling before a conv (an ``Upsample2D``, a ResNet block that
+upsamples) is done on the codes instead (``packing.upsample_nearest``: the same codes, a quarter of the
+quantization); a ResNet block that pools runs its first norm unfused.
 
 ``w1a4_inference_(model, cuda_graph=True)`` replays the whole forward from a CUDA graph (:class:`GraphedForward`):
 at batch 1 a UNet forward is a few hundred small kernels whose launches, not their work, set the time
@@ -28,6 +30,7 @@ of a sampling step.
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Optional
 
@@ -37,7 +40,7 @@ from torch.nn import functional as F
 
 from ..quant.layers import QuantConv2d
 from . import cuda
-from .packing import pack_activation, pack_quant_conv
+from .packing import pack_activation, pack_quant_conv, upsample_nearest
 
 
 class _PackedConv(nn.Module):
@@ -78,41 +81,48 @@ class W1A4Conv2d(_PackedConv):
         # The kernel's epilogue scales s_b = fl32(alpha_b * d), made once here rather than per call.
         self.scale = (self.packed.alpha.to(torch.float32) * self.step).contiguous()
 
-    def _variant(self, x: torch.Tensor) -> Optional[str]:
-        """The kernel this call runs (:func:`cuda.choose_variant` for its output pixels), None off the GPU."""
+    def _variant(self, x: torch.Tensor, factor: int = 1) -> Optional[str]:
+        """The kernel this call runs (:func:`cuda.choose_variant` for its output pixels; ``factor``: the
+        input's upsampling), None off the GPU."""
         if not (x.is_cuda and cuda.is_available()):
             return None
         n, _, h, w = x.shape
-        return cuda.choose_variant(x.device, self.packed, cuda.output_pixels(self.packed, n, h, w))
+        return cuda.choose_variant(x.device, self.packed, cuda.output_pixels(self.packed, n, factor * h, factor * w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x)
+
+    def normed(self, x: torch.Tensor, norm: nn.GroupNorm, upsample: bool = False) -> torch.Tensor:
+        """This conv applied to SiLU(norm(x)) (``upsample``: to its nearest 2x upsampling): the norm fused into
+        the activation quantization where the s8 x s8 or the bit-plane kernel runs, else the unfused ops."""
+        return self._run(x, norm, upsample)
+
+    def upsampled(self, x: torch.Tensor) -> torch.Tensor:
+        """This conv applied to ``interpolate(x, scale_factor=2, mode="nearest")`` (an Upsample2D)."""
+        return self._run(x, upsample=True)
+
+    def _run(self, x: torch.Tensor, norm: Optional[nn.GroupNorm] = None, upsample: bool = False) -> torch.Tensor:
+        """conv(up(SiLU(norm(x)))), each part optional. The input is quantized at its own size and its codes
+        are upsampled (:func:`packing.upsample_nearest`: the same codes, a quarter of the quantization)."""
         out_dtype = self._out_dtype(x)
-        variant = self._variant(x)
+        variant = self._variant(x, 2 if upsample else 1)
+        fused = norm is not None and variant in ("mma", "bmma") and norm.num_groups <= cuda.GN_MAX_GROUPS
+        if norm is not None and not fused:
+            x = F.silu(norm(x))
+        args = (self.step, self.qn, self.qp)
         if variant == "mma":
             # The s8 x s8 kernel: quantize straight into s8 codes (one kernel), then the conv.
-            codes = cuda.quantize_bytes(x, self.step, self.qn, self.qp)
+            codes = cuda.groupnorm_silu_bytes(x, norm, *args) if fused else cuda.quantize_bytes(x, *args)
+            codes = upsample_nearest(codes) if upsample else codes
             return cuda.launch(codes, self.packed, out_dtype, "mma", scale=self.scale).to(x.dtype)
         if variant == "bmma":
             # The bit-plane kernel: quantize straight into bit-planes (one kernel), then the conv.
-            planar = cuda.quantize_planes(x, self.step, self.qn, self.qp)
+            planar = cuda.groupnorm_silu_planes(x, norm, *args) if fused else cuda.quantize_planes(x, *args)
+            planar = upsample_nearest(planar) if upsample else planar
             return cuda.launch_bmma(planar, self.packed, out_dtype, scale=self.scale).to(x.dtype)
-        if variant is not None:
-            packed_x = cuda.quantize_pack(x, self.step, self.qn, self.qp)
-        else:
-            packed_x = pack_activation(x, self.step, self.qn, self.qp)
+        packed_x = cuda.quantize_pack(x, *args) if variant is not None else pack_activation(x, *args)
+        packed_x = upsample_nearest(packed_x) if upsample else packed_x
         return cuda.w1a4_conv2d(packed_x, self.packed, out_dtype, scale=self.scale).to(x.dtype)
-
-    def normed(self, x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-        """This conv applied to SiLU(norm(x)): fused into the activation quantization where the s8 x s8
-        kernel runs, else the unfused ops."""
-        variant = self._variant(x)
-        if variant in ("mma", "bmma") and norm.num_groups <= cuda.GN_MAX_GROUPS:
-            if variant == "bmma":
-                planar = cuda.groupnorm_silu_planes(x, norm, self.step, self.qn, self.qp)
-                return cuda.launch_bmma(planar, self.packed, self._out_dtype(x), scale=self.scale).to(x.dtype)
-            codes = cuda.groupnorm_silu_bytes(x, norm, self.step, self.qn, self.qp)
-            return cuda.launch(codes, self.packed, self._out_dtype(x), "mma", scale=self.scale).to(x.dtype)
-        return self(F.silu(norm(x)))
 
     def extra_repr(self) -> str:
         p = self.packed
@@ -197,22 +207,45 @@ def eligible(layer: nn.Module) -> Optional[str]:
     return None
 
 
+def _nearest_2x(resample) -> bool:
+    """Whether a ResnetBlock2D's ``upsample`` is diffusers' plain nearest 2x upsampling (the default and
+    "sde_vp" kernels), the one resampling that commutes with the elementwise norm-SiLU-quantize."""
+    if isinstance(resample, functools.partial):
+        return resample.func is F.interpolate and resample.keywords == {"scale_factor": 2.0, "mode": "nearest"}
+    return _plain_upsample(resample) and not resample.use_conv
+
+
+def _plain_upsample(module) -> bool:
+    """A diffusers Upsample2D that is nearest 2x interpolation (then its conv, if any): no norm, no transpose."""
+    return (type(module).__name__ == "Upsample2D" and module.interpolate and not module.use_conv_transpose
+            and module.norm is None)
+
+
 def _fusable(block: nn.Module) -> bool:
-    """A diffusers ResnetBlock2D of the form norm1 -> SiLU -> conv1 (+ temb) -> norm2 -> SiLU -> dropout ->
-    conv2 with both convs swapped: no up/down-sampling inside, the "default" time-embedding norm."""
+    """A diffusers ResnetBlock2D of the form norm1 -> SiLU -> [resample] -> conv1 (+ temb) -> norm2 -> SiLU ->
+    dropout -> conv2 with both convs swapped and the "default" time-embedding norm."""
     return (type(block).__name__ == "ResnetBlock2D" and isinstance(getattr(block, "conv1", None), W1A4Conv2d)
             and isinstance(getattr(block, "conv2", None), W1A4Conv2d)
             and isinstance(block.norm1, nn.GroupNorm) and isinstance(block.norm2, nn.GroupNorm)
-            and isinstance(block.nonlinearity, nn.SiLU) and block.upsample is None and block.downsample is None
-            and getattr(block, "time_embedding_norm", None) == "default")
+            and isinstance(block.nonlinearity, nn.SiLU) and getattr(block, "time_embedding_norm", None) == "default")
 
 
 def _fused_resnet_forward(self, input_tensor: torch.Tensor, temb: Optional[torch.Tensor], *args, **kwargs):
     """diffusers' ResnetBlock2D.forward for the blocks :func:`_fusable` accepts, with each norm -> SiLU ->
-    conv done by :meth:`W1A4Conv2d.normed`. In training mode (dropout) the original forward runs."""
+    conv done by :meth:`W1A4Conv2d.normed`; a nearest 2x upsampling in between goes to the conv too (its
+    codes are upsampled), any other resampling (average pool, FIR) runs unfused before conv1. In training
+    mode (dropout) the original forward runs."""
     if self.training:
         return type(self).forward(self, input_tensor, temb, *args, **kwargs)
-    hidden = self.conv1.normed(input_tensor, self.norm1)
+    if self.upsample is not None and _nearest_2x(self.upsample):
+        hidden = self.conv1.normed(input_tensor, self.norm1, upsample=True)
+        input_tensor = self.upsample(input_tensor)
+    elif self.upsample is not None or self.downsample is not None:
+        resample = self.upsample if self.upsample is not None else self.downsample
+        hidden = self.conv1(resample(self.nonlinearity(self.norm1(input_tensor))))
+        input_tensor = resample(input_tensor)
+    else:
+        hidden = self.conv1.normed(input_tensor, self.norm1)
     if self.time_emb_proj is not None:
         if not self.skip_time_act:
             temb = self.nonlinearity(temb)
@@ -225,13 +258,31 @@ def _fused_resnet_forward(self, input_tensor: torch.Tensor, temb: Optional[torch
     return (input_tensor + hidden) / self.output_scale_factor
 
 
+def _fused_upsample_forward(self, hidden_states: torch.Tensor, output_size=None, *args, **kwargs):
+    """diffusers' Upsample2D.forward with its swapped conv quantizing the input before the nearest 2x
+    upsampling (:meth:`W1A4Conv2d.upsampled`); another output size runs the original forward."""
+    h, w = hidden_states.shape[-2:]
+    if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
+        return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
+    return getattr(self, self.name if self.name == "conv" else "Conv2d_0").upsampled(hidden_states)
+
+
+def _upsample_fusable(module: nn.Module) -> bool:
+    return _plain_upsample(module) and module.use_conv and isinstance(
+        getattr(module, "conv" if module.name == "conv" else "Conv2d_0", None), W1A4Conv2d)
+
+
 def fuse_norm_silu_(model: nn.Module) -> list[str]:
     """Give every fusable ResnetBlock2D of ``model`` (after :func:`w1a4_inference_` swapped its convs) a
-    forward that hands each GroupNorm + SiLU to the following W1A4 conv. Returns the blocks' names."""
+    forward that hands each GroupNorm + SiLU to the following W1A4 conv, and every Upsample2D with a swapped
+    conv one that hands the conv its input before the nearest upsampling. Returns the modules' names."""
     fused = []
     for name, module in model.named_modules():
         if _fusable(module):
             module.forward = types.MethodType(_fused_resnet_forward, module)
+            fused.append(name)
+        elif _upsample_fusable(module):
+            module.forward = types.MethodType(_fused_upsample_forward, module)
             fused.append(name)
     return fused
 

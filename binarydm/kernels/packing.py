@@ -34,7 +34,7 @@ bit 31 is the sign bit, which is only a matter of reading them as unsigned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -504,3 +504,23 @@ def planes_codes(planes: torch.Tensor, channels: int, zero_point: int) -> torch.
     bits = (words[..., None] >> torch.arange(32, device=planes.device)) & 1  # [.., group, plane, channel]
     b = (bits << torch.arange(n_planes, device=planes.device)[:, None]).sum(-2)
     return (b.reshape(n, h, wd, 32 * 4 * g4)[..., :channels] ^ zero_point).permute(0, 3, 1, 2)
+
+
+def _repeat_pixels(t: torch.Tensor, factor: int) -> torch.Tensor:
+    """A pixel-major tensor [N, H, W, ...] with every pixel repeated factor x factor: [N, fH, fW, ...]."""
+    n, h, w = t.shape[:3]
+    rest = tuple(t.shape[3:])
+    grid = t[:, :, None, :, None].expand(n, h, factor, w, factor, *rest)
+    return grid.reshape(n, h * factor, w * factor, *rest)
+
+
+def upsample_nearest(x, factor: int = 2):
+    """The operand of ``interpolate(real, scale_factor=factor, mode="nearest")`` from the operand of the real
+    tensor: quantization is elementwise, so quantizing and then copying pixels gives the same codes as copying
+    and then quantizing, with 1 / factor^2 of the quantization work. ``x``: a :class:`PackedActivation`,
+    :class:`ByteActivation` or :class:`PlanarActivation` (all three are pixel-major)."""
+    if isinstance(x, PlanarActivation):
+        return replace(x, planes=_repeat_pixels(x.planes, factor), sums=_repeat_pixels(x.sums, factor))
+    if isinstance(x, _Codes):
+        return replace(x, codes=_repeat_pixels(x.codes, factor))
+    raise TypeError(f"upsample_nearest takes an activation operand, got {type(x).__name__}")
