@@ -21,7 +21,9 @@ differ this file follows the code, with these exceptions, each a defect of the c
   that a reload keeps (the code resets it to 1/k^2 on every new model object, so a reloaded model samples
   with a filter it was not trained with).
 * s starts at 0 and is used as it is (the CIFAR code). The LDM code uses |s| from 0.3, but its zero-
-  initialised layers start at s = 0 where |s| has no gradient, so those shortcuts never learn.
+  initialised layers start at s = 0 where |s| has no gradient, so those shortcuts never learn. AdamW moves s
+  by about the learning rate per step, so from 0 it stays small in a short training; ``shortcut_init=0.3``
+  (the LDM code's start, signed) measured better in 400-step runs (docs/results/w1a1_comparison.md).
 * The layer's bias is kept (the code drops it in the binarized mode): it is free, and starts the student
   nearer to its full-precision teacher.
 * Every binarized layer, linear ones included, uses the threshold (the code's linear layers drop it in the
