@@ -20,8 +20,8 @@ from binarydm.quant import QuantConv2d
 from conftest import make_tiny_unet
 
 
-def _w1a4_unet():
-    model = make_tiny_unet(block_out_channels=(32, 32), norm_num_groups=8)
+def _w1a4_unet(**overrides):
+    model = make_tiny_unet(**{"block_out_channels": (32, 32), "norm_num_groups": 8, **overrides})
     binarydm.binarize_(model, "w1a4")
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 700])
@@ -108,16 +108,21 @@ def test_layers_the_kernel_cannot_run_say_why():
         W1A4Conv2d(torch.nn.Conv2d(3, 3, 3))
 
 
+def _unfused_then_fused(model, x, t):
+    """(the output with the convs swapped, the names fuse_norm_silu_ then fused, the output after it)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the CPU fallback warns once
+        w1a4_inference_(model, fuse=False)
+        unfused = model(x, t).sample
+        fused = fuse_norm_silu_(model)
+        return unfused, fused, model(x, t).sample
+
+
 def test_fused_norm_silu_blocks_compute_what_the_unfused_blocks_do():
     # fuse_norm_silu_ replaces diffusers' ResnetBlock2D.forward for blocks whose convs were swapped; on the
     # CPU each conv then runs on F.silu(norm(x)) as before, so the model's output must not change at all.
     model, x, t = _w1a4_unet()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        w1a4_inference_(model, fuse=False)
-        unfused = model(x, t).sample
-        fused = fuse_norm_silu_(model)
-        got = model(x, t).sample
+    unfused, fused, got = _unfused_then_fused(model, x, t)
     kinds = {n: model.get_submodule(n).forward.__func__.__name__ for n in fused}
     assert sorted(n for n, k in kinds.items() if k == "_fused_resnet_forward") == sorted(
         n for n, m in model.named_modules() if type(m).__name__ == "ResnetBlock2D")
@@ -142,25 +147,15 @@ def test_resampling_blocks_are_fused_and_compute_what_the_unfused_blocks_do():
     # upsampled, :func:`packing.upsample_nearest`), conv1 of the downsampling block runs on the pooled
     # SiLU(norm(x)). On the CPU the upsampled codes go through the reference conv, so the output is the
     # unfused model's exactly, and dropping the upsampling changes it.
-    model = make_tiny_unet(block_out_channels=(32, 32), norm_num_groups=8,
-                           down_block_types=("ResnetDownsampleBlock2D", "DownBlock2D"),
-                           up_block_types=("ResnetUpsampleBlock2D", "UpBlock2D"))
-    binarydm.binarize_(model, "w1a4")
-    g = torch.Generator().manual_seed(0)
-    x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 700])
-    binarydm.calibrate_(model, x, t)
-    model.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        w1a4_inference_(model, fuse=False)
-        unfused = model(x, t).sample
-        fused = fuse_norm_silu_(model)
-        got = model(x, t).sample
-        resampling = [n for n, m in model.named_modules()
-                      if type(m).__name__ == "ResnetBlock2D" and (m.upsample is not None or m.downsample is not None)]
-        assert {"down_blocks.0.downsamplers.0", "up_blocks.0.upsamplers.0"} <= set(resampling)
-        assert set(resampling) <= set(fused)
-        assert torch.equal(got, unfused)
+    model, x, t = _w1a4_unet(down_block_types=("ResnetDownsampleBlock2D", "DownBlock2D"),
+                             up_block_types=("ResnetUpsampleBlock2D", "UpBlock2D"))
+    unfused, fused, got = _unfused_then_fused(model, x, t)
+    resampling = [n for n, m in model.named_modules()
+                  if type(m).__name__ == "ResnetBlock2D" and (m.upsample is not None or m.downsample is not None)]
+    assert {"down_blocks.0.downsamplers.0", "up_blocks.0.upsamplers.0"} <= set(resampling)
+    assert set(resampling) <= set(fused)
+    assert torch.equal(got, unfused)
+    with torch.no_grad():
         up = model.get_submodule("up_blocks.0.upsamplers.0")
         calls = []
         normed = up.conv1.normed
