@@ -264,12 +264,16 @@ def _fused_upsample_forward(self, hidden_states: torch.Tensor, output_size=None,
     h, w = hidden_states.shape[-2:]
     if output_size is not None and tuple(output_size) != (2 * h, 2 * w):
         return type(self).forward(self, hidden_states, output_size, *args, **kwargs)
-    return getattr(self, self.name if self.name == "conv" else "Conv2d_0").upsampled(hidden_states)
+    return _upsample_conv(self).upsampled(hidden_states)
+
+
+def _upsample_conv(module: nn.Module):
+    """An Upsample2D's conv (diffusers names it ``conv`` or, in older checkpoints' layout, ``Conv2d_0``)."""
+    return getattr(module, "conv" if module.name == "conv" else "Conv2d_0", None)
 
 
 def _upsample_fusable(module: nn.Module) -> bool:
-    return _plain_upsample(module) and module.use_conv and isinstance(
-        getattr(module, "conv" if module.name == "conv" else "Conv2d_0", None), W1A4Conv2d)
+    return _plain_upsample(module) and module.use_conv and isinstance(_upsample_conv(module), W1A4Conv2d)
 
 
 def fuse_norm_silu_(model: nn.Module) -> list[str]:
