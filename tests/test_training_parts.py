@@ -183,3 +183,26 @@ def test_image_folder_reads_resizes_and_scales(tmp_path):
     assert red.shape == black.shape == (3, 8, 8)
     assert torch.allclose(red[0], torch.ones(8, 8)) and torch.allclose(red[1:], -torch.ones(2, 8, 8))
     assert torch.allclose(black, -torch.ones(3, 8, 8))
+
+
+def test_calibration_broadcasts_the_fitted_scale_maps_with_the_activation_steps(tiny_unet, unet_batch, monkeypatch):
+    """Each DDP rank calibrates on its own shard: the scale maps that calibrate_ fits (BiDM's scale_init) must
+    come from rank 0 like the activation steps, or the replicas start apart."""
+    from binarydm.algorithms import preset
+    from binarydm.quant.convert import activation_quantizers
+    from binarydm.training import callbacks
+
+    student = binarydm.binarize_(tiny_unet, preset("bidm", scale_init="unit"))
+    module = _FakeModule(student)
+    module.global_step = 0
+    module.batch_inputs = lambda batch, step: (*batch, None)
+    module.condition = lambda batch: {}
+    sent = []
+    monkeypatch.setattr(callbacks, "_broadcast_from_rank0", lambda tensors: sent.extend(tensors))
+    callbacks.calibrate_once(module, unet_batch)
+    maps = [m.weight_quantizer.local_scale.weight for m in student.modules()
+            if getattr(getattr(m, "weight_quantizer", None), "local_scale", None) is not None]
+    assert maps and all(not torch.allclose(w, torch.full_like(w, 1 / w.numel())) for w in maps)  # fitted
+    sent_ids = {id(t) for t in sent}
+    assert all(id(w) in sent_ids for w in maps)
+    assert all(id(p) in sent_ids for q in activation_quantizers(student) for p in q.parameters())

@@ -52,6 +52,7 @@ from .xnor import XnorWeight
 
 
 SCALE_BORDERS = ("zeros", "valid")
+SCALE_INITS = ("box", "fit", "unit")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,10 @@ class BiDMOptions:
     fp_skip: the ResBlocks' skip convolutions stay full precision (the code) or, False, are binarized too;
     scale_border: how the scale map treats the zero padding: ``"zeros"`` (the code: the padding counts as
     |x| = 0, so K at a border is the box mean times the share of the window inside the image) or ``"valid"``
-    (K divided by that share: the mean over the window's pixels inside the image)."""
+    (K divided by that share: the mean over the window's pixels inside the image); scale_init: the scale map's
+    filter at start, set by ``binarydm.calibrate_``: ``"box"`` (the code: 1/k^2, XNOR-Net's mean |x|), ``"unit"``
+    (the box over the map's mean on the calibration batch: a map of mean 1) or ``"fit"`` (the box times the
+    least-squares gain of the layer's binary output onto its full-precision output on that batch)."""
 
     scale_map: bool = True
     shortcut: bool = True
@@ -70,10 +74,13 @@ class BiDMOptions:
     projection: bool = True
     fp_skip: bool = True
     scale_border: str = "zeros"
+    scale_init: str = "box"
 
     def __post_init__(self) -> None:
         if self.scale_border not in SCALE_BORDERS:
             raise ValueError(f"bidm option scale_border must be one of {list(SCALE_BORDERS)}, got {self.scale_border!r}")
+        if self.scale_init not in SCALE_INITS:
+            raise ValueError(f"bidm option scale_init must be one of {list(SCALE_INITS)}, got {self.scale_init!r}")
 
 
 class LocalScale(nn.Module):
@@ -149,6 +156,33 @@ class BiDMWeight(XnorWeight):
         self.local_scale: Optional[LocalScale] = LocalScale(conv, options.scale_border) if options.scale_map else None
         self.shortcut: Optional[ScaledShortcut] = (
             ScaledShortcut(conv, options.shortcut_init, options.projection) if options.shortcut else None)
+        self.scale_init = options.scale_init if options.scale_map else "box"
+
+    @torch.no_grad()
+    def fit_output_(self, layer: nn.Conv2d, x: torch.Tensor) -> None:
+        """The scale map's filter at start from a calibration input ``x`` of ``layer`` (``binarydm.calibrate_``
+        calls it): the box 1/k^2 times ``"unit"``: 1 / mean K(x), so that the map starts at mean 1;
+        ``"fit"``: the gain g minimising |conv(x, W) - g K(x) conv(x_b, W_b)|^2. Nothing with ``"box"``.
+
+        Why: the box gives XNOR-Net's mean |x|, the right gain only for independent inputs; on the Fashion-
+        MNIST UNets the binary output times mean |x| is 1.4x (pixels) to 2.2x (latents, whose 2 x 2 maps are all
+        border) smaller than the least-squares fit to the float output, and AdamW, moving the filter by about
+        lr per step, spends the training growing it. A map of mean 1 leaves the layer's output as large as
+        without the map and keeps only its shape, which measured best (docs/results/w1a1_comparison.md).
+        Idempotent: it starts from the box, not from the current filter."""
+        if self.scale_init == "box":
+            return
+        scale = self.local_scale
+        scale.weight.fill_(1.0 / scale.weight.numel())
+        k = scale(x)
+        if self.scale_init == "unit":
+            gain = 1.0 / k.mean()
+        else:
+            x_b = x if layer.act_quantizer is None else layer.act_quantizer.quantize(x)
+            y = layer._conv_forward(x_b, self.quantize(layer.weight).to(x.dtype), None) * k
+            target = layer._conv_forward(x, layer.weight.to(x.dtype), None)
+            gain = (target * y).sum() / (y * y).sum().clamp_min(torch.finfo(y.dtype).tiny)
+        scale.weight.mul_(gain.to(scale.weight.dtype))
 
     def transform_output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """K(x) * y + s * shortcut(x) for the binary convolution's output y (before the bias) and raw input x."""

@@ -8,6 +8,8 @@ UNet2DConditionModel are handled alike and any other model is simply treated as 
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Callable, Iterable, Iterator, Optional, Union
 
 import torch
@@ -216,26 +218,48 @@ def calibrate_(model: nn.Module, *args, **kwargs) -> nn.Module:
     the activation quantizers return their inputs unchanged (full-precision statistics); weight
     quantizers stay as they are. Call it once after ``binarize_``; a loaded state dict already
     holds trained steps and must not be calibrated again.
+
+    Weight quantizers with a ``fit_output_(layer, x)`` method (BiDM's ``scale_init="fit"``) then fit their
+    output-side scales in a second pass, with every quantizer acting as it is set: each layer is fitted to
+    the input its fitted predecessors give it, before it computes its output.
     """
-    return calibrate_quantizers_(model, activation_quantizers(model), *args, **kwargs)
+    calibrate_quantizers_(model, activation_quantizers(model), *args, **kwargs)
+    fitted = [m for m in model.modules() if isinstance(m, QUANT_LAYERS) and hasattr(m.weight_quantizer, "fit_output_")]
+    if fitted:
+        handles = [m.register_forward_pre_hook(lambda m, args: m.weight_quantizer.fit_output_(m, args[0]))
+                   for m in fitted]
+        try:
+            with _calibration_pass(model):
+                model(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+    return model
 
 
 @torch.no_grad()
 def calibrate_quantizers_(model: nn.Module, quantizers, *args, **kwargs) -> nn.Module:
     """:func:`calibrate_` for the given activation quantizers only (the others act as they are set)."""
+    with _calibration_pass(model), observing(quantizers):
+        model(*args, **kwargs)
+    return model
+
+
+@contextlib.contextmanager
+def _calibration_pass(model: nn.Module):
+    """The model in eval mode, its timestep connection empty before and after: the calibration batch is no step
+    of a trajectory (nothing mixed in, nothing kept)."""
     was_training = model.training
     model.eval()
     connection = connection_of(model)
     if connection is not None:
-        connection.reset()  # the calibration batch is no step of a trajectory: nothing mixed in, nothing kept
+        connection.reset()
     try:
-        with observing(quantizers):
-            model(*args, **kwargs)
+        yield
     finally:
         model.train(was_training)
         if connection is not None:
             connection.reset()
-    return model
 
 
 def set_quant_state_(model: nn.Module, weights: Optional[bool] = None, activations: Optional[bool] = None,

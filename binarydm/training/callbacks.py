@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..quant.attention import QuantAttnProcessor
-from ..quant.convert import activation_quantizers, calibrate_, calibrate_quantizers_, progressive_groups, quant_layers
+from ..quant.convert import (activation_quantizers, calibrate_, calibrate_quantizers_, progressive_groups, quant_layers,
+                             weight_quantizers)
 from ..quant.layers import QUANT_LAYERS
 from ..sampling import sample_images, save_grid
 from .config import ProgressiveSchedule
@@ -54,7 +55,9 @@ def calibrate_once(pl_module, batch) -> None:
         return
     x_t, t, _ = pl_module.batch_inputs(batch, pl_module.global_step)
     calibrate_(student, x_t, t, **pl_module.condition(batch))
-    _broadcast_from_rank0([p for q in activation_quantizers(student) for p in q.parameters()])
+    # calibrate_ may fit weight quantizers' output scales too (BiDM's scale_init="fit")
+    fitted = [p for q in weight_quantizers(student) if hasattr(q, "fit_output_") for p in q.parameters()]
+    _broadcast_from_rank0([p for q in activation_quantizers(student) for p in q.parameters()] + fitted)
 
 
 # ---- progressive initialisation -------------------------------------------------------------

@@ -96,11 +96,44 @@ def test_valid_border_scale_map_is_the_mean_over_the_windows_inside_pixels(strid
         torch.testing.assert_close(got[..., 0, 0] - 0.25, (plain[..., 0, 0] - 0.25) * 9 / 4)
 
 
+@pytest.mark.parametrize("init", ["fit", "unit"])
+@pytest.mark.parametrize("border", ["zeros", "valid"])
+def test_calibrated_scale_map_starts_at_mean_one_or_at_the_least_squares_gain(border, init):
+    """scale_init="unit": after calibrate_, the map's mean over the calibration batch is 1; "fit": g = 1 is the
+    gain that best maps K * binary onto the float conv. Two layers: the second is calibrated on the input its
+    calibrated predecessor gives it. Each time from the box filter, whatever the filter was."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, 1, 1), nn.SiLU(), nn.Conv2d(8, 8, 3, 2, 1))
+    x = torch.randn(4, 4, 8, 8)
+    binarydm.binarize_(model, preset("bidm", scale_init=init, scale_border=border, shortcut=False))
+    binarydm.calibrate_(model, x)
+    with torch.no_grad():
+        inputs = [x, F.silu(model[0](x))]
+        for layer, inp in zip((model[0], model[2]), inputs):
+            scale = layer.weight_quantizer.local_scale
+            if init == "unit":
+                torch.testing.assert_close(scale(inp).mean(), torch.tensor(1.0))
+            else:
+                y = layer(inp) - layer.bias.view(1, -1, 1, 1)
+                target = F.conv2d(inp, layer.weight, None, layer.stride, 1)
+                torch.testing.assert_close((target * y).sum() / (y * y).sum(), torch.tensor(1.0), rtol=1e-4, atol=0)
+            assert torch.all(scale.weight == scale.weight.flatten()[0])  # still a box, rescaled
+            assert not torch.allclose(scale.weight, torch.full_like(scale.weight, 1 / 9))
+        fitted = model[2].weight_quantizer.local_scale.weight.clone()
+        model[2].weight_quantizer.local_scale.weight.mul_(3.0)
+        binarydm.calibrate_(model, x)
+        torch.testing.assert_close(model[2].weight_quantizer.local_scale.weight, fitted)
+    box = _layer(config=preset("bidm"))[0].weight_quantizer.local_scale.weight  # the default keeps the box
+    assert torch.equal(box, torch.full((1, 1, 3, 3), 1 / 9))
+
+
 def test_unknown_scale_border_is_refused():
     from binarydm.algorithms.bidm import BiDMOptions
 
     with pytest.raises(ValueError, match="scale_border must be one of"):
         BiDMOptions(scale_border="reflect")
+    with pytest.raises(ValueError, match="scale_init must be one of"):
+        BiDMOptions(scale_init="ones")
 
 
 def test_shortcut_scale_gets_the_gradient_of_its_branch_and_starts_at_zero():
