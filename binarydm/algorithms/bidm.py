@@ -33,6 +33,10 @@ differ this file follows the code, with these exceptions, each a defect of the c
 ``bidm(scale_map=False)``, ``bidm(shortcut=False)``. The cross-timestep connection and Space Patched
 Distillation, BiDM's other two parts, are not layer operators: ``binarydm.training.timestep_connection``
 and ``binarydm.training.spd``.
+
+The scale map starts as in the code (the box 1/k^2 over a zero-padded window: XNOR-Net's mean |x|), which makes
+every binary output 2-4x smaller than its float output at the start; ``scale_border="valid"`` with
+``scale_init="unit"`` (a map of mean 1) correct that (measured: docs/results/w1a1_comparison.md).
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ UNet2DConditionModel are handled alike and any other model is simply treated as 
 from __future__ import annotations
 
 import contextlib
-
 from typing import Callable, Iterable, Iterator, Optional, Union
 
 import torch
@@ -219,8 +218,8 @@ def calibrate_(model: nn.Module, *args, **kwargs) -> nn.Module:
     quantizers stay as they are. Call it once after ``binarize_``; a loaded state dict already
     holds trained steps and must not be calibrated again.
 
-    Weight quantizers with a ``fit_output_(layer, x)`` method (BiDM's ``scale_init="fit"``) then fit their
-    output-side scales in a second pass, with every quantizer acting as it is set: each layer is fitted to
+    Weight quantizers with a ``fit_output_(layer, x)`` method (BiDM's scale map, ``scale_init="unit"`` or
+    ``"fit"``) then set their output-side scales in a second pass, with every quantizer acting as it is set: each layer is fitted to
     the input its fitted predecessors give it, before it computes its output.
     """
     calibrate_quantizers_(model, activation_quantizers(model), *args, **kwargs)

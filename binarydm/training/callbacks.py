@@ -55,7 +55,7 @@ def calibrate_once(pl_module, batch) -> None:
         return
     x_t, t, _ = pl_module.batch_inputs(batch, pl_module.global_step)
     calibrate_(student, x_t, t, **pl_module.condition(batch))
-    # calibrate_ may fit weight quantizers' output scales too (BiDM's scale_init="fit")
+    # calibrate_ may set weight quantizers' output scales too (BiDM's scale_init)
     fitted = [p for q in weight_quantizers(student) if hasattr(q, "fit_output_") for p in q.parameters()]
     _broadcast_from_rank0([p for q in activation_quantizers(student) for p in q.parameters()] + fitted)
 
