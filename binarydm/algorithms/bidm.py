@@ -168,11 +168,12 @@ class BiDMWeight(XnorWeight):
         calls it): the box 1/k^2 times ``"unit"``: 1 / mean K(x), so that the map starts at mean 1;
         ``"fit"``: the gain g minimising |conv(x, W) - g K(x) conv(x_b, W_b)|^2. Nothing with ``"box"``.
 
-        Why: the box gives XNOR-Net's mean |x|, the right gain only for independent inputs; on the Fashion-
-        MNIST UNets the binary output times mean |x| is 1.4x (pixels) to 2.2x (latents, whose 2 x 2 maps are all
-        border) smaller than the least-squares fit to the float output, and AdamW, moving the filter by about
-        lr per step, spends the training growing it. A map of mean 1 leaves the layer's output as large as
-        without the map and keeps only its shape, which measured best (docs/results/w1a1_comparison.md).
+        Why: the box gives XNOR-Net's mean |x|, about 0.3 after a GroupNorm and a SiLU; on the Fashion-MNIST UNets
+        every binary output then starts 2.2x (pixels) to 4.1x (latents, whose 2 x 2 maps are all border) smaller
+        than its float output, where without the map it is about as large, and AdamW, moving the filter by about
+        lr per step, spends the training growing it. A map of mean 1 keeps the output's size and adds only the
+        map's shape, which measured best; the least-squares gain still starts the output 1.8x too small (a
+        least-squares fit shrinks a noisy approximation by its cosine; docs/results/w1a1_comparison.md).
         Idempotent: it starts from the box, not from the current filter."""
         if self.scale_init == "box":
             return

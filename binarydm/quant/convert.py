@@ -219,8 +219,8 @@ def calibrate_(model: nn.Module, *args, **kwargs) -> nn.Module:
     holds trained steps and must not be calibrated again.
 
     Weight quantizers with a ``fit_output_(layer, x)`` method (BiDM's scale map, ``scale_init="unit"`` or
-    ``"fit"``) then set their output-side scales in a second pass, with every quantizer acting as it is set: each layer is fitted to
-    the input its fitted predecessors give it, before it computes its output.
+    ``"fit"``) then set their output-side scales in a second pass, every quantizer acting as it is set: each
+    layer is fitted to the input its fitted predecessors give it, before it computes its output.
     """
     calibrate_quantizers_(model, activation_quantizers(model), *args, **kwargs)
     fitted = [m for m in model.modules() if isinstance(m, QUANT_LAYERS) and hasattr(m.weight_quantizer, "fit_output_")]
