@@ -26,12 +26,12 @@ from binarydm.errors import UsageError, run_main
 
 
 def _row(name: str, layer, x: torch.Tensor) -> dict:
-    q = layer.weight_quantizer
-    x_b = x if layer.act_quantizer is None else layer.act_quantizer(x)
-    y = layer._conv_forward(x_b, layer.quantized_weight().to(x.dtype), None)
-    full = layer._conv_forward(x, layer.weight.to(x.dtype), None)
-    row = {"layer": name, "size": list(x.shape[-2:]), "mean_K": float(q.local_scale(x).mean())}
-    for key, z in (("plain", y), ("map", y * q.local_scale(x))):
+    from binarydm.algorithms.bidm import binary_and_float_outputs
+
+    y, full = binary_and_float_outputs(layer, x)
+    k = layer.weight_quantizer.local_scale(x)
+    row = {"layer": name, "size": list(x.shape[-2:]), "mean_K": float(k.mean())}
+    for key, z in (("plain", y), ("map", y * k)):
         row[f"gain_{key}"] = float((full * z).sum() / (z * z).sum())
         row[f"cos_{key}"] = float(F.cosine_similarity(full.flatten(), z.flatten(), dim=0))
         row[f"norm_{key}"] = float(full.norm() / z.norm())

@@ -183,9 +183,8 @@ class BiDMWeight(XnorWeight):
         if self.scale_init == "unit":
             gain = 1.0 / k.mean()
         else:
-            x_b = x if layer.act_quantizer is None else layer.act_quantizer.quantize(x)
-            y = layer._conv_forward(x_b, self.quantize(layer.weight).to(x.dtype), None) * k
-            target = layer._conv_forward(x, layer.weight.to(x.dtype), None)
+            binary, target = binary_and_float_outputs(layer, x)
+            y = binary * k
             gain = (target * y).sum() / (y * y).sum().clamp_min(torch.finfo(y.dtype).tiny)
         scale.weight.mul_(gain.to(scale.weight.dtype))
 
@@ -209,6 +208,14 @@ class BiDMWeight(XnorWeight):
         if self.shortcut is not None:
             macs += self.shortcut.extra_macs(output)
         return macs
+
+
+def binary_and_float_outputs(layer: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """conv(x_b, W_b) and conv(x, W) of a binarized ``layer`` on its raw input ``x``, without bias or output-side
+    parts, whether or not its quantizers are switched on."""
+    x_b = x if layer.act_quantizer is None else layer.act_quantizer.quantize(x)
+    binary = layer._conv_forward(x_b, layer.weight_quantizer.quantize(layer.weight).to(x.dtype), None)
+    return binary, layer._conv_forward(x, layer.weight.to(x.dtype), None)
 
 
 def _skip(spec: LayerSpec) -> bool:
