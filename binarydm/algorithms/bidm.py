@@ -23,7 +23,9 @@ differ this file follows the code, with these exceptions, each a defect of the c
 * s starts at 0 and is used as it is (the CIFAR code). The LDM code uses |s| from 0.3, but its zero-
   initialised layers start at s = 0 where |s| has no gradient, so those shortcuts never learn. AdamW moves s
   by about the learning rate per step, so from 0 it stays small in a short training; ``shortcut_init=0.3``
-  (the LDM code's start, signed) measured better in 400-step runs (docs/results/w1a1_comparison.md).
+  (the LDM code's start, signed) measured better in 400-step runs with the code's scale map
+  (docs/results/w1a1_comparison.md); ``shortcut_zero_conv2=True`` starts the ResBlocks' second convolutions at
+  0 as the LDM code does.
 * The layer's bias is kept (the code drops it in the binarized mode): it is free, and starts the student
   nearer to its full-precision teacher.
 * Every binarized layer, linear ones included, uses the threshold (the code's linear layers drop it in the
@@ -42,7 +44,7 @@ every binary output 2-4x smaller than its float output at the start; ``scale_bor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -70,7 +72,9 @@ class BiDMOptions:
     (K divided by that share: the mean over the window's pixels inside the image); scale_init: the scale map's
     filter at start, set by ``binarydm.calibrate_``: ``"box"`` (the code: 1/k^2, XNOR-Net's mean |x|), ``"unit"``
     (the box over the map's mean on the calibration batch: a map of mean 1) or ``"fit"`` (the box times the
-    least-squares gain of the layer's binary output onto its full-precision output on that batch)."""
+    least-squares gain of the layer's binary output onto its full-precision output on that batch);
+    shortcut_zero_conv2: the ResBlocks' second convolutions start at s = 0 whatever ``shortcut_init`` says (the LDM
+    code, whose zero_module initialisation of those convolutions zeroes their s too)."""
 
     scale_map: bool = True
     shortcut: bool = True
@@ -79,6 +83,7 @@ class BiDMOptions:
     fp_skip: bool = True
     scale_border: str = "zeros"
     scale_init: str = "box"
+    shortcut_zero_conv2: bool = False
 
     def __post_init__(self) -> None:
         if self.scale_border not in SCALE_BORDERS:
@@ -136,6 +141,11 @@ class ScaledShortcut(nn.Module):
 
     def forward(self, x: torch.Tensor, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
         """s * P(pool(x)); ``size``: the convolution's output size (H', W'), which the pool must give."""
+        u = self.path(x, size)
+        return self.scale.to(u.dtype) * u
+
+    def path(self, x: torch.Tensor, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """P(pool(x)), the shortcut before its scale s."""
         if self.stride != (1, 1):
             pooled = F.avg_pool2d(x, self.stride, self.stride)
             # The authors' pool (floor) where it gives the convolution's size; an odd side with padding makes
@@ -145,7 +155,7 @@ class ScaledShortcut(nn.Module):
             x = F.conv2d(x, self.projection.to(x.dtype))
         elif x.shape[1] != self.out_channels:  # the first channels, repeated as often as needed
             x = x.repeat(1, -(-self.out_channels // x.shape[1]), 1, 1)[:, :self.out_channels]
-        return self.scale.to(x.dtype) * x
+        return x
 
     def extra_macs(self, output: torch.Tensor) -> int:
         """Full-precision multiply-accumulates of the projection for one layer ``output``."""
@@ -229,6 +239,8 @@ def _weight(layer, spec: LayerSpec):
     if _skip(spec):
         return None
     options = spec.options or BiDMOptions()
+    if options.shortcut_zero_conv2 and spec.name.rsplit(".", 1)[-1] == "conv2":
+        options = replace(options, shortcut_init=0.0)
     if isinstance(layer, nn.Conv2d) and (options.scale_map or options.shortcut):
         return BiDMWeight(layer, options)
     return XnorWeight("clipped", scaled_grad=False)

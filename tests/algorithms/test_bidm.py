@@ -145,6 +145,14 @@ def test_shortcut_scale_gets_the_gradient_of_its_branch_and_starts_at_zero():
     torch.testing.assert_close(layer.weight_quantizer.shortcut.scale.grad, (g * x).sum(), rtol=1e-4, atol=1e-4)
 
 
+def test_the_ldm_codes_shortcut_start_leaves_the_second_convolutions_at_zero():
+    model = binarydm.binarize_(TinyResNet(), preset("bidm", shortcut_init=0.3, shortcut_zero_conv2=True))
+    starts = {n: float(m.shortcut.scale.detach()) for n, m in model.named_modules() if isinstance(m, BiDMWeight)}
+    second = [n for n in starts if n.endswith("conv2.weight_quantizer")]
+    assert second and len(second) < len(starts)
+    assert all(starts[n] == (0.0 if n in second else pytest.approx(0.3)) for n in starts)
+
+
 def test_threshold_gets_approx_sign_gradient_through_the_layer():
     layer, x = _layer()
     x = x * 0.4
