@@ -47,8 +47,9 @@ def test_best_shortcut_scale_minimises_the_layers_own_output_error(cin, cout, st
     binarydm.binarize_(model, preset("bidm"))
     binarydm.calibrate_(model, x)
     layer, q = model[0], model[0].weight_quantizer
-    row = scale_map_gain._row("conv", layer, x)
-    binary, full = binary_and_float_outputs(layer, x)
+    with torch.no_grad():  # as measure() calls it
+        row = scale_map_gain._row("conv", layer, x)
+        binary, full = binary_and_float_outputs(layer, x)
 
     def error(s):  # through the layer's own output path: K(x) y + s shortcut(x)
         with torch.no_grad():
