@@ -9,11 +9,11 @@ on, as without progressive initialisation), on the first training batch's (x_t, 
 convolution with a scale map, on its own input x in that forward, with y = conv(x_b, W_b) the binary output, K(x)
 the scale map and f = conv(x, W) the full-precision output: the least-squares gain g = <f, z> / <z, z>, the
 cosine of f and z and the norm ratio |f| / |z| (= g / cos), for z = y (no map) and z = K(x) y (the map). A ratio
-> 1: the binary output is smaller than the float one. Where the layer has BiDM's shortcut u = P(pool(x)) (before its
-scale s), also the best s for each start, s* = <f - z, u> / <u, u>, and the share of |f - z|^2 that s* u removes,
-cos(f - z, u)^2: how much the shortcut can add to the layer's approximation of its float self; and the whole student's MSE to the
-teacher's noise prediction on the first validation batch with every s set to 0, 0.1, 0.3 and 0.5 (the network's
-start, against each layer's best s). Prints one row per layer, the means and the network's line;
+> 1: the binary output is smaller than the float one. Where the layer has BiDM's shortcut u = P(pool(x)) (before
+its scale s), also the best s for each start, s* = <f - z, u> / <u, u>, and the share of |f - z|^2 that s* u
+removes, cos(f - z, u)^2: how much the shortcut can add to the layer's approximation of its float self; and the
+whole student's MSE to the teacher's noise prediction on the first validation batch with every s set to 0, 0.1,
+0.3 and 0.5 (the network's start, against each layer's best s). Prints one row per layer, the means and the network's line;
 ``out=FILE.json`` writes them.
 """
 
