@@ -13,8 +13,8 @@ cosine of f and z and the norm ratio |f| / |z| (= g / cos), for z = y (no map) a
 its scale s), also the best s for each start, s* = <f - z, u> / <u, u>, and the share of |f - z|^2 that s* u
 removes, cos(f - z, u)^2: how much the shortcut can add to the layer's approximation of its float self; and the
 whole student's MSE to the teacher's noise prediction on the first validation batch with every s set to 0, 0.1,
-0.3 and 0.5 (the network's start, against each layer's best s). Prints one row per layer, the means and the network's line;
-``out=FILE.json`` writes them.
+0.3 and 0.5 (the network's start, against each layer's best s). Prints one row per layer, the means and the
+network's line; ``out=FILE.json`` writes them.
 """
 
 from __future__ import annotations
