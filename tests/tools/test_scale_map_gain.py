@@ -1,6 +1,12 @@
 """tools/scale_map_gain.py: the binary convolutions against their float selves, with and without the scale map."""
 
 import pytest
+import torch
+from torch import nn
+
+import binarydm
+from binarydm.algorithms import preset
+from binarydm.algorithms.bidm import binary_and_float_outputs
 
 import scale_map_gain
 
@@ -34,13 +40,6 @@ def test_a_run_without_scale_maps_is_one_line(capsys):
 
 @pytest.mark.parametrize("cin,cout,stride", [(4, 4, 1), (4, 6, 2)])
 def test_best_shortcut_scale_minimises_the_layers_own_output_error(cin, cout, stride):
-    import torch
-    from torch import nn
-
-    import binarydm
-    from binarydm.algorithms import preset
-    from binarydm.algorithms.bidm import binary_and_float_outputs
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1))
     x = torch.randn(2, cin, 8, 8)
