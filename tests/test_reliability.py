@@ -250,6 +250,7 @@ def test_files_follow_the_umask(tmp_path):
     (["model.pretrained=binarydm/assets/fmnist_teacher"], "model.pretrained"),
     (["optim.lr=-0.1"], "optim.lr"),
     (["optim.lr=.nan"], "optim.lr"),
+    (["optim.shortcut_lr_scale=0"], "optim.shortcut_lr_scale"),
     (["loss.kd_weight=1.5"], "loss.kd_weight"),
     (["trainer.max_steps=0"], "trainer.max_steps"),
     (["data.batch_size=0"], "data.batch_size"),

@@ -83,6 +83,35 @@ def test_parameter_groups_keep_scales_biases_norms_out_of_weight_decay(tiny_unet
     assert len(all_ids) == len(set(all_ids)) == len(list(tiny_unet.parameters()))
 
 
+def test_shortcut_lr_scale_moves_the_shortcut_scales_that_many_times_faster(tiny_unet, unet_batch):
+    from diffusers import DDPMScheduler
+
+    from binarydm.algorithms import preset
+    from binarydm.algorithms.bidm import ScaledShortcut
+
+    x, t = unet_batch
+    student = binarydm.binarize_(tiny_unet, preset("bidm", shortcut_init=0.3))
+    binarydm.calibrate_(student, x, t)
+    scales = [m.scale for m in student.modules() if isinstance(m, ScaledShortcut)]
+    # Without the option the groups (and so a checkpoint's optimizer state) are as before: s with the scales.
+    assert [g["name"] for g in parameter_groups(student, 0.0)] == ["latent_weights", "quantizer_scales", "biases_norms"]
+    module = DiffusionQAT(student, DDPMScheduler(), optim=OptimConfig(lr=1e-3, total_steps=10, shortcut_lr_scale=25))
+    opt = module.configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert {id(p) for p in groups["shortcut_scales"]["params"]} == {id(s) for s in scales} and scales
+    before = [s.detach().clone() for s in scales]
+    others = [p for p in groups["quantizer_scales"]["params"] if p.numel() == 1]
+    others_before = [p.detach().clone() for p in others]
+    student(x, t).sample.square().mean().backward()
+    opt.step()
+    # Adam's first step moves a parameter by its lr times the sign of its gradient.
+    moved = torch.stack([(s.detach() - b).abs() for s, b in zip(scales, before)])
+    torch.testing.assert_close(moved, torch.full_like(moved, 25e-3), rtol=1e-3, atol=1e-6)
+    assert all((p.detach() - b).abs().max() <= 1.001e-3 for p, b in zip(others, others_before))
+    with pytest.raises(ValueError, match="shortcut_lr_scale"):
+        OptimConfig(shortcut_lr_scale=0)
+
+
 @pytest.mark.parametrize("lrm_weight", [0.0, 1.0])
 def test_kd_weight_mixes_the_teachers_eps_into_the_target(tiny_unet, unet_batch, lrm_weight):
     import copy

@@ -70,11 +70,11 @@ def latency_from(path: Optional[str]) -> tuple[Optional[dict[str, float]], Optio
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
+    args = parse(sys.argv[1:] if argv is None else argv)  # before the suite's imports: a typo fails at once
     from suite import report, suites
     from suite.runner import run_all
     from suite.tracks import task_tracks
 
-    args = parse(sys.argv[1:] if argv is None else argv)
     options = {t: dict(v) for t, v in args.options.items()}
     if args.fid_samples:
         options.setdefault("diffusion", {})["fid_samples"] = args.fid_samples

@@ -156,10 +156,15 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
     total_steps: Optional[int] = None  # where the cosine ends; null: the trainer's max_steps
+    # BiDM's shortcut scales s learn at lr * shortcut_lr_scale. Adam moves a scalar by about its lr a step,
+    # so at 1 the cosine lets s travel at most ~lr * steps / 2 (0.04 in the demo's 400 steps at 2e-4).
+    shortcut_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if not self.shortcut_lr_scale > 0:
+            raise ValueError(f"optim.shortcut_lr_scale must be > 0, got {self.shortcut_lr_scale}")
         self.betas = tuple(float(b) for b in self.betas)
 
 

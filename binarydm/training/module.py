@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..algorithms.bidm import ScaledShortcut
 from ..quant.attention import QuantAttnProcessor
 from ..quant.base import Quantizer
 from ..quant.connection import connection_of
@@ -64,18 +65,25 @@ def lr_factor(step: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, shortcut_lr: Optional[float] = None) -> list[dict]:
     """AdamW groups: latent conv/linear weights decay; quantizer scales and steps, biases, norms and
-    embeddings do not (decaying a scale would shrink the binarized weight itself)."""
+    embeddings do not (decaying a scale would shrink the binarized weight itself). ``shortcut_lr``: BiDM's
+    shortcut scales s get a group of their own with this learning rate (None: they stay with the scales,
+    so the groups, and a checkpoint's optimizer state, are as without the option)."""
     quant_param_ids = {
         id(p) for m in model.modules() if isinstance(m, (Quantizer, QuantAttnProcessor)) for p in m.parameters()
     }
-    decay, scales, other = [], [], []
+    shortcut_ids = set()
+    if shortcut_lr is not None:
+        shortcut_ids = {id(m.scale) for m in model.modules() if isinstance(m, ScaledShortcut)}
+    decay, scales, shortcut, other = [], [], [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad and not isinstance(module, LMB):
                 continue
-            if id(p) in quant_param_ids:
+            if id(p) in shortcut_ids:
+                shortcut.append(p)
+            elif id(p) in quant_param_ids:
                 scales.append(p)
             elif isinstance(module, (nn.Conv2d, nn.Linear)) and name == "weight":
                 decay.append(p)
@@ -85,6 +93,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"name": "latent_weights", "params": decay, "weight_decay": weight_decay},
         {"name": "quantizer_scales", "params": scales, "weight_decay": 0.0},
         {"name": "biases_norms", "params": other, "weight_decay": 0.0},
+        {"name": "shortcut_scales", "params": shortcut, "weight_decay": 0.0, "lr": shortcut_lr},
     ]
     return [g for g in groups if g["params"]]
 
@@ -294,8 +303,9 @@ class DiffusionQAT(L.LightningModule):
         cfg = self.optim_cfg
         if cfg.total_steps is None:
             cfg = dataclasses.replace(cfg, total_steps=self.trainer.max_steps)
-        opt = torch.optim.AdamW(parameter_groups(self.student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                                eps=cfg.eps)
+        shortcut_lr = None if cfg.shortcut_lr_scale == 1.0 else cfg.lr * cfg.shortcut_lr_scale
+        opt = torch.optim.AdamW(parameter_groups(self.student, cfg.weight_decay, shortcut_lr), lr=cfg.lr,
+                                betas=cfg.betas, eps=cfg.eps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 

@@ -60,6 +60,7 @@ _FLOAT_RANGE = {
     "optim.eps": (0.0, math.inf, False, False),
     "optim.weight_decay": (0.0, math.inf, True, False),
     "optim.min_lr_ratio": (0.0, 1.0, True, True),
+    "optim.shortcut_lr_scale": (0.0, math.inf, False, False),
     "loss.lrm_weight": (0.0, math.inf, True, False),
     "loss.kd_weight": (0.0, 1.0, True, True),
     "loss.spd_weight": (0.0, math.inf, True, False),
