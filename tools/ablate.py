@@ -165,8 +165,9 @@ def plot(results: dict[str, dict[int, dict]], seeds: list[int], metrics: Sequenc
     if not drawn:
         return drawn
     names = list(results)[::-1]  # barh draws bottom up; every panel has every variant, so the rows line up
-    fig, axes = plt.subplots(1, len(drawn), figsize=(4.5 * len(drawn), 0.45 * len(names) + 1.2), squeeze=False,
-                             sharey=True)
+    # The panels keep their width beside long variant names (tight_layout takes the labels' room from them).
+    width = 4.5 * len(drawn) + 0.075 * max(len(n) for n in names)
+    fig, axes = plt.subplots(1, len(drawn), figsize=(width, 0.45 * len(names) + 1.2), squeeze=False, sharey=True)
     for ax, (metric, per) in zip(axes[0], drawn.items()):
         for y, n in enumerate(names):
             if not per[n]:
